@@ -1,0 +1,518 @@
+//! The configuration schema, its defaults, and validation that names the key
+//! at fault. `postern.example.toml` at the repository root documents every key;
+//! a test keeps the two in step.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::address::normalize_domain;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub tls: TlsConfig,
+    pub listener: Vec<ListenerConfig>,
+    pub http: HttpConfig,
+    pub route: Vec<RouteConfig>,
+    pub dns: DnsConfig,
+    pub relay: RelayConfig,
+    pub smtp: SmtpConfig,
+    pub limits: LimitsConfig,
+    pub queue: QueueConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            tls: TlsConfig::default(),
+            listener: default_listeners(),
+            http: HttpConfig::default(),
+            route: Vec::new(),
+            dns: DnsConfig::default(),
+            relay: RelayConfig::default(),
+            smtp: SmtpConfig::default(),
+            limits: LimitsConfig::default(),
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// EHLO name and the host in `Received:` headers.
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    /// How long a shutdown waits for sessions and deliveries in progress.
+    #[serde(with = "crate::duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: "localhost".into(),
+            data_dir: PathBuf::from("./postern-data"),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Embedded,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; when both are absent a self-signed pair is
+    /// generated under `<data_dir>/tls/` on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerRole {
+    /// Message submission with STARTTLS (RFC 6409, RFC 3207); AUTH required.
+    Submission,
+    /// Message submission over implicit TLS (RFC 8314 §3.3); AUTH required.
+    Submissions,
+    /// Inbound MX: mail for relay domains only, AUTH not required.
+    Mx,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub role: ListenerRole,
+    pub address: SocketAddr,
+    /// Overrides `[tls] cert` for this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Development only: offer AUTH on a plaintext submission connection.
+    /// Logged as a warning at every start.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    let l = |role, port| ListenerConfig {
+        role,
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls_cert: None,
+        tls_key: None,
+        allow_plaintext_auth: false,
+    };
+    vec![
+        l(ListenerRole::Submission, 2587),
+        l(ListenerRole::Submissions, 2465),
+        l(ListenerRole::Mx, 2025),
+    ]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serves `/metrics` (Prometheus) and `/healthz`.
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            address: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteTls {
+    /// Plain SMTP, STARTTLS never attempted.
+    None,
+    /// STARTTLS when offered, without certificate checks (RFC 7435).
+    #[default]
+    Opportunistic,
+    /// STARTTLS with a verified certificate, or no delivery (the message is deferred).
+    Required,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A recipient domain, or `*` for every domain without a route of its own.
+    pub domain: String,
+    /// `host:port` of the next hop.
+    pub next_hop: String,
+    #[serde(default)]
+    pub tls: RouteTls,
+    /// PEM CA bundle to verify the next hop with when `tls = "required"`
+    /// (default: the Mozilla roots built into Postern).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// AUTH PLAIN credentials for a smart host. Sent only over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers for MX lookups; empty means the system's resolver.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Domains accepted without AUTH on `mx` listeners.
+    pub domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Refuse the message and close the connection (default).
+    #[default]
+    Reject,
+    /// Rewrite bare CR and bare LF in the body to CRLF. They are still never
+    /// treated as line ends when looking for the end of DATA.
+    Normalize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    pub bare_line_endings: BareLineEndings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// RFC 5321 §4.5.3.1.4: 512 octets for a command line, CRLF included.
+    pub max_command_line: usize,
+    /// Advertised with SIZE (RFC 1870) and enforced during DATA/BDAT.
+    pub max_message_size: usize,
+    /// RFC 5321 §4.5.3.1.8: at least 100 must be accepted.
+    pub max_recipients: usize,
+    /// Syntax and sequence errors before the session is closed.
+    pub max_errors: usize,
+    /// Refused recipients before replies slow down, and twice that before
+    /// the connection is closed (directory harvesting defence).
+    pub max_refused_recipients: usize,
+    /// RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for a command.
+    #[serde(with = "crate::duration")]
+    pub command_timeout: Duration,
+    /// RFC 5321 §4.5.3.2.5: 3 minutes for each block of DATA.
+    #[serde(with = "crate::duration")]
+    pub data_timeout: Duration,
+    #[serde(with = "crate::duration")]
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_command_line: 512,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_errors: 10,
+            max_refused_recipients: 5,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            tls_handshake_timeout: Duration::from_secs(30),
+            max_connections: 20_000,
+            max_connections_per_ip: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// First retry delay; each later one doubles (with jitter) up to `retry_max`.
+    #[serde(with = "crate::duration")]
+    pub retry_initial: Duration,
+    #[serde(with = "crate::duration")]
+    pub retry_max: Duration,
+    /// A recipient still undelivered after this long fails for good.
+    #[serde(with = "crate::duration")]
+    pub max_age: Duration,
+    /// Delivery attempts in flight at once.
+    pub concurrency: usize,
+    #[serde(with = "crate::duration")]
+    pub connect_timeout: Duration,
+    /// Per-command timeout when talking to the next hop.
+    #[serde(with = "crate::duration")]
+    pub command_timeout: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(4 * 3600),
+            max_age: Duration::from_secs(5 * 86_400),
+            concurrency: 100,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot; every error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.hostname.is_empty() || normalize_domain(&self.server.hostname).is_err() {
+            return Err(invalid("server.hostname", "must be a host name"));
+        }
+        if self.store.kind == StoreKind::Postgres {
+            return Err(invalid(
+                "store.kind",
+                "\"postgres\" is not implemented yet; use \"embedded\"",
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls", "set both cert and key, or neither"));
+        }
+        if self.listener.is_empty() {
+            return Err(invalid("listener", "at least one [[listener]] is needed"));
+        }
+        let mut seen = HashSet::new();
+        for (i, l) in self.listener.iter().enumerate() {
+            if !seen.insert(l.address) {
+                return Err(invalid(
+                    format!("listener[{i}].address"),
+                    format!("{} is used by two listeners", l.address),
+                ));
+            }
+            if l.tls_cert.is_some() != l.tls_key.is_some() {
+                return Err(invalid(
+                    format!("listener[{i}]"),
+                    "set both tls_cert and tls_key, or neither",
+                ));
+            }
+            if l.allow_plaintext_auth && l.role != ListenerRole::Submission {
+                return Err(invalid(
+                    format!("listener[{i}].allow_plaintext_auth"),
+                    "only applies to role = \"submission\"",
+                ));
+            }
+        }
+        let mut domains = HashSet::new();
+        for (i, r) in self.route.iter().enumerate() {
+            if r.domain != "*" && normalize_domain(&r.domain).is_err() {
+                return Err(invalid(
+                    format!("route[{i}].domain"),
+                    "must be a domain name or \"*\"",
+                ));
+            }
+            if !domains.insert(r.domain.to_lowercase()) {
+                return Err(invalid(
+                    format!("route[{i}].domain"),
+                    format!("{} has two routes", r.domain),
+                ));
+            }
+            if split_host_port(&r.next_hop).is_none() {
+                return Err(invalid(
+                    format!("route[{i}].next_hop"),
+                    "must be host:port (IPv6 as [addr]:port)",
+                ));
+            }
+            if r.auth_username.is_some() != r.auth_password.is_some() {
+                return Err(invalid(
+                    format!("route[{i}]"),
+                    "set both auth_username and auth_password, or neither",
+                ));
+            }
+            if r.auth_username.is_some() && r.tls == RouteTls::None {
+                return Err(invalid(
+                    format!("route[{i}].tls"),
+                    "AUTH credentials are never sent without TLS; use \"required\"",
+                ));
+            }
+        }
+        for (i, d) in self.relay.domains.iter().enumerate() {
+            if normalize_domain(d).is_err() {
+                return Err(invalid(format!("relay.domains[{i}]"), "must be a domain name"));
+            }
+        }
+        let l = &self.limits;
+        if l.max_command_line < 512 {
+            return Err(invalid(
+                "limits.max_command_line",
+                "RFC 5321 §4.5.3.1.4 requires at least 512",
+            ));
+        }
+        if l.max_recipients < 1 {
+            return Err(invalid("limits.max_recipients", "must be at least 1"));
+        }
+        if l.max_message_size < 1024 {
+            return Err(invalid("limits.max_message_size", "must be at least 1024"));
+        }
+        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if self.queue.concurrency == 0 {
+            return Err(invalid("queue.concurrency", "must be at least 1"));
+        }
+        if self.queue.retry_initial.is_zero() || self.queue.retry_max < self.queue.retry_initial {
+            return Err(invalid(
+                "queue.retry_max",
+                "must be at least queue.retry_initial, which must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Relay domains, lower-cased.
+    pub fn relay_domains(&self) -> Vec<String> {
+        self.relay.domains.iter().map(|d| d.to_lowercase()).collect()
+    }
+}
+
+/// Splits `host:port` or `[v6]:port`.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:")?;
+        (h, p)
+    } else {
+        s.rsplit_once(':')?
+    };
+    if host.is_empty() || host.contains(':') && !s.starts_with('[') {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listener.len(), 3);
+        assert_eq!(c.limits.max_command_line, 512);
+        assert_eq!(c.store.kind, StoreKind::Embedded);
+    }
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let text = include_str!("../../../postern.example.toml");
+        let c = Config::parse(text).expect("postern.example.toml must be valid");
+        let d = Config::default();
+        // The example shows every default; a drift here means the docs lie.
+        assert_eq!(c.limits.max_message_size, d.limits.max_message_size);
+        assert_eq!(c.limits.command_timeout, d.limits.command_timeout);
+        assert_eq!(c.queue.retry_max, d.queue.retry_max);
+        assert_eq!(c.queue.max_age, d.queue.max_age);
+        assert_eq!(c.server.hostname, d.server.hostname);
+        assert_eq!(c.listener.len(), d.listener.len());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[limits]\nmax_recipientz = 5\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("max_recipientz"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::parse("[limits]\ncommand_timeout = \"5 minutes\"\n").unwrap_err();
+        assert!(err.to_string().contains("command_timeout"), "{err}");
+        let err = Config::parse(
+            "[[route]]\ndomain = \"example.net\"\nnext_hop = \"nohost\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("route[0].next_hop"), "{err}");
+        let err = Config::parse("[limits]\nmax_command_line = 100\n").unwrap_err();
+        assert!(err.to_string().starts_with("limits.max_command_line"), "{err}");
+        let err = Config::parse("[relay]\ndomains = [\"bad domain\"]\n").unwrap_err();
+        assert!(err.to_string().starts_with("relay.domains[0]"), "{err}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("127.0.0.1:25"), Some(("127.0.0.1".into(), 25)));
+        assert_eq!(split_host_port("[::1]:2526"), Some(("::1".into(), 2526)));
+        assert_eq!(split_host_port("mx.example.net:587"), Some(("mx.example.net".into(), 587)));
+        assert_eq!(split_host_port("::1:25"), None);
+        assert_eq!(split_host_port("host"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! Shared types of Postern: identifiers, addresses, envelopes, principals,
+//! events and the configuration schema with its defaults.
+//!
+//! Everything here is plain data; the crates above decide what to do with it.
+
+pub mod address;
+pub mod config;
+pub mod duration;
+pub mod envelope;
+pub mod event;
+pub mod id;
+pub mod principal;
+pub mod time;
+
+pub use address::{Address, AddressError};
+pub use config::{Config, ConfigError};
+pub use envelope::{BodyType, Envelope, Recipient};
+pub use event::{Event, EventKind};
+pub use id::MessageId;
+pub use principal::Principal;

@@ -1,0 +1,24 @@
+//! Who is sending: the identity an authenticated session or API call acts as.
+
+use serde::{Deserialize, Serialize};
+
+/// The scope that allows sending mail, named as SendGrid names it.
+pub const SCOPE_MAIL_SEND: &str = "mail.send";
+/// Full access: every scope, including managing other credentials.
+pub const SCOPE_FULL_ACCESS: &str = "full_access";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub account: String,
+    /// The API key this principal authenticated with.
+    pub key_id: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| s == scope || s == SCOPE_FULL_ACCESS)
+    }
+}
