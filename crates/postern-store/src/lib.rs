@@ -1,1 +1,88 @@
+//! Postern's store: the traits every backend implements, and the embedded
+//! backend (SQLite in WAL mode) that is the default on one machine.
+//!
+//! The traits are shaped for a PostgreSQL backend too: a claim is a lease with
+//! an expiry (`FOR UPDATE SKIP LOCKED` there, a single writer here), and every
+//! write that a client is told about is committed before the call returns.
 
+mod embedded;
+mod schema;
+mod types;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+pub use embedded::EmbeddedStore;
+pub use types::*;
+
+#[derive(Debug, Error, Clone)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store is shut down")]
+    Closed,
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    Conflict,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if f.code == rusqlite::ErrorCode::ConstraintViolation {
+                return StoreError::Conflict;
+            }
+        }
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The durable queue.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Stores a message and its envelope. Returns only once they are durable
+    /// (fsync'd WAL / committed transaction): the caller may then say `250`.
+    async fn enqueue(&self, msg: NewMessage) -> Result<()>;
+
+    /// Leases up to `limit` due recipients, grouped into jobs per message and
+    /// recipient domain. A lease that is not settled before it expires makes
+    /// the recipients due again (a crashed node's work is taken over).
+    async fn claim_due(&self, now: i64, limit: usize, lease_millis: i64) -> Result<Vec<DeliveryJob>>;
+
+    /// Records the outcome of attempts, with their events, in one commit.
+    async fn settle(&self, outcomes: Vec<RecipientOutcome>) -> Result<()>;
+
+    /// Drops every lease: on a single node at start-up nothing else can hold one.
+    async fn release_all_leases(&self) -> Result<u64>;
+
+    /// When the earliest queued recipient is due, if any.
+    async fn next_due(&self) -> Result<Option<i64>>;
+
+    /// Recipients waiting, by state.
+    async fn queue_summary(&self) -> Result<QueueSummary>;
+}
+
+/// API keys and the secrets that protect them.
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<()>;
+    async fn find_api_key_by_hash(&self, hash: Vec<u8>) -> Result<Option<ApiKeyRecord>>;
+    /// Returns false when no such key exists or it was already revoked.
+    async fn revoke_api_key(&self, id: String, at: i64) -> Result<bool>;
+    async fn list_api_keys(&self, account: Option<String>) -> Result<Vec<ApiKeyRecord>>;
+    /// A random secret, created on first use and the same ever after.
+    async fn secret(&self, name: &'static str, len: usize) -> Result<Vec<u8>>;
+}
+
+/// The per-message event log.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    async fn events(&self, filter: EventFilter) -> Result<Vec<postern_core::Event>>;
+}
+
+/// Everything a node needs from its store.
+pub trait Store: QueueStore + CredentialStore + EventStore {}
+impl<T: QueueStore + CredentialStore + EventStore> Store for T {}

@@ -1,0 +1,671 @@
+//! The embedded backend: one SQLite database in WAL mode under the data
+//! directory.
+//!
+//! Durability and group commit: all writes go through one writer thread. It
+//! takes every request waiting in its channel, runs each in its own savepoint
+//! inside one transaction, commits once (`synchronous = FULL` fsyncs the WAL),
+//! and only then answers each request. Sessions that finish DATA while a
+//! commit is in progress share the next commit, so the cost is one fsync per
+//! batch, not per message. Reads use a small pool of separate connections
+//! (WAL readers never block the writer).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use postern_core::{Event, EventKind, MessageId};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::schema;
+use crate::*;
+
+/// Requests taken into one commit at most; bounds the latency of the first.
+const MAX_BATCH: usize = 1024;
+/// Read connections kept open.
+const READ_POOL: usize = 4;
+/// A CLI command holding the write lock makes the server wait, not fail.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Completion = Box<dyn FnOnce(std::result::Result<(), StoreError>) + Send>;
+type WriteJob = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+pub struct EmbeddedStore {
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) `<dir>/postern.db`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
+        let path = dir.join("postern.db");
+        let mut conn = open_connection(&path)?;
+        schema::migrate(&mut conn)?;
+
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("postern-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
+
+        Ok(EmbeddedStore {
+            writer: Mutex::new(Some(tx)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops the writer thread after the requests already sent are committed.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+    }
+
+    /// Runs `f` inside the next group commit and returns its result once the
+    /// commit is durable.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        let sender = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut p| p.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut p) = readers.lock() {
+                if p.len() < READ_POOL {
+                    p.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("read task: {e}")))?
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers do not block the writer. synchronous = FULL: every commit
+    // fsyncs the WAL, so an acknowledged message survives power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    conn.execute_batch("SAVEPOINT op")?;
+    match f(conn) {
+        Ok(r) => {
+            conn.execute_batch("RELEASE op")?;
+            Ok(r)
+        }
+        Err(e) => {
+            // One failed request must not undo the others in the batch.
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let begin = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+        if let Err(e) = begin {
+            tracing::error!(error = %e, "store: cannot begin a write transaction");
+            for job in batch {
+                // The job must still be run to obtain its completion; it runs
+                // outside a transaction and its effect is reported as failed.
+                job(&conn)(Err(e.clone()));
+            }
+            continue;
+        }
+        let size = batch.len();
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "store: commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        tracing::trace!(size, "store: group commit");
+        for c in completions {
+            c(commit.clone());
+        }
+    }
+}
+
+fn join_list(items: &[String]) -> String {
+    items.join(",")
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn insert_event(
+    conn: &Connection,
+    at: i64,
+    message_id: &str,
+    kind: EventKind,
+    recipient: Option<&str>,
+    detail: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, message_id, kind, recipient, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![at, message_id, kind.as_str(), recipient, detail])?;
+    Ok(())
+}
+
+#[async_trait]
+impl QueueStore for EmbeddedStore {
+    async fn enqueue(&self, msg: NewMessage) -> Result<()> {
+        self.write(move |conn| {
+            let envelope = serde_json::to_string(&msg.envelope)
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+            conn.prepare_cached(
+                "INSERT INTO messages (id, received_at, mail_from, envelope, account, smtputf8, eight_bit, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                msg.id.as_str(),
+                msg.received_at,
+                msg.envelope.mail_from,
+                envelope,
+                msg.account,
+                msg.envelope.smtputf8,
+                msg.envelope.body_type == postern_core::BodyType::EightBitMime,
+                msg.body,
+            ])?;
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO recipients (message_id, idx, address, domain, notify, orcpt, status, next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
+            )?;
+            for (i, r) in msg.envelope.recipients.iter().enumerate() {
+                stmt.execute(params![
+                    msg.id.as_str(),
+                    i as i64,
+                    r.address,
+                    r.domain,
+                    join_list(&r.notify),
+                    r.orcpt,
+                    msg.received_at,
+                ])?;
+            }
+            insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Received, None, &msg.detail)
+        })
+        .await
+    }
+
+    async fn claim_due(&self, now: i64, limit: usize, lease_millis: i64) -> Result<Vec<DeliveryJob>> {
+        self.write(move |conn| {
+            let mut claimed: BTreeMap<(String, String), Vec<JobRecipient>> = BTreeMap::new();
+            {
+                let mut stmt = conn.prepare_cached(
+                    "UPDATE recipients SET lease_until = ?2
+                     WHERE rowid IN (
+                        SELECT rowid FROM recipients
+                        WHERE status = 0 AND next_attempt <= ?1 AND lease_until <= ?1
+                        ORDER BY next_attempt LIMIT ?3)
+                     RETURNING message_id, idx, address, domain, attempts, notify, orcpt",
+                )?;
+                let rows = stmt.query_map(params![now, now + lease_millis, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(3)?,
+                        JobRecipient {
+                            index: r.get::<_, i64>(1)? as u32,
+                            address: r.get(2)?,
+                            attempts: r.get::<_, i64>(4)? as u32,
+                            notify: split_list(&r.get::<_, String>(5)?),
+                            orcpt: r.get(6)?,
+                        },
+                    ))
+                })?;
+                for row in rows {
+                    let (message_id, domain, rcpt) = row?;
+                    claimed.entry((message_id, domain)).or_default().push(rcpt);
+                }
+            }
+            let mut bodies: BTreeMap<String, (i64, String, bool, bool, Arc<Vec<u8>>)> = BTreeMap::new();
+            let mut jobs = Vec::with_capacity(claimed.len());
+            let mut load = conn.prepare_cached(
+                "SELECT received_at, mail_from, smtputf8, eight_bit, body FROM messages WHERE id = ?1",
+            )?;
+            for ((message_id, domain), mut recipients) in claimed {
+                if !bodies.contains_key(&message_id) {
+                    let row = load.query_row([&message_id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, Arc::new(r.get::<_, Vec<u8>>(4)?)))
+                    })?;
+                    bodies.insert(message_id.clone(), row);
+                }
+                let Some((received_at, mail_from, smtputf8, eight_bit, body)) = bodies.get(&message_id) else {
+                    continue;
+                };
+                let Some(id) = MessageId::parse(&message_id) else {
+                    return Err(StoreError::Backend(format!("corrupt message id {message_id:?}")));
+                };
+                recipients.sort_by_key(|r| r.index);
+                jobs.push(DeliveryJob {
+                    message_id: id,
+                    received_at: *received_at,
+                    mail_from: mail_from.clone(),
+                    domain,
+                    recipients,
+                    body: body.clone(),
+                    smtputf8: *smtputf8,
+                    eight_bit: *eight_bit,
+                });
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn settle(&self, outcomes: Vec<RecipientOutcome>) -> Result<()> {
+        self.write(move |conn| {
+            let mut touched = std::collections::BTreeSet::new();
+            for o in &outcomes {
+                let (status, next) = match o.settlement {
+                    Settlement::Delivered => (1, o.at),
+                    Settlement::Failed => (2, o.at),
+                    Settlement::Deferred { next_attempt } => (0, next_attempt),
+                };
+                conn.prepare_cached(
+                    "UPDATE recipients SET status = ?3, attempts = attempts + 1, next_attempt = ?4,
+                        lease_until = 0, last_reply = ?5
+                     WHERE message_id = ?1 AND idx = ?2",
+                )?
+                .execute(params![o.message_id.as_str(), o.index as i64, status, next, o.detail])?;
+                insert_event(conn, o.at, o.message_id.as_str(), o.event_kind(), Some(&o.recipient), &o.detail)?;
+                touched.insert(o.message_id.as_str().to_owned());
+            }
+            // A message whose recipients are all settled for good leaves the
+            // queue; its history stays in the event log.
+            for id in touched {
+                conn.prepare_cached(
+                    "DELETE FROM messages WHERE id = ?1
+                     AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = ?1 AND status = 0)",
+                )?
+                .execute([&id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_all_leases(&self) -> Result<u64> {
+        self.write(|conn| {
+            Ok(conn.execute("UPDATE recipients SET lease_until = 0 WHERE status = 0 AND lease_until > 0", [])? as u64)
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(next_attempt) FROM recipients WHERE status = 0",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn queue_summary(&self) -> Result<QueueSummary> {
+        let now = postern_core::time::now_millis();
+        self.read(move |conn| {
+            let messages: i64 = conn.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))?;
+            let (queued, leased): (i64, i64) = conn.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(lease_until > ?1), 0) FROM recipients WHERE status = 0",
+                [now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(QueueSummary {
+                messages: messages as u64,
+                recipients_queued: queued as u64,
+                recipients_leased: leased as u64,
+            })
+        })
+        .await
+    }
+}
+
+fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        name: r.get(2)?,
+        hash: r.get(3)?,
+        scopes: split_list(&r.get::<_, String>(4)?),
+        created_at: r.get(5)?,
+        expires_at: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, account, name, hash, scopes, created_at, expires_at, revoked_at";
+
+#[async_trait]
+impl CredentialStore for EmbeddedStore {
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO api_keys (id, account, name, hash, scopes, created_at, expires_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    key.id,
+                    key.account,
+                    key.name,
+                    key.hash,
+                    join_list(&key.scopes),
+                    key.created_at,
+                    key.expires_at,
+                    key.revoked_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_api_key_by_hash(&self, hash: Vec<u8>) -> Result<Option<ApiKeyRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"))?
+                .query_row([hash], key_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: String, at: i64) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self, account: Option<String>) -> Result<Vec<ApiKeyRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR account = ?1 ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([account], key_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn secret(&self, name: &'static str, len: usize) -> Result<Vec<u8>> {
+        let mut fresh = vec![0u8; len];
+        rand_fill(&mut fresh)?;
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                params![name, fresh],
+            )?;
+            Ok(conn.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| r.get(0))?)
+        })
+        .await
+    }
+}
+
+fn rand_fill(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    // The OS generator; the store has no other need for a random crate.
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|e| StoreError::Backend(format!("OS random source: {e}")))
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn events(&self, filter: EventFilter) -> Result<Vec<Event>> {
+        self.read(move |conn| {
+            let (sql, limit) = match filter.limit {
+                Some(n) => (
+                    "SELECT at, message_id, kind, recipient, detail FROM events
+                     WHERE ?1 IS NULL OR message_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                    n as i64,
+                ),
+                None => (
+                    "SELECT at, message_id, kind, recipient, detail FROM events
+                     WHERE ?1 IS NULL OR message_id = ?1 ORDER BY seq LIMIT ?2",
+                    -1,
+                ),
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![filter.message_id, limit], |r| {
+                let kind: String = r.get(2)?;
+                let kind = kind.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+                })?;
+                Ok(Event {
+                    at_millis: r.get(0)?,
+                    message_id: r.get(1)?,
+                    kind,
+                    recipient: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?;
+            let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            if filter.limit.is_some() {
+                events.reverse();
+            }
+            Ok(events)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_core::{Envelope, Recipient};
+
+    fn message(rcpts: &[&str]) -> NewMessage {
+        NewMessage {
+            id: MessageId::generate(),
+            received_at: 1_000,
+            envelope: Envelope {
+                mail_from: "a@example.org".into(),
+                recipients: rcpts
+                    .iter()
+                    .map(|r| Recipient {
+                        address: r.to_string(),
+                        domain: r.rsplit_once('@').unwrap().1.into(),
+                        notify: vec![],
+                        orcpt: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            account: Some("admin".into()),
+            body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
+            detail: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn enqueue_claim_settle_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let m = message(&["x@one.example", "y@two.example", "z@one.example"]);
+        let id = m.id.clone();
+        store.enqueue(m).await.unwrap();
+
+        let jobs = store.claim_due(2_000, 100, 60_000).await.unwrap();
+        assert_eq!(jobs.len(), 2, "one job per domain");
+        let one = jobs.iter().find(|j| j.domain == "one.example").unwrap();
+        assert_eq!(one.recipients.len(), 2);
+        assert_eq!(&one.body[..], b"Subject: t\r\n\r\nhello\r\n");
+
+        // Leased: a second claim finds nothing until the lease expires.
+        assert!(store.claim_due(2_000, 100, 60_000).await.unwrap().is_empty());
+        assert_eq!(store.claim_due(70_000, 100, 60_000).await.unwrap().len(), 2);
+
+        let outcome = |index, recipient: &str, settlement| RecipientOutcome {
+            message_id: id.clone(),
+            index,
+            recipient: recipient.into(),
+            settlement,
+            detail: "250 ok".into(),
+            at: 80_000,
+        };
+        store
+            .settle(vec![
+                outcome(0, "x@one.example", Settlement::Delivered),
+                outcome(1, "y@two.example", Settlement::Deferred { next_attempt: 200_000 }),
+                outcome(2, "z@one.example", Settlement::Failed),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.next_due().await.unwrap(), Some(200_000));
+        assert!(store.claim_due(199_999, 100, 60_000).await.unwrap().is_empty());
+        let again = store.claim_due(200_000, 100, 60_000).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].recipients[0].attempts, 1);
+
+        store
+            .settle(vec![outcome(1, "y@two.example", Settlement::Delivered)])
+            .await
+            .unwrap();
+        let summary = store.queue_summary().await.unwrap();
+        assert_eq!(summary.messages, 0, "fully settled messages leave the queue");
+
+        let events = store
+            .events(EventFilter {
+                message_id: Some(id.to_string()),
+                limit: None,
+            })
+            .await
+            .unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::Received,
+                EventKind::Delivered,
+                EventKind::Deferred,
+                EventKind::Failed,
+                EventKind::Delivered
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_concurrent_writers_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+            let mut tasks = Vec::new();
+            for _ in 0..200 {
+                let s = store.clone();
+                tasks.push(tokio::spawn(async move { s.enqueue(message(&["r@example.net"])).await }));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            // Leased work of a node that stopped is released on start-up.
+            assert_eq!(store.claim_due(5_000, 10, 60_000).await.unwrap().len(), 10);
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.queue_summary().await.unwrap().recipients_queued, 200);
+        assert_eq!(store.release_all_leases().await.unwrap(), 10);
+        assert_eq!(store.claim_due(5_000, 1000, 60_000).await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn api_keys_and_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let key = ApiKeyRecord {
+            id: "k1".into(),
+            account: "admin".into(),
+            name: "first".into(),
+            hash: vec![1, 2, 3],
+            scopes: vec!["mail.send".into()],
+            created_at: 5,
+            expires_at: None,
+            revoked_at: None,
+        };
+        store.insert_api_key(key.clone()).await.unwrap();
+        assert!(matches!(
+            store.insert_api_key(key.clone()).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(store.find_api_key_by_hash(vec![1, 2, 3]).await.unwrap(), Some(key));
+        assert!(store.revoke_api_key("k1".into(), 9).await.unwrap());
+        assert!(!store.revoke_api_key("k1".into(), 10).await.unwrap());
+        let found = store.find_api_key_by_hash(vec![1, 2, 3]).await.unwrap().unwrap();
+        assert_eq!(found.revoked_at, Some(9));
+        let s1 = store.secret("key-hash", 32).await.unwrap();
+        let s2 = store.secret("key-hash", 32).await.unwrap();
+        assert_eq!(s1.len(), 32);
+        assert_eq!(s1, s2);
+    }
+}

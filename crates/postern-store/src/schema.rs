@@ -1,0 +1,72 @@
+//! Schema of the embedded store, versioned with `PRAGMA user_version`.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: queue, events, credentials.
+    r#"
+    CREATE TABLE messages (
+        id          TEXT PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        mail_from   TEXT NOT NULL,
+        envelope    TEXT NOT NULL,      -- JSON of postern_core::Envelope
+        account     TEXT,
+        smtputf8    INTEGER NOT NULL,
+        eight_bit   INTEGER NOT NULL,
+        body        BLOB NOT NULL
+    );
+    CREATE TABLE recipients (
+        message_id   TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        idx          INTEGER NOT NULL,
+        address      TEXT NOT NULL,
+        domain       TEXT NOT NULL,
+        notify       TEXT NOT NULL,
+        orcpt        TEXT,
+        status       INTEGER NOT NULL,   -- 0 queued, 1 delivered, 2 failed
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER NOT NULL,
+        lease_until  INTEGER NOT NULL DEFAULT 0,
+        last_reply   TEXT,
+        PRIMARY KEY (message_id, idx)
+    );
+    -- Only queued recipients are indexed, so finding due work costs the same
+    -- however many delivered or failed rows there are.
+    CREATE INDEX recipients_due ON recipients(next_attempt) WHERE status = 0;
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        recipient  TEXT,
+        detail     TEXT NOT NULL
+    );
+    CREATE INDEX events_by_message ON events(message_id);
+    CREATE TABLE api_keys (
+        id         TEXT PRIMARY KEY,
+        account    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        hash       BLOB NOT NULL UNIQUE,
+        scopes     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+    );
+    CREATE TABLE secrets (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    "#,
+];
+
+/// Brings the schema up to date. The version is read inside an immediate
+/// transaction so that a server and a CLI command starting together cannot
+/// both apply the same step.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    }
+    tx.commit()
+}

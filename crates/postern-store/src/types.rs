@@ -1,0 +1,97 @@
+//! Records that cross the store boundary.
+
+use std::sync::Arc;
+
+use postern_core::{Envelope, EventKind, MessageId};
+
+/// A message on its way into the queue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub received_at: i64,
+    pub envelope: Envelope,
+    /// The authenticated account, when there was one.
+    pub account: Option<String>,
+    /// The message as it will be delivered (trace headers already prepended).
+    pub body: Vec<u8>,
+    /// Detail of the `received` event.
+    pub detail: String,
+}
+
+/// Recipients of one message in one domain, leased for one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub message_id: MessageId,
+    pub received_at: i64,
+    pub mail_from: String,
+    pub domain: String,
+    pub recipients: Vec<JobRecipient>,
+    pub body: Arc<Vec<u8>>,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRecipient {
+    pub index: u32,
+    pub address: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub notify: Vec<String>,
+    pub orcpt: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    Delivered,
+    /// Try again at this time (Unix millis).
+    Deferred { next_attempt: i64 },
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipientOutcome {
+    pub message_id: MessageId,
+    pub index: u32,
+    pub recipient: String,
+    pub settlement: Settlement,
+    /// The remote reply or local error, recorded with the event.
+    pub detail: String,
+    pub at: i64,
+}
+
+impl RecipientOutcome {
+    pub fn event_kind(&self) -> EventKind {
+        match self.settlement {
+            Settlement::Delivered => EventKind::Delivered,
+            Settlement::Deferred { .. } => EventKind::Deferred,
+            Settlement::Failed => EventKind::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    pub messages: u64,
+    pub recipients_queued: u64,
+    pub recipients_leased: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub account: String,
+    pub name: String,
+    pub hash: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub message_id: Option<String>,
+    /// Most recent first when set; otherwise everything matching, oldest first.
+    pub limit: Option<usize>,
+}
