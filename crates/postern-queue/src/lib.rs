@@ -1,1 +1,9 @@
+//! The queue side of Postern that both doors share: `intake` (the one path by
+//! which a message enters the queue, whether it came over SMTP or HTTP) and
+//! the retry schedule the delivery scheduler follows.
 
+pub mod intake;
+pub mod retry;
+
+pub use intake::{ClientInfo, Intake, IntakeError, Submission};
+pub use retry::RetrySchedule;
