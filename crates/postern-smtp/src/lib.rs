@@ -1,1 +1,12 @@
+//! Postern's inbound SMTP server: listeners, TLS, connection limits, and the
+//! session, one file per SMTP phase under `session/`.
 
+pub mod body;
+pub mod limits;
+pub mod listener;
+pub mod reply;
+pub mod session;
+pub mod tls;
+
+pub use limits::ConnectionLimiter;
+pub use listener::{serve_listener, ListenerContext, SmtpContext};

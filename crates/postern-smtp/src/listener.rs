@@ -1,0 +1,160 @@
+//! Accept loops: one per configured listener. Each connection is checked
+//! against the connection limits, then runs a session; STARTTLS and implicit
+//! TLS (RFC 8314) wrap the stream here.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use postern_accounts::Authenticator;
+use postern_core::config::ListenerRole;
+use postern_core::Config;
+use postern_queue::Intake;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::limits::{ConnectionGuard, ConnectionLimiter, LimitExceeded};
+use crate::session::{Session, SessionEnd};
+
+/// What every session shares.
+pub struct SmtpContext {
+    pub config: Arc<Config>,
+    pub relay_domains: HashSet<String>,
+    pub intake: Intake,
+    pub authenticator: Authenticator,
+    pub limiter: Arc<ConnectionLimiter>,
+}
+
+/// One listener's settings.
+pub struct ListenerContext {
+    pub role: ListenerRole,
+    pub address: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+    pub allow_plaintext_auth: bool,
+}
+
+impl ListenerContext {
+    fn role_name(&self) -> &'static str {
+        match self.role {
+            ListenerRole::Submission => "submission",
+            ListenerRole::Submissions => "submissions",
+            ListenerRole::Mx => "mx",
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve_listener(
+    listener: TcpListener,
+    lctx: Arc<ListenerContext>,
+    ctx: Arc<SmtpContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if lctx.allow_plaintext_auth {
+        tracing::warn!(address = %lctx.address,
+            "DEVELOPMENT OVERRIDE: AUTH is offered before TLS on this listener; credentials can be read off the wire");
+    }
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let guard = match ctx.limiter.acquire(peer.ip()) {
+            Ok(g) => g,
+            Err(why) => {
+                let reason = match why {
+                    LimitExceeded::Total => "max_connections",
+                    LimitExceeded::PerIp => "max_connections_per_ip",
+                };
+                metrics::counter!("postern_smtp_connections_refused_total", "reason" => reason).increment(1);
+                tracing::info!(peer = %peer, reason, "connection refused");
+                if lctx.role != ListenerRole::Submissions {
+                    let mut stream = stream;
+                    tokio::spawn(async move {
+                        let _ = stream
+                            .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                            .await;
+                    });
+                }
+                continue;
+            }
+        };
+        metrics::counter!("postern_smtp_connections_total", "listener" => lctx.role_name()).increment(1);
+        let (lctx, ctx, shutdown) = (lctx.clone(), ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            handle_connection(stream, peer, lctx, ctx, shutdown, guard).await;
+        });
+    }
+    tracing::info!(address = %lctx.address, "listener stopped");
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    lctx: Arc<ListenerContext>,
+    ctx: Arc<SmtpContext>,
+    shutdown: watch::Receiver<bool>,
+    _guard: ConnectionGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    if lctx.role == ListenerRole::Submissions {
+        // RFC 8314 §3.3: TLS from the first byte.
+        if let Some(tls) = handshake(stream, peer, &lctx, &ctx).await {
+            let (tls_stream, desc) = tls;
+            let session = Session::new(tls_stream, ctx, lctx, peer, Some(desc), shutdown);
+            let _ = session.run(true).await;
+        }
+        return;
+    }
+    let session = Session::new(stream, ctx.clone(), lctx.clone(), peer, None, shutdown.clone());
+    match session.run(true).await {
+        SessionEnd::Closed(_) => {}
+        SessionEnd::StartTls(stream) => {
+            if let Some((tls_stream, desc)) = handshake(stream, peer, &lctx, &ctx).await {
+                let session = Session::new(tls_stream, ctx, lctx, peer, Some(desc), shutdown);
+                // No new greeting after STARTTLS (RFC 3207 §4.2).
+                let _ = session.run(false).await;
+            }
+        }
+    }
+}
+
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    lctx: &ListenerContext,
+    ctx: &SmtpContext,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, String)> {
+    let acceptor = lctx.tls.as_ref()?;
+    let timeout = ctx.config.limits.tls_handshake_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let desc = crate::tls::describe(tls.get_ref().1);
+            let version = desc.split(' ').next().unwrap_or("TLS").to_owned();
+            metrics::counter!("postern_smtp_tls_sessions_total", "version" => version).increment(1);
+            tracing::debug!(peer = %peer, tls = %desc, "TLS established");
+            Some((tls, desc))
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("postern_smtp_tls_failures_total", "reason" => "handshake").increment(1);
+            tracing::info!(peer = %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("postern_smtp_tls_failures_total", "reason" => "timeout").increment(1);
+            tracing::info!(peer = %peer, "TLS handshake timed out");
+            None
+        }
+    }
+}

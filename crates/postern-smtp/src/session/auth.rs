@@ -1,0 +1,159 @@
+//! AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN. Credentials are API keys
+//! under the user name `apikey`, as SendGrid's clients send them.
+
+use postern_accounts::sasl::{self, Credentials, SaslError};
+use postern_accounts::AuthFailure;
+use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Close, Session};
+use crate::reply::{common, Reply};
+
+/// Failed AUTH attempts on one connection before it is closed. (Counting
+/// across connections, per network and per account is the brute-force
+/// defence's job.)
+const MAX_AUTH_FAILURES_PER_SESSION: usize = 3;
+
+/// An AUTH exchange waiting for the client's next line.
+pub enum AuthExchange {
+    Plain,
+    LoginUsername,
+    LoginPassword { username: String },
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(crate) async fn auth_start(&mut self, mechanism: u64, initial: String) -> Result<(), Close> {
+        if !matches!(
+            self.listener.role,
+            postern_core::config::ListenerRole::Submission
+                | postern_core::config::ListenerRole::Submissions
+        ) {
+            return self.error(Reply::new(503, (5, 5, 1), "AUTH not available on this port"));
+        }
+        if !self.auth_allowed() {
+            // RFC 4954 §6: 538 when the mechanism needs an encrypted channel.
+            // The credentials (if any were sent) are not even decoded.
+            metrics::counter!("postern_auth_attempts_total", "outcome" => "plaintext_refused").increment(1);
+            return self.error(Reply::new(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if self.conn.helo.is_none() {
+            return self.error(common::bad_sequence("send EHLO first"));
+        }
+        if self.conn.principal.is_some() {
+            return self.error(common::bad_sequence("already authenticated"));
+        }
+        if self.txn.is_some() {
+            return self.error(common::bad_sequence("AUTH not permitted during a mail transaction"));
+        }
+        match mechanism {
+            AUTH_PLAIN if initial.is_empty() => {
+                self.auth = Some(AuthExchange::Plain);
+                self.challenge("");
+            }
+            AUTH_PLAIN => match sasl::decode_base64(&initial).and_then(|p| sasl::decode_plain(&p)) {
+                Ok(creds) => self.finish_auth(creds).await?,
+                Err(e) => self.sasl_error(e)?,
+            },
+            AUTH_LOGIN if initial.is_empty() => {
+                self.auth = Some(AuthExchange::LoginUsername);
+                self.challenge("VXNlcm5hbWU6"); // "Username:"
+            }
+            AUTH_LOGIN => match sasl::decode_base64(&initial).and_then(|p| sasl::decode_login_field(&p)) {
+                Ok(username) => {
+                    self.auth = Some(AuthExchange::LoginPassword { username });
+                    self.challenge("UGFzc3dvcmQ6"); // "Password:"
+                }
+                Err(e) => self.sasl_error(e)?,
+            },
+            _ => self.error(Reply::new(504, (5, 5, 4), "Unrecognized authentication type"))?,
+        }
+        Ok(())
+    }
+
+    /// The client's answer to a 334 challenge.
+    pub(crate) async fn auth_continue(&mut self, line: Vec<u8>) -> Result<(), Close> {
+        let Some(exchange) = self.auth.take() else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&line);
+        let payload = match sasl::decode_base64(&text) {
+            Ok(p) => p,
+            Err(e) => return self.sasl_error(e),
+        };
+        match exchange {
+            AuthExchange::Plain => match sasl::decode_plain(&payload) {
+                Ok(creds) => self.finish_auth(creds).await,
+                Err(e) => self.sasl_error(e),
+            },
+            AuthExchange::LoginUsername => match sasl::decode_login_field(&payload) {
+                Ok(username) => {
+                    self.auth = Some(AuthExchange::LoginPassword { username });
+                    self.challenge("UGFzc3dvcmQ6");
+                    Ok(())
+                }
+                Err(e) => self.sasl_error(e),
+            },
+            AuthExchange::LoginPassword { username } => match sasl::decode_login_field(&payload) {
+                Ok(secret) => {
+                    self.finish_auth(Credentials {
+                        authzid: String::new(),
+                        username,
+                        secret,
+                    })
+                    .await
+                }
+                Err(e) => self.sasl_error(e),
+            },
+        }
+    }
+
+    /// RFC 4954 §4: a 334 line carries only the base64 challenge.
+    fn challenge(&mut self, b64: &str) {
+        self.out.extend_from_slice(format!("334 {b64}\r\n").as_bytes());
+    }
+
+    fn sasl_error(&mut self, e: SaslError) -> Result<(), Close> {
+        match e {
+            // RFC 4954 §4: a cancelled exchange gets 501.
+            SaslError::Cancelled => self.error(Reply::new(501, (5, 0, 0), "Authentication cancelled")),
+            SaslError::Base64 => self.error(Reply::new(501, (5, 5, 2), "Invalid base64 in AUTH response")),
+            SaslError::Malformed => self.auth_failed("malformed"),
+        }
+    }
+
+    async fn finish_auth(&mut self, creds: Credentials) -> Result<(), Close> {
+        match self.ctx.authenticator.authenticate(&creds).await {
+            Ok(principal) => {
+                tracing::info!(peer = %self.peer, account = %principal.account, key = %principal.key_id, "AUTH succeeded");
+                self.conn.principal = Some(principal);
+                self.reply(Reply::new(235, (2, 7, 0), "Authentication successful"));
+                Ok(())
+            }
+            Err(AuthFailure::Unavailable(e)) => {
+                tracing::error!(peer = %self.peer, error = %e, "AUTH: credential store unavailable");
+                self.reply(Reply::new(454, (4, 7, 0), "Temporary authentication failure"));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, username = %creds.username, reason = %e, "AUTH failed");
+                self.auth_failed("invalid")
+            }
+        }
+    }
+
+    /// The same reply whatever was wrong, so a client cannot tell an unknown
+    /// user from a wrong key (DESIGN §4).
+    fn auth_failed(&mut self, _why: &'static str) -> Result<(), Close> {
+        self.conn.auth_failures += 1;
+        self.reply(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"));
+        if self.conn.auth_failures >= MAX_AUTH_FAILURES_PER_SESSION {
+            self.reply(Reply::new(421, (4, 7, 0), "Too many authentication failures, closing connection"));
+            return Err(Close::Policy("too many AUTH failures"));
+        }
+        Ok(())
+    }
+}

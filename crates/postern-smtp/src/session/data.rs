@@ -1,0 +1,72 @@
+//! DATA (RFC 5321 §4.1.1.4). The message ends only at <CRLF>.<CRLF>; bare
+//! CR and LF are caught here (see `crate::body`).
+
+use postern_core::config::BareLineEndings;
+use smtp_proto::request::receiver::DataReceiver;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Close, Session};
+use crate::body::BareLineEndingScanner;
+use crate::reply::{common, Reply};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(crate) async fn data(&mut self) -> Result<(), Close> {
+        let Some(txn) = &self.txn else {
+            return self.error(common::bad_sequence("need MAIL before DATA"));
+        };
+        if txn.used_bdat {
+            // RFC 3030 §2: DATA and BDAT are not mixed in one transaction.
+            return self.error(common::bad_sequence("DATA after BDAT"));
+        }
+        if txn.envelope.recipients.is_empty() {
+            return self.error(Reply::new(554, (5, 5, 1), "No valid recipients"));
+        }
+        self.out
+            .extend_from_slice(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
+
+        let max = self.ctx.config.limits.max_message_size;
+        let mut receiver = DataReceiver::new();
+        let mut scanner = BareLineEndingScanner::default();
+        let mut body = Vec::new();
+        loop {
+            if !self.inbuf.is_empty() {
+                let mut iter = self.inbuf.iter();
+                let before = iter.len();
+                let done = receiver.ingest(&mut iter, &mut body);
+                let consumed = before - iter.len();
+                scanner.scan(&self.inbuf[..consumed]);
+                self.inbuf.drain(..consumed);
+
+                if scanner.found() && self.ctx.config.smtp.bare_line_endings == BareLineEndings::Reject {
+                    // The client's idea of where the message ends may differ
+                    // from ours; nothing more from it can be trusted.
+                    self.txn = None;
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "bare_line_ending").increment(1);
+                    tracing::warn!(peer = %self.peer, "bare CR or LF in DATA; closing");
+                    self.reply(Reply::new(
+                        554,
+                        (5, 6, 11),
+                        "Message contains a bare CR or LF; lines must end with CRLF. Closing connection",
+                    ));
+                    return Err(Close::Policy("bare CR/LF in DATA"));
+                }
+                if body.len() > max {
+                    self.txn = None;
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "size").increment(1);
+                    self.reply(Reply::new(
+                        552,
+                        (5, 3, 4),
+                        format!("Message size exceeds fixed maximum message size of {max} octets. Closing connection"),
+                    ));
+                    return Err(Close::Policy("message too large"));
+                }
+                if done {
+                    break;
+                }
+            }
+            self.read_more(false).await?;
+        }
+        self.finish_body(body, scanner.found()).await;
+        Ok(())
+    }
+}

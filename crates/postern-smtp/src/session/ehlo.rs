@@ -1,0 +1,62 @@
+//! EHLO and HELO (RFC 5321 §4.1.1.1), and the extensions Postern advertises.
+
+use postern_core::config::ListenerRole;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::Session;
+use crate::reply::Reply;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Whether AUTH may be offered and used right now: only on submission
+    /// listeners, and only once TLS is up unless the development override is
+    /// set (DESIGN §4).
+    pub(crate) fn auth_allowed(&self) -> bool {
+        matches!(
+            self.listener.role,
+            ListenerRole::Submission | ListenerRole::Submissions
+        ) && (self.tls.is_some() || self.listener.allow_plaintext_auth)
+    }
+
+    pub(crate) fn starttls_available(&self) -> bool {
+        self.tls.is_none()
+            && self.listener.tls.is_some()
+            && self.listener.role != ListenerRole::Submissions
+    }
+
+    pub(crate) fn ehlo(&mut self, host: String, extended: bool) {
+        // RFC 5321 §4.1.4: EHLO/HELO resets any transaction in progress.
+        self.txn = None;
+        self.conn.helo = Some(host);
+        self.conn.esmtp = extended;
+        let greeting = format!("{} Hello [{}]", self.hostname(), self.peer.ip());
+        if !extended {
+            self.reply(Reply::new(250, (2, 0, 0), greeting));
+            return;
+        }
+        // EHLO replies are written by hand: smtp-proto's generator fixes its
+        // own greeting text, and the keyword lines carry no status codes
+        // (RFC 2034 §3 applies enhanced codes to other replies only).
+        let mut lines = vec![
+            greeting,
+            "PIPELINING".to_owned(),
+            format!("SIZE {}", self.ctx.config.limits.max_message_size),
+            "8BITMIME".to_owned(),
+            "SMTPUTF8".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+            "DSN".to_owned(),
+            "CHUNKING".to_owned(),
+            "HELP".to_owned(),
+        ];
+        if self.starttls_available() {
+            lines.push("STARTTLS".to_owned());
+        }
+        if self.auth_allowed() && self.conn.principal.is_none() {
+            lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        let last = lines.len() - 1;
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.out.extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
+        }
+    }
+}

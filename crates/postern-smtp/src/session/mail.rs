@@ -1,0 +1,105 @@
+//! MAIL FROM (RFC 5321 §4.1.1.2) with SIZE (RFC 1870), BODY=8BITMIME
+//! (RFC 6152), SMTPUTF8 (RFC 6531) and the DSN parameters RET/ENVID (RFC 3461).
+
+use postern_core::config::ListenerRole;
+use postern_core::envelope::DsnReturn;
+use postern_core::principal::SCOPE_MAIL_SEND;
+use postern_core::{Address, AddressError, BodyType, Envelope};
+use smtp_proto::{
+    MailFrom, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_RET_FULL,
+    MAIL_RET_HDRS, MAIL_SMTPUTF8,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Close, Session, Transaction};
+use crate::reply::{common, Reply};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(crate) fn mail(&mut self, from: MailFrom<String>) -> Result<(), Close> {
+        if self.conn.helo.is_none() {
+            return self.error(common::bad_sequence("send EHLO or HELO first"));
+        }
+        if self.txn.is_some() {
+            return self.error(common::bad_sequence("nested MAIL command"));
+        }
+        if matches!(
+            self.listener.role,
+            ListenerRole::Submission | ListenerRole::Submissions
+        ) {
+            match &self.conn.principal {
+                None => {
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "auth_required").increment(1);
+                    return self.error(Reply::new(530, (5, 7, 0), "Authentication required"));
+                }
+                Some(p) if !p.has_scope(SCOPE_MAIL_SEND) => {
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "scope").increment(1);
+                    return self.error(Reply::new(
+                        550,
+                        (5, 7, 1),
+                        "This API key may not send mail (it lacks the mail.send scope)",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !self.conn.esmtp && (from.flags != 0 || from.size != 0 || from.env_id.is_some()) {
+            return self.error(Reply::new(555, (5, 5, 4), "Parameters need EHLO"));
+        }
+        if from.flags & (MAIL_BODY_BINARYMIME | MAIL_REQUIRETLS) != 0 {
+            return self.error(Reply::new(555, (5, 5, 4), "Unsupported MAIL parameter"));
+        }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        let mail_from = if from.address.is_empty() {
+            String::new()
+        } else {
+            match Address::parse(&from.address, smtputf8) {
+                Ok(a) => a.to_string(),
+                Err(AddressError::NeedsSmtpUtf8) => {
+                    // RFC 6531 §3.7.4.1
+                    return self.error(Reply::new(553, (5, 6, 7), "Non-ASCII sender needs SMTPUTF8"));
+                }
+                Err(e) => {
+                    return self.error(Reply::new(553, (5, 1, 7), format!("Bad sender address: {e}")));
+                }
+            }
+        };
+        let max = self.ctx.config.limits.max_message_size;
+        if from.size != 0 && from.size > max {
+            // RFC 1870 §6.1
+            metrics::counter!("postern_smtp_rejected_total", "reason" => "size").increment(1);
+            self.reply(Reply::new(
+                552,
+                (5, 3, 4),
+                format!("Message size exceeds fixed maximum message size of {max} octets"),
+            ));
+            return Ok(());
+        }
+        let ret = if from.flags & MAIL_RET_FULL != 0 {
+            Some(DsnReturn::Full)
+        } else if from.flags & MAIL_RET_HDRS != 0 {
+            Some(DsnReturn::Headers)
+        } else {
+            None
+        };
+        self.txn = Some(Transaction {
+            envelope: Envelope {
+                mail_from,
+                recipients: Vec::new(),
+                body_type: if from.flags & MAIL_BODY_8BITMIME != 0 {
+                    BodyType::EightBitMime
+                } else {
+                    BodyType::SevenBit
+                },
+                smtputf8,
+                envid: from.env_id,
+                ret,
+            },
+            body: Vec::new(),
+            failed: None,
+            bare_scanner: Default::default(),
+            used_bdat: false,
+        });
+        self.reply(Reply::new(250, (2, 1, 0), "Sender OK"));
+        Ok(())
+    }
+}

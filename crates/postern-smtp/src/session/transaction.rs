@@ -1,0 +1,83 @@
+//! The end of a transaction: RSET (RFC 5321 §4.1.1.5), and handing a finished
+//! message to intake.
+
+use postern_core::config::BareLineEndings;
+use postern_queue::{ClientInfo, Submission};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::Session;
+use crate::body::normalize_line_endings;
+use crate::reply::{common, Reply};
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    pub(crate) fn rset(&mut self) {
+        self.txn = None;
+        self.reply(Reply::new(250, (2, 0, 0), "Reset OK"));
+    }
+
+    /// RFC 3848 protocol keyword for the `Received:` header.
+    fn protocol(&self) -> &'static str {
+        match (self.conn.esmtp, self.tls.is_some(), self.conn.principal.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        }
+    }
+
+    /// Checks the complete body and queues it; answers 250 only once intake
+    /// says the message is durable.
+    pub(crate) async fn finish_body(&mut self, body: Vec<u8>, had_bare_line_endings: bool) {
+        let Some(txn) = self.txn.take() else {
+            return;
+        };
+        if body.contains(&0) {
+            metrics::counter!("postern_smtp_rejected_total", "reason" => "nul_byte").increment(1);
+            self.reply(Reply::new(554, (5, 6, 0), "Message contains NUL bytes; refused"));
+            return;
+        }
+        let body = if had_bare_line_endings
+            && self.ctx.config.smtp.bare_line_endings == BareLineEndings::Normalize
+        {
+            normalize_line_endings(&body)
+        } else {
+            body
+        };
+        let nrcpt = txn.envelope.recipients.len();
+        let submission = Submission {
+            envelope: txn.envelope,
+            principal: self.conn.principal.clone(),
+            client: ClientInfo {
+                ip: self.peer.ip(),
+                helo: self.conn.helo.clone().unwrap_or_default(),
+                protocol: self.protocol(),
+                tls: self.tls.clone(),
+            },
+            body,
+        };
+        // Replies queued so far go out now: the client should not wait for
+        // the fsync to learn about earlier pipelined commands.
+        self.flush_quietly().await;
+        match self.ctx.intake.submit(submission).await {
+            Ok(id) => {
+                tracing::info!(peer = %self.peer, id = %id, nrcpt, "message queued");
+                self.reply(Reply::new(250, (2, 0, 0), format!("OK queued as {id}")));
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "intake failed");
+                metrics::counter!("postern_smtp_rejected_total", "reason" => "queue_error").increment(1);
+                self.reply(common::queue_unavailable());
+            }
+        }
+    }
+
+    /// Flushes pending replies, ignoring errors (the next read will see them).
+    pub(crate) async fn flush_quietly(&mut self) {
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.flush().await;
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Server TLS: one shared rustls configuration per certificate, TLS 1.2 and
+//! 1.3 only, with session resumption (tickets and a session cache) so that
+//! clients reconnecting for every message skip the full handshake.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    Pem { path: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Sessions remembered for resumption by session id (TLS 1.2 clients).
+const SESSION_CACHE_SIZE: usize = 4096;
+
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let pem_err = |path: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem_err(cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(cert, &e))?;
+    if certs.is_empty() {
+        return Err(pem_err(cert, &"no certificate found"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, &e))?;
+    server_config_from_der(certs, key)
+}
+
+pub fn server_config_from_der(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
+/// "TLSv1.3 TLS13_AES_256_GCM_SHA384", for logs and `Received:` headers.
+pub fn describe(conn: &rustls::ServerConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    format!("{version} {suite}")
+}
