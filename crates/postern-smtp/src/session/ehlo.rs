@@ -4,7 +4,6 @@ use postern_core::config::ListenerRole;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Session;
-use crate::reply::Reply;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Whether AUTH may be offered and used right now: only on submission
@@ -30,7 +29,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.conn.esmtp = extended;
         let greeting = format!("{} Hello [{}]", self.hostname(), self.peer.ip());
         if !extended {
-            self.reply(Reply::new(250, (2, 0, 0), greeting));
+            self.out.extend_from_slice(format!("250 {greeting}\r\n").as_bytes());
             return;
         }
         // EHLO replies are written by hand: smtp-proto's generator fixes its
