@@ -1,1 +1,18 @@
+//! Outbound delivery: the scheduler that takes due work from the queue, the
+//! routes and MX resolution that pick the next hop, and the SMTP client.
+//!
+//! The SMTP server never calls into this crate: the two meet only at the
+//! store (DESIGN §3, as Postfix's smtpd and smtp meet only at the queue).
 
+pub mod client;
+pub mod mx;
+pub mod outcome;
+pub mod route;
+pub mod scheduler;
+pub mod tls;
+
+pub use client::{ClientSettings, SmtpClient};
+pub use mx::MxResolver;
+pub use outcome::Outcome;
+pub use route::{Destination, Router};
+pub use scheduler::Scheduler;

@@ -1,0 +1,604 @@
+//! The outbound SMTP client: one delivery attempt for one job (a message's
+//! recipients in one domain), across the candidate hosts in order.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use postern_core::config::RouteTls;
+use postern_store::DeliveryJob;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use smtp_proto::response::parser::ResponseReceiver;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::mx::MxResolver;
+use crate::outcome::Outcome;
+use crate::route::Destination;
+
+/// RFC 5321 §4.5.3.2.6 allows 10 minutes for the reply to the final dot;
+/// other replies use the configured command timeout.
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The port MX hosts listen on (RFC 5321 §4.5.4.2).
+const SMTP_PORT: u16 = 25;
+
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Our EHLO name.
+    pub ehlo_name: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+/// The result of one attempt: an outcome per recipient (in job order) and
+/// how the connection went, for the event log.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub outcomes: Vec<Outcome>,
+    /// "mx.example.net [192.0.2.1]:25 TLSv1.3 …" of the host that answered.
+    pub via: Option<String>,
+}
+
+struct Candidate {
+    host: String,
+    port: u16,
+    tls: RouteTls,
+    ca_file: Option<PathBuf>,
+    auth: Option<(String, String)>,
+}
+
+pub struct SmtpClient {
+    settings: ClientSettings,
+    resolver: Arc<MxResolver>,
+    opportunistic: Arc<ClientConfig>,
+    verified: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+}
+
+/// Why a host was given up on (the next one is tried).
+struct HostFailure(Outcome);
+
+impl SmtpClient {
+    pub fn new(settings: ClientSettings, resolver: Arc<MxResolver>) -> Result<Self, String> {
+        Ok(SmtpClient {
+            settings,
+            resolver,
+            opportunistic: crate::tls::opportunistic_config()?,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn verified_config(&self, ca_file: &Option<PathBuf>) -> Result<Arc<ClientConfig>, String> {
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(ca_file) {
+            return Ok(c.clone());
+        }
+        let c = crate::tls::verified_config(ca_file.as_deref())?;
+        cache.insert(ca_file.clone(), c.clone());
+        Ok(c)
+    }
+
+    pub async fn deliver(&self, destination: &Destination, job: &DeliveryJob) -> Attempt {
+        let all = |o: Outcome| Attempt {
+            outcomes: vec![o; job.recipients.len()],
+            via: None,
+        };
+        let candidates = match destination {
+            Destination::Static(r) => vec![Candidate {
+                host: r.host.clone(),
+                port: r.port,
+                tls: r.tls,
+                ca_file: r.ca_file.clone(),
+                auth: r.auth.clone(),
+            }],
+            Destination::Mx => match self.resolver.mx_hosts(&job.domain).await {
+                Ok(hosts) => hosts
+                    .into_iter()
+                    .map(|host| Candidate {
+                        host,
+                        port: SMTP_PORT,
+                        tls: RouteTls::Opportunistic,
+                        ca_file: None,
+                        auth: None,
+                    })
+                    .collect(),
+                Err(o) => return all(o),
+            },
+        };
+        let mut failures = Vec::new();
+        for c in &candidates {
+            let ips = match self.resolver.addresses(&c.host).await {
+                Ok(ips) => ips,
+                Err(o) => {
+                    failures.push(o);
+                    continue;
+                }
+            };
+            for ip in ips {
+                match self.try_host(c, ip, job).await {
+                    Ok(attempt) => return attempt,
+                    Err(HostFailure(o)) => {
+                        tracing::info!(message = %job.message_id, host = %c.host, %ip, reason = %o.detail(), "host failed");
+                        failures.push(o);
+                    }
+                }
+            }
+        }
+        // Only when every host said no for good is the failure permanent.
+        let permanent = !failures.is_empty() && failures.iter().all(|o| matches!(o, Outcome::Permanent(_)));
+        let detail = failures
+            .last()
+            .map(|o| o.detail().to_owned())
+            .unwrap_or_else(|| format!("no host to deliver {} to", job.domain));
+        all(if permanent {
+            Outcome::Permanent(detail)
+        } else {
+            Outcome::Transient(detail)
+        })
+    }
+
+    async fn try_host(&self, c: &Candidate, ip: IpAddr, job: &DeliveryJob) -> Result<Attempt, HostFailure> {
+        let addr = SocketAddr::new(ip, c.port);
+        let transient = |what: String| HostFailure(Outcome::Transient(what));
+        let tcp = match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(transient(format!("connect to {} [{addr}]: {e}", c.host))),
+            Err(_) => return Err(transient(format!("connect to {} [{addr}]: timed out", c.host))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+            timeout: self.settings.command_timeout,
+            step: "greeting",
+        };
+        let result = self.session(&mut conn, c, addr, job).await;
+        if result.is_ok() {
+            conn.step = "QUIT";
+            let _ = tokio::time::timeout(QUIT_TIMEOUT, async {
+                conn.send(b"QUIT\r\n").await?;
+                conn.reply().await
+            })
+            .await;
+        }
+        let _ = conn.stream.shutdown().await;
+        result
+    }
+
+    async fn session(
+        &self,
+        conn: &mut Conn,
+        c: &Candidate,
+        addr: SocketAddr,
+        job: &DeliveryJob,
+    ) -> Result<Attempt, HostFailure> {
+        let io_fail = |conn: &Conn, e: io::Error| {
+            HostFailure(Outcome::Transient(format!("{} [{addr}] during {}: {e}", c.host, conn.step)))
+        };
+        let (code, text) = conn.reply().await.map_err(|e| io_fail(conn, e))?;
+        if code != 220 {
+            return Err(HostFailure(Outcome::from_reply(code, &text, "greeting")).into_transient());
+        }
+        let mut caps = self.ehlo(conn).await.map_err(|e| io_fail(conn, e))?;
+
+        let mut tls_desc = None;
+        let want_tls = c.tls != RouteTls::None;
+        if want_tls && caps.starttls {
+            conn.step = "STARTTLS";
+            conn.send(b"STARTTLS\r\n").await.map_err(|e| io_fail(conn, e))?;
+            let (code, text) = conn.reply().await.map_err(|e| io_fail(conn, e))?;
+            if code != 220 {
+                if c.tls == RouteTls::Required {
+                    return Err(HostFailure(Outcome::Transient(format!(
+                        "{} refused STARTTLS: {code} {text}",
+                        c.host
+                    ))));
+                }
+            } else {
+                // Anything the server sent after its 220 arrived in plaintext
+                // and is dropped unread (the client side of CVE-2011-0411).
+                conn.buf.clear();
+                let config = match c.tls {
+                    RouteTls::Required => self.verified_config(&c.ca_file).map_err(|e| {
+                        HostFailure(Outcome::Transient(format!("TLS setup: {e}")))
+                    })?,
+                    _ => self.opportunistic.clone(),
+                };
+                let name = server_name(&c.host).ok_or_else(|| {
+                    HostFailure(Outcome::Transient(format!("{}: not a valid TLS name", c.host)))
+                })?;
+                let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Closed) else {
+                    return Err(HostFailure(Outcome::Transient("STARTTLS twice".into())));
+                };
+                let handshake = TlsConnector::from(config).connect(name, tcp);
+                let tls = match tokio::time::timeout(self.settings.command_timeout, handshake).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        metrics::counter!("postern_delivery_tls_total", "result" => "handshake_failed").increment(1);
+                        return Err(HostFailure(Outcome::Transient(format!(
+                            "TLS handshake with {} [{addr}]: {e}",
+                            c.host
+                        ))));
+                    }
+                    Err(_) => {
+                        return Err(HostFailure(Outcome::Transient(format!(
+                            "TLS handshake with {} [{addr}]: timed out",
+                            c.host
+                        ))))
+                    }
+                };
+                let desc = describe(tls.get_ref().1);
+                metrics::counter!("postern_delivery_tls_total", "result" => if c.tls == RouteTls::Required { "verified" } else { "opportunistic" }).increment(1);
+                tls_desc = Some(desc);
+                conn.stream = Stream::Tls(Box::new(tls));
+                caps = self.ehlo(conn).await.map_err(|e| io_fail(conn, e))?;
+            }
+        } else if c.tls == RouteTls::Required {
+            return Err(HostFailure(Outcome::Transient(format!(
+                "{} does not offer STARTTLS, and the route requires TLS",
+                c.host
+            ))));
+        } else {
+            metrics::counter!("postern_delivery_tls_total", "result" => "plaintext").increment(1);
+        }
+
+        if let Some((user, pass)) = &c.auth {
+            if tls_desc.is_none() {
+                return Err(HostFailure(Outcome::Transient(format!(
+                    "not sending credentials to {} without TLS",
+                    c.host
+                ))));
+            }
+            conn.step = "AUTH";
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
+            conn.send(format!("AUTH PLAIN {token}\r\n").as_bytes())
+                .await
+                .map_err(|e| io_fail(conn, e))?;
+            let (code, text) = conn.reply().await.map_err(|e| io_fail(conn, e))?;
+            if code != 235 {
+                // A smart host refusing our credentials is our configuration
+                // problem, not the recipient's: defer, never bounce.
+                return Err(HostFailure(Outcome::Transient(format!("AUTH: {code} {text}"))));
+            }
+        }
+
+        let via = format!(
+            "{} [{}]{}",
+            c.host,
+            addr,
+            tls_desc.as_ref().map(|t| format!(" {t}")).unwrap_or_default()
+        );
+        let outcomes = self.transaction(conn, &caps, job).await.map_err(|e| io_fail(conn, e))?;
+        Ok(Attempt {
+            outcomes,
+            via: Some(via),
+        })
+    }
+
+    async fn ehlo(&self, conn: &mut Conn) -> io::Result<Capabilities> {
+        conn.step = "EHLO";
+        conn.send(format!("EHLO {}\r\n", self.settings.ehlo_name).as_bytes()).await?;
+        let (code, text) = conn.reply().await?;
+        if code == 250 {
+            return Ok(Capabilities::parse(&text));
+        }
+        conn.step = "HELO";
+        conn.send(format!("HELO {}\r\n", self.settings.ehlo_name).as_bytes()).await?;
+        let (code, text) = conn.reply().await?;
+        if code != 250 {
+            return Err(io::Error::other(format!("HELO refused: {code} {text}")));
+        }
+        Ok(Capabilities::default())
+    }
+
+    /// MAIL, RCPT…, DATA; pipelined when the server offers it (RFC 2920).
+    async fn transaction(&self, conn: &mut Conn, caps: &Capabilities, job: &DeliveryJob) -> io::Result<Vec<Outcome>> {
+        let n = job.recipients.len();
+        if job.smtputf8 && !caps.smtputf8 {
+            // RFC 6531 §3.2: without SMTPUTF8 at the next hop the message
+            // cannot be relayed as it is.
+            return Ok(vec![
+                Outcome::Permanent("next hop does not support SMTPUTF8 (5.6.7)".into());
+                n
+            ]);
+        }
+        let mut mail = format!("MAIL FROM:<{}>", job.mail_from);
+        if job.eight_bit && caps.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if job.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if caps.size {
+            mail.push_str(&format!(" SIZE={}", job.body.len()));
+        }
+        mail.push_str("\r\n");
+        let rcpt_lines: Vec<String> = job
+            .recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{}>\r\n", r.address))
+            .collect();
+
+        let mut rcpt_results: Vec<Option<Outcome>> = Vec::with_capacity(n);
+        let mail_reply;
+        let data_reply;
+        if caps.pipelining {
+            conn.step = "MAIL+RCPT+DATA";
+            let mut batch = mail.into_bytes();
+            for l in &rcpt_lines {
+                batch.extend_from_slice(l.as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            conn.send(&batch).await?;
+            mail_reply = conn.reply().await?;
+            for _ in 0..n {
+                let (code, text) = conn.reply().await?;
+                rcpt_results.push((code / 100 != 2).then(|| Outcome::from_reply(code, &text, "RCPT")));
+            }
+            data_reply = Some(conn.reply().await?);
+        } else {
+            conn.step = "MAIL";
+            conn.send(mail.as_bytes()).await?;
+            mail_reply = conn.reply().await?;
+            if mail_reply.0 / 100 == 2 {
+                conn.step = "RCPT";
+                for l in &rcpt_lines {
+                    conn.send(l.as_bytes()).await?;
+                    let (code, text) = conn.reply().await?;
+                    rcpt_results.push((code / 100 != 2).then(|| Outcome::from_reply(code, &text, "RCPT")));
+                }
+                if rcpt_results.iter().any(Option::is_none) {
+                    conn.step = "DATA";
+                    conn.send(b"DATA\r\n").await?;
+                    data_reply = Some(conn.reply().await?);
+                } else {
+                    data_reply = None;
+                }
+            } else {
+                data_reply = None;
+            }
+        }
+
+        if mail_reply.0 / 100 != 2 {
+            if data_reply.as_ref().is_some_and(|(c, _)| *c == 354) {
+                // A server that said 354 anyway gets an empty message ended at once.
+                conn.send(b".\r\n").await?;
+                let _ = conn.reply().await;
+            }
+            return Ok(vec![Outcome::from_reply(mail_reply.0, &mail_reply.1, "MAIL"); n]);
+        }
+        let accepted = rcpt_results.iter().filter(|r| r.is_none()).count();
+        let data_outcome = match data_reply {
+            Some((354, _)) if accepted > 0 => {
+                conn.step = "DATA content";
+                conn.send(&encode_data(&job.body)).await?;
+                let (code, text) = conn.reply_within(DATA_END_TIMEOUT).await?;
+                Outcome::from_reply(code, &text, "end of DATA")
+            }
+            Some((354, _)) => {
+                conn.send(b".\r\n").await?;
+                let _ = conn.reply().await;
+                Outcome::Transient("no recipient accepted".into())
+            }
+            Some((code, text)) => Outcome::from_reply(code, &text, "DATA"),
+            None => Outcome::Transient("no recipient accepted".into()),
+        };
+        Ok(rcpt_results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| data_outcome.clone()))
+            .collect())
+    }
+}
+
+impl HostFailure {
+    /// A refusal at the greeting is about the host, not the recipient: try
+    /// another host or later, never bounce for it.
+    fn into_transient(self) -> HostFailure {
+        HostFailure(Outcome::Transient(self.0.detail().to_owned()))
+    }
+}
+
+fn server_name(host: &str) -> Option<ServerName<'static>> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Some(ServerName::IpAddress(ip.into())),
+        Err(_) => ServerName::try_from(host.to_owned()).ok(),
+    }
+}
+
+fn describe(conn: &rustls::ClientConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    format!("{version} {suite}")
+}
+
+/// Dot-stuffs (RFC 5321 §4.5.2) and terminates the body. Any bare CR or LF
+/// (intake refuses or normalises them, so this is defence in depth) is
+/// written as CRLF: the client never emits a bare line ending.
+pub fn encode_data(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        match b {
+            b'\r' | b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                at_line_start = true;
+            }
+            _ => {
+                out.push(b);
+                at_line_start = false;
+            }
+        }
+        i += 1;
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[derive(Debug, Default, Clone)]
+struct Capabilities {
+    starttls: bool,
+    pipelining: bool,
+    eight_bit_mime: bool,
+    smtputf8: bool,
+    size: bool,
+}
+
+impl Capabilities {
+    fn parse(ehlo_text: &str) -> Self {
+        let mut c = Capabilities::default();
+        for line in ehlo_text.lines().skip(1) {
+            let keyword = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "STARTTLS" => c.starttls = true,
+                "PIPELINING" => c.pipelining = true,
+                "8BITMIME" => c.eight_bit_mime = true,
+                "SMTPUTF8" => c.smtputf8 = true,
+                "SIZE" => c.size = true,
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Closed,
+}
+
+struct Conn {
+    stream: Stream,
+    buf: Vec<u8>,
+    timeout: Duration,
+    step: &'static str,
+}
+
+impl Conn {
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        tokio::time::timeout(self.timeout, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+    }
+
+    async fn reply(&mut self) -> io::Result<(u16, String)> {
+        let t = self.timeout;
+        self.reply_within(t).await
+    }
+
+    /// Reads one reply with smtp-proto's parser; bytes after it stay buffered
+    /// (pipelined replies).
+    async fn reply_within(&mut self, timeout: Duration) -> io::Result<(u16, String)> {
+        let mut receiver = ResponseReceiver::default();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if !self.buf.is_empty() {
+                let mut iter = self.buf.iter();
+                let before = iter.len();
+                let parsed = receiver.parse(&mut iter);
+                let consumed = before - iter.len();
+                self.buf.drain(..consumed);
+                match parsed {
+                    Ok(r) => return Ok((r.code, r.message)),
+                    Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {e}"))),
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply timed out"))??;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_and_line_endings() {
+        assert_eq!(encode_data(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(encode_data(b".\r\n"), b"..\r\n.\r\n");
+        assert_eq!(encode_data(b"no newline"), b"no newline\r\n.\r\n");
+        // Bare CR and LF never leave as such.
+        assert_eq!(encode_data(b"a\nb\rc\r\n.d"), b"a\r\nb\r\nc\r\n..d\r\n.\r\n");
+        assert_eq!(encode_data(b""), b".\r\n");
+    }
+
+    #[test]
+    fn capabilities() {
+        let c = Capabilities::parse("mx.example Hello\nPIPELINING\nSIZE 1000\nSTARTTLS\n8BITMIME");
+        assert!(c.pipelining && c.size && c.starttls && c.eight_bit_mime && !c.smtputf8);
+    }
+}

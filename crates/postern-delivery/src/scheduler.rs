@@ -1,0 +1,133 @@
+//! The scheduler: claims due work from the store, delivers it with bounded
+//! concurrency, and settles the outcomes (retry with backoff, or done).
+//! It reads only the store: a message queued by another node or a restart
+//! is picked up the same way as one queued a moment ago.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_queue::RetrySchedule;
+use postern_store::{DeliveryJob, QueueStore, RecipientOutcome, Settlement};
+use tokio::sync::{watch, Notify, Semaphore};
+use tracing::Instrument;
+
+use crate::client::SmtpClient;
+use crate::outcome::Outcome;
+use crate::route::Router;
+
+/// How long a claim holds work. It must outlast the slowest attempt (a
+/// few timeouts in a row); an expired lease makes the work due again.
+const LEASE: Duration = Duration::from_secs(30 * 60);
+/// Longest sleep when idle, so work queued by another process (the CLI,
+/// another node) is found without a wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(2);
+
+pub struct Scheduler {
+    pub store: Arc<dyn QueueStore>,
+    pub client: Arc<SmtpClient>,
+    pub router: Arc<Router>,
+    pub retry: RetrySchedule,
+    pub concurrency: usize,
+    pub wakeup: Arc<Notify>,
+}
+
+impl Scheduler {
+    /// Runs until `shutdown` turns true, then waits up to `grace` for
+    /// attempts in flight; any still running are abandoned and their lease
+    /// makes them due again after a restart.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let this = Arc::new(self);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => drop(p),
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+                continue;
+            }
+            let now = postern_core::time::now_millis();
+            let jobs = match this.store.claim_due(now, free, LEASE.as_millis() as i64).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduler: claim failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if jobs.is_empty() {
+                let wait = match this.store.next_due().await {
+                    Ok(Some(t)) => Duration::from_millis((t - now).clamp(0, IDLE_POLL.as_millis() as i64) as u64),
+                    _ => IDLE_POLL,
+                };
+                tokio::select! {
+                    _ = this.wakeup.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+                continue;
+            }
+            for job in jobs {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let this = this.clone();
+                tokio::spawn(async move {
+                    this.attempt(job).await;
+                    drop(permit);
+                });
+            }
+        }
+        tracing::info!("scheduler stopping; waiting for deliveries in flight");
+        let all = this.concurrency as u32;
+        if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+            tracing::warn!("deliveries still in flight at shutdown; they will be retried");
+        }
+    }
+
+    async fn attempt(&self, job: DeliveryJob) {
+        let destination = self.router.route(&job.domain);
+        let span = tracing::info_span!("delivery", message = %job.message_id, domain = %job.domain);
+        let attempt = self.client.deliver(&destination, &job).instrument(span).await;
+        let now = postern_core::time::now_millis();
+        let mut outcomes = Vec::with_capacity(job.recipients.len());
+        for (rcpt, outcome) in job.recipients.iter().zip(attempt.outcomes) {
+            let via = attempt.via.as_deref().map(|v| format!(" via {v}")).unwrap_or_default();
+            let (settlement, detail) = match &outcome {
+                Outcome::Delivered(d) => (Settlement::Delivered, format!("{d}{via}")),
+                Outcome::Permanent(d) => (Settlement::Failed, format!("{d}{via}")),
+                Outcome::Transient(d) => match self.retry.next_attempt(job.received_at, now, rcpt.attempts + 1) {
+                    Some(next_attempt) => (Settlement::Deferred { next_attempt }, format!("{d}{via}")),
+                    None => (
+                        Settlement::Failed,
+                        format!("gave up after {} attempts (queue.max_age reached): {d}{via}", rcpt.attempts + 1),
+                    ),
+                },
+            };
+            let label = match settlement {
+                Settlement::Delivered => "delivered",
+                Settlement::Deferred { .. } => "deferred",
+                Settlement::Failed => "failed",
+            };
+            metrics::counter!("postern_delivery_outcomes_total", "outcome" => label).increment(1);
+            tracing::info!(message = %job.message_id, rcpt = %rcpt.address, outcome = label, %detail, "delivery attempt");
+            outcomes.push(RecipientOutcome {
+                message_id: job.message_id.clone(),
+                index: rcpt.index,
+                recipient: rcpt.address.clone(),
+                settlement,
+                detail,
+                at: now,
+            });
+        }
+        if let Err(e) = self.store.settle(outcomes).await {
+            // The lease will expire and the attempt be repeated: a possible
+            // duplicate, never a loss.
+            tracing::error!(message = %job.message_id, error = %e, "could not record delivery outcome");
+        }
+    }
+}
