@@ -100,15 +100,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let keys = ApiKeys::new(&store).await.unwrap();
-        let a = keys.create(&store, "admin", "a", vec![], None).await.unwrap();
-        let b = keys.create(&store, "admin", "b", vec![], None).await.unwrap();
+        let a = keys
+            .create(&store, "admin", "a", vec![], None)
+            .await
+            .unwrap();
+        let b = keys
+            .create(&store, "admin", "b", vec![], None)
+            .await
+            .unwrap();
         assert_ne!(a.secret, b.secret);
         assert!(ApiKeys::looks_like_key(&a.secret), "{}", a.secret);
         // 43 base64url characters carry 256 bits.
         assert_eq!(a.secret.len(), KEY_PREFIX.len() + 43);
         let stored = store.list_api_keys(None).await.unwrap();
         for k in &stored {
-            assert!(!k.hash.windows(8).any(|w| a.secret.as_bytes().windows(8).any(|s| s == w)));
+            assert!(!k
+                .hash
+                .windows(8)
+                .any(|w| a.secret.as_bytes().windows(8).any(|s| s == w)));
         }
         assert_eq!(stored[0].scopes, vec!["full_access".to_string()]);
         // The same secret is the same hash only with the same store secret.

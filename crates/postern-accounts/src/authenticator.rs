@@ -114,12 +114,21 @@ mod tests {
             .create(store.as_ref(), "admin", "k", vec!["mail.send".into()], None)
             .await
             .unwrap();
-        let p = auth.authenticate(&creds("apikey", &issued.secret)).await.unwrap();
+        let p = auth
+            .authenticate(&creds("apikey", &issued.secret))
+            .await
+            .unwrap();
         assert_eq!(p.account, "admin");
         assert!(p.has_scope("mail.send"));
 
-        assert!(auth.authenticate(&creds("admin", &issued.secret)).await.is_err());
-        assert!(auth.authenticate(&creds("apikey", "pst_wrong")).await.is_err());
+        assert!(auth
+            .authenticate(&creds("admin", &issued.secret))
+            .await
+            .is_err());
+        assert!(auth
+            .authenticate(&creds("apikey", "pst_wrong"))
+            .await
+            .is_err());
         let mut other = creds("apikey", &issued.secret);
         other.authzid = "someone-else".into();
         assert!(matches!(
@@ -127,7 +136,10 @@ mod tests {
             Err(AuthFailure::AuthzidNotPermitted)
         ));
 
-        store.revoke_api_key(issued.record.id.clone(), 1).await.unwrap();
+        store
+            .revoke_api_key(issued.record.id.clone(), 1)
+            .await
+            .unwrap();
         assert!(matches!(
             auth.authenticate(&creds("apikey", &issued.secret)).await,
             Err(AuthFailure::Invalid { reason: "revoked" })

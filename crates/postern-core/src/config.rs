@@ -408,7 +408,10 @@ impl Config {
         }
         for (i, d) in self.relay.domains.iter().enumerate() {
             if normalize_domain(d).is_err() {
-                return Err(invalid(format!("relay.domains[{i}]"), "must be a domain name"));
+                return Err(invalid(
+                    format!("relay.domains[{i}]"),
+                    "must be a domain name",
+                ));
             }
         }
         let l = &self.limits;
@@ -441,7 +444,11 @@ impl Config {
 
     /// Relay domains, lower-cased.
     pub fn relay_domains(&self) -> Vec<String> {
-        self.relay.domains.iter().map(|d| d.to_lowercase()).collect()
+        self.relay
+            .domains
+            .iter()
+            .map(|d| d.to_lowercase())
+            .collect()
     }
 }
 
@@ -496,22 +503,29 @@ mod tests {
     fn bad_value_is_named() {
         let err = Config::parse("[limits]\ncommand_timeout = \"5 minutes\"\n").unwrap_err();
         assert!(err.to_string().contains("command_timeout"), "{err}");
-        let err = Config::parse(
-            "[[route]]\ndomain = \"example.net\"\nnext_hop = \"nohost\"\n",
-        )
-        .unwrap_err();
+        let err = Config::parse("[[route]]\ndomain = \"example.net\"\nnext_hop = \"nohost\"\n")
+            .unwrap_err();
         assert!(err.to_string().starts_with("route[0].next_hop"), "{err}");
         let err = Config::parse("[limits]\nmax_command_line = 100\n").unwrap_err();
-        assert!(err.to_string().starts_with("limits.max_command_line"), "{err}");
+        assert!(
+            err.to_string().starts_with("limits.max_command_line"),
+            "{err}"
+        );
         let err = Config::parse("[relay]\ndomains = [\"bad domain\"]\n").unwrap_err();
         assert!(err.to_string().starts_with("relay.domains[0]"), "{err}");
     }
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(split_host_port("127.0.0.1:25"), Some(("127.0.0.1".into(), 25)));
+        assert_eq!(
+            split_host_port("127.0.0.1:25"),
+            Some(("127.0.0.1".into(), 25))
+        );
         assert_eq!(split_host_port("[::1]:2526"), Some(("::1".into(), 2526)));
-        assert_eq!(split_host_port("mx.example.net:587"), Some(("mx.example.net".into(), 587)));
+        assert_eq!(
+            split_host_port("mx.example.net:587"),
+            Some(("mx.example.net".into(), 587))
+        );
         assert_eq!(split_host_port("::1:25"), None);
         assert_eq!(split_host_port("host"), None);
     }

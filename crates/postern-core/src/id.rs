@@ -19,8 +19,10 @@ impl MessageId {
     /// Accepts only strings that `generate` could have produced, so an id taken
     /// from a command line or URL cannot carry anything else.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 28 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then(|| MessageId(s.to_owned()))
+        (s.len() == 28
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| MessageId(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -134,7 +134,8 @@ impl SmtpClient {
             }
         }
         // Only when every host said no for good is the failure permanent.
-        let permanent = !failures.is_empty() && failures.iter().all(|o| matches!(o, Outcome::Permanent(_)));
+        let permanent =
+            !failures.is_empty() && failures.iter().all(|o| matches!(o, Outcome::Permanent(_)));
         let detail = failures
             .last()
             .map(|o| o.detail().to_owned())
@@ -146,14 +147,29 @@ impl SmtpClient {
         })
     }
 
-    async fn try_host(&self, c: &Candidate, ip: IpAddr, job: &DeliveryJob) -> Result<Attempt, HostFailure> {
+    async fn try_host(
+        &self,
+        c: &Candidate,
+        ip: IpAddr,
+        job: &DeliveryJob,
+    ) -> Result<Attempt, HostFailure> {
         let addr = SocketAddr::new(ip, c.port);
         let transient = |what: String| HostFailure(Outcome::Transient(what));
-        let tcp = match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(transient(format!("connect to {} [{addr}]: {e}", c.host))),
-            Err(_) => return Err(transient(format!("connect to {} [{addr}]: timed out", c.host))),
-        };
+        let tcp =
+            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(transient(format!("connect to {} [{addr}]: {e}", c.host)))
+                }
+                Err(_) => {
+                    return Err(transient(format!(
+                        "connect to {} [{addr}]: timed out",
+                        c.host
+                    )))
+                }
+            };
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn {
             stream: Stream::Plain(tcp),
@@ -182,7 +198,10 @@ impl SmtpClient {
         job: &DeliveryJob,
     ) -> Result<Attempt, HostFailure> {
         let io_fail = |conn: &Conn, e: io::Error| {
-            HostFailure(Outcome::Transient(format!("{} [{addr}] during {}: {e}", c.host, conn.step)))
+            HostFailure(Outcome::Transient(format!(
+                "{} [{addr}] during {}: {e}",
+                c.host, conn.step
+            )))
         };
         let (code, text) = conn.reply().await.map_err(|e| io_fail(conn, e))?;
         if code != 220 {
@@ -194,7 +213,9 @@ impl SmtpClient {
         let want_tls = c.tls != RouteTls::None;
         if want_tls && caps.starttls {
             conn.step = "STARTTLS";
-            conn.send(b"STARTTLS\r\n").await.map_err(|e| io_fail(conn, e))?;
+            conn.send(b"STARTTLS\r\n")
+                .await
+                .map_err(|e| io_fail(conn, e))?;
             let (code, text) = conn.reply().await.map_err(|e| io_fail(conn, e))?;
             if code != 220 {
                 if c.tls == RouteTls::Required {
@@ -208,19 +229,23 @@ impl SmtpClient {
                 // and is dropped unread (the client side of CVE-2011-0411).
                 conn.buf.clear();
                 let config = match c.tls {
-                    RouteTls::Required => self.verified_config(&c.ca_file).map_err(|e| {
-                        HostFailure(Outcome::Transient(format!("TLS setup: {e}")))
-                    })?,
+                    RouteTls::Required => self
+                        .verified_config(&c.ca_file)
+                        .map_err(|e| HostFailure(Outcome::Transient(format!("TLS setup: {e}"))))?,
                     _ => self.opportunistic.clone(),
                 };
                 let name = server_name(&c.host).ok_or_else(|| {
-                    HostFailure(Outcome::Transient(format!("{}: not a valid TLS name", c.host)))
+                    HostFailure(Outcome::Transient(format!(
+                        "{}: not a valid TLS name",
+                        c.host
+                    )))
                 })?;
                 let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Closed) else {
                     return Err(HostFailure(Outcome::Transient("STARTTLS twice".into())));
                 };
                 let handshake = TlsConnector::from(config).connect(name, tcp);
-                let tls = match tokio::time::timeout(self.settings.command_timeout, handshake).await {
+                let tls = match tokio::time::timeout(self.settings.command_timeout, handshake).await
+                {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
                         metrics::counter!("postern_delivery_tls_total", "result" => "handshake_failed").increment(1);
@@ -259,7 +284,8 @@ impl SmtpClient {
                 ))));
             }
             conn.step = "AUTH";
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
             conn.send(format!("AUTH PLAIN {token}\r\n").as_bytes())
                 .await
                 .map_err(|e| io_fail(conn, e))?;
@@ -267,7 +293,9 @@ impl SmtpClient {
             if code != 235 {
                 // A smart host refusing our credentials is our configuration
                 // problem, not the recipient's: defer, never bounce.
-                return Err(HostFailure(Outcome::Transient(format!("AUTH: {code} {text}"))));
+                return Err(HostFailure(Outcome::Transient(format!(
+                    "AUTH: {code} {text}"
+                ))));
             }
         }
 
@@ -275,9 +303,15 @@ impl SmtpClient {
             "{} [{}]{}",
             c.host,
             addr,
-            tls_desc.as_ref().map(|t| format!(" {t}")).unwrap_or_default()
+            tls_desc
+                .as_ref()
+                .map(|t| format!(" {t}"))
+                .unwrap_or_default()
         );
-        let outcomes = self.transaction(conn, &caps, job).await.map_err(|e| io_fail(conn, e))?;
+        let outcomes = self
+            .transaction(conn, &caps, job)
+            .await
+            .map_err(|e| io_fail(conn, e))?;
         Ok(Attempt {
             outcomes,
             via: Some(via),
@@ -286,13 +320,15 @@ impl SmtpClient {
 
     async fn ehlo(&self, conn: &mut Conn) -> io::Result<Capabilities> {
         conn.step = "EHLO";
-        conn.send(format!("EHLO {}\r\n", self.settings.ehlo_name).as_bytes()).await?;
+        conn.send(format!("EHLO {}\r\n", self.settings.ehlo_name).as_bytes())
+            .await?;
         let (code, text) = conn.reply().await?;
         if code == 250 {
             return Ok(Capabilities::parse(&text));
         }
         conn.step = "HELO";
-        conn.send(format!("HELO {}\r\n", self.settings.ehlo_name).as_bytes()).await?;
+        conn.send(format!("HELO {}\r\n", self.settings.ehlo_name).as_bytes())
+            .await?;
         let (code, text) = conn.reply().await?;
         if code != 250 {
             return Err(io::Error::other(format!("HELO refused: {code} {text}")));
@@ -301,13 +337,20 @@ impl SmtpClient {
     }
 
     /// MAIL, RCPT…, DATA; pipelined when the server offers it (RFC 2920).
-    async fn transaction(&self, conn: &mut Conn, caps: &Capabilities, job: &DeliveryJob) -> io::Result<Vec<Outcome>> {
+    async fn transaction(
+        &self,
+        conn: &mut Conn,
+        caps: &Capabilities,
+        job: &DeliveryJob,
+    ) -> io::Result<Vec<Outcome>> {
         let n = job.recipients.len();
         if job.smtputf8 && !caps.smtputf8 {
             // RFC 6531 §3.2: without SMTPUTF8 at the next hop the message
             // cannot be relayed as it is.
             return Ok(vec![
-                Outcome::Permanent("next hop does not support SMTPUTF8 (5.6.7)".into());
+                Outcome::Permanent(
+                    "next hop does not support SMTPUTF8 (5.6.7)".into()
+                );
                 n
             ]);
         }
@@ -342,7 +385,8 @@ impl SmtpClient {
             mail_reply = conn.reply().await?;
             for _ in 0..n {
                 let (code, text) = conn.reply().await?;
-                rcpt_results.push((code / 100 != 2).then(|| Outcome::from_reply(code, &text, "RCPT")));
+                rcpt_results
+                    .push((code / 100 != 2).then(|| Outcome::from_reply(code, &text, "RCPT")));
             }
             data_reply = Some(conn.reply().await?);
         } else {
@@ -354,7 +398,8 @@ impl SmtpClient {
                 for l in &rcpt_lines {
                     conn.send(l.as_bytes()).await?;
                     let (code, text) = conn.reply().await?;
-                    rcpt_results.push((code / 100 != 2).then(|| Outcome::from_reply(code, &text, "RCPT")));
+                    rcpt_results
+                        .push((code / 100 != 2).then(|| Outcome::from_reply(code, &text, "RCPT")));
                 }
                 if rcpt_results.iter().any(Option::is_none) {
                     conn.step = "DATA";
@@ -374,7 +419,10 @@ impl SmtpClient {
                 conn.send(b".\r\n").await?;
                 let _ = conn.reply().await;
             }
-            return Ok(vec![Outcome::from_reply(mail_reply.0, &mail_reply.1, "MAIL"); n]);
+            return Ok(vec![
+                Outcome::from_reply(mail_reply.0, &mail_reply.1, "MAIL");
+                n
+            ]);
         }
         let accepted = rcpt_results.iter().filter(|r| r.is_none()).count();
         let data_outcome = match data_reply {
@@ -474,7 +522,11 @@ impl Capabilities {
     fn parse(ehlo_text: &str) -> Self {
         let mut c = Capabilities::default();
         for line in ehlo_text.lines().skip(1) {
-            let keyword = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let keyword = line
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             match keyword.as_str() {
                 "STARTTLS" => c.starttls = true,
                 "PIPELINING" => c.pipelining = true,
@@ -531,7 +583,12 @@ impl Conn {
                 match parsed {
                     Ok(r) => return Ok((r.code, r.message)),
                     Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
-                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {e}"))),
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("bad reply: {e}"),
+                        ))
+                    }
                 }
             }
             let mut chunk = [0u8; 4096];
@@ -539,7 +596,10 @@ impl Conn {
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "reply timed out"))??;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -547,7 +607,11 @@ impl Conn {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -557,7 +621,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -592,7 +660,10 @@ mod tests {
         assert_eq!(encode_data(b".\r\n"), b"..\r\n.\r\n");
         assert_eq!(encode_data(b"no newline"), b"no newline\r\n.\r\n");
         // Bare CR and LF never leave as such.
-        assert_eq!(encode_data(b"a\nb\rc\r\n.d"), b"a\r\nb\r\nc\r\n..d\r\n.\r\n");
+        assert_eq!(
+            encode_data(b"a\nb\rc\r\n.d"),
+            b"a\r\nb\r\nc\r\n..d\r\n.\r\n"
+        );
         assert_eq!(encode_data(b""), b".\r\n");
     }
 

@@ -82,7 +82,9 @@ impl MxResolver {
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
                 Err(Outcome::Permanent(format!("{host}: no address records")))
             }
-            Err(e) => Err(Outcome::Transient(format!("address lookup for {host}: {e}"))),
+            Err(e) => Err(Outcome::Transient(format!(
+                "address lookup for {host}: {e}"
+            ))),
         }
     }
 }

@@ -80,7 +80,10 @@ mod tests {
         let r = Router::new(&[route("example.net", "127.0.0.1:2626")]);
         assert!(matches!(r.route("example.net"), Destination::Static(s) if s.port == 2626));
         assert_eq!(r.route("other.example"), Destination::Mx);
-        let r = Router::new(&[route("example.net", "127.0.0.1:2626"), route("*", "[::1]:25")]);
+        let r = Router::new(&[
+            route("example.net", "127.0.0.1:2626"),
+            route("*", "[::1]:25"),
+        ]);
         assert!(matches!(r.route("other.example"), Destination::Static(s) if s.host == "::1"));
     }
 }

@@ -51,7 +51,11 @@ impl Scheduler {
                 continue;
             }
             let now = postern_core::time::now_millis();
-            let jobs = match this.store.claim_due(now, free, LEASE.as_millis() as i64).await {
+            let jobs = match this
+                .store
+                .claim_due(now, free, LEASE.as_millis() as i64)
+                .await
+            {
                 Ok(j) => j,
                 Err(e) => {
                     tracing::error!(error = %e, "scheduler: claim failed");
@@ -61,7 +65,9 @@ impl Scheduler {
             };
             if jobs.is_empty() {
                 let wait = match this.store.next_due().await {
-                    Ok(Some(t)) => Duration::from_millis((t - now).clamp(0, IDLE_POLL.as_millis() as i64) as u64),
+                    Ok(Some(t)) => Duration::from_millis(
+                        (t - now).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
+                    ),
                     _ => IDLE_POLL,
                 };
                 tokio::select! {
@@ -84,7 +90,10 @@ impl Scheduler {
         }
         tracing::info!("scheduler stopping; waiting for deliveries in flight");
         let all = this.concurrency as u32;
-        if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
             tracing::warn!("deliveries still in flight at shutdown; they will be retried");
         }
     }
@@ -92,21 +101,39 @@ impl Scheduler {
     async fn attempt(&self, job: DeliveryJob) {
         let destination = self.router.route(&job.domain);
         let span = tracing::info_span!("delivery", message = %job.message_id, domain = %job.domain);
-        let attempt = self.client.deliver(&destination, &job).instrument(span).await;
+        let attempt = self
+            .client
+            .deliver(&destination, &job)
+            .instrument(span)
+            .await;
         let now = postern_core::time::now_millis();
         let mut outcomes = Vec::with_capacity(job.recipients.len());
         for (rcpt, outcome) in job.recipients.iter().zip(attempt.outcomes) {
-            let via = attempt.via.as_deref().map(|v| format!(" via {v}")).unwrap_or_default();
+            let via = attempt
+                .via
+                .as_deref()
+                .map(|v| format!(" via {v}"))
+                .unwrap_or_default();
             let (settlement, detail) = match &outcome {
                 Outcome::Delivered(d) => (Settlement::Delivered, format!("{d}{via}")),
                 Outcome::Permanent(d) => (Settlement::Failed, format!("{d}{via}")),
-                Outcome::Transient(d) => match self.retry.next_attempt(job.received_at, now, rcpt.attempts + 1) {
-                    Some(next_attempt) => (Settlement::Deferred { next_attempt }, format!("{d}{via}")),
-                    None => (
-                        Settlement::Failed,
-                        format!("gave up after {} attempts (queue.max_age reached): {d}{via}", rcpt.attempts + 1),
-                    ),
-                },
+                Outcome::Transient(d) => {
+                    match self
+                        .retry
+                        .next_attempt(job.received_at, now, rcpt.attempts + 1)
+                    {
+                        Some(next_attempt) => {
+                            (Settlement::Deferred { next_attempt }, format!("{d}{via}"))
+                        }
+                        None => (
+                            Settlement::Failed,
+                            format!(
+                                "gave up after {} attempts (queue.max_age reached): {d}{via}",
+                                rcpt.attempts + 1
+                            ),
+                        ),
+                    }
+                }
             };
             let label = match settlement {
                 Settlement::Delivered => "delivered",

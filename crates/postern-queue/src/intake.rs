@@ -169,7 +169,10 @@ mod tests {
         let jobs = store.claim_due(i64::MAX / 2, 10, 1000).await.unwrap();
         assert_eq!(jobs.len(), 1);
         let body = String::from_utf8(jobs[0].body.to_vec()).unwrap();
-        assert!(body.starts_with("Received: from evil??X-Injected:?yes??x? ([127.0.0.1])\r\n"), "{body}");
+        assert!(
+            body.starts_with("Received: from evil??X-Injected:?yes??x? ([127.0.0.1])\r\n"),
+            "{body}"
+        );
         assert!(body.contains(&format!("with ESMTPS id {id}")));
         assert!(body.ends_with("\r\nSubject: hi\r\n\r\nbody\r\n"));
         // Every header line of the trace is CRLF-terminated, with no bare LF.
@@ -192,6 +195,9 @@ mod tests {
             },
             body: vec![],
         };
-        assert!(matches!(intake.submit(sub).await, Err(IntakeError::NoRecipients)));
+        assert!(matches!(
+            intake.submit(sub).await,
+            Err(IntakeError::NoRecipients)
+        ));
     }
 }

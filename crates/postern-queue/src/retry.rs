@@ -51,7 +51,10 @@ mod tests {
         let s = schedule();
         for (attempt, base) in [(1u32, 60.0), (2, 120.0), (3, 240.0), (9, 14_400.0)] {
             let d = s.delay(attempt).as_secs_f64();
-            assert!(d >= base * 0.8 - 0.001 && d <= (base * 1.2).min(14_400.0) + 0.001, "{attempt}: {d}");
+            assert!(
+                d >= base * 0.8 - 0.001 && d <= (base * 1.2).min(14_400.0) + 0.001,
+                "{attempt}: {d}"
+            );
         }
         assert!(s.delay(40) <= s.max);
     }

@@ -77,7 +77,8 @@ pub async fn serve_listener(
                     LimitExceeded::Total => "max_connections",
                     LimitExceeded::PerIp => "max_connections_per_ip",
                 };
-                metrics::counter!("postern_smtp_connections_refused_total", "reason" => reason).increment(1);
+                metrics::counter!("postern_smtp_connections_refused_total", "reason" => reason)
+                    .increment(1);
                 tracing::info!(peer = %peer, reason, "connection refused");
                 if lctx.role != ListenerRole::Submissions {
                     let mut stream = stream;
@@ -90,7 +91,8 @@ pub async fn serve_listener(
                 continue;
             }
         };
-        metrics::counter!("postern_smtp_connections_total", "listener" => lctx.role_name()).increment(1);
+        metrics::counter!("postern_smtp_connections_total", "listener" => lctx.role_name())
+            .increment(1);
         let (lctx, ctx, shutdown) = (lctx.clone(), ctx.clone(), shutdown.clone());
         tokio::spawn(async move {
             handle_connection(stream, peer, lctx, ctx, shutdown, guard).await;
@@ -117,7 +119,14 @@ async fn handle_connection(
         }
         return;
     }
-    let session = Session::new(stream, ctx.clone(), lctx.clone(), peer, None, shutdown.clone());
+    let session = Session::new(
+        stream,
+        ctx.clone(),
+        lctx.clone(),
+        peer,
+        None,
+        shutdown.clone(),
+    );
     match session.run(true).await {
         SessionEnd::Closed(_) => {}
         SessionEnd::StartTls(stream) => {
@@ -147,12 +156,14 @@ async fn handshake(
             Some((tls, desc))
         }
         Ok(Err(e)) => {
-            metrics::counter!("postern_smtp_tls_failures_total", "reason" => "handshake").increment(1);
+            metrics::counter!("postern_smtp_tls_failures_total", "reason" => "handshake")
+                .increment(1);
             tracing::info!(peer = %peer, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            metrics::counter!("postern_smtp_tls_failures_total", "reason" => "timeout").increment(1);
+            metrics::counter!("postern_smtp_tls_failures_total", "reason" => "timeout")
+                .increment(1);
             tracing::info!(peer = %peer, "TLS handshake timed out");
             None
         }

@@ -49,11 +49,19 @@ pub mod common {
     }
 
     pub fn queue_unavailable() -> Reply {
-        Reply::new(451, (4, 3, 0), "Temporary failure: queue unavailable, try again later")
+        Reply::new(
+            451,
+            (4, 3, 0),
+            "Temporary failure: queue unavailable, try again later",
+        )
     }
 
     pub fn shutting_down(host: &str) -> Reply {
-        Reply::new(421, (4, 3, 2), format!("{host} Service shutting down, try again later"))
+        Reply::new(
+            421,
+            (4, 3, 2),
+            format!("{host} Service shutting down, try again later"),
+        )
     }
 }
 

@@ -32,7 +32,10 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
         let mut c = Client::new(tls);
         // The first reply over TLS must answer our EHLO, not the injected RSET.
         let r = c.cmd("EHLO client.test").await;
-        assert!(r.starts_with("250-mx.test Hello"), "injected command was answered: {r}");
+        assert!(
+            r.starts_with("250-mx.test Hello"),
+            "injected command was answered: {r}"
+        );
         assert!(!r.contains("Reset"), "{r}");
         let r = c.cmd("NOOP").await;
         assert_eq!(r, "250 2.0.0 OK\r\n");
@@ -80,11 +83,23 @@ async fn wrong_credentials_get_one_reply_and_a_limit() {
     c.cmd("EHLO client.test").await;
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let unknown_user = c.cmd(&format!("AUTH PLAIN {}", b64(&format!("\0nobody\0{}", server.api_key)))).await;
-    let wrong_key = c.cmd(&format!("AUTH PLAIN {}", b64("\0apikey\0pst_wrong"))).await;
-    assert_eq!(unknown_user, wrong_key, "same reply for unknown user and wrong key");
+    let unknown_user = c
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            b64(&format!("\0nobody\0{}", server.api_key))
+        ))
+        .await;
+    let wrong_key = c
+        .cmd(&format!("AUTH PLAIN {}", b64("\0apikey\0pst_wrong")))
+        .await;
+    assert_eq!(
+        unknown_user, wrong_key,
+        "same reply for unknown user and wrong key"
+    );
     assert!(wrong_key.starts_with("535 5.7.8 "), "{wrong_key}");
-    let third = c.cmd(&format!("AUTH PLAIN {}", b64("\0apikey\0pst_again"))).await;
+    let third = c
+        .cmd(&format!("AUTH PLAIN {}", b64("\0apikey\0pst_again")))
+        .await;
     assert!(third.starts_with("535 5.7.8 "), "{third}");
     let rest = c.rest().await;
     assert!(rest.contains("421 4.7.0"), "{rest}");
@@ -95,7 +110,10 @@ async fn mx_session_with_data(server: &harness::Server, data: &[u8]) -> String {
     c.reply().await;
     c.cmd("EHLO client.test").await;
     assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250 "));
-    assert!(c.cmd("RCPT TO:<user@relay.example>").await.starts_with("250 "));
+    assert!(c
+        .cmd("RCPT TO:<user@relay.example>")
+        .await
+        .starts_with("250 "));
     assert!(c.cmd("DATA").await.starts_with("354 "));
     c.send(data).await;
     c.rest().await
@@ -121,7 +139,11 @@ async fn data_ends_only_at_crlf_dot_crlf_and_bare_line_endings_are_refused() {
     assert_eq!(server.queued().await, 0);
 
     // The proper terminator still works, and dot-stuffing is undone.
-    let out = mx_session_with_data(&server, b"Subject: ok\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n").await;
+    let out = mx_session_with_data(
+        &server,
+        b"Subject: ok\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n",
+    )
+    .await;
     assert!(out.starts_with("250 2.0.0 OK queued as "), "{out}");
     let bodies = server.bodies().await;
     assert_eq!(bodies.len(), 1);
@@ -152,13 +174,18 @@ async fn normalize_mode_rewrites_but_never_ends_early() {
 #[tokio::test]
 async fn bare_line_endings_inside_bdat_chunks_are_refused() {
     let server = start(Config::default()).await;
-    for chunk in [&b"Subject: b\r\n\r\nx\ny\r\n"[..], b"Subject: b\r\n\r\nx\ry\r\n", b"Subject: b\r\n\r\nx\r"] {
+    for chunk in [
+        &b"Subject: b\r\n\r\nx\ny\r\n"[..],
+        b"Subject: b\r\n\r\nx\ry\r\n",
+        b"Subject: b\r\n\r\nx\r",
+    ] {
         let mut c = connect(server.mx).await;
         c.reply().await;
         assert!(c.cmd("EHLO client.test").await.contains("CHUNKING"));
         c.cmd("MAIL FROM:<a@example.org>").await;
         c.cmd("RCPT TO:<user@relay.example>").await;
-        c.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes()).await;
+        c.send(format!("BDAT {} LAST\r\n", chunk.len()).as_bytes())
+            .await;
         c.send(chunk).await;
         let r = c.reply().await.unwrap();
         assert!(r.starts_with("554 5.6.11 "), "{chunk:?}: {r}");
@@ -230,7 +257,10 @@ async fn repeated_refused_recipients_slow_down_then_disconnect() {
     }
     assert!(closed, "session was never closed");
     assert!(times[0] < Duration::from_millis(500));
-    assert!(times[6] >= Duration::from_millis(900), "no slow-down: {times:?}");
+    assert!(
+        times[6] >= Duration::from_millis(900),
+        "no slow-down: {times:?}"
+    );
 }
 
 #[tokio::test]
@@ -244,7 +274,8 @@ async fn bad_input_gets_clear_replies() {
     assert!(c.reply().await.unwrap().starts_with("500 5.5.2 "));
     c.send(b"NOOP \xff\xfe\r\n").await;
     assert!(c.reply().await.unwrap().starts_with("500 5.5.2 "));
-    c.send(format!("NOOP {}\r\n", "x".repeat(600)).as_bytes()).await;
+    c.send(format!("NOOP {}\r\n", "x".repeat(600)).as_bytes())
+        .await;
     assert!(c.reply().await.unwrap().starts_with("500 5.5.6 "));
     // An endless line without LF is cut off, then the session goes on.
     c.send("y".repeat(20_000).as_bytes()).await;
@@ -293,7 +324,10 @@ async fn endless_data_is_cut_off_at_the_size_limit() {
     let line = "z".repeat(998) + "\r\n";
     let mut reply = None;
     for _ in 0..200 {
-        if tokio::io::AsyncWriteExt::write_all(&mut c.stream, line.as_bytes()).await.is_err() {
+        if tokio::io::AsyncWriteExt::write_all(&mut c.stream, line.as_bytes())
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -313,7 +347,10 @@ async fn submission_over_starttls_and_implicit_tls_queues_mail() {
     c.cmd("EHLO client.test").await;
     let mut c = starttls(&server, c).await;
     c.cmd("EHLO client.test").await;
-    assert!(c.cmd(&format!("AUTH PLAIN {}", server.plain_auth())).await.starts_with("235 "));
+    assert!(c
+        .cmd(&format!("AUTH PLAIN {}", server.plain_auth()))
+        .await
+        .starts_with("235 "));
     // Pipelined transaction (RFC 2920).
     c.send(b"MAIL FROM:<a@example.org> BODY=8BITMIME RET=HDRS ENVID=e1\r\nRCPT TO:<b@example.net> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b@example.net\r\nRCPT TO:<c@example.com>\r\nDATA\r\n").await;
     for expect in ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354"] {
@@ -333,9 +370,15 @@ async fn submission_over_starttls_and_implicit_tls_queues_mail() {
         .unwrap();
     let mut c = Client::new(tls);
     let greeting = c.reply().await;
-    assert!(greeting.as_deref().unwrap_or("").starts_with("220 mx.test"), "{greeting:?}");
+    assert!(
+        greeting.as_deref().unwrap_or("").starts_with("220 mx.test"),
+        "{greeting:?}"
+    );
     let ehlo = c.cmd("EHLO client.test").await;
-    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
     assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6\r\n");
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -353,6 +396,9 @@ async fn submission_over_starttls_and_implicit_tls_queues_mail() {
         .iter()
         .map(|j| String::from_utf8_lossy(&j.body).into_owned())
         .collect();
-    assert!(received.iter().all(|b| b.contains("with ESMTPSA id ")), "{received:?}");
+    assert!(
+        received.iter().all(|b| b.contains("with ESMTPSA id ")),
+        "{received:?}"
+    );
     assert!(received.iter().any(|b| b.contains("using TLSv1.3")));
 }

@@ -167,7 +167,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        let begin = conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+        let begin = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(StoreError::from);
         if let Err(e) = begin {
             tracing::error!(error = %e, "store: cannot begin a write transaction");
             for job in batch {
@@ -257,7 +259,12 @@ impl QueueStore for EmbeddedStore {
         .await
     }
 
-    async fn claim_due(&self, now: i64, limit: usize, lease_millis: i64) -> Result<Vec<DeliveryJob>> {
+    async fn claim_due(
+        &self,
+        now: i64,
+        limit: usize,
+        lease_millis: i64,
+    ) -> Result<Vec<DeliveryJob>> {
         self.write(move |conn| {
             let mut claimed: BTreeMap<(String, String), Vec<JobRecipient>> = BTreeMap::new();
             {
@@ -356,7 +363,10 @@ impl QueueStore for EmbeddedStore {
 
     async fn release_all_leases(&self) -> Result<u64> {
         self.write(|conn| {
-            Ok(conn.execute("UPDATE recipients SET lease_until = 0 WHERE status = 0 AND lease_until > 0", [])? as u64)
+            Ok(conn.execute(
+                "UPDATE recipients SET lease_until = 0 WHERE status = 0 AND lease_until > 0",
+                [],
+            )? as u64)
         })
         .await
     }
@@ -432,7 +442,9 @@ impl CredentialStore for EmbeddedStore {
     async fn find_api_key_by_hash(&self, hash: Vec<u8>) -> Result<Option<ApiKeyRecord>> {
         self.read(move |conn| {
             Ok(conn
-                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"))?
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"
+                ))?
                 .query_row([hash], key_from_row)
                 .optional()?)
         })
@@ -468,7 +480,11 @@ impl CredentialStore for EmbeddedStore {
                 "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
                 params![name, fresh],
             )?;
-            Ok(conn.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| r.get(0))?)
+            Ok(
+                conn.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })?,
+            )
         })
         .await
     }
@@ -502,7 +518,11 @@ impl EventStore for EmbeddedStore {
             let rows = stmt.query_map(params![filter.message_id, limit], |r| {
                 let kind: String = r.get(2)?;
                 let kind = kind.parse().map_err(|e: String| {
-                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
                 })?;
                 Ok(Event {
                     at_millis: r.get(0)?,
@@ -565,7 +585,11 @@ mod tests {
         assert_eq!(&one.body[..], b"Subject: t\r\n\r\nhello\r\n");
 
         // Leased: a second claim finds nothing until the lease expires.
-        assert!(store.claim_due(2_000, 100, 60_000).await.unwrap().is_empty());
+        assert!(store
+            .claim_due(2_000, 100, 60_000)
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(store.claim_due(70_000, 100, 60_000).await.unwrap().len(), 2);
 
         let outcome = |index, recipient: &str, settlement| RecipientOutcome {
@@ -579,13 +603,23 @@ mod tests {
         store
             .settle(vec![
                 outcome(0, "x@one.example", Settlement::Delivered),
-                outcome(1, "y@two.example", Settlement::Deferred { next_attempt: 200_000 }),
+                outcome(
+                    1,
+                    "y@two.example",
+                    Settlement::Deferred {
+                        next_attempt: 200_000,
+                    },
+                ),
                 outcome(2, "z@one.example", Settlement::Failed),
             ])
             .await
             .unwrap();
         assert_eq!(store.next_due().await.unwrap(), Some(200_000));
-        assert!(store.claim_due(199_999, 100, 60_000).await.unwrap().is_empty());
+        assert!(store
+            .claim_due(199_999, 100, 60_000)
+            .await
+            .unwrap()
+            .is_empty());
         let again = store.claim_due(200_000, 100, 60_000).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].recipients[0].attempts, 1);
@@ -595,7 +629,10 @@ mod tests {
             .await
             .unwrap();
         let summary = store.queue_summary().await.unwrap();
-        assert_eq!(summary.messages, 0, "fully settled messages leave the queue");
+        assert_eq!(
+            summary.messages, 0,
+            "fully settled messages leave the queue"
+        );
 
         let events = store
             .events(EventFilter {
@@ -625,7 +662,9 @@ mod tests {
             let mut tasks = Vec::new();
             for _ in 0..200 {
                 let s = store.clone();
-                tasks.push(tokio::spawn(async move { s.enqueue(message(&["r@example.net"])).await }));
+                tasks.push(tokio::spawn(async move {
+                    s.enqueue(message(&["r@example.net"])).await
+                }));
             }
             for t in tasks {
                 t.await.unwrap().unwrap();
@@ -636,7 +675,10 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(store.queue_summary().await.unwrap().recipients_queued, 200);
         assert_eq!(store.release_all_leases().await.unwrap(), 10);
-        assert_eq!(store.claim_due(5_000, 1000, 60_000).await.unwrap().len(), 200);
+        assert_eq!(
+            store.claim_due(5_000, 1000, 60_000).await.unwrap().len(),
+            200
+        );
     }
 
     #[tokio::test]
@@ -658,10 +700,17 @@ mod tests {
             store.insert_api_key(key.clone()).await,
             Err(StoreError::Conflict)
         ));
-        assert_eq!(store.find_api_key_by_hash(vec![1, 2, 3]).await.unwrap(), Some(key));
+        assert_eq!(
+            store.find_api_key_by_hash(vec![1, 2, 3]).await.unwrap(),
+            Some(key)
+        );
         assert!(store.revoke_api_key("k1".into(), 9).await.unwrap());
         assert!(!store.revoke_api_key("k1".into(), 10).await.unwrap());
-        let found = store.find_api_key_by_hash(vec![1, 2, 3]).await.unwrap().unwrap();
+        let found = store
+            .find_api_key_by_hash(vec![1, 2, 3])
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(found.revoked_at, Some(9));
         let s1 = store.secret("key-hash", 32).await.unwrap();
         let s2 = store.secret("key-hash", 32).await.unwrap();

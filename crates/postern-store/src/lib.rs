@@ -50,7 +50,12 @@ pub trait QueueStore: Send + Sync {
     /// Leases up to `limit` due recipients, grouped into jobs per message and
     /// recipient domain. A lease that is not settled before it expires makes
     /// the recipients due again (a crashed node's work is taken over).
-    async fn claim_due(&self, now: i64, limit: usize, lease_millis: i64) -> Result<Vec<DeliveryJob>>;
+    async fn claim_due(
+        &self,
+        now: i64,
+        limit: usize,
+        lease_millis: i64,
+    ) -> Result<Vec<DeliveryJob>>;
 
     /// Records the outcome of attempts, with their events, in one commit.
     async fn settle(&self, outcomes: Vec<RecipientOutcome>) -> Result<()>;

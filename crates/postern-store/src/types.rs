@@ -45,7 +45,9 @@ pub struct JobRecipient {
 pub enum Settlement {
     Delivered,
     /// Try again at this time (Unix millis).
-    Deferred { next_attempt: i64 },
+    Deferred {
+        next_attempt: i64,
+    },
     Failed,
 }
 

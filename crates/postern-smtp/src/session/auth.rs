@@ -22,18 +22,27 @@ pub enum AuthExchange {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(crate) async fn auth_start(&mut self, mechanism: u64, initial: String) -> Result<(), Close> {
+    pub(crate) async fn auth_start(
+        &mut self,
+        mechanism: u64,
+        initial: String,
+    ) -> Result<(), Close> {
         if !matches!(
             self.listener.role,
             postern_core::config::ListenerRole::Submission
                 | postern_core::config::ListenerRole::Submissions
         ) {
-            return self.error(Reply::new(503, (5, 5, 1), "AUTH not available on this port"));
+            return self.error(Reply::new(
+                503,
+                (5, 5, 1),
+                "AUTH not available on this port",
+            ));
         }
         if !self.auth_allowed() {
             // RFC 4954 §6: 538 when the mechanism needs an encrypted channel.
             // The credentials (if any were sent) are not even decoded.
-            metrics::counter!("postern_auth_attempts_total", "outcome" => "plaintext_refused").increment(1);
+            metrics::counter!("postern_auth_attempts_total", "outcome" => "plaintext_refused")
+                .increment(1);
             return self.error(Reply::new(
                 538,
                 (5, 7, 11),
@@ -47,29 +56,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return self.error(common::bad_sequence("already authenticated"));
         }
         if self.txn.is_some() {
-            return self.error(common::bad_sequence("AUTH not permitted during a mail transaction"));
+            return self.error(common::bad_sequence(
+                "AUTH not permitted during a mail transaction",
+            ));
         }
         match mechanism {
             AUTH_PLAIN if initial.is_empty() => {
                 self.auth = Some(AuthExchange::Plain);
                 self.challenge("");
             }
-            AUTH_PLAIN => match sasl::decode_base64(&initial).and_then(|p| sasl::decode_plain(&p)) {
-                Ok(creds) => self.finish_auth(creds).await?,
-                Err(e) => self.sasl_error(e)?,
-            },
+            AUTH_PLAIN => {
+                match sasl::decode_base64(&initial).and_then(|p| sasl::decode_plain(&p)) {
+                    Ok(creds) => self.finish_auth(creds).await?,
+                    Err(e) => self.sasl_error(e)?,
+                }
+            }
             AUTH_LOGIN if initial.is_empty() => {
                 self.auth = Some(AuthExchange::LoginUsername);
                 self.challenge("VXNlcm5hbWU6"); // "Username:"
             }
-            AUTH_LOGIN => match sasl::decode_base64(&initial).and_then(|p| sasl::decode_login_field(&p)) {
-                Ok(username) => {
-                    self.auth = Some(AuthExchange::LoginPassword { username });
-                    self.challenge("UGFzc3dvcmQ6"); // "Password:"
+            AUTH_LOGIN => {
+                match sasl::decode_base64(&initial).and_then(|p| sasl::decode_login_field(&p)) {
+                    Ok(username) => {
+                        self.auth = Some(AuthExchange::LoginPassword { username });
+                        self.challenge("UGFzc3dvcmQ6"); // "Password:"
+                    }
+                    Err(e) => self.sasl_error(e)?,
                 }
-                Err(e) => self.sasl_error(e)?,
-            },
-            _ => self.error(Reply::new(504, (5, 5, 4), "Unrecognized authentication type"))?,
+            }
+            _ => self.error(Reply::new(
+                504,
+                (5, 5, 4),
+                "Unrecognized authentication type",
+            ))?,
         }
         Ok(())
     }
@@ -113,14 +132,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// RFC 4954 §4: a 334 line carries only the base64 challenge.
     fn challenge(&mut self, b64: &str) {
-        self.out.extend_from_slice(format!("334 {b64}\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("334 {b64}\r\n").as_bytes());
     }
 
     fn sasl_error(&mut self, e: SaslError) -> Result<(), Close> {
         match e {
             // RFC 4954 §4: a cancelled exchange gets 501.
-            SaslError::Cancelled => self.error(Reply::new(501, (5, 0, 0), "Authentication cancelled")),
-            SaslError::Base64 => self.error(Reply::new(501, (5, 5, 2), "Invalid base64 in AUTH response")),
+            SaslError::Cancelled => {
+                self.error(Reply::new(501, (5, 0, 0), "Authentication cancelled"))
+            }
+            SaslError::Base64 => self.error(Reply::new(
+                501,
+                (5, 5, 2),
+                "Invalid base64 in AUTH response",
+            )),
             SaslError::Malformed => self.auth_failed("malformed"),
         }
     }
@@ -135,7 +161,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Err(AuthFailure::Unavailable(e)) => {
                 tracing::error!(peer = %self.peer, error = %e, "AUTH: credential store unavailable");
-                self.reply(Reply::new(454, (4, 7, 0), "Temporary authentication failure"));
+                self.reply(Reply::new(
+                    454,
+                    (4, 7, 0),
+                    "Temporary authentication failure",
+                ));
                 Ok(())
             }
             Err(e) => {
@@ -149,9 +179,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// user from a wrong key (DESIGN §4).
     fn auth_failed(&mut self, _why: &'static str) -> Result<(), Close> {
         self.conn.auth_failures += 1;
-        self.reply(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"));
+        self.reply(Reply::new(
+            535,
+            (5, 7, 8),
+            "Authentication credentials invalid",
+        ));
         if self.conn.auth_failures >= MAX_AUTH_FAILURES_PER_SESSION {
-            self.reply(Reply::new(421, (4, 7, 0), "Too many authentication failures, closing connection"));
+            self.reply(Reply::new(
+                421,
+                (4, 7, 0),
+                "Too many authentication failures, closing connection",
+            ));
             return Err(Close::Policy("too many AUTH failures"));
         }
         Ok(())

@@ -65,7 +65,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.ctx.config.smtp.bare_line_endings == BareLineEndings::Reject
             && txn.failed.is_none()
         {
-            metrics::counter!("postern_smtp_rejected_total", "reason" => "bare_line_ending").increment(1);
+            metrics::counter!("postern_smtp_rejected_total", "reason" => "bare_line_ending")
+                .increment(1);
             txn.failed = Some(Reply::new(
                 554,
                 (5, 6, 11),
@@ -81,7 +82,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         txn.body.extend_from_slice(&chunk);
         if !is_last {
-            self.reply(Reply::new(250, (2, 0, 0), format!("{chunk_size} octets received")));
+            self.reply(Reply::new(
+                250,
+                (2, 0, 0),
+                format!("{chunk_size} octets received"),
+            ));
             return Ok(());
         }
         let body = std::mem::take(&mut txn.body);

@@ -37,7 +37,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 scanner.scan(&self.inbuf[..consumed]);
                 self.inbuf.drain(..consumed);
 
-                if scanner.found() && self.ctx.config.smtp.bare_line_endings == BareLineEndings::Reject {
+                if scanner.found()
+                    && self.ctx.config.smtp.bare_line_endings == BareLineEndings::Reject
+                {
                     // The client's idea of where the message ends may differ
                     // from ours; nothing more from it can be trusted.
                     self.txn = None;
@@ -52,7 +54,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 if body.len() > max {
                     self.txn = None;
-                    metrics::counter!("postern_smtp_rejected_total", "reason" => "size").increment(1);
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "size")
+                        .increment(1);
                     self.reply(Reply::new(
                         552,
                         (5, 3, 4),

@@ -29,7 +29,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.conn.esmtp = extended;
         let greeting = format!("{} Hello [{}]", self.hostname(), self.peer.ip());
         if !extended {
-            self.out.extend_from_slice(format!("250 {greeting}\r\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("250 {greeting}\r\n").as_bytes());
             return;
         }
         // EHLO replies are written by hand: smtp-proto's generator fixes its
@@ -55,7 +56,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            self.out.extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
         }
     }
 }

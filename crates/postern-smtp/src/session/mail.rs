@@ -28,11 +28,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         ) {
             match &self.conn.principal {
                 None => {
-                    metrics::counter!("postern_smtp_rejected_total", "reason" => "auth_required").increment(1);
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "auth_required")
+                        .increment(1);
                     return self.error(Reply::new(530, (5, 7, 0), "Authentication required"));
                 }
                 Some(p) if !p.has_scope(SCOPE_MAIL_SEND) => {
-                    metrics::counter!("postern_smtp_rejected_total", "reason" => "scope").increment(1);
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "scope")
+                        .increment(1);
                     return self.error(Reply::new(
                         550,
                         (5, 7, 1),
@@ -56,10 +58,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(a) => a.to_string(),
                 Err(AddressError::NeedsSmtpUtf8) => {
                     // RFC 6531 §3.7.4.1
-                    return self.error(Reply::new(553, (5, 6, 7), "Non-ASCII sender needs SMTPUTF8"));
+                    return self.error(Reply::new(
+                        553,
+                        (5, 6, 7),
+                        "Non-ASCII sender needs SMTPUTF8",
+                    ));
                 }
                 Err(e) => {
-                    return self.error(Reply::new(553, (5, 1, 7), format!("Bad sender address: {e}")));
+                    return self.error(Reply::new(
+                        553,
+                        (5, 1, 7),
+                        format!("Bad sender address: {e}"),
+                    ));
                 }
             }
         };

@@ -127,7 +127,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(stream) => SessionEnd::StartTls(stream),
             Err((mut stream, out, close)) => {
                 if !out.is_empty() {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(5), stream.shutdown()).await;
                 SessionEnd::Closed(close)
@@ -204,7 +205,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if line.len() < 2 || line[line.len() - 2] != b'\r' {
             // RFC 5321 §2.3.8: lines end with CRLF; a bare LF is not a line end.
-            self.error(Reply::new(500, (5, 5, 2), "Syntax error: line must end with CRLF"))?;
+            self.error(Reply::new(
+                500,
+                (5, 5, 2),
+                "Syntax error: line must end with CRLF",
+            ))?;
             return Ok(None);
         }
         Ok(Some(line))
@@ -212,11 +217,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn dispatch(&mut self, line: Vec<u8>) -> Result<Step, Close> {
         if line.contains(&0) {
-            self.error(Reply::new(500, (5, 5, 2), "Syntax error: NUL byte in command"))?;
+            self.error(Reply::new(
+                500,
+                (5, 5, 2),
+                "Syntax error: NUL byte in command",
+            ))?;
             return Ok(Step::Continue);
         }
         if std::str::from_utf8(&line).is_err() {
-            self.error(Reply::new(500, (5, 5, 2), "Syntax error: invalid UTF-8 in command"))?;
+            self.error(Reply::new(
+                500,
+                (5, 5, 2),
+                "Syntax error: invalid UTF-8 in command",
+            ))?;
             return Ok(Step::Continue);
         }
         let request = match Request::parse(&mut line.iter()) {
@@ -249,7 +262,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Vrfy { .. } => self.vrfy(),
             Request::Help { .. } => self.help(),
             Request::Quit => {
-                self.reply(Reply::new(221, (2, 0, 0), format!("{} closing connection", self.ctx.config.server.hostname)));
+                self.reply(Reply::new(
+                    221,
+                    (2, 0, 0),
+                    format!("{} closing connection", self.ctx.config.server.hostname),
+                ));
                 return Err(Close::Quit);
             }
             Request::Expn { .. }
@@ -272,8 +289,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.conn.errors += 1;
         self.reply(reply);
         if self.conn.errors >= self.ctx.config.limits.max_errors {
-            metrics::counter!("postern_smtp_sessions_closed_total", "reason" => "too_many_errors").increment(1);
-            self.reply(Reply::new(421, (4, 7, 0), "Too many errors, closing connection"));
+            metrics::counter!("postern_smtp_sessions_closed_total", "reason" => "too_many_errors")
+                .increment(1);
+            self.reply(Reply::new(
+                421,
+                (4, 7, 0),
+                "Too many errors, closing connection",
+            ));
             return Err(Close::Policy("too many errors"));
         }
         Ok(())
@@ -321,8 +343,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match result {
             Err(_) => {
                 self.inbuf.truncate(start);
-                metrics::counter!("postern_smtp_sessions_closed_total", "reason" => "timeout").increment(1);
-                self.reply(Reply::new(421, (4, 4, 2), "Timeout waiting for input, closing connection"));
+                metrics::counter!("postern_smtp_sessions_closed_total", "reason" => "timeout")
+                    .increment(1);
+                self.reply(Reply::new(
+                    421,
+                    (4, 4, 2),
+                    "Timeout waiting for input, closing connection",
+                ));
                 Err(Close::Timeout)
             }
             Ok(Err(e)) => {
@@ -357,7 +384,9 @@ fn parse_error_reply(e: &smtp_proto::Error) -> Reply {
         E::InvalidSenderAddress => Reply::new(501, (5, 1, 7), "Bad sender address syntax"),
         E::InvalidRecipientAddress => Reply::new(501, (5, 1, 3), "Bad recipient address syntax"),
         E::SyntaxError { syntax } => common::syntax(syntax),
-        E::InvalidParameter { param } => Reply::new(501, (5, 5, 4), format!("Invalid parameter {param}")),
+        E::InvalidParameter { param } => {
+            Reply::new(501, (5, 5, 4), format!("Invalid parameter {param}"))
+        }
         E::UnsupportedParameter { param } => {
             Reply::new(555, (5, 5, 4), format!("Unsupported parameter {param}"))
         }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use postern_core::config::ListenerRole;
 use postern_core::{Address, AddressError, Recipient};
-use smtp_proto::{RcptTo, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS};
+use smtp_proto::{
+    RcptTo, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Session};
@@ -28,12 +30,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(a) => a,
             Err(AddressError::NeedsSmtpUtf8) => {
                 return self
-                    .refuse_recipient(Reply::new(553, (5, 6, 7), "Non-ASCII recipient needs SMTPUTF8"), "syntax")
+                    .refuse_recipient(
+                        Reply::new(553, (5, 6, 7), "Non-ASCII recipient needs SMTPUTF8"),
+                        "syntax",
+                    )
                     .await;
             }
             Err(e) => {
                 return self
-                    .refuse_recipient(Reply::new(553, (5, 1, 3), format!("Bad recipient address: {e}")), "syntax")
+                    .refuse_recipient(
+                        Reply::new(553, (5, 1, 3), format!("Bad recipient address: {e}")),
+                        "syntax",
+                    )
                     .await;
             }
         };
@@ -44,7 +52,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if !relay || address.check_no_routing().is_err() {
                 tracing::info!(peer = %self.peer, rcpt = %to.address, "relay denied");
                 return self
-                    .refuse_recipient(Reply::new(550, (5, 7, 1), "Relaying denied"), "relay_denied")
+                    .refuse_recipient(
+                        Reply::new(550, (5, 7, 1), "Relaying denied"),
+                        "relay_denied",
+                    )
                     .await;
             }
         }
@@ -75,7 +86,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let n = self.conn.refused_recipients;
         if n > max.saturating_mul(2) {
             self.reply(reply);
-            self.reply(Reply::new(421, (4, 7, 0), "Too many refused recipients, closing connection"));
+            self.reply(Reply::new(
+                421,
+                (4, 7, 0),
+                "Too many refused recipients, closing connection",
+            ));
             return Err(Close::Policy("too many refused recipients"));
         }
         if n > max {

@@ -17,7 +17,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// RFC 3848 protocol keyword for the `Received:` header.
     fn protocol(&self) -> &'static str {
-        match (self.conn.esmtp, self.tls.is_some(), self.conn.principal.is_some()) {
+        match (
+            self.conn.esmtp,
+            self.tls.is_some(),
+            self.conn.principal.is_some(),
+        ) {
             (false, _, _) => "SMTP",
             (true, false, false) => "ESMTP",
             (true, true, false) => "ESMTPS",
@@ -34,7 +38,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if body.contains(&0) {
             metrics::counter!("postern_smtp_rejected_total", "reason" => "nul_byte").increment(1);
-            self.reply(Reply::new(554, (5, 6, 0), "Message contains NUL bytes; refused"));
+            self.reply(Reply::new(
+                554,
+                (5, 6, 0),
+                "Message contains NUL bytes; refused",
+            ));
             return;
         }
         let body = if had_bare_line_endings
@@ -66,7 +74,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "intake failed");
-                metrics::counter!("postern_smtp_rejected_total", "reason" => "queue_error").increment(1);
+                metrics::counter!("postern_smtp_rejected_total", "reason" => "queue_error")
+                    .increment(1);
                 self.reply(common::queue_unavailable());
             }
         }

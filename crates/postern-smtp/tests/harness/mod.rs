@@ -44,7 +44,10 @@ pub async fn start(mut config: Config) -> Server {
     let cert = ck.cert.der().clone();
     let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
     let tls = postern_smtp::tls::server_config_from_der(vec![cert.clone()], key).unwrap();
-    let limiter = ConnectionLimiter::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+    let limiter = ConnectionLimiter::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
     let config = Arc::new(config);
     let ctx = Arc::new(SmtpContext {
         relay_domains: config.relay_domains().into_iter().collect(),
@@ -55,7 +58,11 @@ pub async fn start(mut config: Config) -> Server {
     });
     let (tx, rx) = watch::channel(false);
     let mut addrs = Vec::new();
-    for role in [ListenerRole::Submission, ListenerRole::Submissions, ListenerRole::Mx] {
+    for role in [
+        ListenerRole::Submission,
+        ListenerRole::Submissions,
+        ListenerRole::Mx,
+    ] {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = l.local_addr().unwrap();
         addrs.push(address);
@@ -127,7 +134,10 @@ pub async fn connect(addr: SocketAddr) -> Client<TcpStream> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub fn new(stream: S) -> Self {
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -162,7 +172,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Everything until the server closes the connection.
     pub async fn rest(&mut self) -> String {
         let mut all = std::mem::take(&mut self.buf);
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut all)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut all)).await;
         String::from_utf8_lossy(&all).into_owned()
     }
 

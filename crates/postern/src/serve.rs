@@ -1,0 +1,187 @@
+//! `postern serve`: binds every listener, starts the scheduler and the HTTP
+//! listener, and shuts down gracefully on SIGTERM or SIGINT: stop accepting,
+//! let sessions and deliveries in progress finish (up to
+//! `server.shutdown_grace`), and never lose an acknowledged message (it is
+//! durable before its 250 was sent).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use postern_accounts::Authenticator;
+use postern_core::Config;
+use postern_delivery::{ClientSettings, MxResolver, Router, Scheduler, SmtpClient};
+use postern_queue::{Intake, RetrySchedule};
+use postern_smtp::{serve_listener, ConnectionLimiter, ListenerContext, SmtpContext};
+use postern_store::QueueStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+pub async fn serve(config: Config) -> Result<()> {
+    init_logging();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    let store = crate::bootstrap::open_store(&config)?;
+    let released = store.release_all_leases().await?;
+    if released > 0 {
+        tracing::info!(
+            released,
+            "released delivery leases left by the previous run"
+        );
+    }
+    let authenticator = Authenticator::new(store.clone()).await?;
+    if let Some(secret) =
+        crate::bootstrap::first_admin_key(&store, authenticator.api_keys()).await?
+    {
+        println!("Postern first start. Admin API key (shown once, store it now):\n{secret}");
+        println!("Send mail with SMTP user name \"apikey\" and this key as the password.");
+    }
+
+    // One rustls config per certificate pair, shared by every connection.
+    let default_pair = crate::bootstrap::default_tls_pair(&config)?;
+    let mut tls_configs: HashMap<(PathBuf, PathBuf), TlsAcceptor> = HashMap::new();
+    let mut listeners = Vec::new();
+    for (i, l) in config.listener.iter().enumerate() {
+        let pair = match (&l.tls_cert, &l.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => default_pair.clone(),
+        };
+        let acceptor = match tls_configs.get(&pair) {
+            Some(a) => a.clone(),
+            None => {
+                let server_config = postern_smtp::tls::server_config(&pair.0, &pair.1)
+                    .with_context(|| format!("listener[{i}]: TLS certificate"))?;
+                let a = TlsAcceptor::from(server_config);
+                tls_configs.insert(pair, a.clone());
+                a
+            }
+        };
+        let socket = TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("listener[{i}]: cannot listen on {}", l.address))?;
+        listeners.push((
+            socket,
+            Arc::new(ListenerContext {
+                role: l.role,
+                address: l.address,
+                tls: Some(acceptor),
+                allow_plaintext_auth: l.allow_plaintext_auth,
+            }),
+        ));
+    }
+    let http = match config.http.address {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("http.address: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    let config = Arc::new(config);
+    let intake = Intake::new(store.clone(), config.server.hostname.clone());
+    let wakeup = intake.wakeup();
+    let limiter = ConnectionLimiter::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
+    let ctx = Arc::new(SmtpContext {
+        config: config.clone(),
+        relay_domains: config.relay_domains().into_iter().collect(),
+        intake,
+        authenticator,
+        limiter: limiter.clone(),
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut listener_tasks = Vec::new();
+    for (socket, lctx) in listeners {
+        tracing::info!(role = ?lctx.role, address = %lctx.address, "SMTP listening");
+        listener_tasks.push(tokio::spawn(serve_listener(
+            socket,
+            lctx,
+            ctx.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    let http_task = http.map(|socket| {
+        let rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = postern_api::serve(socket, metrics, rx).await {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        })
+    });
+
+    let resolver = Arc::new(MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?);
+    let client = SmtpClient::new(
+        ClientSettings {
+            ehlo_name: config.server.hostname.clone(),
+            connect_timeout: config.queue.connect_timeout,
+            command_timeout: config.queue.command_timeout,
+        },
+        resolver,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let scheduler = Scheduler {
+        store: store.clone() as Arc<dyn QueueStore>,
+        client: Arc::new(client),
+        router: Arc::new(Router::new(&config.route)),
+        retry: RetrySchedule {
+            initial: config.queue.retry_initial,
+            max: config.queue.retry_max,
+            max_age: config.queue.max_age,
+        },
+        concurrency: config.queue.concurrency,
+        wakeup,
+    };
+    let grace = config.server.shutdown_grace;
+    let scheduler_task = tokio::spawn(scheduler.run(shutdown_rx.clone(), grace));
+    tracing::info!(data_dir = %config.server.data_dir.display(), "Postern ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; finishing sessions and deliveries");
+    let _ = shutdown_tx.send(true);
+    for t in listener_tasks {
+        let _ = t.await;
+    }
+    let left = limiter.wait_idle(grace).await;
+    if left > 0 {
+        tracing::warn!(sessions = left, "sessions still open after the grace period; closing them (nothing they were told was accepted is lost)");
+    }
+    let _ = scheduler_task.await;
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    store.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

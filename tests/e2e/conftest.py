@@ -1,0 +1,214 @@
+"""End-to-end fixtures: the real `postern` binary on loopback, a third-party
+SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("POSTERN_BIN", ROOT / "target" / "debug" / "postern"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+class SinkHandler:
+    """Keeps every message exactly as it arrived."""
+
+    def __init__(self):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.reply = "250 2.0.0 OK sink"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append(
+                {
+                    "mail_from": envelope.mail_from,
+                    "rcpt_tos": list(envelope.rcpt_tos),
+                    "data": envelope.original_content,
+                }
+            )
+        return self.reply
+
+
+class Sink:
+    def __init__(self):
+        self.handler = SinkHandler()
+        self.port = free_port()
+        self.controller = Controller(
+            self.handler, hostname="127.0.0.1", port=self.port, decode_data=False
+        )
+        self.controller.start()
+
+    @property
+    def messages(self):
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def wait_for(self, count, timeout=30.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(self.messages) >= count:
+                return self.messages
+            time.sleep(0.05)
+        raise TimeoutError(f"sink has {len(self.messages)} messages, wanted {count}")
+
+    def stop(self):
+        self.controller.stop()
+
+
+class Postern:
+    """A `postern serve` process with its own data directory and ports."""
+
+    def __init__(self, workdir, sink_port, extra_config=""):
+        self.workdir = Path(workdir)
+        self.data_dir = self.workdir / "data"
+        self.ports = {
+            "submission": free_port(),
+            "submissions": free_port(),
+            "mx": free_port(),
+            "http": free_port(),
+        }
+        self.config_path = self.workdir / "postern.toml"
+        self.config_path.write_text(
+            f"""
+[server]
+hostname = "postern.test"
+data_dir = "{self.data_dir}"
+shutdown_grace = "5s"
+
+[[listener]]
+role = "submission"
+address = "127.0.0.1:{self.ports['submission']}"
+
+[[listener]]
+role = "submissions"
+address = "127.0.0.1:{self.ports['submissions']}"
+
+[[listener]]
+role = "mx"
+address = "127.0.0.1:{self.ports['mx']}"
+
+[http]
+address = "127.0.0.1:{self.ports['http']}"
+
+[[route]]
+domain = "*"
+next_hop = "127.0.0.1:{sink_port}"
+tls = "none"
+
+[relay]
+domains = ["relay.test"]
+
+[queue]
+retry_initial = "1s"
+retry_max = "2s"
+{extra_config}
+"""
+        )
+        self.proc = None
+        self.admin_key = None
+        self.log = self.workdir / "postern.log"
+
+    @property
+    def cert(self):
+        return str(self.data_dir / "tls" / "cert.pem")
+
+    def cli(self, *args, check=True):
+        return subprocess.run(
+            [str(BIN), "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
+        )
+
+    def start(self):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            text=True,
+        )
+        # The first start prints the admin key on stdout; later starts print nothing.
+        wait_port(self.ports["submission"])
+        wait_port(self.ports["mx"])
+        return self
+
+    def read_admin_key(self):
+        lines = []
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+            if line.startswith("pst_"):
+                self.admin_key = line.strip()
+                return self.admin_key
+        raise AssertionError(f"no admin key printed: {lines}")
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def postern(sink):
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port).start()
+        p.read_admin_key()
+        yield p
+        p.stop()
+
+
+def strip_received(data: bytes) -> tuple[bytes, bytes]:
+    """Splits Postern's own Received: header (first header, folded lines)
+    from the rest of the message."""
+    assert data.startswith(b"Received: "), data[:80]
+    lines = data.split(b"\r\n")
+    i = 1
+    while lines[i].startswith((b"\t", b" ")):
+        i += 1
+    return b"\r\n".join(lines[:i]) + b"\r\n", b"\r\n".join(lines[i:])

@@ -1,0 +1,76 @@
+"""The command line works against the data directory of a running server."""
+
+import json
+import smtplib
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import BIN
+
+
+def login(postern, key):
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=20) as s:
+        s.starttls(context=ssl.create_default_context(cafile=postern.cert))
+        try:
+            s.login("apikey", key)
+            return True
+        except smtplib.SMTPAuthenticationError:
+            return False
+
+
+def test_key_create_and_revoke_take_effect_at_once(postern):
+    created = json.loads(postern.cli("key", "create", "--name", "ci", "--scopes", "mail.send", "--json").stdout)
+    assert created["key"].startswith("pst_") and created["id"]
+    assert created["scopes"] == ["mail.send"]
+    assert login(postern, created["key"])
+    postern.cli("key", "revoke", created["id"])
+    assert not login(postern, created["key"])
+    listed = json.loads(postern.cli("key", "list", "--json").stdout)
+    mine = [k for k in listed if k["id"] == created["id"]][0]
+    assert mine["revoked_at"] is not None
+    assert "key" not in mine, "secrets are never listed"
+    # Revoking twice is an error that says so.
+    again = postern.cli("key", "revoke", created["id"], check=False)
+    assert again.returncode != 0 and "no active key" in again.stderr
+
+
+def test_key_without_mail_send_cannot_send(postern):
+    created = json.loads(postern.cli("key", "create", "--scopes", "api_keys.read", "--json").stdout)
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=20) as s:
+        s.starttls(context=ssl.create_default_context(cafile=postern.cert))
+        s.login("apikey", created["key"])
+        code, msg = s.mail("sender@example.org")
+        assert code == 550 and b"mail.send" in msg
+
+
+def test_check_config_names_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[limits]\nmax_recipientz = 5\n')
+    out = subprocess.run([str(BIN), "check-config", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "max_recipientz" in out.stderr
+    bad.write_text('[[route]]\ndomain = "example.net"\nnext_hop = "no-port"\n')
+    out = subprocess.run([str(BIN), "check-config", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode != 0 and "route[0].next_hop" in out.stderr, out.stderr
+    example = Path(__file__).resolve().parents[2] / "postern.example.toml"
+    out = subprocess.run([str(BIN), "check-config", "--config", str(example)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_version_and_help():
+    out = subprocess.run([str(BIN), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("postern ")
+    out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True)
+    assert "serve" in out.stdout and "check-config" in out.stdout
+
+
+def test_metrics_and_health(postern):
+    import urllib.request
+    base = f"http://127.0.0.1:{postern.ports['http']}"
+    assert urllib.request.urlopen(base + "/healthz", timeout=10).read() == b"ok\n"
+    login(postern, postern.admin_key)
+    time.sleep(0.1)
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    assert "postern_auth_attempts_total" in text, text[:2000]
