@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs Postern's whole test suite on a fresh machine. It installs what the
+# tests need (swaks and curl from Debian, Python clients from PyPI) and
+# starts every server the tests use on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+missing=()
+for tool in swaks curl; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+
+cargo build --workspace --locked
+cargo test --workspace --locked
+python3 -m pytest -q tests/e2e
