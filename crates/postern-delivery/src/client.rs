@@ -30,7 +30,7 @@ use crate::route::Destination;
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The port MX hosts listen on (RFC 5321 §4.5.4.2).
-const SMTP_PORT: u16 = 25;
+pub const SMTP_PORT: u16 = 25;
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -38,6 +38,9 @@ pub struct ClientSettings {
     pub ehlo_name: String,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// Port for hosts found through MX: always 25 in service; tests point
+    /// it at a sink on an unprivileged port.
+    pub mx_port: u16,
 }
 
 /// The result of one attempt: an outcome per recipient (in job order) and
@@ -105,7 +108,7 @@ impl SmtpClient {
                     .into_iter()
                     .map(|host| Candidate {
                         host,
-                        port: SMTP_PORT,
+                        port: self.settings.mx_port,
                         tls: RouteTls::Opportunistic,
                         ca_file: None,
                         auth: None,
@@ -581,7 +584,15 @@ impl Conn {
                 let consumed = before - iter.len();
                 self.buf.drain(..consumed);
                 match parsed {
-                    Ok(r) => return Ok((r.code, r.message)),
+                    Ok(r) => {
+                        // Keep the enhanced status code (RFC 3463) in the text:
+                        // it is what bounce classification reads.
+                        let text = match r.esc {
+                            [0, 0, 0] => r.message,
+                            [a, b, c] => format!("{a}.{b}.{c} {}", r.message),
+                        };
+                        return Ok((r.code, text));
+                    }
                     Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
                     Err(e) => {
                         return Err(io::Error::new(

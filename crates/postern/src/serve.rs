@@ -123,6 +123,7 @@ pub async fn serve(config: Config) -> Result<()> {
             ehlo_name: config.server.hostname.clone(),
             connect_timeout: config.queue.connect_timeout,
             command_timeout: config.queue.command_timeout,
+            mx_port: postern_delivery::client::SMTP_PORT,
         },
         resolver,
     )

@@ -1,0 +1,700 @@
+//! Delivery end to end: the scheduler takes messages from a real embedded
+//! store and delivers them with the real client to scriptable sinks on
+//! loopback, finding MX hosts through a DNS server on loopback.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, MX};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use postern_core::config::{RouteConfig, RouteTls};
+use postern_core::{Envelope, EventKind, Recipient};
+use postern_delivery::{ClientSettings, MxResolver, Router, Scheduler, SmtpClient};
+use postern_queue::{ClientInfo, Intake, RetrySchedule, Submission};
+use postern_store::{EmbeddedStore, EventFilter, EventStore};
+use rustls_pki_types::PrivateKeyDer;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type RcptPolicy = Arc<dyn Fn(usize, &str) -> String + Send + Sync>;
+
+#[derive(Debug, Clone)]
+struct Received {
+    mail_from: String,
+    rcpts: Vec<String>,
+    /// DATA as sent on the wire, dot-stuffed, up to and including CRLF.CRLF.
+    wire: Vec<u8>,
+    tls: bool,
+}
+
+#[derive(Clone)]
+struct SinkOptions {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Bytes the sink sends right after its STARTTLS 220, in plaintext.
+    inject_after_starttls: Option<&'static [u8]>,
+    rcpt: RcptPolicy,
+    /// Close the connection after reading this many bytes of DATA.
+    drop_mid_data: bool,
+}
+
+struct Sink {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<AtomicUsize>,
+    mail_commands: Arc<AtomicUsize>,
+}
+
+fn accept_all() -> RcptPolicy {
+    Arc::new(|_, _| "250 2.1.5 ok".to_string())
+}
+
+async fn start_sink(opts: SinkOptions) -> Sink {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let mail_commands = Arc::new(AtomicUsize::new(0));
+    let (r, c, m) = (received.clone(), connections.clone(), mail_commands.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let (opts, r, m) = (opts.clone(), r.clone(), m.clone());
+            tokio::spawn(async move {
+                let _ = sink_session(Box::new(stream), n, opts, r, m).await;
+            });
+        }
+    });
+    Sink {
+        addr,
+        received,
+        connections,
+        mail_commands,
+    }
+}
+
+async fn sink_session(
+    stream: Box<dyn Io>,
+    conn_no: usize,
+    opts: SinkOptions,
+    received: Arc<Mutex<Vec<Received>>>,
+    mails: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let mut io = BufReader::new(stream);
+    let mut tls = false;
+    io.get_mut().write_all(b"220 sink.test ESMTP\r\n").await?;
+    let mut current: Option<Received> = None;
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            let starttls = if opts.tls.is_some() && !tls {
+                "250-STARTTLS\r\n"
+            } else {
+                ""
+            };
+            format!(
+                "250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000\r\n"
+            )
+        } else if upper.starts_with("STARTTLS") {
+            let Some(acceptor) = opts.tls.clone() else {
+                io.get_mut().write_all(b"502 no\r\n").await?;
+                continue;
+            };
+            // One write, so the injected bytes arrive in the same read as
+            // the 220 (the case a client must handle by discarding them).
+            let mut go = b"220 go ahead\r\n".to_vec();
+            go.extend_from_slice(opts.inject_after_starttls.unwrap_or_default());
+            io.get_mut().write_all(&go).await?;
+            let inner = io.into_inner();
+            let stream = acceptor.accept(inner).await?;
+            io = BufReader::new(Box::new(stream));
+            tls = true;
+            continue;
+        } else if upper.starts_with("MAIL FROM:") {
+            mails.fetch_add(1, Ordering::SeqCst);
+            let from = line[10..]
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            current = Some(Received {
+                mail_from: from,
+                rcpts: vec![],
+                wire: vec![],
+                tls,
+            });
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = line[8..]
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let r = (opts.rcpt)(conn_no, &rcpt);
+            if r.starts_with('2') {
+                if let Some(c) = current.as_mut() {
+                    c.rcpts.push(rcpt);
+                }
+            }
+            format!("{r}\r\n")
+        } else if upper.starts_with("DATA") {
+            let Some(mut msg) = current.take().filter(|c| !c.rcpts.is_empty()) else {
+                io.get_mut()
+                    .write_all(b"554 no valid recipients\r\n")
+                    .await?;
+                continue;
+            };
+            io.get_mut().write_all(b"354 go\r\n").await?;
+            if opts.drop_mid_data {
+                let mut some = [0u8; 8];
+                let _ = io.read(&mut some).await;
+                return Ok(());
+            }
+            loop {
+                let mut l = Vec::new();
+                if io.read_until(b'\n', &mut l).await? == 0 {
+                    return Ok(());
+                }
+                msg.wire.extend_from_slice(&l);
+                if msg.wire.ends_with(b"\r\n.\r\n") || msg.wire == b".\r\n" {
+                    break;
+                }
+            }
+            received.lock().unwrap().push(msg);
+            "250 2.0.0 queued at sink\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            io.get_mut().write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+            "250 ok\r\n".into()
+        } else {
+            "500 what\r\n".into()
+        };
+        io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// A DNS server on loopback answering from a fixed table; anything not in
+/// it is NXDOMAIN.
+async fn start_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut table: HashMap<(String, RecordType), Vec<RData>> = HashMap::new();
+    let mut names = std::collections::HashSet::new();
+    for (name, rdata) in records {
+        names.insert(name.to_string());
+        table
+            .entry((name.to_string(), rdata.record_type()))
+            .or_default()
+            .push(rdata);
+    }
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(req) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::new();
+            resp.set_id(req.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(OpCode::Query)
+                .set_recursion_desired(req.recursion_desired())
+                .set_recursion_available(true)
+                .set_authoritative(true);
+            resp.add_queries(req.queries().to_vec());
+            for q in req.queries() {
+                let name = q.name().to_ascii().to_lowercase();
+                if !names.contains(&name) {
+                    resp.set_response_code(ResponseCode::NXDomain);
+                    continue;
+                }
+                for rdata in table
+                    .get(&(name.clone(), q.query_type()))
+                    .into_iter()
+                    .flatten()
+                {
+                    resp.add_answer(Record::from_rdata(q.name().clone(), 60, rdata.clone()));
+                }
+            }
+            if let Ok(bytes) = resp.to_vec() {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    addr
+}
+
+struct Node {
+    store: Arc<EmbeddedStore>,
+    intake: Intake,
+    shutdown: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_node(routes: Vec<RouteConfig>, dns: Option<SocketAddr>, mx_port: u16) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let intake = Intake::new(store.clone(), "postern.test".into());
+    let nameservers: Vec<SocketAddr> = dns.into_iter().collect();
+    let resolver = Arc::new(MxResolver::new(&nameservers).unwrap());
+    let client = SmtpClient::new(
+        ClientSettings {
+            ehlo_name: "postern.test".into(),
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(10),
+            mx_port,
+        },
+        resolver,
+    )
+    .unwrap();
+    let scheduler = Scheduler {
+        store: store.clone(),
+        client: Arc::new(client),
+        router: Arc::new(Router::new(&routes)),
+        retry: RetrySchedule {
+            initial: Duration::from_millis(200),
+            max: Duration::from_millis(400),
+            max_age: Duration::from_secs(3600),
+        },
+        concurrency: 8,
+        wakeup: intake.wakeup(),
+    };
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));
+    Node {
+        store,
+        intake,
+        shutdown: tx,
+        _dir: dir,
+    }
+}
+
+impl Node {
+    async fn send(&self, from: &str, rcpts: &[&str], body: &[u8]) -> String {
+        let envelope = Envelope {
+            mail_from: from.into(),
+            recipients: rcpts
+                .iter()
+                .map(|r| Recipient {
+                    address: r.to_string(),
+                    domain: r.rsplit_once('@').unwrap().1.to_string(),
+                    notify: vec![],
+                    orcpt: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let id = self
+            .intake
+            .submit(Submission {
+                envelope,
+                principal: None,
+                client: ClientInfo {
+                    ip: "127.0.0.1".parse().unwrap(),
+                    helo: "test".into(),
+                    protocol: "ESMTP",
+                    tls: None,
+                },
+                body: body.to_vec(),
+            })
+            .await
+            .unwrap();
+        id.to_string()
+    }
+
+    /// Waits until every recipient of the message has a final event.
+    async fn final_events(&self, id: &str, recipients: usize) -> Vec<postern_core::Event> {
+        for _ in 0..200 {
+            let events = self
+                .store
+                .events(EventFilter {
+                    message_id: Some(id.into()),
+                    limit: None,
+                })
+                .await
+                .unwrap();
+            let finals = events
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::Delivered | EventKind::Failed))
+                .count();
+            if finals >= recipients {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("message {id} never settled");
+    }
+}
+
+fn route(
+    domain: &str,
+    sink: &Sink,
+    tls: RouteTls,
+    ca_file: Option<std::path::PathBuf>,
+) -> RouteConfig {
+    RouteConfig {
+        domain: domain.into(),
+        next_hop: sink.addr.to_string(),
+        tls,
+        ca_file,
+        auth_username: None,
+        auth_password: None,
+    }
+}
+
+fn kinds(events: &[postern_core::Event]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind).collect()
+}
+
+fn tls_pair(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let ca = dir.join("sink-ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
+}
+
+#[tokio::test]
+async fn delivers_byte_exact_with_dot_stuffing() {
+    let sink = start_sink(SinkOptions {
+        tls: None,
+        inject_after_starttls: None,
+        rcpt: accept_all(),
+        drop_mid_data: false,
+    })
+    .await;
+    let node = start_node(vec![route("*", &sink, RouteTls::None, None)], None, 25).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["b@example.net", "c@example.net"],
+            b"Subject: x\r\n\r\n.dot\r\nend\r\n",
+        )
+        .await;
+    let events = node.final_events(&id, 2).await;
+    assert_eq!(
+        kinds(&events),
+        vec![
+            EventKind::Received,
+            EventKind::Delivered,
+            EventKind::Delivered
+        ]
+    );
+    let got = sink.received.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        1,
+        "one transaction for both recipients of one domain"
+    );
+    assert_eq!(got[0].rcpts, vec!["b@example.net", "c@example.net"]);
+    assert_eq!(got[0].mail_from, "a@example.org");
+    assert!(got[0]
+        .wire
+        .ends_with(b"\r\nSubject: x\r\n\r\n..dot\r\nend\r\n.\r\n"));
+}
+
+#[tokio::test]
+async fn temporary_failures_are_retried_and_permanent_ones_fail() {
+    // First connection: 451 for everyone; later: 250, except 550 for "gone".
+    let rcpt: RcptPolicy = Arc::new(|conn, rcpt| {
+        if rcpt.starts_with("gone@") {
+            "550 5.1.1 no such user".into()
+        } else if conn == 0 {
+            "451 4.3.0 try later".into()
+        } else {
+            "250 2.1.5 ok".into()
+        }
+    });
+    let sink = start_sink(SinkOptions {
+        tls: None,
+        inject_after_starttls: None,
+        rcpt,
+        drop_mid_data: false,
+    })
+    .await;
+    let node = start_node(vec![route("*", &sink, RouteTls::None, None)], None, 25).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["ok@example.net", "gone@example.net"],
+            b"Subject: r\r\n\r\nx\r\n",
+        )
+        .await;
+    let events = node.final_events(&id, 2).await;
+    let by_rcpt = |r: &str| -> Vec<EventKind> {
+        events
+            .iter()
+            .filter(|e| e.recipient.as_deref() == Some(r))
+            .map(|e| e.kind)
+            .collect()
+    };
+    assert_eq!(
+        by_rcpt("ok@example.net"),
+        vec![EventKind::Deferred, EventKind::Delivered]
+    );
+    assert_eq!(by_rcpt("gone@example.net"), vec![EventKind::Failed]);
+    let failed = events.iter().find(|e| e.kind == EventKind::Failed).unwrap();
+    assert!(failed.detail.contains("550 5.1.1"), "{}", failed.detail);
+    assert!(sink.connections.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_data_is_deferred_not_lost() {
+    let sink = start_sink(SinkOptions {
+        tls: None,
+        inject_after_starttls: None,
+        rcpt: accept_all(),
+        drop_mid_data: true,
+    })
+    .await;
+    let node = start_node(vec![route("*", &sink, RouteTls::None, None)], None, 25).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["b@example.net"],
+            b"Subject: d\r\n\r\nx\r\n",
+        )
+        .await;
+    for _ in 0..100 {
+        let events = node
+            .store
+            .events(EventFilter {
+                message_id: Some(id.clone()),
+                limit: None,
+            })
+            .await
+            .unwrap();
+        if events
+            .iter()
+            .filter(|e| e.kind == EventKind::Deferred)
+            .count()
+            >= 2
+        {
+            assert!(!events.iter().any(|e| e.kind == EventKind::Failed));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never deferred twice");
+}
+
+#[tokio::test]
+async fn required_tls_is_never_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, ca) = tls_pair(dir.path());
+    // A next hop that does not offer STARTTLS: nothing may be sent to it.
+    let plain = start_sink(SinkOptions {
+        tls: None,
+        inject_after_starttls: None,
+        rcpt: accept_all(),
+        drop_mid_data: false,
+    })
+    .await;
+    // A next hop with a certificate from the configured CA.
+    let secure = start_sink(SinkOptions {
+        tls: Some(acceptor),
+        inject_after_starttls: None,
+        rcpt: accept_all(),
+        drop_mid_data: false,
+    })
+    .await;
+    let node = start_node(
+        vec![
+            route(
+                "plain.example",
+                &plain,
+                RouteTls::Required,
+                Some(ca.clone()),
+            ),
+            route("secure.example", &secure, RouteTls::Required, Some(ca)),
+        ],
+        None,
+        25,
+    )
+    .await;
+    let id_plain = node
+        .send(
+            "a@example.org",
+            &["x@plain.example"],
+            b"Subject: p\r\n\r\nx\r\n",
+        )
+        .await;
+    let id_secure = node
+        .send(
+            "a@example.org",
+            &["x@secure.example"],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    let events = node.final_events(&id_secure, 1).await;
+    let delivered = events
+        .iter()
+        .find(|e| e.kind == EventKind::Delivered)
+        .unwrap();
+    assert!(delivered.detail.contains("TLSv1.3"), "{}", delivered.detail);
+    assert!(secure.received.lock().unwrap()[0].tls);
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let events = node
+        .store
+        .events(EventFilter {
+            message_id: Some(id_plain),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Deferred && e.detail.contains("STARTTLS")),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| e.kind == EventKind::Delivered));
+    assert_eq!(
+        plain.mail_commands.load(Ordering::SeqCst),
+        0,
+        "MAIL was sent without TLS"
+    );
+}
+
+#[tokio::test]
+async fn plaintext_after_the_starttls_220_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, _ca) = tls_pair(dir.path());
+    // The sink (an attacker in the path) appends a fake reply in plaintext.
+    let sink = start_sink(SinkOptions {
+        tls: Some(acceptor),
+        inject_after_starttls: Some(b"250-injected\r\n250 PIPELINING\r\n"),
+        rcpt: accept_all(),
+        drop_mid_data: false,
+    })
+    .await;
+    let node = start_node(
+        vec![route("*", &sink, RouteTls::Opportunistic, None)],
+        None,
+        25,
+    )
+    .await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["b@example.net"],
+            b"Subject: i\r\n\r\nx\r\n",
+        )
+        .await;
+    let events = node.final_events(&id, 1).await;
+    assert_eq!(
+        kinds(&events),
+        vec![EventKind::Received, EventKind::Delivered],
+        "{events:?}"
+    );
+    assert!(sink.received.lock().unwrap()[0].tls);
+}
+
+#[tokio::test]
+async fn mx_resolution_order_fallback_and_null_mx() {
+    let sink = start_sink(SinkOptions {
+        tls: None,
+        inject_after_starttls: None,
+        rcpt: accept_all(),
+        drop_mid_data: false,
+    })
+    .await;
+    let mx = |pref, host: &str| RData::MX(MX::new(pref, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let dns = start_dns(vec![
+        // Preference 5 is tried first and is down (127.0.0.9 has no sink on
+        // the port); preference 10 answers.
+        ("mx-order.example.", mx(10, "good.mx.example.")),
+        ("mx-order.example.", mx(5, "down.mx.example.")),
+        ("down.mx.example.", a([127, 0, 0, 9])),
+        ("good.mx.example.", a([127, 0, 0, 1])),
+        // No MX: the domain's own address (RFC 5321 §5.1).
+        ("no-mx.example.", a([127, 0, 0, 1])),
+        // Null MX (RFC 7505).
+        ("null-mx.example.", mx(0, ".")),
+    ])
+    .await;
+    let node = start_node(vec![], Some(dns), sink.addr.port()).await;
+    let ordered = node
+        .send(
+            "a@example.org",
+            &["u@mx-order.example"],
+            b"Subject: m\r\n\r\nx\r\n",
+        )
+        .await;
+    let fallback = node
+        .send(
+            "a@example.org",
+            &["u@no-mx.example"],
+            b"Subject: f\r\n\r\nx\r\n",
+        )
+        .await;
+    let null = node
+        .send(
+            "a@example.org",
+            &["u@null-mx.example"],
+            b"Subject: n\r\n\r\nx\r\n",
+        )
+        .await;
+    let nx = node
+        .send(
+            "a@example.org",
+            &["u@nxdomain.example"],
+            b"Subject: nx\r\n\r\nx\r\n",
+        )
+        .await;
+
+    let e = node.final_events(&ordered, 1).await;
+    let d = e
+        .iter()
+        .find(|e| e.kind == EventKind::Delivered)
+        .expect("delivered");
+    assert!(d.detail.contains("good.mx.example"), "{}", d.detail);
+    let e = node.final_events(&fallback, 1).await;
+    assert!(e.iter().any(|e| e.kind == EventKind::Delivered), "{e:?}");
+    let e = node.final_events(&null, 1).await;
+    let f = e
+        .iter()
+        .find(|e| e.kind == EventKind::Failed)
+        .expect("null MX fails");
+    assert!(f.detail.contains("null MX"), "{}", f.detail);
+    let e = node.final_events(&nx, 1).await;
+    let f = e
+        .iter()
+        .find(|e| e.kind == EventKind::Failed)
+        .expect("NXDOMAIN fails");
+    assert!(f.detail.contains("no such domain"), "{}", f.detail);
+    let _ = node.shutdown.send(true);
+}
