@@ -26,8 +26,11 @@ use crate::reply::{common, Reply};
 
 pub use auth::AuthExchange;
 
-/// Bytes asked of the socket per read.
+/// Bytes asked of the socket per read inside DATA/BDAT.
 const READ_CHUNK: usize = 8192;
+/// Bytes asked per read between commands: enough for a command line or a
+/// pipelined group, small enough that an idle connection holds little.
+const IDLE_READ_CHUNK: usize = 1024;
 /// RFC 4954 §4: an AUTH continuation line may be up to 12288 octets.
 const MAX_AUTH_LINE: usize = 12_288;
 /// A read buffer this large while idle is given back to the allocator, so
@@ -330,7 +333,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.inbuf = Vec::new();
         }
         let start = self.inbuf.len();
-        self.inbuf.resize(start + READ_CHUNK, 0);
+        let chunk = if idle { IDLE_READ_CHUNK } else { READ_CHUNK };
+        self.inbuf.resize(start + chunk, 0);
         let mut shutdown = self.shutdown.clone();
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, self.stream.read(&mut self.inbuf[start..])) => r,

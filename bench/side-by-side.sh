@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Runs the same SMTP load against Postern and against a private Postfix
+# instance on this machine, interleaved, and prints both figures and the
+# ratio. Both relay every message to the same kind of sink (run inside
+# postern-loadgen), so each figure is end to end: from the first connection
+# until the sink holds every message. Both fsync each message before 250.
+#
+#   bash bench/side-by-side.sh            # full run (a few minutes)
+#   ROUNDS=1 bash bench/side-by-side.sh   # quicker, noisier
+#
+# Needs root (Postfix's master runs as root; packages are installed if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-3}
+WORK=${WORK:-/tmp/postern-bench}
+SIZE=${SIZE:-1024}
+
+PN_SUB=4587 PN_SINK=4626 PN_HTTP=4080
+PF_SUB=5587 PF_SINK=5626
+
+log() { printf '%s\n' "$*" >&2; }
+
+install_postfix() {
+  if command -v postfix >/dev/null && command -v saslpasswd2 >/dev/null \
+     && [ -e /usr/lib/x86_64-linux-gnu/sasl2/libsasldb.so ] || ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1; then
+    command -v postfix >/dev/null && command -v saslpasswd2 >/dev/null && return
+  fi
+  log "installing postfix, sasl2-bin, libsasl2-modules"
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix sasl2-bin libsasl2-modules openssl >/dev/null
+}
+
+build() {
+  log "building release binaries"
+  cargo build --release --locked -p postern -p postern-loadgen >&2
+}
+
+setup_postfix() {
+  local pf=$WORK/postfix
+  rm -rf "$pf"; mkdir -p "$pf/etc" "$pf/queue" "$pf/data" "$pf/sasl"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=postfix.bench.test" \
+    -keyout "$pf/etc/key.pem" -out "$pf/etc/cert.pem" 2>/dev/null
+  chmod 600 "$pf/etc/key.pem"
+  # Cyrus SASL with a sasldb, as a Postfix site with SMTP AUTH would run it.
+  cat > "$pf/sasl/smtpd.conf" <<EOF
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+mech_list: PLAIN LOGIN
+sasldb_path: $pf/sasl/sasldb2
+EOF
+  # Debian's Cyrus SASL as loaded by smtpd ignored sasldb_path here and always
+  # opened /etc/sasldb2, so the bench user goes there (readable by postfix).
+  echo -n "benchpass" | saslpasswd2 -p -c -f /etc/sasldb2 -u postfix.bench.test bench
+  chown root:postfix /etc/sasldb2; chmod 640 /etc/sasldb2
+  cat > "$pf/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench.test
+mydomain = bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks =
+alias_maps =
+alias_database =
+relayhost = [127.0.0.1]:$PF_SINK
+smtp_tls_security_level = none
+smtpd_tls_cert_file = $pf/etc/cert.pem
+smtpd_tls_key_file = $pf/etc/key.pem
+smtpd_tls_security_level = may
+smtpd_tls_auth_only = yes
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = $pf/sasl
+smtpd_sasl_local_domain = postfix.bench.test
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = 200
+maillog_file_prefixes = $pf
+maillog_file = $pf/maillog
+biff = no
+EOF
+  cat > "$pf/etc/master.cf" <<EOF
+127.0.0.1:$PF_SUB inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+EOF
+  chown postfix:postfix "$pf/data"
+  postfix -c "$pf/etc" start >&2
+  wait_port $PF_SUB
+}
+
+stop_postfix() { postfix -c "$WORK/postfix/etc" stop >/dev/null 2>&1 || true; }
+
+setup_postern() {
+  local pn=$WORK/postern
+  rm -rf "$pn"; mkdir -p "$pn"
+  PN_PID=""
+  cat > "$pn/postern.toml" <<EOF
+[server]
+hostname = "postern.bench.test"
+data_dir = "$pn/data"
+[[listener]]
+role = "submission"
+address = "127.0.0.1:$PN_SUB"
+[http]
+address = "127.0.0.1:$PN_HTTP"
+[[route]]
+domain = "*"
+next_hop = "127.0.0.1:$PN_SINK"
+tls = "none"
+[limits]
+max_connections_per_ip = 20000
+EOF
+  ulimit -n 20000
+  POSTERN_LOG=warn "$ROOT/target/release/postern" serve --config "$pn/postern.toml" > "$pn/stdout" 2> "$pn/stderr" &
+  PN_PID=$!
+  wait_port $PN_SUB
+  PN_KEY=$(grep -m1 '^pst_' "$pn/stdout")
+}
+
+stop_postern() { [ -n "${PN_PID:-}" ] || return 0; kill -TERM "$PN_PID" 2>/dev/null || true; wait "$PN_PID" 2>/dev/null || true; }
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  log "port $1 never opened"; return 1
+}
+
+LOADGEN=$ROOT/target/release/postern-loadgen
+
+run_load() { # target conns msgs rounds
+  local target=$1 conns=$2 msgs=$3 rounds=${4:-1}
+  if [ "$target" = postern ]; then
+    "$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls \
+      --user apikey --password "$PN_KEY" --connections "$conns" --messages "$msgs" \
+      --size "$SIZE" --rounds "$rounds" --timeout 600 --label "postern ${conns}x${msgs}"
+  else
+    "$LOADGEN" --server 127.0.0.1:$PF_SUB --sink 127.0.0.1:$PF_SINK --starttls \
+      --user bench@postfix.bench.test --password benchpass --connections "$conns" --messages "$msgs" \
+      --size "$SIZE" --rounds "$rounds" --timeout 600 --label "postfix ${conns}x${msgs}"
+  fi
+}
+
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+
+scenario() { # conns msgs rounds-per-client
+  local conns=$1 msgs=$2 reps=$3 pn=() pf=()
+  for r in $(seq 1 "$ROUNDS"); do
+    local a b
+    a=$(run_load postern "$conns" "$msgs" "$reps"); echo "$a"
+    b=$(run_load postfix "$conns" "$msgs" "$reps"); echo "$b"
+    [ "$(field "$a" errors)" = 0 ] && [ "$(field "$a" delivered)" = "$(field "$a" accepted)" ] || log "postern run had errors or undelivered mail: $a"
+    [ "$(field "$b" errors)" = 0 ] && [ "$(field "$b" delivered)" = "$(field "$b" accepted)" ] || log "postfix run had errors or undelivered mail: $b"
+    pn+=("$(field "$a" e2e_msgs_per_s)"); pf+=("$(field "$b" e2e_msgs_per_s)")
+  done
+  local mp mf
+  mp=$(median "${pn[@]}"); mf=$(median "${pf[@]}")
+  python3 -c "import json,sys; p,f=float(sys.argv[3]),float(sys.argv[4]); print(json.dumps({'scenario': sys.argv[1]+' connections x '+sys.argv[2]+' msgs each, STARTTLS+AUTH PLAIN, '+sys.argv[5]+' B, end to end', 'postern_msgs_per_s': p, 'postfix_msgs_per_s': f, 'ratio': round(p/f, 2) if f else None}))" \
+    "$conns" "$msgs" "$mp" "$mf" "$SIZE" | tee -a "$WORK/summary.jsonl"
+}
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+idle_memory() { # count mode(plain|starttls)
+  local n=$1 mode=$2 before after out flag=()
+  [ "$mode" = starttls ] && flag=(--starttls)
+  before=$(rss_kib "$PN_PID")
+  ulimit -n 20000
+  "$LOADGEN" --server 127.0.0.1:$PN_SUB --idle "$n" "${flag[@]}" --hold 8 --label "idle $mode" > "$WORK/idle.out" &
+  local lg=$!
+  for _ in $(seq 1 600); do [ -s "$WORK/idle.out" ] && break; sleep 0.1; done
+  sleep 1
+  after=$(rss_kib "$PN_PID")
+  out=$(cat "$WORK/idle.out")
+  wait $lg || true
+  python3 -c "import json,sys; n=int(json.loads(sys.argv[1])['idle_connections']); b,a=int(sys.argv[2]),int(sys.argv[3]); print(json.dumps({'scenario': 'idle '+sys.argv[4]+' connections held by postern', 'connections': n, 'rss_before_kib': b, 'rss_after_kib': a, 'kib_per_connection': round((a-b)/n, 2) if n else None}))" \
+    "$out" "$before" "$after" "$mode" | tee -a "$WORK/summary.jsonl"
+}
+
+main() {
+  [ "$(id -u)" = 0 ] || { log "run as root (Postfix's master needs it)"; exit 1; }
+  install_postfix
+  build
+  mkdir -p "$WORK"; : > "$WORK/summary.jsonl"
+  trap 'stop_postern; stop_postfix' EXIT
+  setup_postfix
+  setup_postern
+  log "warm-up"; run_load postern 10 10 >/dev/null; run_load postfix 10 10 >/dev/null
+  # 50 concurrent clients; each repeats its connection REPS times so a run
+  # lasts long enough to measure (50x10: 5,000 messages; 50x1: 2,000).
+  scenario 50 10 "${REPS_10:-10}"
+  scenario 50 1 "${REPS_1:-40}"
+  # Memory per idle connection, each on a fresh server process.
+  stop_postern; setup_postern
+  idle_memory 10000 plain
+  stop_postern; setup_postern
+  idle_memory 1000 starttls
+  log "summary:"; cat "$WORK/summary.jsonl" >&2
+}
+
+main "$@"
