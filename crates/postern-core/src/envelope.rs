@@ -35,6 +35,7 @@ pub struct Recipient {
     pub domain: String,
     /// RFC 3461 §4.1 NOTIFY, as the keywords given (empty when absent).
     pub notify: Vec<String>,
-    /// RFC 3461 §4.2 ORCPT, as given.
+    /// RFC 3461 §4.2 ORCPT: the original address, xtext-decoded. Only the
+    /// `rfc822` address type is accepted, so the type is not stored.
     pub orcpt: Option<String>,
 }
