@@ -57,6 +57,18 @@ fn accept_all() -> RcptPolicy {
     Arc::new(|_, _| "250 2.1.5 ok".to_string())
 }
 
+impl Default for SinkOptions {
+    /// Plain SMTP, every recipient accepted.
+    fn default() -> Self {
+        SinkOptions {
+            tls: None,
+            inject_after_starttls: None,
+            rcpt: accept_all(),
+            drop_mid_data: false,
+        }
+    }
+}
+
 async fn start_sink(opts: SinkOptions) -> Sink {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -387,13 +399,7 @@ fn tls_pair(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::Pat
 
 #[tokio::test]
 async fn delivers_byte_exact_with_dot_stuffing() {
-    let sink = start_sink(SinkOptions {
-        tls: None,
-        inject_after_starttls: None,
-        rcpt: accept_all(),
-        drop_mid_data: false,
-    })
-    .await;
+    let sink = start_sink(SinkOptions::default()).await;
     let node = start_node(vec![route("*", &sink, RouteTls::None, None)], None, 25).await;
     let id = node
         .send(
@@ -437,10 +443,8 @@ async fn temporary_failures_are_retried_and_permanent_ones_fail() {
         }
     });
     let sink = start_sink(SinkOptions {
-        tls: None,
-        inject_after_starttls: None,
         rcpt,
-        drop_mid_data: false,
+        ..Default::default()
     })
     .await;
     let node = start_node(vec![route("*", &sink, RouteTls::None, None)], None, 25).await;
@@ -472,10 +476,8 @@ async fn temporary_failures_are_retried_and_permanent_ones_fail() {
 #[tokio::test]
 async fn a_connection_dropped_mid_data_is_deferred_not_lost() {
     let sink = start_sink(SinkOptions {
-        tls: None,
-        inject_after_starttls: None,
-        rcpt: accept_all(),
         drop_mid_data: true,
+        ..Default::default()
     })
     .await;
     let node = start_node(vec![route("*", &sink, RouteTls::None, None)], None, 25).await;
@@ -514,19 +516,11 @@ async fn required_tls_is_never_downgraded() {
     let dir = tempfile::tempdir().unwrap();
     let (acceptor, ca) = tls_pair(dir.path());
     // A next hop that does not offer STARTTLS: nothing may be sent to it.
-    let plain = start_sink(SinkOptions {
-        tls: None,
-        inject_after_starttls: None,
-        rcpt: accept_all(),
-        drop_mid_data: false,
-    })
-    .await;
+    let plain = start_sink(SinkOptions::default()).await;
     // A next hop with a certificate from the configured CA.
     let secure = start_sink(SinkOptions {
         tls: Some(acceptor),
-        inject_after_starttls: None,
-        rcpt: accept_all(),
-        drop_mid_data: false,
+        ..Default::default()
     })
     .await;
     let node = start_node(
@@ -596,8 +590,7 @@ async fn plaintext_after_the_starttls_220_is_discarded() {
     let sink = start_sink(SinkOptions {
         tls: Some(acceptor),
         inject_after_starttls: Some(b"250-injected\r\n250 PIPELINING\r\n"),
-        rcpt: accept_all(),
-        drop_mid_data: false,
+        ..Default::default()
     })
     .await;
     let node = start_node(
@@ -624,13 +617,7 @@ async fn plaintext_after_the_starttls_220_is_discarded() {
 
 #[tokio::test]
 async fn mx_resolution_order_fallback_and_null_mx() {
-    let sink = start_sink(SinkOptions {
-        tls: None,
-        inject_after_starttls: None,
-        rcpt: accept_all(),
-        drop_mid_data: false,
-    })
-    .await;
+    let sink = start_sink(SinkOptions::default()).await;
     let mx = |pref, host: &str| RData::MX(MX::new(pref, Name::from_str(host).unwrap()));
     let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
     let dns = start_dns(vec![
