@@ -44,10 +44,14 @@ struct SinkOptions {
     rcpt: RcptPolicy,
     /// Close the connection after reading this many bytes of DATA.
     drop_mid_data: bool,
+    /// AUTH PLAIN credentials the sink requires (offered only over TLS).
+    auth: Option<(&'static str, &'static str)>,
 }
 
 struct Sink {
     addr: SocketAddr,
+    /// AUTH PLAIN payloads received, decoded.
+    auth_seen: Arc<Mutex<Vec<String>>>,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<AtomicUsize>,
     mail_commands: Arc<AtomicUsize>,
@@ -65,6 +69,7 @@ impl Default for SinkOptions {
             inject_after_starttls: None,
             rcpt: accept_all(),
             drop_mid_data: false,
+            auth: None,
         }
     }
 }
@@ -75,21 +80,28 @@ async fn start_sink(opts: SinkOptions) -> Sink {
     let received = Arc::new(Mutex::new(Vec::new()));
     let connections = Arc::new(AtomicUsize::new(0));
     let mail_commands = Arc::new(AtomicUsize::new(0));
-    let (r, c, m) = (received.clone(), connections.clone(), mail_commands.clone());
+    let auth_seen = Arc::new(Mutex::new(Vec::new()));
+    let (r, c, m, a) = (
+        received.clone(),
+        connections.clone(),
+        mail_commands.clone(),
+        auth_seen.clone(),
+    );
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let n = c.fetch_add(1, Ordering::SeqCst);
-            let (opts, r, m) = (opts.clone(), r.clone(), m.clone());
+            let (opts, r, m, a) = (opts.clone(), r.clone(), m.clone(), a.clone());
             tokio::spawn(async move {
-                let _ = sink_session(Box::new(stream), n, opts, r, m).await;
+                let _ = sink_session(Box::new(stream), n, opts, r, m, a).await;
             });
         }
     });
     Sink {
         addr,
+        auth_seen,
         received,
         connections,
         mail_commands,
@@ -102,7 +114,9 @@ async fn sink_session(
     opts: SinkOptions,
     received: Arc<Mutex<Vec<Received>>>,
     mails: Arc<AtomicUsize>,
+    auth_seen: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
+    let mut authenticated = false;
     let mut io = BufReader::new(stream);
     let mut tls = false;
     io.get_mut().write_all(b"220 sink.test ESMTP\r\n").await?;
@@ -119,9 +133,28 @@ async fn sink_session(
             } else {
                 ""
             };
+            let auth = if opts.auth.is_some() && tls {
+                "250-AUTH PLAIN\r\n"
+            } else {
+                ""
+            };
             format!(
-                "250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000\r\n"
+                "250-sink.test\r\n{starttls}{auth}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000\r\n"
             )
+        } else if upper.starts_with("AUTH PLAIN ") {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(line[11..].trim())
+                .unwrap_or_default();
+            let decoded = String::from_utf8_lossy(&decoded).into_owned();
+            auth_seen.lock().unwrap().push(decoded.clone());
+            match opts.auth {
+                Some((u, p)) if tls && decoded == format!("\0{u}\0{p}") => {
+                    authenticated = true;
+                    "235 2.7.0 ok\r\n".into()
+                }
+                _ => "535 5.7.8 no\r\n".into(),
+            }
         } else if upper.starts_with("STARTTLS") {
             let Some(acceptor) = opts.tls.clone() else {
                 io.get_mut().write_all(b"502 no\r\n").await?;
@@ -137,6 +170,8 @@ async fn sink_session(
             io = BufReader::new(Box::new(stream));
             tls = true;
             continue;
+        } else if upper.starts_with("MAIL FROM:") && opts.auth.is_some() && !authenticated {
+            "530 5.7.0 authentication required\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             mails.fetch_add(1, Ordering::SeqCst);
             let from = line[10..]
@@ -356,7 +391,15 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("message {id} never settled");
+        let events = self
+            .store
+            .events(EventFilter {
+                message_id: Some(id.into()),
+                limit: None,
+            })
+            .await
+            .unwrap();
+        panic!("message {id} never settled: {events:?}");
     }
 }
 
@@ -684,4 +727,74 @@ async fn mx_resolution_order_fallback_and_null_mx() {
         .expect("NXDOMAIN fails");
     assert!(f.detail.contains("no such domain"), "{}", f.detail);
     let _ = node.shutdown.send(true);
+}
+
+#[tokio::test]
+async fn smart_host_auth_is_sent_only_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acceptor, ca) = tls_pair(dir.path());
+    let smart = start_sink(SinkOptions {
+        tls: Some(acceptor),
+        auth: Some(("relay-user", "s3cret")),
+        ..Default::default()
+    })
+    .await;
+    // Same credentials towards a host without STARTTLS (opportunistic route):
+    // they must never be sent in plaintext.
+    let plain = start_sink(SinkOptions::default()).await;
+    let with_auth = |domain: &str, sink: &Sink, tls, ca| RouteConfig {
+        auth_username: Some("relay-user".into()),
+        auth_password: Some("s3cret".into()),
+        ..route(domain, sink, tls, ca)
+    };
+    let node = start_node(
+        vec![
+            with_auth("smart.example", &smart, RouteTls::Required, Some(ca)),
+            with_auth("plain.example", &plain, RouteTls::Opportunistic, None),
+        ],
+        None,
+        25,
+    )
+    .await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["x@smart.example"],
+            b"Subject: a\r\n\r\nx\r\n",
+        )
+        .await;
+    let events = node.final_events(&id, 1).await;
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Delivered),
+        "{events:?}"
+    );
+    assert_eq!(
+        smart.auth_seen.lock().unwrap().as_slice(),
+        ["\0relay-user\0s3cret"]
+    );
+
+    let id = node
+        .send(
+            "a@example.org",
+            &["x@plain.example"],
+            b"Subject: b\r\n\r\nx\r\n",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let events = node
+        .store
+        .events(EventFilter {
+            message_id: Some(id),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Deferred && e.detail.contains("without TLS")),
+        "{events:?}"
+    );
+    assert!(plain.auth_seen.lock().unwrap().is_empty());
+    assert_eq!(plain.mail_commands.load(Ordering::SeqCst), 0);
 }
