@@ -402,3 +402,13 @@ async fn submission_over_starttls_and_implicit_tls_queues_mail() {
     );
     assert!(received.iter().any(|b| b.contains("using TLSv1.3")));
 }
+
+#[tokio::test]
+async fn a_dot_on_the_first_body_line_is_unstuffed() {
+    let server = start(Config::default()).await;
+    let out = mx_session_with_data(&server, b"..first\r\nsecond\r\n.\r\nQUIT\r\n").await;
+    assert!(out.starts_with("250 2.0.0 OK queued as "), "{out}");
+    let bodies = server.bodies().await;
+    let body = String::from_utf8_lossy(&bodies[0]).into_owned();
+    assert!(body.ends_with("\r\n.first\r\nsecond\r\n"), "{body:?}");
+}

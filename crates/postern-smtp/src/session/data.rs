@@ -26,6 +26,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
         let max = self.ctx.config.limits.max_message_size;
         let mut receiver = DataReceiver::new();
+        // RFC 5321 §4.1.1.4: the CRLF that ends the DATA command is the first
+        // CRLF of "<CRLF>.<CRLF>", so an empty message is just ".\r\n", and a
+        // first line starting with a dot is stuffed too. smtp-proto's receiver
+        // starts as if mid-line; feeding it that CRLF (and dropping it) puts it
+        // at the start of a line. Found by the `data_round_trip` fuzz target.
+        receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
         let mut scanner = BareLineEndingScanner::default();
         let mut body = Vec::new();
         loop {
