@@ -420,6 +420,12 @@ const KEY_COLUMNS: &str = "id, account, name, hash, scopes, created_at, expires_
 impl CredentialStore for EmbeddedStore {
     async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<()> {
         self.write(move |conn| {
+            let exists = conn.query_row("SELECT COUNT(*) FROM accounts WHERE name = ?1", [&key.account], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            if exists == 0 {
+                return Err(StoreError::NotFound);
+            }
             conn.execute(
                 "INSERT INTO api_keys (id, account, name, hash, scopes, created_at, expires_at, revoked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -496,6 +502,262 @@ fn rand_fill(buf: &mut [u8]) -> Result<()> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
         .map_err(|e| StoreError::Backend(format!("OS random source: {e}")))
+}
+
+fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
+    Ok(AccountRecord {
+        name: r.get(0)?,
+        parent: r.get(1)?,
+        disabled: r.get(2)?,
+        allow_password_auth: r.get(3)?,
+        password_hash: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "name, parent, disabled, allow_password_auth, password_hash, created_at";
+
+#[async_trait]
+impl AccountStore for EmbeddedStore {
+    async fn create_account(&self, a: AccountRecord) -> Result<()> {
+        self.write(move |conn| {
+            if let Some(parent) = &a.parent {
+                let grandparent: Option<Option<String>> = conn
+                    .query_row(
+                        "SELECT parent FROM accounts WHERE name = ?1",
+                        [parent],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match grandparent {
+                    None => return Err(StoreError::NotFound),
+                    // Subusers have no subusers of their own.
+                    Some(Some(_)) => return Err(StoreError::Conflict),
+                    Some(None) => {}
+                }
+            }
+            conn.execute(
+                &format!(
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
+                params![
+                    a.name,
+                    a.parent,
+                    a.disabled,
+                    a.allow_password_auth,
+                    a.password_hash,
+                    a.created_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_account(&self, name: String) -> Result<Option<AccountRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = ?1"
+                ))?
+                .query_row([name], account_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY COALESCE(parent, name), parent IS NOT NULL, name"
+            ))?;
+            let rows = stmt.query_map([], account_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn update_account(&self, name: String, u: AccountUpdate) -> Result<bool> {
+        self.write(move |conn| {
+            let exists = conn.query_row(
+                "SELECT COUNT(*) FROM accounts WHERE name = ?1",
+                [&name],
+                |r| r.get::<_, i64>(0),
+            )? == 1;
+            if !exists {
+                return Ok(false);
+            }
+            if let Some(d) = u.disabled {
+                conn.execute(
+                    "UPDATE accounts SET disabled = ?2 WHERE name = ?1",
+                    params![name, d],
+                )?;
+            }
+            if let Some(p) = u.allow_password_auth {
+                conn.execute(
+                    "UPDATE accounts SET allow_password_auth = ?2 WHERE name = ?1",
+                    params![name, p],
+                )?;
+            }
+            if let Some(h) = u.password_hash {
+                conn.execute(
+                    "UPDATE accounts SET password_hash = ?2 WHERE name = ?1",
+                    params![name, h],
+                )?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn add_ip_rule(&self, account: String, cidr: String) -> Result<()> {
+        let now = postern_core::time::now_millis();
+        self.write(move |conn| {
+            let exists = conn.query_row(
+                "SELECT COUNT(*) FROM accounts WHERE name = ?1",
+                [&account],
+                |r| r.get::<_, i64>(0),
+            )?;
+            if exists == 0 {
+                return Err(StoreError::NotFound);
+            }
+            conn.execute(
+                "INSERT INTO ip_access (account, cidr, created_at) VALUES (?1, ?2, ?3)",
+                params![account, cidr, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_ip_rule(&self, account: String, cidr: String) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM ip_access WHERE account = ?1 AND cidr = ?2",
+                params![account, cidr],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn ip_rules(&self, account: String) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT cidr FROM ip_access WHERE account = ?1 ORDER BY cidr")?;
+            let rows = stmt.query_map([account], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+}
+
+fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AuditRecord, Vec<u8>)> {
+    Ok((
+        AuditRecord {
+            seq: r.get(0)?,
+            entry: AuditEntry {
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                actor: r.get(3)?,
+                account: r.get(4)?,
+                client_ip: r.get(5)?,
+                detail: r.get(6)?,
+            },
+            hash: r.get(8)?,
+        },
+        r.get(7)?,
+    ))
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, kind, actor, account, client_ip, detail, prev_hash, hash";
+
+#[async_trait]
+impl AuditStore for EmbeddedStore {
+    async fn append_audit(&self, entry: AuditEntry) -> Result<i64> {
+        self.write(move |conn| {
+            // The single writer serialises appends, so reading the last hash
+            // and inserting after it cannot interleave with another append.
+            let last: Option<(i64, Vec<u8>)> = conn
+                .query_row(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (seq, prev) = match last {
+                Some((s, h)) => (s + 1, h),
+                None => (1, crate::audit_chain::GENESIS.to_vec()),
+            };
+            let hash = crate::audit_chain::row_hash(&prev, seq, &entry);
+            conn.prepare_cached(&format!(
+                "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                seq,
+                entry.at,
+                entry.kind,
+                entry.actor,
+                entry.account,
+                entry.client_ip,
+                entry.detail,
+                prev,
+                hash
+            ])?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn audit(&self, f: AuditFilter) -> Result<Vec<AuditRecord>> {
+        self.read(move |conn| {
+            let kind_prefix = f.kind.as_ref().filter(|k| k.ends_with('.')).cloned();
+            let kind_exact = f.kind.as_ref().filter(|k| !k.ends_with('.')).cloned();
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit
+                 WHERE (?1 IS NULL OR account = ?1)
+                   AND (?2 IS NULL OR kind = ?2)
+                   AND (?3 IS NULL OR substr(kind, 1, length(?3)) = ?3)
+                   AND (?4 IS NULL OR at >= ?4)
+                   AND (?5 IS NULL OR at <= ?5)
+                 ORDER BY seq DESC LIMIT ?6"
+            ))?;
+            let limit = f.limit.map(|n| n as i64).unwrap_or(-1);
+            let rows = stmt.query_map(
+                params![f.account, kind_exact, kind_prefix, f.since, f.until, limit],
+                audit_from_row,
+            )?;
+            let mut out: Vec<AuditRecord> = rows
+                .map(|r| r.map(|(rec, _)| rec))
+                .collect::<rusqlite::Result<_>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<AuditVerification> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"))?;
+            let mut rows = stmt.query([])?;
+            let mut prev = crate::audit_chain::GENESIS.to_vec();
+            let mut expected_seq = 1;
+            let mut n = 0u64;
+            while let Some(row) = rows.next()? {
+                let (rec, stored_prev) = audit_from_row(row)?;
+                let recomputed = crate::audit_chain::row_hash(&prev, rec.seq, &rec.entry);
+                if rec.seq != expected_seq || stored_prev != prev || recomputed != rec.hash {
+                    return Ok(AuditVerification::BrokenAt { seq: rec.seq });
+                }
+                prev = rec.hash;
+                expected_seq += 1;
+                n += 1;
+            }
+            Ok(AuditVerification::Intact { entries: n })
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -678,6 +940,161 @@ mod tests {
         assert_eq!(
             store.claim_due(5_000, 1000, 60_000).await.unwrap().len(),
             200
+        );
+    }
+
+    fn account(name: &str, parent: Option<&str>) -> AccountRecord {
+        AccountRecord {
+            name: name.into(),
+            parent: parent.map(Into::into),
+            disabled: false,
+            allow_password_auth: false,
+            password_hash: None,
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn accounts_subusers_and_ip_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(
+            store.get_account("admin".into()).await.unwrap().is_some(),
+            "admin exists from the start"
+        );
+        store.create_account(account("acme", None)).await.unwrap();
+        store
+            .create_account(account("marketing", Some("acme")))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.create_account(account("acme", None)).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(matches!(
+            store.create_account(account("x", Some("nobody"))).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store
+                .create_account(account("deeper", Some("marketing")))
+                .await,
+            Err(StoreError::Conflict)
+        ));
+        let names: Vec<_> = store
+            .list_accounts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, vec!["acme", "marketing", "admin"]);
+        assert!(store
+            .update_account(
+                "marketing".into(),
+                AccountUpdate {
+                    disabled: Some(true),
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap());
+        assert!(
+            store
+                .get_account("marketing".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled
+        );
+        assert!(!store
+            .update_account("nobody".into(), AccountUpdate::default())
+            .await
+            .unwrap());
+
+        store
+            .add_ip_rule("acme".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap();
+        store
+            .add_ip_rule("acme".into(), "2001:db8::/32".into())
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .add_ip_rule("nobody".into(), "192.0.2.0/24".into())
+                .await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(store.ip_rules("acme".into()).await.unwrap().len(), 2);
+        assert!(store
+            .remove_ip_rule("acme".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap());
+        assert_eq!(
+            store.ip_rules("acme".into()).await.unwrap(),
+            vec!["2001:db8::/32"]
+        );
+    }
+
+    #[tokio::test]
+    async fn audit_log_is_a_verifiable_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for i in 0..5 {
+            store
+                .append_audit(AuditEntry {
+                    at: 100 + i,
+                    kind: if i % 2 == 0 {
+                        "auth.failure"
+                    } else {
+                        "key.create"
+                    }
+                    .into(),
+                    actor: "apikey".into(),
+                    account: Some(if i < 3 { "acme" } else { "admin" }.into()),
+                    client_ip: Some("192.0.2.1".into()),
+                    detail: format!("entry {i}"),
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.verify_audit().await.unwrap(),
+            AuditVerification::Intact { entries: 5 }
+        );
+        let auth = store
+            .audit(AuditFilter {
+                kind: Some("auth.".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(auth.len(), 3);
+        let acme = store
+            .audit(AuditFilter {
+                account: Some("acme".into()),
+                since: Some(101),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(acme.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+
+        // Append-only: the store refuses edits...
+        let conn = open_connection(store.path()).unwrap();
+        assert!(conn
+            .execute("UPDATE audit SET detail = 'x' WHERE seq = 2", [])
+            .is_err());
+        assert!(conn.execute("DELETE FROM audit WHERE seq = 2", []).is_err());
+        // ...and one who removes the guard is still caught by the chain.
+        conn.execute_batch(
+            "DROP TRIGGER audit_no_update; UPDATE audit SET detail = 'forged' WHERE seq = 3",
+        )
+        .unwrap();
+        assert_eq!(
+            store.verify_audit().await.unwrap(),
+            AuditVerification::BrokenAt { seq: 3 }
         );
     }
 

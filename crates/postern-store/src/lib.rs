@@ -5,6 +5,7 @@
 //! an expiry (`FOR UPDATE SKIP LOCKED` there, a single writer here), and every
 //! write that a client is told about is committed before the call returns.
 
+mod audit_chain;
 mod embedded;
 mod schema;
 mod types;
@@ -82,6 +83,29 @@ pub trait CredentialStore: Send + Sync {
     async fn secret(&self, name: &'static str, len: usize) -> Result<Vec<u8>>;
 }
 
+/// Accounts, subusers and their IP access rules.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Conflict when the name is taken; a subuser's parent must exist and be
+    /// a top-level account.
+    async fn create_account(&self, account: AccountRecord) -> Result<()>;
+    async fn get_account(&self, name: String) -> Result<Option<AccountRecord>>;
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>>;
+    /// Returns false when there is no such account.
+    async fn update_account(&self, name: String, update: AccountUpdate) -> Result<bool>;
+    async fn add_ip_rule(&self, account: String, cidr: String) -> Result<()>;
+    async fn remove_ip_rule(&self, account: String, cidr: String) -> Result<bool>;
+    async fn ip_rules(&self, account: String) -> Result<Vec<String>>;
+}
+
+/// The append-only, hash-chained audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    async fn append_audit(&self, entry: AuditEntry) -> Result<i64>;
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>>;
+    async fn verify_audit(&self) -> Result<AuditVerification>;
+}
+
 /// The per-message event log.
 #[async_trait]
 pub trait EventStore: Send + Sync {
@@ -89,5 +113,9 @@ pub trait EventStore: Send + Sync {
 }
 
 /// Everything a node needs from its store.
-pub trait Store: QueueStore + CredentialStore + EventStore {}
-impl<T: QueueStore + CredentialStore + EventStore> Store for T {}
+pub trait Store: QueueStore + CredentialStore + EventStore + AccountStore + AuditStore {}
+impl<T: QueueStore + CredentialStore + EventStore + AccountStore + AuditStore> Store for T {}
+
+/// What authentication needs: credentials, accounts, and the audit log.
+pub trait AuthStore: CredentialStore + AccountStore + AuditStore {}
+impl<T: CredentialStore + AccountStore + AuditStore> AuthStore for T {}

@@ -56,6 +56,43 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     );
     "#,
+    // 2: accounts and subusers, IP access rules, the audit log.
+    r#"
+    CREATE TABLE accounts (
+        name                TEXT PRIMARY KEY,
+        parent              TEXT REFERENCES accounts(name),
+        disabled            INTEGER NOT NULL DEFAULT 0,
+        allow_password_auth INTEGER NOT NULL DEFAULT 0,
+        password_hash       TEXT,
+        created_at          INTEGER NOT NULL
+    );
+    INSERT INTO accounts (name, created_at)
+        SELECT 'admin', 0 UNION SELECT DISTINCT account, 0 FROM api_keys WHERE account <> 'admin';
+    CREATE TABLE ip_access (
+        account TEXT NOT NULL REFERENCES accounts(name) ON DELETE CASCADE,
+        cidr    TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account, cidr)
+    );
+    -- Append-only; each row carries the SHA-256 of the previous row's hash and
+    -- its own content, so an edited or deleted row breaks the chain.
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        account   TEXT,
+        client_ip TEXT,
+        detail    TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash      BLOB NOT NULL
+    );
+    CREATE INDEX audit_by_account ON audit(account, seq);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

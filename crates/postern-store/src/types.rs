@@ -97,3 +97,68 @@ pub struct EventFilter {
     /// Most recent first when set; otherwise everything matching, oldest first.
     pub limit: Option<usize>,
 }
+
+/// An account, or a subuser when `parent` is set. Subusers have their own
+/// credentials, events and limits; disabling a parent disables its subusers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub name: String,
+    pub parent: Option<String>,
+    pub disabled: bool,
+    /// Off by default: only API keys work until an operator allows passwords.
+    pub allow_password_auth: bool,
+    /// Argon2id PHC string.
+    pub password_hash: Option<String>,
+    pub created_at: i64,
+}
+
+/// Fields to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountUpdate {
+    pub disabled: Option<bool>,
+    pub allow_password_auth: Option<bool>,
+    pub password_hash: Option<Option<String>>,
+}
+
+/// What happened, by whom, to whom, from where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: i64,
+    /// e.g. `auth.success`, `auth.failure`, `key.create`, `account.disable`.
+    pub kind: String,
+    /// Who did it: a principal, `cli`, or the attempted user name.
+    pub actor: String,
+    pub account: Option<String>,
+    pub client_ip: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub entry: AuditEntry,
+    pub hash: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub account: Option<String>,
+    /// A kind, or a prefix ending in `.` (`auth.` for every AUTH outcome).
+    pub kind: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// The most recent N, when set.
+    pub limit: Option<usize>,
+}
+
+/// The result of checking the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditVerification {
+    Intact {
+        entries: u64,
+    },
+    /// The first row whose hash does not match its content and predecessor.
+    BrokenAt {
+        seq: i64,
+    },
+}
