@@ -1,87 +1,235 @@
-//! Turns presented credentials into a `Principal`, or a failure that the
-//! caller reports without saying which part was wrong.
+//! Turns presented credentials into a `Principal`, or a rejection that the
+//! caller reports without saying which part was wrong. Every outcome is
+//! counted, audited, and fed to the brute-force defence.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use postern_core::config::AuthConfig;
+use postern_core::principal::SCOPE_MAIL_SEND;
 use postern_core::Principal;
-use postern_store::{CredentialStore, StoreError};
+use postern_store::{AccountRecord, AuditEntry, AuthStore, StoreError};
 use thiserror::Error;
 
 use crate::api_key::ApiKeys;
+use crate::defense::{Defense, Verdict};
+use crate::password::{HashError, PasswordHasher};
 use crate::sasl::Credentials;
 
 /// SendGrid's convention: the user name is the literal `apikey` and the
 /// password is the key.
 pub const API_KEY_USERNAME: &str = "apikey";
+/// The `key_id` of a principal that logged in with a password.
+pub const PASSWORD_KEY_ID: &str = "password";
+
+/// One login attempt, whatever the door.
+pub struct LoginAttempt<'a> {
+    pub creds: &'a Credentials,
+    pub ip: IpAddr,
+    /// `PLAIN`, `LOGIN`, … for the audit log.
+    pub mechanism: &'static str,
+}
 
 #[derive(Debug, Error)]
-pub enum AuthFailure {
-    /// Wrong, unknown, revoked or expired: deliberately one variant, so no
-    /// caller can leak which it was. The reason is for logs and metrics only.
+pub enum Rejection {
+    /// Wrong, unknown, revoked, expired, disabled, not from an allowed
+    /// network, or password auth switched off: deliberately one variant so
+    /// no caller can leak which. The reason is for logs and the audit only.
+    /// `delay` is the slow-down the defence asks for before answering.
     #[error("invalid credentials ({reason})")]
-    Invalid { reason: &'static str },
-    /// RFC 4616 §2: acting for another identity needs a right we do not grant yet.
-    #[error("authorization identity not permitted")]
-    AuthzidNotPermitted,
-    #[error("credential store unavailable: {0}")]
-    Unavailable(#[from] StoreError),
+    Invalid {
+        reason: &'static str,
+        delay: Duration,
+    },
+    /// The source (or network) is blocked for now; disconnect it.
+    #[error("blocked ({reason})")]
+    Blocked { reason: &'static str },
+    /// Try again later (store or hashing pool unavailable).
+    #[error("temporary failure: {0}")]
+    Temporary(String),
+}
+
+enum CheckFailure {
+    Invalid(&'static str),
+    Temporary(String),
+}
+
+impl From<StoreError> for CheckFailure {
+    fn from(e: StoreError) -> Self {
+        CheckFailure::Temporary(e.to_string())
+    }
 }
 
 #[derive(Clone)]
 pub struct Authenticator {
-    store: Arc<dyn CredentialStore>,
+    store: Arc<dyn AuthStore>,
     keys: ApiKeys,
+    hasher: PasswordHasher,
+    defense: Arc<Defense>,
 }
 
 impl Authenticator {
-    pub async fn new(store: Arc<dyn CredentialStore>) -> Result<Self, StoreError> {
+    pub async fn new(store: Arc<dyn AuthStore>, config: &AuthConfig) -> Result<Self, StoreError> {
         let keys = ApiKeys::new(store.as_ref()).await?;
-        Ok(Authenticator { store, keys })
+        let hasher = PasswordHasher::new(config.password_hash_parallelism)
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(Authenticator {
+            store,
+            keys,
+            hasher,
+            defense: Arc::new(Defense::new(config.clone())),
+        })
     }
 
     pub fn api_keys(&self) -> &ApiKeys {
         &self.keys
     }
 
-    /// Checks credentials. Every call does the same work (one HMAC and one
-    /// indexed lookup) whether or not the user name is known, so the timing
-    /// does not tell an attacker which part was wrong.
-    pub async fn authenticate(&self, creds: &Credentials) -> Result<Principal, AuthFailure> {
-        let result = self.check(creds).await;
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(AuthFailure::Invalid { reason }) => reason,
-            Err(AuthFailure::AuthzidNotPermitted) => "authzid",
-            Err(AuthFailure::Unavailable(_)) => "unavailable",
-        };
-        metrics::counter!("postern_auth_attempts_total", "outcome" => outcome).increment(1);
-        result
+    pub fn password_hasher(&self) -> &PasswordHasher {
+        &self.hasher
     }
 
-    async fn check(&self, creds: &Credentials) -> Result<Principal, AuthFailure> {
-        let hash = self.keys.hash(&creds.secret);
-        let record = self.store.find_api_key_by_hash(hash).await?;
-        if creds.username != API_KEY_USERNAME {
-            return Err(AuthFailure::Invalid {
-                reason: "unknown_username",
-            });
+    pub async fn authenticate(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, Rejection> {
+        let user = attempt.creds.username.as_str();
+        if let Verdict::Blocked(reason) = self.defense.check(attempt.ip, user) {
+            metrics::counter!("postern_auth_attempts_total", "outcome" => "blocked").increment(1);
+            self.audit(
+                attempt,
+                "auth.blocked",
+                None,
+                format!("mechanism={} reason={reason}", attempt.mechanism),
+            );
+            return Err(Rejection::Blocked { reason });
         }
-        let Some(record) = record else {
-            return Err(AuthFailure::Invalid {
-                reason: "unknown_key",
-            });
+        match self.check(attempt).await {
+            Ok(p) => {
+                metrics::counter!("postern_auth_attempts_total", "outcome" => "success")
+                    .increment(1);
+                self.audit(
+                    attempt,
+                    "auth.success",
+                    Some(p.account.clone()),
+                    format!("mechanism={} key={}", attempt.mechanism, p.key_id),
+                );
+                Ok(p)
+            }
+            Err(CheckFailure::Invalid(reason)) => {
+                metrics::counter!("postern_auth_attempts_total", "outcome" => reason).increment(1);
+                let outcome = self.defense.record_failure(attempt.ip, user);
+                for d in &outcome.detections {
+                    metrics::counter!("postern_auth_detections_total", "kind" => d.kind())
+                        .increment(1);
+                    tracing::warn!(ip = %attempt.ip, user, detection = ?d, "brute-force defence");
+                    self.audit(attempt, d.kind(), None, format!("{d:?}"));
+                }
+                self.audit(
+                    attempt,
+                    "auth.failure",
+                    None,
+                    format!("mechanism={} reason={reason}", attempt.mechanism),
+                );
+                Err(Rejection::Invalid {
+                    reason,
+                    delay: outcome.delay,
+                })
+            }
+            Err(CheckFailure::Temporary(e)) => {
+                metrics::counter!("postern_auth_attempts_total", "outcome" => "temporary")
+                    .increment(1);
+                tracing::error!(error = %e, "authentication unavailable");
+                Err(Rejection::Temporary(e))
+            }
+        }
+    }
+
+    /// Appends to the audit log without making the login wait for the
+    /// commit; a crash in between can lose the entry, never the login's effect.
+    fn audit(
+        &self,
+        attempt: &LoginAttempt<'_>,
+        kind: &str,
+        account: Option<String>,
+        detail: String,
+    ) {
+        let entry = AuditEntry {
+            at: postern_core::time::now_millis(),
+            kind: kind.to_owned(),
+            actor: attempt.creds.username.chars().take(255).collect(),
+            account,
+            client_ip: Some(attempt.ip.to_string()),
+            detail,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.append_audit(entry).await {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        });
+    }
+
+    async fn check(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, CheckFailure> {
+        let creds = attempt.creds;
+        if creds.username == API_KEY_USERNAME {
+            return self.check_api_key(attempt).await;
+        }
+        // Password (basic) auth. The hash is verified whether or not the
+        // account exists or allows passwords (against a dummy hash if not),
+        // so the time taken says nothing about the account.
+        let account = self.store.get_account(creds.username.clone()).await?;
+        let phc = account
+            .as_ref()
+            .filter(|a| a.allow_password_auth)
+            .and_then(|a| a.password_hash.clone());
+        let verified = match self.hasher.verify(phc, creds.secret.clone()).await {
+            Ok(v) => v,
+            Err(HashError::Busy) => {
+                return Err(CheckFailure::Temporary("password hashing busy".into()))
+            }
+            Err(e) => return Err(CheckFailure::Temporary(e.to_string())),
+        };
+        let Some(account) = account else {
+            return Err(CheckFailure::Invalid("unknown_account"));
+        };
+        if !account.allow_password_auth {
+            return Err(CheckFailure::Invalid("password_auth_disabled"));
+        }
+        if !verified {
+            return Err(CheckFailure::Invalid("wrong_password"));
+        }
+        self.check_account(&account, attempt.ip).await?;
+        if !creds.authzid.is_empty() && creds.authzid != creds.username {
+            return Err(CheckFailure::Invalid("authzid_not_permitted"));
+        }
+        Ok(Principal {
+            account: account.name,
+            key_id: PASSWORD_KEY_ID.to_owned(),
+            scopes: vec![SCOPE_MAIL_SEND.to_owned()],
+        })
+    }
+
+    async fn check_api_key(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, CheckFailure> {
+        let creds = attempt.creds;
+        let hash = self.keys.hash(&creds.secret);
+        let Some(record) = self.store.find_api_key_by_hash(hash).await? else {
+            return Err(CheckFailure::Invalid("unknown_key"));
         };
         if record.revoked_at.is_some() {
-            return Err(AuthFailure::Invalid { reason: "revoked" });
+            return Err(CheckFailure::Invalid("revoked"));
         }
         if record
             .expires_at
             .is_some_and(|t| t <= postern_core::time::now_millis())
         {
-            return Err(AuthFailure::Invalid { reason: "expired" });
+            return Err(CheckFailure::Invalid("expired"));
         }
+        let Some(account) = self.store.get_account(record.account.clone()).await? else {
+            return Err(CheckFailure::Invalid("unknown_account"));
+        };
+        self.check_account(&account, attempt.ip).await?;
+        // RFC 4616 §2: acting for another identity needs a right nobody has yet.
         if !creds.authzid.is_empty() && creds.authzid != creds.username {
-            return Err(AuthFailure::AuthzidNotPermitted);
+            return Err(CheckFailure::Invalid("authzid_not_permitted"));
         }
         Ok(Principal {
             account: record.account,
@@ -89,12 +237,41 @@ impl Authenticator {
             scopes: record.scopes,
         })
     }
+
+    /// The account (and its parent, for a subuser) must be enabled, and the
+    /// client must be inside their IP allowlists where they have one.
+    async fn check_account(&self, account: &AccountRecord, ip: IpAddr) -> Result<(), CheckFailure> {
+        if account.disabled {
+            return Err(CheckFailure::Invalid("account_disabled"));
+        }
+        let mut chain = vec![account.name.clone()];
+        if let Some(parent_name) = &account.parent {
+            match self.store.get_account(parent_name.clone()).await? {
+                Some(parent) if !parent.disabled => chain.push(parent.name),
+                _ => return Err(CheckFailure::Invalid("account_disabled")),
+            }
+        }
+        for name in chain {
+            let rules = self.store.ip_rules(name).await?;
+            if !rules.is_empty()
+                && !rules
+                    .iter()
+                    .filter_map(|r| postern_core::network::parse_network(r))
+                    .any(|n| n.contains(&ip))
+            {
+                return Err(CheckFailure::Invalid("ip_not_allowed"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_store::EmbeddedStore;
+    use postern_store::{
+        AccountStore, AccountUpdate, AuditFilter, AuditStore, CredentialStore, EmbeddedStore,
+    };
 
     fn creds(user: &str, secret: &str) -> Credentials {
         Credentials {
@@ -104,45 +281,88 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn keys_authenticate_until_revoked_or_expired() {
+    async fn login(
+        auth: &Authenticator,
+        c: &Credentials,
+        ip: &str,
+    ) -> Result<Principal, Rejection> {
+        auth.authenticate(&LoginAttempt {
+            creds: c,
+            ip: ip.parse().unwrap(),
+            mechanism: "PLAIN",
+        })
+        .await
+    }
+
+    async fn setup() -> (tempfile::TempDir, Arc<EmbeddedStore>, Authenticator) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let auth = Authenticator::new(store.clone()).await.unwrap();
+        let auth = Authenticator::new(store.clone(), &AuthConfig::default())
+            .await
+            .unwrap();
+        (dir, store, auth)
+    }
+
+    fn is_invalid(r: &Result<Principal, Rejection>, why: &str) -> bool {
+        matches!(r, Err(Rejection::Invalid { reason, .. }) if *reason == why)
+    }
+
+    #[tokio::test]
+    async fn keys_authenticate_until_revoked_expired_or_disabled() {
+        let (_d, store, auth) = setup().await;
         let issued = auth
             .api_keys()
             .create(store.as_ref(), "admin", "k", vec!["mail.send".into()], None)
             .await
             .unwrap();
-        let p = auth
-            .authenticate(&creds("apikey", &issued.secret))
+        let p = login(&auth, &creds("apikey", &issued.secret), "127.0.0.1")
             .await
             .unwrap();
         assert_eq!(p.account, "admin");
         assert!(p.has_scope("mail.send"));
 
-        assert!(auth
-            .authenticate(&creds("admin", &issued.secret))
-            .await
-            .is_err());
-        assert!(auth
-            .authenticate(&creds("apikey", "pst_wrong"))
+        assert!(login(&auth, &creds("apikey", "pst_wrong"), "127.0.0.1")
             .await
             .is_err());
         let mut other = creds("apikey", &issued.secret);
         other.authzid = "someone-else".into();
-        assert!(matches!(
-            auth.authenticate(&other).await,
-            Err(AuthFailure::AuthzidNotPermitted)
+        assert!(is_invalid(
+            &login(&auth, &other, "127.0.0.1").await,
+            "authzid_not_permitted"
         ));
+
+        store
+            .update_account(
+                "admin".into(),
+                AccountUpdate {
+                    disabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(is_invalid(
+            &login(&auth, &creds("apikey", &issued.secret), "127.0.0.1").await,
+            "account_disabled"
+        ));
+        store
+            .update_account(
+                "admin".into(),
+                AccountUpdate {
+                    disabled: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
 
         store
             .revoke_api_key(issued.record.id.clone(), 1)
             .await
             .unwrap();
-        assert!(matches!(
-            auth.authenticate(&creds("apikey", &issued.secret)).await,
-            Err(AuthFailure::Invalid { reason: "revoked" })
+        assert!(is_invalid(
+            &login(&auth, &creds("apikey", &issued.secret), "127.0.0.1").await,
+            "revoked"
         ));
 
         let expired = auth
@@ -150,9 +370,160 @@ mod tests {
             .create(store.as_ref(), "admin", "old", vec![], Some(1))
             .await
             .unwrap();
-        assert!(matches!(
-            auth.authenticate(&creds("apikey", &expired.secret)).await,
-            Err(AuthFailure::Invalid { reason: "expired" })
+        assert!(is_invalid(
+            &login(&auth, &creds("apikey", &expired.secret), "127.0.0.1").await,
+            "expired"
         ));
+    }
+
+    #[tokio::test]
+    async fn subusers_ip_allowlists_and_passwords() {
+        let (_d, store, auth) = setup().await;
+        let acct = |name: &str, parent: Option<&str>| AccountRecord {
+            name: name.into(),
+            parent: parent.map(Into::into),
+            disabled: false,
+            allow_password_auth: false,
+            password_hash: None,
+            created_at: 0,
+        };
+        store.create_account(acct("acme", None)).await.unwrap();
+        store
+            .create_account(acct("marketing", Some("acme")))
+            .await
+            .unwrap();
+        let key = auth
+            .api_keys()
+            .create(store.as_ref(), "marketing", "m", vec![], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            login(&auth, &creds("apikey", &key.secret), "127.0.0.1")
+                .await
+                .unwrap()
+                .account,
+            "marketing"
+        );
+
+        // Disabling the parent stops the subuser's credentials at once.
+        store
+            .update_account(
+                "acme".into(),
+                AccountUpdate {
+                    disabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(is_invalid(
+            &login(&auth, &creds("apikey", &key.secret), "127.0.0.1").await,
+            "account_disabled"
+        ));
+        store
+            .update_account(
+                "acme".into(),
+                AccountUpdate {
+                    disabled: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+
+        store
+            .add_ip_rule("acme".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap();
+        assert!(is_invalid(
+            &login(&auth, &creds("apikey", &key.secret), "198.51.100.1").await,
+            "ip_not_allowed"
+        ));
+        assert!(login(&auth, &creds("apikey", &key.secret), "192.0.2.9")
+            .await
+            .is_ok());
+
+        // Passwords: refused while the account does not allow them, even if right.
+        let phc = auth
+            .password_hasher()
+            .hash("violet-anchor-tundra-42".into())
+            .await
+            .unwrap();
+        store
+            .update_account(
+                "acme".into(),
+                AccountUpdate {
+                    password_hash: Some(Some(phc)),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let good = creds("acme", "violet-anchor-tundra-42");
+        assert!(is_invalid(
+            &login(&auth, &good, "192.0.2.9").await,
+            "password_auth_disabled"
+        ));
+        store
+            .update_account(
+                "acme".into(),
+                AccountUpdate {
+                    allow_password_auth: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let p = login(&auth, &good, "192.0.2.9").await.unwrap();
+        assert_eq!(
+            (p.account.as_str(), p.key_id.as_str()),
+            ("acme", "password")
+        );
+        assert!(is_invalid(
+            &login(&auth, &creds("acme", "wrong-password-123"), "192.0.2.9").await,
+            "wrong_password"
+        ));
+        assert!(is_invalid(
+            &login(&auth, &creds("nobody", "whatever-it-is-1"), "192.0.2.10").await,
+            "unknown_account"
+        ));
+
+        // Every outcome is audited (the writes are asynchronous).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let audit = store
+            .audit(AuditFilter {
+                kind: Some("auth.".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(audit
+            .iter()
+            .any(|r| r.entry.kind == "auth.success" && r.entry.account.as_deref() == Some("acme")));
+        assert!(audit.iter().any(|r| r.entry.kind == "auth.failure"
+            && r.entry.actor == "nobody"
+            && r.entry.detail.contains("unknown_account")));
+    }
+
+    #[tokio::test]
+    async fn a_blocked_source_is_refused_before_checking() {
+        let (_d, store, auth) = setup().await;
+        let key = auth
+            .api_keys()
+            .create(store.as_ref(), "admin", "k", vec![], None)
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            let _ = login(&auth, &creds("apikey", "pst_guess"), "198.51.100.7").await;
+        }
+        // Even the right key is refused from the blocked address...
+        assert!(matches!(
+            login(&auth, &creds("apikey", &key.secret), "198.51.100.7").await,
+            Err(Rejection::Blocked { reason: "ip" })
+        ));
+        // ...and accepted from another network.
+        assert!(login(&auth, &creds("apikey", &key.secret), "203.0.113.1")
+            .await
+            .is_ok());
     }
 }

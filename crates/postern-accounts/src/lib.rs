@@ -1,11 +1,12 @@
-//! Who may send: API keys (generation, hashing, checks) and SASL payload
-//! decoding. Passwords, CRAM-MD5, OAuth and brute-force defence build on the
-//! same `Authenticator` in later work; the credential model leaves room for
-//! them (a key belongs to an account, carries scopes and an expiry).
+//! Who may send: API keys (generation, hashing, checks), passwords (Argon2id
+//! on a bounded pool), SASL payload decoding, the brute-force defence, and
+//! the `Authenticator` that every login path goes through.
 
 pub mod api_key;
 pub mod authenticator;
+pub mod defense;
+pub mod password;
 pub mod sasl;
 
 pub use api_key::{ApiKeys, IssuedKey};
-pub use authenticator::{AuthFailure, Authenticator};
+pub use authenticator::{Authenticator, LoginAttempt, Rejection};

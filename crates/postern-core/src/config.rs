@@ -46,6 +46,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -310,6 +312,53 @@ impl Default for QueueConfig {
     }
 }
 
+/// Brute-force defence. Failures are counted per client IP, per network
+/// (/24 for IPv4, /64 for IPv6), per account and across all accounts, within
+/// `failure_window`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    #[serde(with = "crate::duration")]
+    pub failure_window: Duration,
+    /// Failures from one IP before its replies are slowed down.
+    pub delay_after_failures: u32,
+    /// Longest slow-down of one reply.
+    #[serde(with = "crate::duration")]
+    pub max_delay: Duration,
+    /// Failures from one IP before it is blocked.
+    pub block_ip_after_failures: u32,
+    /// Failures from one network before the whole network is blocked.
+    pub block_network_after_failures: u32,
+    #[serde(with = "crate::duration")]
+    pub block_duration: Duration,
+    /// Distinct accounts failed from one IP: password spraying; the IP is blocked.
+    pub spraying_accounts: u32,
+    /// Distinct IPs failing on one account: credential stuffing; those
+    /// sources are blocked for that account, others keep working.
+    pub stuffing_sources: u32,
+    /// Hashing slots for passwords (default: one per core).
+    pub password_hash_parallelism: usize,
+    /// Networks (CIDR) that may never log in, whatever the credentials.
+    pub deny_networks: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            failure_window: Duration::from_secs(15 * 60),
+            delay_after_failures: 3,
+            max_delay: Duration::from_secs(5),
+            block_ip_after_failures: 20,
+            block_network_after_failures: 100,
+            block_duration: Duration::from_secs(15 * 60),
+            spraying_accounts: 5,
+            stuffing_sources: 10,
+            password_hash_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            deny_networks: Vec::new(),
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -429,6 +478,27 @@ impl Config {
         }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        let a = &self.auth;
+        if a.block_ip_after_failures == 0 || a.block_network_after_failures == 0 {
+            return Err(invalid(
+                "auth.block_ip_after_failures",
+                "must be at least 1",
+            ));
+        }
+        for (i, n) in a.deny_networks.iter().enumerate() {
+            if crate::network::parse_network(n).is_none() {
+                return Err(invalid(
+                    format!("auth.deny_networks[{i}]"),
+                    "must be an IP address or CIDR",
+                ));
+            }
+        }
+        if a.password_hash_parallelism == 0 {
+            return Err(invalid(
+                "auth.password_hash_parallelism",
+                "must be at least 1",
+            ));
         }
         if self.queue.concurrency == 0 {
             return Err(invalid("queue.concurrency", "must be at least 1"));

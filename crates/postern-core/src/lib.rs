@@ -9,6 +9,7 @@ pub mod duration;
 pub mod envelope;
 pub mod event;
 pub mod id;
+pub mod network;
 pub mod principal;
 pub mod time;
 

@@ -33,7 +33,7 @@ pub async fn serve(config: Config) -> Result<()> {
             "released delivery leases left by the previous run"
         );
     }
-    let authenticator = Authenticator::new(store.clone()).await?;
+    let authenticator = Authenticator::new(store.clone(), &config.auth).await?;
     if let Some(secret) =
         crate::bootstrap::first_admin_key(&store, authenticator.api_keys()).await?
     {

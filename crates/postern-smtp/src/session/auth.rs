@@ -2,7 +2,7 @@
 //! under the user name `apikey`, as SendGrid's clients send them.
 
 use postern_accounts::sasl::{self, Credentials, SaslError};
-use postern_accounts::AuthFailure;
+use postern_accounts::{LoginAttempt, Rejection};
 use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -19,6 +19,15 @@ pub enum AuthExchange {
     Plain,
     LoginUsername,
     LoginPassword { username: String },
+}
+
+impl AuthExchange {
+    fn mechanism(&self) -> &'static str {
+        match self {
+            AuthExchange::Plain => "PLAIN",
+            AuthExchange::LoginUsername | AuthExchange::LoginPassword { .. } => "LOGIN",
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -67,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             AUTH_PLAIN => {
                 match sasl::decode_base64(&initial).and_then(|p| sasl::decode_plain(&p)) {
-                    Ok(creds) => self.finish_auth(creds).await?,
+                    Ok(creds) => self.finish_auth(creds, "PLAIN").await?,
                     Err(e) => self.sasl_error(e)?,
                 }
             }
@@ -103,9 +112,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(p) => p,
             Err(e) => return self.sasl_error(e),
         };
+        let mechanism = exchange.mechanism();
         match exchange {
             AuthExchange::Plain => match sasl::decode_plain(&payload) {
-                Ok(creds) => self.finish_auth(creds).await,
+                Ok(creds) => self.finish_auth(creds, mechanism).await,
                 Err(e) => self.sasl_error(e),
             },
             AuthExchange::LoginUsername => match sasl::decode_login_field(&payload) {
@@ -118,11 +128,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             },
             AuthExchange::LoginPassword { username } => match sasl::decode_login_field(&payload) {
                 Ok(secret) => {
-                    self.finish_auth(Credentials {
-                        authzid: String::new(),
-                        username,
-                        secret,
-                    })
+                    self.finish_auth(
+                        Credentials {
+                            authzid: String::new(),
+                            username,
+                            secret,
+                        },
+                        mechanism,
+                    )
                     .await
                 }
                 Err(e) => self.sasl_error(e),
@@ -151,16 +164,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    async fn finish_auth(&mut self, creds: Credentials) -> Result<(), Close> {
-        match self.ctx.authenticator.authenticate(&creds).await {
+    async fn finish_auth(
+        &mut self,
+        creds: Credentials,
+        mechanism: &'static str,
+    ) -> Result<(), Close> {
+        let attempt = LoginAttempt {
+            creds: &creds,
+            ip: self.peer.ip(),
+            mechanism,
+        };
+        match self.ctx.authenticator.authenticate(&attempt).await {
             Ok(principal) => {
                 tracing::info!(peer = %self.peer, account = %principal.account, key = %principal.key_id, "AUTH succeeded");
                 self.conn.principal = Some(principal);
                 self.reply(Reply::new(235, (2, 7, 0), "Authentication successful"));
                 Ok(())
             }
-            Err(AuthFailure::Unavailable(e)) => {
-                tracing::error!(peer = %self.peer, error = %e, "AUTH: credential store unavailable");
+            Err(Rejection::Blocked { reason }) => {
+                tracing::info!(peer = %self.peer, reason, "AUTH refused: source blocked");
+                self.reply(Reply::new(
+                    454,
+                    (4, 7, 0),
+                    "Too many failed authentication attempts; try again later",
+                ));
+                self.reply(Reply::new(421, (4, 7, 0), "Closing connection"));
+                Err(Close::Policy("blocked by brute-force defence"))
+            }
+            Err(Rejection::Temporary(e)) => {
+                tracing::warn!(peer = %self.peer, error = %e, "AUTH: temporary failure");
                 self.reply(Reply::new(
                     454,
                     (4, 7, 0),
@@ -168,8 +200,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 ));
                 Ok(())
             }
-            Err(e) => {
-                tracing::info!(peer = %self.peer, username = %creds.username, reason = %e, "AUTH failed");
+            Err(Rejection::Invalid { reason, delay }) => {
+                tracing::info!(peer = %self.peer, username = %creds.username, reason, "AUTH failed");
+                if !delay.is_zero() {
+                    // Slow the guesser down; this session waits, nothing else does.
+                    self.flush_quietly().await;
+                    tokio::time::sleep(delay).await;
+                }
                 self.auth_failed("invalid")
             }
         }

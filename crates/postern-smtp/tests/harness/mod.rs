@@ -34,7 +34,9 @@ pub async fn start(mut config: Config) -> Server {
     config.relay.domains = vec!["relay.example".into()];
     config.server.hostname = "mx.test".into();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let authenticator = Authenticator::new(store.clone()).await.unwrap();
+    let authenticator = Authenticator::new(store.clone(), &config.auth)
+        .await
+        .unwrap();
     let issued = authenticator
         .api_keys()
         .create(store.as_ref(), "admin", "test", vec![], None)

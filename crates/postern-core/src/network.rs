@@ -1,0 +1,51 @@
+//! IP networks as written in config files and access rules: CIDR, or a bare
+//! address meaning just that address.
+
+use std::net::IpAddr;
+
+pub use ipnet::IpNet;
+
+pub fn parse_network(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    s.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// The network an address is counted in for brute-force defence: /24 for
+/// IPv4, /64 for IPv6 (one customer's allocation, typically).
+pub fn counting_network(ip: IpAddr) -> IpNet {
+    let prefix = match ip {
+        IpAddr::V4(_) => 24,
+        IpAddr::V6(_) => 64,
+    };
+    IpNet::new(ip, prefix)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_groups() {
+        let n = parse_network("192.0.2.77/24").unwrap();
+        assert_eq!(n.to_string(), "192.0.2.0/24");
+        assert!(n.contains(&"192.0.2.1".parse::<IpAddr>().unwrap()));
+        assert_eq!(
+            parse_network("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert!(parse_network("nonsense").is_none());
+        assert_eq!(
+            counting_network("2001:db8:1:2:3:4:5:6".parse().unwrap()).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            counting_network("198.51.100.9".parse().unwrap()).to_string(),
+            "198.51.100.0/24"
+        );
+    }
+}
