@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use postern_accounts::ApiKeys;
 use postern_core::Config;
-use postern_store::{CredentialStore, EmbeddedStore};
+use postern_store::{AuditStore, CredentialStore, EmbeddedStore};
 
 pub const ADMIN_ACCOUNT: &str = "admin";
 
@@ -86,6 +86,19 @@ pub async fn first_admin_key(store: &EmbeddedStore, keys: &ApiKeys) -> Result<Op
     }
     let issued = keys
         .create(store, ADMIN_ACCOUNT, "first-start admin key", vec![], None)
+        .await?;
+    store
+        .append_audit(postern_store::AuditEntry {
+            at: postern_core::time::now_millis(),
+            kind: "key.create".into(),
+            actor: "first-start".into(),
+            account: Some(ADMIN_ACCOUNT.into()),
+            client_ip: None,
+            detail: format!(
+                "id={} name=first-start admin key scopes=full_access",
+                issued.record.id
+            ),
+        })
         .await?;
     Ok(Some(issued.secret))
 }

@@ -41,6 +41,42 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Manage accounts.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Manage subusers (accounts under an account, with their own credentials).
+    Subuser {
+        #[command(subcommand)]
+        command: SubuserCommand,
+    },
+    /// Manage the networks an account may log in from.
+    IpAccess {
+        #[command(subcommand)]
+        command: IpAccessCommand,
+    },
+    /// Read the audit log, or verify its hash chain (`postern audit verify`).
+    Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
+        /// Only entries about this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// A kind (`auth.failure`) or a prefix ending in "." (`auth.`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// From this time: a duration ago (`1h`) or `2026-11-23T10:00:00Z`.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// Only the most recent N entries.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the event log (received, delivered, deferred, failed).
     Events {
         /// Only events of this message id.
@@ -52,6 +88,99 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum AccountCommand {
+    /// Create an account.
+    Create {
+        name: String,
+        /// Allow password (basic) auth; off by default, so only API keys work.
+        #[arg(long)]
+        allow_password_auth: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts and their subusers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable an account: its credentials and its subusers' stop at once.
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    /// Switch password (basic) auth on or off for an account.
+    PasswordAuth {
+        name: String,
+        setting: OnOff,
+    },
+    /// Set an account's password, read from standard input.
+    Password {
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        matches!(self, OnOff::On)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum SubuserCommand {
+    /// Create a subuser of an account.
+    Create {
+        name: String,
+        /// The parent account.
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        allow_password_auth: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        /// Only subusers of this account.
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IpAccessCommand {
+    /// Allow logins from a network (IPv4/IPv6 CIDR or address). Once an
+    /// account has any entry, logins from anywhere else are refused.
+    Add {
+        account: String,
+        network: String,
+    },
+    Remove {
+        account: String,
+        network: String,
+    },
+    List {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain; fails if any entry was changed or removed.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +242,43 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Key { command } => {
             let config = load_config(&cli.global)?;
             crate::key_command::run(&config, command).await
+        }
+        Command::Account { command } => {
+            let config = load_config(&cli.global)?;
+            crate::account_command::run_account(&config, command).await
+        }
+        Command::Subuser { command } => {
+            let config = load_config(&cli.global)?;
+            crate::account_command::run_subuser(&config, command).await
+        }
+        Command::IpAccess { command } => {
+            let config = load_config(&cli.global)?;
+            crate::account_command::run_ip_access(&config, command).await
+        }
+        Command::Audit {
+            command,
+            account,
+            kind,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let config = load_config(&cli.global)?;
+            match command {
+                Some(AuditCommand::Verify) => crate::audit_command::verify(&config).await,
+                None => {
+                    let q = crate::audit_command::Query {
+                        account,
+                        kind,
+                        since,
+                        until,
+                        limit,
+                        json,
+                    };
+                    crate::audit_command::run(&config, q).await
+                }
+            }
         }
         Command::Events {
             message,

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use postern_accounts::ApiKeys;
 use postern_core::Config;
-use postern_store::CredentialStore;
+use postern_store::{CredentialStore, StoreError};
 
 use crate::cli::KeyCommand;
 
@@ -25,9 +25,26 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
                 None => None,
             };
             let keys = ApiKeys::new(store.as_ref()).await?;
-            let issued = keys
+            let issued = match keys
                 .create(store.as_ref(), &account, &name, scopes, expires_at)
-                .await?;
+                .await
+            {
+                Ok(k) => k,
+                Err(StoreError::NotFound) => bail!("no account named {account}"),
+                Err(e) => return Err(e.into()),
+            };
+            crate::account_command::audit(
+                &store,
+                "key.create",
+                Some(&account),
+                format!(
+                    "id={} name={} scopes={}",
+                    issued.record.id,
+                    name,
+                    issued.record.scopes.join(",")
+                ),
+            )
+            .await?;
             if json {
                 println!(
                     "{}",
@@ -55,6 +72,19 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
             {
                 bail!("no active key with id {id}");
             }
+            let account = store
+                .list_api_keys(None)
+                .await?
+                .into_iter()
+                .find(|k| k.id == id)
+                .map(|k| k.account);
+            crate::account_command::audit(
+                &store,
+                "key.revoke",
+                account.as_deref(),
+                format!("id={id}"),
+            )
+            .await?;
             println!("revoked {id}");
         }
         KeyCommand::List { json } => {

@@ -1,6 +1,8 @@
 //! `postern`: the binary. Command line, configuration loading, wiring of the
 //! crates, signals and graceful shutdown.
 
+mod account_command;
+mod audit_command;
 mod bootstrap;
 mod cli;
 mod events_command;

@@ -1,0 +1,78 @@
+"""1,000 wrong credentials from one address end in a block, while a good
+client on another network keeps sending. Prints the good client's latency
+during the attack."""
+
+import base64
+import smtplib
+import ssl
+import statistics
+import threading
+import time
+
+ATTEMPTS = 1000
+ATTACKERS = 8
+
+
+def attacker(postern, counter, lock, outcomes, stop):
+    ctx = ssl.create_default_context(cafile=postern.cert)
+    while not stop.is_set():
+        with lock:
+            if counter[0] >= ATTEMPTS:
+                return
+        try:
+            with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
+                s.starttls(context=ctx)
+                s.ehlo("attacker.test")
+                for _ in range(3):
+                    with lock:
+                        if counter[0] >= ATTEMPTS:
+                            return
+                        counter[0] += 1
+                    token = base64.b64encode(b"\0apikey\0pst_" + b"X" * 43).decode()
+                    code, _ = s.docmd("AUTH", "PLAIN " + token)
+                    with lock:
+                        outcomes[code] = outcomes.get(code, 0) + 1
+                    if code != 535:
+                        break
+        except (OSError, smtplib.SMTPException):
+            pass
+
+
+def test_attack_blocks_the_attacker_not_the_good_client(postern, sink):
+    counter, lock, outcomes, stop = [0], threading.Lock(), {}, threading.Event()
+    threads = [
+        threading.Thread(target=attacker, args=(postern, counter, lock, outcomes, stop), daemon=True)
+        for _ in range(ATTACKERS)
+    ]
+    started = time.time()
+    for t in threads:
+        t.start()
+
+    # The good client: another /24 (127.0.1.0/24), one message per connection.
+    ctx = ssl.create_default_context(cafile=postern.cert)
+    latencies, sent = [], 0
+    while any(t.is_alive() for t in threads) and time.time() - started < 120:
+        t0 = time.time()
+        with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30,
+                          source_address=("127.0.1.2", 0)) as s:
+            s.starttls(context=ctx)
+            s.login("apikey", postern.admin_key)
+            s.sendmail("app@example.org", ["user@example.net"], b"Subject: during attack\r\n\r\nok\r\n")
+        latencies.append(time.time() - t0)
+        sent += 1
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    attack_seconds = time.time() - started
+
+    assert counter[0] >= ATTEMPTS, f"attack ended early: {counter[0]} attempts"
+    assert outcomes.get(454, 0) > 0, f"attacker never blocked: {outcomes}"
+    assert outcomes.get(235, 0) == 0
+    sink.wait_for(sent)
+    p50 = statistics.median(latencies) * 1000
+    p99 = sorted(latencies)[max(0, int(len(latencies) * 0.99) - 1)] * 1000
+    print(
+        f"\nbrute force: {counter[0]} wrong attempts in {attack_seconds:.1f}s, replies {outcomes}; "
+        f"good client from another network: {sent} messages, p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
+    assert sent > 0
