@@ -256,7 +256,7 @@ impl Authenticator {
             if !rules.is_empty()
                 && !rules
                     .iter()
-                    .filter_map(|r| postern_core::network::parse_network(r))
+                    .filter_map(|r| postern_core::network::parse_network(&r.cidr))
                     .any(|n| n.contains(&ip))
             {
                 return Err(CheckFailure::Invalid("ip_not_allowed"));

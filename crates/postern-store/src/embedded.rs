@@ -478,6 +478,34 @@ impl CredentialStore for EmbeddedStore {
         .await
     }
 
+    async fn update_api_key(
+        &self,
+        id: String,
+        name: Option<String>,
+        scopes: Option<Vec<String>>,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            let found =
+                conn.query_row("SELECT COUNT(*) FROM api_keys WHERE id = ?1", [&id], |r| {
+                    r.get::<_, i64>(0)
+                })? == 1;
+            if let Some(n) = name {
+                conn.execute(
+                    "UPDATE api_keys SET name = ?2 WHERE id = ?1",
+                    params![id, n],
+                )?;
+            }
+            if let Some(s) = scopes {
+                conn.execute(
+                    "UPDATE api_keys SET scopes = ?2 WHERE id = ?1",
+                    params![id, join_list(&s)],
+                )?;
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn secret(&self, name: &'static str, len: usize) -> Result<Vec<u8>> {
         let mut fresh = vec![0u8; len];
         rand_fill(&mut fresh)?;
@@ -641,12 +669,45 @@ impl AccountStore for EmbeddedStore {
         .await
     }
 
-    async fn ip_rules(&self, account: String) -> Result<Vec<String>> {
+    async fn remove_ip_rule_by_id(&self, account: String, id: i64) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM ip_access WHERE account = ?1 AND rowid = ?2",
+                params![account, id],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn ip_rules(&self, account: String) -> Result<Vec<IpRule>> {
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT cidr FROM ip_access WHERE account = ?1 ORDER BY cidr")?;
-            let rows = stmt.query_map([account], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+            let mut stmt = conn.prepare_cached(
+                "SELECT rowid, cidr, created_at FROM ip_access WHERE account = ?1 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map([account], |r| {
+                Ok(IpRule {
+                    id: r.get(0)?,
+                    cidr: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, name: String) -> Result<bool> {
+        self.write(move |conn| {
+            let children: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM accounts WHERE parent = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            if children > 0 {
+                return Err(StoreError::Conflict);
+            }
+            conn.execute("DELETE FROM api_keys WHERE account = ?1", [&name])?;
+            Ok(conn.execute("DELETE FROM accounts WHERE name = ?1", [&name])? == 1)
         })
         .await
     }
@@ -1031,10 +1092,26 @@ mod tests {
             .remove_ip_rule("acme".into(), "192.0.2.0/24".into())
             .await
             .unwrap());
+        let rules = store.ip_rules("acme".into()).await.unwrap();
         assert_eq!(
-            store.ip_rules("acme".into()).await.unwrap(),
+            rules.iter().map(|r| r.cidr.as_str()).collect::<Vec<_>>(),
             vec!["2001:db8::/32"]
         );
+        assert!(!store
+            .remove_ip_rule_by_id("marketing".into(), rules[0].id)
+            .await
+            .unwrap());
+        assert!(store
+            .remove_ip_rule_by_id("acme".into(), rules[0].id)
+            .await
+            .unwrap());
+        assert!(matches!(
+            store.delete_account("acme".into()).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(store.delete_account("marketing".into()).await.unwrap());
+        assert!(store.delete_account("acme".into()).await.unwrap());
+        assert!(store.get_account("acme".into()).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -79,6 +79,13 @@ pub trait CredentialStore: Send + Sync {
     /// Returns false when no such key exists or it was already revoked.
     async fn revoke_api_key(&self, id: String, at: i64) -> Result<bool>;
     async fn list_api_keys(&self, account: Option<String>) -> Result<Vec<ApiKeyRecord>>;
+    /// Renames a key and/or replaces its scopes; false when no such key.
+    async fn update_api_key(
+        &self,
+        id: String,
+        name: Option<String>,
+        scopes: Option<Vec<String>>,
+    ) -> Result<bool>;
     /// A random secret, created on first use and the same ever after.
     async fn secret(&self, name: &'static str, len: usize) -> Result<Vec<u8>>;
 }
@@ -95,7 +102,11 @@ pub trait AccountStore: Send + Sync {
     async fn update_account(&self, name: String, update: AccountUpdate) -> Result<bool>;
     async fn add_ip_rule(&self, account: String, cidr: String) -> Result<()>;
     async fn remove_ip_rule(&self, account: String, cidr: String) -> Result<bool>;
-    async fn ip_rules(&self, account: String) -> Result<Vec<String>>;
+    async fn remove_ip_rule_by_id(&self, account: String, id: i64) -> Result<bool>;
+    async fn ip_rules(&self, account: String) -> Result<Vec<IpRule>>;
+    /// Deletes an account with its keys and rules. Conflict while it still
+    /// has subusers.
+    async fn delete_account(&self, name: String) -> Result<bool>;
 }
 
 /// The append-only, hash-chained audit log.

@@ -162,3 +162,11 @@ pub enum AuditVerification {
         seq: i64,
     },
 }
+
+/// One entry of an account's IP allowlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpRule {
+    pub id: i64,
+    pub cidr: String,
+    pub created_at: i64,
+}

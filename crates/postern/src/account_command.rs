@@ -280,7 +280,12 @@ pub async fn run_ip_access(config: &Config, command: IpAccessCommand) -> Result<
             println!("removed {net} from {account}'s allowlist");
         }
         IpAccessCommand::List { account, json } => {
-            let rules = store.ip_rules(account).await?;
+            let rules: Vec<String> = store
+                .ip_rules(account)
+                .await?
+                .into_iter()
+                .map(|r| r.cidr)
+                .collect();
             if json {
                 println!("{}", serde_json::json!(rules));
             } else if rules.is_empty() {
