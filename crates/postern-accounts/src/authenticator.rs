@@ -386,6 +386,7 @@ mod tests {
             allow_password_auth: false,
             password_hash: None,
             created_at: 0,
+            email: None,
         };
         store.create_account(acct("acme", None)).await.unwrap();
         store

@@ -540,11 +540,12 @@ fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
         allow_password_auth: r.get(3)?,
         password_hash: r.get(4)?,
         created_at: r.get(5)?,
+        email: r.get(6)?,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "name, parent, disabled, allow_password_auth, password_hash, created_at";
+    "name, parent, disabled, allow_password_auth, password_hash, created_at, email";
 
 #[async_trait]
 impl AccountStore for EmbeddedStore {
@@ -567,7 +568,7 @@ impl AccountStore for EmbeddedStore {
             }
             conn.execute(
                 &format!(
-                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                 ),
                 params![
                     a.name,
@@ -575,7 +576,8 @@ impl AccountStore for EmbeddedStore {
                     a.disabled,
                     a.allow_password_auth,
                     a.password_hash,
-                    a.created_at
+                    a.created_at,
+                    a.email
                 ],
             )?;
             Ok(())
@@ -1012,6 +1014,7 @@ mod tests {
             allow_password_auth: false,
             password_hash: None,
             created_at: 1,
+            email: None,
         }
     }
 

@@ -93,6 +93,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
+    // 3: a contact address per account (SendGrid's subuser `email`).
+    r#"
+    ALTER TABLE accounts ADD COLUMN email TEXT;
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

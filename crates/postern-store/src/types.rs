@@ -110,6 +110,8 @@ pub struct AccountRecord {
     /// Argon2id PHC string.
     pub password_hash: Option<String>,
     pub created_at: i64,
+    /// Contact address (SendGrid's subuser `email`).
+    pub email: Option<String>,
 }
 
 /// Fields to change; `None` leaves a field as it is.

@@ -100,6 +100,7 @@ async fn create(
         allow_password_auth,
         password_hash: None,
         created_at: postern_core::time::now_millis(),
+        email: None,
     };
     match store.create_account(record.clone()).await {
         Ok(()) => {}
