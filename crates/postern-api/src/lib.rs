@@ -1,8 +1,14 @@
-//! Postern's HTTP listener. Today it serves `/metrics` (Prometheus text
-//! format) and `/healthz`; the SendGrid-compatible `/v3/...` API and the
-//! management API are built on this router in their own issues.
+//! Postern's HTTP listener: the SendGrid-compatible `/v3` management API
+//! (API keys, scopes, subusers, IP access), its OpenAPI document,
+//! `/metrics` (Prometheus) and `/healthz`.
+
+mod caller;
+mod error;
+pub mod scopes;
+mod v3;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
@@ -10,34 +16,60 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use postern_accounts::Authenticator;
+use postern_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub fn router(metrics: PrometheusHandle) -> Router {
+pub use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub authenticator: Authenticator,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(metrics)
+        .route("/v3/openapi.json", get(openapi))
+        .merge(v3::routes())
+        .with_state(state)
 }
 
-async fn render_metrics(State(handle): State<PrometheusHandle>) -> impl IntoResponse {
+async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+async fn openapi() -> impl IntoResponse {
     (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
+        [(CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
     )
 }
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
-    metrics: PrometheusHandle,
+    state: ApiState,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(address = ?addr, "HTTP listening (/metrics, /healthz)");
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    tracing::info!(address = ?addr, "HTTP listening (/v3, /metrics, /healthz)");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    })
+    .await
 }

@@ -108,10 +108,15 @@ pub async fn serve(config: Config) -> Result<()> {
             shutdown_rx.clone(),
         )));
     }
+    let api_state = postern_api::ApiState {
+        store: store.clone(),
+        authenticator: ctx.authenticator.clone(),
+        metrics: Some(metrics),
+    };
     let http_task = http.map(|socket| {
         let rx = shutdown_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = postern_api::serve(socket, metrics, rx).await {
+            if let Err(e) = postern_api::serve(socket, api_state, rx).await {
                 tracing::error!(error = %e, "HTTP listener failed");
             }
         })

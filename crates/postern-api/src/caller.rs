@@ -1,0 +1,138 @@
+//! Who is calling: `Authorization: Bearer <API key>`, checked by the same
+//! `Authenticator` (and brute-force defence) as SMTP AUTH. An optional
+//! `On-Behalf-Of: <subuser>` header lets a parent account act for one of its
+//! subusers, as in SendGrid.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use postern_accounts::sasl::Credentials;
+use postern_accounts::{LoginAttempt, Rejection};
+use postern_core::Principal;
+use postern_store::AuditEntry;
+
+use crate::{ApiError, ApiState};
+
+pub struct Caller {
+    pub principal: Principal,
+    /// The account the call acts on: the caller's, or the subuser named by
+    /// `On-Behalf-Of`.
+    pub account: String,
+    pub ip: std::net::IpAddr,
+}
+
+impl Caller {
+    pub fn require(&self, scope: &str) -> Result<(), ApiError> {
+        if self.principal.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("access forbidden: this API key lacks the {scope} scope"),
+            ))
+        }
+    }
+
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.principal.key_id)
+    }
+
+    /// Appends to the audit log (without making the call wait for it).
+    pub fn audit(&self, state: &ApiState, kind: &str, detail: String) {
+        let entry = AuditEntry {
+            at: postern_core::time::now_millis(),
+            kind: kind.to_owned(),
+            actor: self.actor(),
+            account: Some(self.account.clone()),
+            client_ip: Some(self.ip.to_string()),
+            detail,
+        };
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.append_audit(entry).await {
+                tracing::error!(error = %e, "audit append failed");
+            }
+        });
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "authorization required");
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no peer address"))?;
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(unauthorized)?
+            .trim();
+        let creds = Credentials {
+            authzid: String::new(),
+            username: postern_accounts::authenticator::API_KEY_USERNAME.to_owned(),
+            secret: token.to_owned(),
+        };
+        let attempt = LoginAttempt {
+            creds: &creds,
+            ip,
+            mechanism: "HTTP-BEARER",
+        };
+        let principal = match state.authenticator.authenticate(&attempt).await {
+            Ok(p) => p,
+            Err(Rejection::Invalid { delay, .. }) => {
+                tokio::time::sleep(delay).await;
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authorization required",
+                ));
+            }
+            Err(Rejection::Blocked { .. }) => {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed authentication attempts; try again later",
+                ))
+            }
+            Err(Rejection::Temporary(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "try again later",
+                ))
+            }
+        };
+        let mut account = principal.account.clone();
+        if let Some(subuser) = parts
+            .headers
+            .get("on-behalf-of")
+            .and_then(|v| v.to_str().ok())
+        {
+            let sub = state.store.get_account(subuser.to_owned()).await?;
+            match sub {
+                Some(s) if s.parent.as_deref() == Some(principal.account.as_str()) => {
+                    account = s.name
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "On-Behalf-Of names no subuser of this account",
+                    ))
+                }
+            }
+        }
+        Ok(Caller {
+            principal,
+            account,
+            ip,
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! /v3/api_keys: create (the secret is shown once), list, read, rename,
+//! rescope, revoke. A key can only grant scopes its creator has.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use postern_store::{ApiKeyRecord, StoreError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::caller::Caller;
+use crate::{scopes, ApiError, ApiState};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v3/api_keys", get(list).post(create))
+        .route(
+            "/v3/api_keys/{id}",
+            get(read).put(replace).patch(rename).delete(revoke),
+        )
+}
+
+#[derive(Deserialize)]
+struct CreateKey {
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+}
+
+fn check_scopes(caller: &Caller, requested: &[String]) -> Result<(), ApiError> {
+    let mine = scopes::expand(&caller.principal.scopes);
+    for s in requested {
+        if !scopes::is_known(s) {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "scopes",
+                format!("unknown scope {s:?}"),
+            ));
+        }
+        let granted = if s == postern_core::principal::SCOPE_FULL_ACCESS {
+            caller.principal.has_scope(s)
+        } else {
+            mine.contains(s)
+        };
+        if !granted {
+            return Err(ApiError::field(
+                StatusCode::FORBIDDEN,
+                "scopes",
+                format!("cannot grant {s:?}: the calling key does not have it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_name(name: Option<String>) -> Result<String, ApiError> {
+    match name {
+        Some(n) if !n.trim().is_empty() && n.len() <= 100 => Ok(n),
+        _ => Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "name",
+            "a name of 1 to 100 characters is required",
+        )),
+    }
+}
+
+async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(body): Json<CreateKey>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require("api_keys.create")?;
+    let name = valid_name(body.name)?;
+    // SendGrid: a key created without scopes has the creator's full access.
+    let requested = body
+        .scopes
+        .unwrap_or_else(|| caller.principal.scopes.clone());
+    check_scopes(&caller, &requested)?;
+    let issued = state
+        .authenticator
+        .api_keys()
+        .create(
+            state.store.as_ref(),
+            &caller.account,
+            &name,
+            requested,
+            None,
+        )
+        .await?;
+    caller.audit(
+        &state,
+        "key.create",
+        format!(
+            "id={} name={name} scopes={}",
+            issued.record.id,
+            issued.record.scopes.join(",")
+        ),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "api_key": issued.secret,
+            "api_key_id": issued.record.id,
+            "name": issued.record.name,
+            "scopes": issued.record.scopes,
+        })),
+    ))
+}
+
+async fn own_key(state: &ApiState, caller: &Caller, id: &str) -> Result<ApiKeyRecord, ApiError> {
+    state
+        .store
+        .list_api_keys(Some(caller.account.clone()))
+        .await?
+        .into_iter()
+        .find(|k| k.id == id && k.revoked_at.is_none())
+        .ok_or_else(|| ApiError::not_found("API key"))
+}
+
+async fn list(State(state): State<ApiState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require("api_keys.read")?;
+    let keys = state
+        .store
+        .list_api_keys(Some(caller.account.clone()))
+        .await?;
+    let result: Vec<Value> = keys
+        .iter()
+        .filter(|k| k.revoked_at.is_none())
+        .map(|k| json!({"api_key_id": k.id, "name": k.name}))
+        .collect();
+    Ok(Json(json!({ "result": result })))
+}
+
+async fn read(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("api_keys.read")?;
+    let k = own_key(&state, &caller, &id).await?;
+    Ok(Json(
+        json!({"result": [{"api_key_id": k.id, "name": k.name, "scopes": k.scopes}]}),
+    ))
+}
+
+async fn replace(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<CreateKey>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("api_keys.update")?;
+    own_key(&state, &caller, &id).await?;
+    let name = valid_name(body.name)?;
+    let requested = body.scopes.unwrap_or_default();
+    check_scopes(&caller, &requested)?;
+    state
+        .store
+        .update_api_key(id.clone(), Some(name.clone()), Some(requested.clone()))
+        .await?;
+    caller.audit(
+        &state,
+        "key.update",
+        format!("id={id} name={name} scopes={}", requested.join(",")),
+    );
+    Ok(Json(
+        json!({"api_key_id": id, "name": name, "scopes": requested}),
+    ))
+}
+
+async fn rename(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<CreateKey>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("api_keys.update")?;
+    own_key(&state, &caller, &id).await?;
+    let name = valid_name(body.name)?;
+    state
+        .store
+        .update_api_key(id.clone(), Some(name.clone()), None)
+        .await?;
+    caller.audit(&state, "key.rename", format!("id={id} name={name}"));
+    Ok(Json(json!({"api_key_id": id, "name": name})))
+}
+
+async fn revoke(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require("api_keys.delete")?;
+    own_key(&state, &caller, &id).await?;
+    match state
+        .store
+        .revoke_api_key(id.clone(), postern_core::time::now_millis())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) | Err(StoreError::NotFound) => return Err(ApiError::not_found("API key")),
+        Err(e) => return Err(e.into()),
+    }
+    caller.audit(&state, "key.revoke", format!("id={id}"));
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,27 @@
+//! The SendGrid v3 API shapes Postern implements. Each resource has its own
+//! file; routes follow SendGrid's paths so its client libraries work by
+//! changing only the base URL.
+
+mod access_settings;
+mod api_keys;
+mod subusers;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::caller::Caller;
+use crate::ApiState;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v3/scopes", get(scopes))
+        .merge(api_keys::routes())
+        .merge(subusers::routes())
+        .merge(access_settings::routes())
+}
+
+/// GET /v3/scopes: the calling key's scopes.
+async fn scopes(caller: Caller) -> Json<Value> {
+    Json(json!({ "scopes": crate::scopes::expand(&caller.principal.scopes) }))
+}

@@ -1,0 +1,118 @@
+"""The SendGrid-compatible management API, driven with SendGrid's own Python
+library by changing only its base URL, plus curl for the raw shapes."""
+
+import json
+import smtplib
+import ssl
+import subprocess
+import urllib.request
+
+import pytest
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+
+
+def client(postern, key, **kw):
+    return SendGridAPIClient(api_key=key, host=f"http://127.0.0.1:{postern.ports['http']}", **kw)
+
+
+def body(resp):
+    return json.loads(resp.body) if resp.body else None
+
+
+def can_send(postern, key):
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
+        s.starttls(context=ssl.create_default_context(cafile=postern.cert))
+        try:
+            s.login("apikey", key)
+        except smtplib.SMTPAuthenticationError:
+            return False
+        code, _ = s.mail("app@example.org")
+        return code == 250
+
+
+def test_api_keys_with_the_sendgrid_library(postern):
+    sg = client(postern, postern.admin_key)
+    r = sg.client.api_keys.post(request_body={"name": "ci sender", "scopes": ["mail.send"]})
+    assert r.status_code == 201
+    created = body(r)
+    assert created["api_key"].startswith("pst_") and created["scopes"] == ["mail.send"]
+    assert can_send(postern, created["api_key"])
+
+    listed = body(sg.client.api_keys.get())["result"]
+    assert {"api_key_id": created["api_key_id"], "name": "ci sender"} in listed
+    assert all("api_key" not in k for k in listed), "secrets are never listed"
+    one = body(sg.client.api_keys._(created["api_key_id"]).get())["result"][0]
+    assert one["scopes"] == ["mail.send"]
+    r = sg.client.api_keys._(created["api_key_id"]).patch(request_body={"name": "renamed"})
+    assert body(r)["name"] == "renamed"
+
+    # The new key may send but not manage keys.
+    limited = client(postern, created["api_key"])
+    with pytest.raises(HTTPError) as e:
+        limited.client.api_keys.get()
+    assert e.value.status_code == 403
+    assert "api_keys.read" in json.loads(e.value.body)["errors"][0]["message"]
+    assert body(limited.client.scopes.get())["scopes"] == ["mail.send"]
+    # Nor grant itself more than it has.
+    reader = body(sg.client.api_keys.post(request_body={"name": "reader", "scopes": ["api_keys.create", "api_keys.read"]}))
+    with pytest.raises(HTTPError) as e:
+        client(postern, reader["api_key"]).client.api_keys.post(request_body={"name": "x", "scopes": ["mail.send"]})
+    assert e.value.status_code == 403
+
+    # Revocation takes effect for the very next AUTH and API call.
+    assert sg.client.api_keys._(created["api_key_id"]).delete().status_code == 204
+    assert not can_send(postern, created["api_key"])
+    with pytest.raises(HTTPError) as e:
+        limited.client.scopes.get()
+    assert e.value.status_code == 401
+
+
+def test_subusers_and_whitelist(postern):
+    sg = client(postern, postern.admin_key)
+    r = sg.client.subusers.post(request_body={"username": "transactional", "email": "ops@example.org", "password": "violet-anchor-tundra-42", "ips": []})
+    assert r.status_code == 201 and body(r)["username"] == "transactional"
+    subs = body(sg.client.subusers.get())
+    assert subs == [{"id": "transactional", "username": "transactional", "email": "ops@example.org", "disabled": False}]
+    with pytest.raises(HTTPError) as e:
+        sg.client.subusers.post(request_body={"username": "weak", "password": "password1234"})
+    assert e.value.status_code == 400 and json.loads(e.value.body)["errors"][0]["field"] == "password"
+
+    # A key for the subuser, made by the parent acting on its behalf.
+    as_sub = client(postern, postern.admin_key, impersonate_subuser="transactional")
+    subkey = body(as_sub.client.api_keys.post(request_body={"name": "tx", "scopes": ["mail.send"]}))
+    assert can_send(postern, subkey["api_key"])
+    assert sg.client.subusers._("transactional").patch(request_body={"disabled": True}).status_code == 204
+    assert not can_send(postern, subkey["api_key"])
+    assert sg.client.subusers._("transactional").patch(request_body={"disabled": False}).status_code == 204
+    assert can_send(postern, subkey["api_key"])
+
+    # The whitelist of the subuser (on behalf): only 127.0.0.2 may log in.
+    r = as_sub.client.access_settings.whitelist.post(request_body={"ips": [{"ip": "127.0.0.2"}, {"ip": "10.*.*.*"}]})
+    assert r.status_code == 201
+    rules = body(r)["result"]
+    assert [x["ip"] for x in rules] == ["127.0.0.2/32", "10.0.0.0/8"]
+    assert not can_send(postern, subkey["api_key"])  # we connect from 127.0.0.1
+    assert as_sub.client.access_settings.whitelist.delete(request_body={"ids": [x["id"] for x in rules]}).status_code == 204
+    assert can_send(postern, subkey["api_key"])
+    assert sg.client.subusers._("transactional").delete().status_code == 204
+    assert not can_send(postern, subkey["api_key"])
+
+
+def test_errors_auth_and_openapi_with_curl(postern):
+    base = f"http://127.0.0.1:{postern.ports['http']}"
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", base + "/v3/api_keys"], capture_output=True, text=True)
+    text, code = out.stdout.rsplit("\n", 1)
+    assert code == "401"
+    assert json.loads(text) == {"errors": [{"field": None, "message": "authorization required"}]}
+    out = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {postern.admin_key}",
+         "-H", "Content-Type: application/json", "-d", '{"scopes":["mail.send"]}', base + "/v3/api_keys"],
+        capture_output=True, text=True,
+    )
+    text, code = out.stdout.rsplit("\n", 1)
+    assert code == "400" and json.loads(text)["errors"][0]["field"] == "name"
+    spec = json.loads(urllib.request.urlopen(base + "/v3/openapi.json", timeout=10).read())
+    assert spec["openapi"].startswith("3.")
+    for path in ["/v3/api_keys", "/v3/api_keys/{id}", "/v3/scopes", "/v3/subusers", "/v3/access_settings/whitelist"]:
+        assert path in spec["paths"], path
