@@ -91,6 +91,7 @@ class Postern:
             "submissions": free_port(),
             "mx": free_port(),
             "http": free_port(),
+            "submission_cram": free_port(),
         }
         self.config_path = self.workdir / "postern.toml"
         self.config_path.write_text(
@@ -111,6 +112,11 @@ address = "127.0.0.1:{self.ports['submissions']}"
 [[listener]]
 role = "mx"
 address = "127.0.0.1:{self.ports['mx']}"
+
+[[listener]]
+role = "submission"
+address = "127.0.0.1:{self.ports['submission_cram']}"
+auth_mechanisms = ["CRAM-MD5", "PLAIN", "LOGIN"]
 
 [http]
 address = "127.0.0.1:{self.ports['http']}"

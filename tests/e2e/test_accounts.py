@@ -107,3 +107,68 @@ def test_audit_log_records_everything_and_detects_tampering(postern):
     db.close()
     out = postern.cli("audit", "verify", check=False)
     assert out.returncode != 0 and "TAMPERED" in out.stderr
+
+
+def test_cram_md5_is_opt_in_per_account_and_listener(postern):
+    def set_password(name, password, *extra):
+        out = subprocess.run(
+            [str(BIN), "--config", str(postern.config_path), "account", *extra, name],
+            input=password + "\n", capture_output=True, text=True,
+        )
+        assert out.returncode == 0, out.stderr
+
+    for name in ["cram-user", "plain-user"]:
+        postern.cli("account", "create", name)
+        set_password(name, "violet-anchor-tundra-42", "password")
+        postern.cli("account", "password-auth", name, "on")
+    # Opting in needs the current password.
+    wrong = subprocess.run(
+        [str(BIN), "--config", str(postern.config_path), "account", "cram-md5", "cram-user", "on"],
+        input="not-the-password-1\n", capture_output=True, text=True,
+    )
+    assert wrong.returncode != 0 and "not cram-user's current password" in wrong.stderr
+    out = subprocess.run(
+        [str(BIN), "--config", str(postern.config_path), "account", "cram-md5", "cram-user", "on"],
+        input="violet-anchor-tundra-42\n", capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+
+    ctx = ssl.create_default_context(cafile=postern.cert)
+    # The default listener does not offer CRAM-MD5.
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
+        s.starttls(context=ctx)
+        s.ehlo()
+        assert "CRAM-MD5" not in s.esmtp_features["auth"]
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission_cram"], timeout=30) as s:
+        s.starttls(context=ctx)
+        s.ehlo()
+        assert "CRAM-MD5" in s.esmtp_features["auth"].split()
+        s.user, s.password = "cram-user", "violet-anchor-tundra-42"
+        code, _ = s.auth("CRAM-MD5", s.auth_cram_md5)
+        assert code == 235
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission_cram"], timeout=30) as s:
+        s.starttls(context=ctx)
+        s.user, s.password = "cram-user", "violet-anchor-tundra-43"
+        s.ehlo()
+        try:
+            s.auth("CRAM-MD5", s.auth_cram_md5)
+            raise AssertionError("wrong password accepted")
+        except smtplib.SMTPAuthenticationError as e:
+            assert e.smtp_code == 535
+    # An account that did not opt in cannot use CRAM-MD5 (PLAIN still works).
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission_cram"], timeout=30) as s:
+        s.starttls(context=ctx)
+        s.ehlo()
+        s.user, s.password = "plain-user", "violet-anchor-tundra-42"
+        try:
+            s.auth("CRAM-MD5", s.auth_cram_md5)
+            raise AssertionError("CRAM-MD5 accepted without opt-in")
+        except smtplib.SMTPAuthenticationError:
+            pass
+        code, _ = s.auth("PLAIN", s.auth_plain)
+        assert code == 235
+    import time
+    time.sleep(0.3)
+    audit = cli_json(postern, "audit", "--kind", "auth.")
+    assert any(e["kind"] == "auth.success" and "mechanism=CRAM-MD5" in e["detail"] and e["account"] == "cram-user" for e in audit)
+    assert any(e["kind"] == "auth.failure" and "cram_md5_not_enabled" in e["detail"] for e in audit)

@@ -4,6 +4,7 @@
 
 pub mod api_key;
 pub mod authenticator;
+pub mod cram_md5;
 pub mod defense;
 pub mod password;
 pub mod sasl;

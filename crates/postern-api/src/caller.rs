@@ -87,6 +87,7 @@ impl FromRequestParts<ApiState> for Caller {
             creds: &creds,
             ip,
             mechanism: "HTTP-BEARER",
+            cram_challenge: None,
         };
         let principal = match state.authenticator.authenticate(&attempt).await {
             Ok(p) => p,

@@ -141,6 +141,17 @@ pub struct ListenerConfig {
     /// Logged as a warning at every start.
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+    /// SASL mechanisms offered (after TLS) on submission listeners:
+    /// PLAIN, LOGIN, CRAM-MD5.
+    #[serde(default = "default_mechanisms")]
+    pub auth_mechanisms: Vec<String>,
+}
+
+/// SASL mechanisms Postern implements.
+pub const KNOWN_MECHANISMS: &[&str] = &["PLAIN", "LOGIN", "CRAM-MD5"];
+
+fn default_mechanisms() -> Vec<String> {
+    vec!["PLAIN".into(), "LOGIN".into()]
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
@@ -150,6 +161,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         tls_cert: None,
         tls_key: None,
         allow_plaintext_auth: false,
+        auth_mechanisms: default_mechanisms(),
     };
     vec![
         l(ListenerRole::Submission, 2587),
@@ -414,6 +426,17 @@ impl Config {
                     format!("listener[{i}]"),
                     "set both tls_cert and tls_key, or neither",
                 ));
+            }
+            for m in &l.auth_mechanisms {
+                if !KNOWN_MECHANISMS.contains(&m.to_ascii_uppercase().as_str()) {
+                    return Err(invalid(
+                        format!("listener[{i}].auth_mechanisms"),
+                        format!(
+                            "unknown mechanism {m:?}; known: {}",
+                            KNOWN_MECHANISMS.join(", ")
+                        ),
+                    ));
+                }
             }
             if l.allow_plaintext_auth && l.role != ListenerRole::Submission {
                 return Err(invalid(

@@ -9,4 +9,4 @@ pub mod session;
 pub mod tls;
 
 pub use limits::ConnectionLimiter;
-pub use listener::{serve_listener, ListenerContext, SmtpContext};
+pub use listener::{mechanism_bits, serve_listener, ListenerContext, SmtpContext};

@@ -33,6 +33,21 @@ pub struct ListenerContext {
     pub address: SocketAddr,
     pub tls: Option<TlsAcceptor>,
     pub allow_plaintext_auth: bool,
+    /// smtp-proto `AUTH_*` bits of the mechanisms offered here.
+    pub auth_mechanisms: u64,
+}
+
+/// Turns configured mechanism names into smtp-proto's bits; unknown names
+/// were refused when the config was validated.
+pub fn mechanism_bits(names: &[String]) -> u64 {
+    names.iter().fold(0, |bits, n| {
+        bits | match n.to_ascii_uppercase().as_str() {
+            "PLAIN" => smtp_proto::AUTH_PLAIN,
+            "LOGIN" => smtp_proto::AUTH_LOGIN,
+            "CRAM-MD5" => smtp_proto::AUTH_CRAM_MD5,
+            _ => 0,
+        }
+    })
 }
 
 impl ListenerContext {

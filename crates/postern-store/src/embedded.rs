@@ -541,11 +541,12 @@ fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
         password_hash: r.get(4)?,
         created_at: r.get(5)?,
         email: r.get(6)?,
+        cram_md5: r.get(7)?,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "name, parent, disabled, allow_password_auth, password_hash, created_at, email";
+    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5";
 
 #[async_trait]
 impl AccountStore for EmbeddedStore {
@@ -568,7 +569,7 @@ impl AccountStore for EmbeddedStore {
             }
             conn.execute(
                 &format!(
-                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                 ),
                 params![
                     a.name,
@@ -577,7 +578,8 @@ impl AccountStore for EmbeddedStore {
                     a.allow_password_auth,
                     a.password_hash,
                     a.created_at,
-                    a.email
+                    a.email,
+                    a.cram_md5
                 ],
             )?;
             Ok(())
@@ -628,6 +630,12 @@ impl AccountStore for EmbeddedStore {
                 conn.execute(
                     "UPDATE accounts SET allow_password_auth = ?2 WHERE name = ?1",
                     params![name, p],
+                )?;
+            }
+            if let Some(c) = u.cram_md5 {
+                conn.execute(
+                    "UPDATE accounts SET cram_md5 = ?2 WHERE name = ?1",
+                    params![name, c],
                 )?;
             }
             if let Some(h) = u.password_hash {
@@ -1015,6 +1023,7 @@ mod tests {
             password_hash: None,
             created_at: 1,
             email: None,
+            cram_md5: None,
         }
     }
 

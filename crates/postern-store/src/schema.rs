@@ -97,6 +97,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE accounts ADD COLUMN email TEXT;
     "#,
+    // 4: CRAM-MD5 HMAC intermediate state, for accounts that opt in.
+    r#"
+    ALTER TABLE accounts ADD COLUMN cram_md5 BLOB;
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

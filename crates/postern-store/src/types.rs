@@ -112,6 +112,9 @@ pub struct AccountRecord {
     pub created_at: i64,
     /// Contact address (SendGrid's subuser `email`).
     pub email: Option<String>,
+    /// CRAM-MD5 HMAC intermediate state (32 bytes) when the account opted
+    /// in; password-equivalent for CRAM-MD5 (see postern-accounts).
+    pub cram_md5: Option<Vec<u8>>,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -120,6 +123,7 @@ pub struct AccountUpdate {
     pub disabled: Option<bool>,
     pub allow_password_auth: Option<bool>,
     pub password_hash: Option<Option<String>>,
+    pub cram_md5: Option<Option<Vec<u8>>>,
 }
 
 /// What happened, by whom, to whom, from where.

@@ -101,6 +101,7 @@ async fn create(
         password_hash: None,
         created_at: postern_core::time::now_millis(),
         email: None,
+        cram_md5: None,
     };
     match store.create_account(record.clone()).await {
         Ok(()) => {}
@@ -129,7 +130,7 @@ async fn create(
     Ok(record)
 }
 
-async fn update(
+async fn update_account(
     store: &EmbeddedStore,
     name: &str,
     update: AccountUpdate,
@@ -162,7 +163,7 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
                 disabled: Some(true),
                 ..Default::default()
             };
-            update(&store, &name, u, "account.disable", "disabled".into()).await?;
+            update_account(&store, &name, u, "account.disable", "disabled".into()).await?;
             println!("disabled {name}: its credentials (and its subusers') stop working now");
         }
         AccountCommand::Enable { name } => {
@@ -170,7 +171,7 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
                 disabled: Some(false),
                 ..Default::default()
             };
-            update(&store, &name, u, "account.enable", "enabled".into()).await?;
+            update_account(&store, &name, u, "account.enable", "enabled".into()).await?;
             println!("enabled {name}");
         }
         AccountCommand::PasswordAuth { name, setting } => {
@@ -179,7 +180,7 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
                 allow_password_auth: Some(on),
                 ..Default::default()
             };
-            update(
+            update_account(
                 &store,
                 &name,
                 u,
@@ -208,8 +209,51 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
                 password_hash: Some(Some(phc)),
                 ..Default::default()
             };
-            update(&store, &name, u, "account.password", "password set".into()).await?;
+            update_account(&store, &name, u, "account.password", "password set".into()).await?;
             println!("password set for {name}");
+        }
+        AccountCommand::CramMd5 { name, setting } => {
+            let update = if setting.is_on() {
+                let Some(account) = store.get_account(name.clone()).await? else {
+                    bail!("no account named {name}");
+                };
+                let Some(phc) = account.password_hash else {
+                    bail!("{name} has no password; set one first with `postern account password {name}`");
+                };
+                let mut password = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut password)
+                    .context("reading the password from stdin")?;
+                let password = password.trim_end_matches(['\r', '\n']).to_owned();
+                let hasher = PasswordHasher::new(1).map_err(|e| anyhow::anyhow!("{e}"))?;
+                if !hasher
+                    .verify(Some(phc), password.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                {
+                    bail!("that is not {name}'s current password");
+                }
+                let state = postern_accounts::cram_md5::state_from_password(password.as_bytes());
+                AccountUpdate {
+                    cram_md5: Some(Some(state.to_vec())),
+                    ..Default::default()
+                }
+            } else {
+                AccountUpdate {
+                    cram_md5: Some(None),
+                    ..Default::default()
+                }
+            };
+            let on = setting.is_on();
+            update_account(
+                &store,
+                &name,
+                update,
+                "account.cram_md5",
+                format!("cram_md5={on}"),
+            )
+            .await?;
+            println!("CRAM-MD5 for {name}: {}", if on { "on" } else { "off" });
         }
     }
     store.close();

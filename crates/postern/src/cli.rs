@@ -122,6 +122,13 @@ pub enum AccountCommand {
     Password {
         name: String,
     },
+    /// Opt an account in to CRAM-MD5 (`on` reads its current password from
+    /// standard input) or out. The stored HMAC state is password-equivalent
+    /// for CRAM-MD5; listeners must also list CRAM-MD5 in auth_mechanisms.
+    CramMd5 {
+        name: String,
+        setting: OnOff,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

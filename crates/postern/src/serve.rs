@@ -70,6 +70,7 @@ pub async fn serve(config: Config) -> Result<()> {
                 address: l.address,
                 tls: Some(acceptor),
                 allow_plaintext_auth: l.allow_plaintext_auth,
+                auth_mechanisms: postern_smtp::mechanism_bits(&l.auth_mechanisms),
             }),
         ));
     }

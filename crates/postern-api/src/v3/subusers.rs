@@ -94,6 +94,7 @@ async fn create(
         password_hash,
         created_at: postern_core::time::now_millis(),
         email: email.clone(),
+        cram_md5: None,
     };
     match state.store.create_account(record).await {
         Ok(()) => {}

@@ -1,9 +1,10 @@
 //! AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN. Credentials are API keys
 //! under the user name `apikey`, as SendGrid's clients send them.
 
+use base64::Engine;
 use postern_accounts::sasl::{self, Credentials, SaslError};
 use postern_accounts::{LoginAttempt, Rejection};
-use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN};
+use smtp_proto::{AUTH_CRAM_MD5, AUTH_LOGIN, AUTH_PLAIN};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Session};
@@ -19,6 +20,7 @@ pub enum AuthExchange {
     Plain,
     LoginUsername,
     LoginPassword { username: String },
+    CramMd5 { challenge: String },
 }
 
 impl AuthExchange {
@@ -26,6 +28,7 @@ impl AuthExchange {
         match self {
             AuthExchange::Plain => "PLAIN",
             AuthExchange::LoginUsername | AuthExchange::LoginPassword { .. } => "LOGIN",
+            AuthExchange::CramMd5 { .. } => "CRAM-MD5",
         }
     }
 }
@@ -69,7 +72,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "AUTH not permitted during a mail transaction",
             ));
         }
+        if mechanism & self.listener.auth_mechanisms == 0 {
+            return self.error(Reply::new(
+                504,
+                (5, 5, 4),
+                "Unrecognized authentication type",
+            ));
+        }
         match mechanism {
+            AUTH_CRAM_MD5 => {
+                // RFC 2195: the server speaks first; no initial response.
+                let challenge = postern_accounts::cram_md5::challenge(self.hostname());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&challenge);
+                self.auth = Some(AuthExchange::CramMd5 { challenge });
+                self.challenge(&encoded);
+            }
             AUTH_PLAIN if initial.is_empty() => {
                 self.auth = Some(AuthExchange::Plain);
                 self.challenge("");
@@ -140,6 +157,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Err(e) => self.sasl_error(e),
             },
+            AuthExchange::CramMd5 { challenge } => {
+                // RFC 2195 §2: "user SP digest", the digest as 32 lowercase hex digits.
+                let text = String::from_utf8_lossy(&payload).into_owned();
+                let Some((username, digest)) = text.rsplit_once(' ') else {
+                    return self.auth_failed("malformed");
+                };
+                if username.is_empty()
+                    || digest.len() != 32
+                    || !digest.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return self.auth_failed("malformed");
+                }
+                let creds = Credentials {
+                    authzid: String::new(),
+                    username: username.to_owned(),
+                    secret: digest.to_owned(),
+                };
+                self.finish_auth_with(creds, mechanism, Some(&challenge))
+                    .await
+            }
         }
     }
 
@@ -169,10 +206,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         creds: Credentials,
         mechanism: &'static str,
     ) -> Result<(), Close> {
+        self.finish_auth_with(creds, mechanism, None).await
+    }
+
+    async fn finish_auth_with(
+        &mut self,
+        creds: Credentials,
+        mechanism: &'static str,
+        cram_challenge: Option<&str>,
+    ) -> Result<(), Close> {
         let attempt = LoginAttempt {
             creds: &creds,
             ip: self.peer.ip(),
             mechanism,
+            cram_challenge,
         };
         match self.ctx.authenticator.authenticate(&attempt).await {
             Ok(principal) => {

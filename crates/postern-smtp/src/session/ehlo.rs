@@ -50,8 +50,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.starttls_available() {
             lines.push("STARTTLS".to_owned());
         }
-        if self.auth_allowed() && self.conn.principal.is_none() {
-            lines.push("AUTH PLAIN LOGIN".to_owned());
+        if self.auth_allowed()
+            && self.conn.principal.is_none()
+            && self.listener.auth_mechanisms != 0
+        {
+            let mut names = Vec::new();
+            for (bit, name) in [
+                (smtp_proto::AUTH_PLAIN, "PLAIN"),
+                (smtp_proto::AUTH_LOGIN, "LOGIN"),
+                (smtp_proto::AUTH_CRAM_MD5, "CRAM-MD5"),
+            ] {
+                if self.listener.auth_mechanisms & bit != 0 {
+                    names.push(name);
+                }
+            }
+            lines.push(format!("AUTH {}", names.join(" ")));
         }
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {

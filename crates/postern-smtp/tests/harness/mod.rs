@@ -73,6 +73,7 @@ pub async fn start(mut config: Config) -> Server {
             address,
             tls: Some(tokio_rustls::TlsAcceptor::from(tls.clone())),
             allow_plaintext_auth: false,
+            auth_mechanisms: postern_smtp::mechanism_bits(&["PLAIN".into(), "LOGIN".into()]),
         });
         tokio::spawn(serve_listener(l, lctx, ctx.clone(), rx.clone()));
     }
