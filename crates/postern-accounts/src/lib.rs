@@ -8,6 +8,7 @@ pub mod cram_md5;
 pub mod defense;
 pub mod password;
 pub mod sasl;
+pub mod totp;
 
 pub use api_key::{ApiKeys, IssuedKey};
 pub use authenticator::{Authenticator, LoginAttempt, Rejection};

@@ -832,6 +832,90 @@ impl AuditStore for EmbeddedStore {
 }
 
 #[async_trait]
+impl TotpStore for EmbeddedStore {
+    async fn put_totp(&self, r: TotpRecord) -> Result<()> {
+        self.write(move |conn| {
+            let exists = conn.query_row("SELECT COUNT(*) FROM accounts WHERE name = ?1", [&r.account], |row| {
+                row.get::<_, i64>(0)
+            })?;
+            if exists == 0 {
+                return Err(StoreError::NotFound);
+            }
+            conn.execute(
+                "INSERT OR REPLACE INTO totp (account, secret, confirmed, last_step, recovery_codes, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![r.account, r.secret, r.confirmed, r.last_step, join_list(&r.recovery_hashes), r.created_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_totp(&self, account: String) -> Result<Option<TotpRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT account, secret, confirmed, last_step, recovery_codes, created_at FROM totp WHERE account = ?1",
+                    [account],
+                    |r| {
+                        Ok(TotpRecord {
+                            account: r.get(0)?,
+                            secret: r.get(1)?,
+                            confirmed: r.get(2)?,
+                            last_step: r.get(3)?,
+                            recovery_hashes: split_list(&r.get::<_, String>(4)?),
+                            created_at: r.get(5)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn accept_totp_step(&self, account: String, step: i64) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE totp SET last_step = ?2, confirmed = 1 WHERE account = ?1 AND last_step < ?2",
+                params![account, step],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn use_recovery_code(&self, account: String, hash: String) -> Result<bool> {
+        self.write(move |conn| {
+            let codes: Option<String> = conn
+                .query_row(
+                    "SELECT recovery_codes FROM totp WHERE account = ?1",
+                    [&account],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(codes) = codes else { return Ok(false) };
+            let mut list = split_list(&codes);
+            let Some(pos) = list.iter().position(|h| *h == hash) else {
+                return Ok(false);
+            };
+            list.remove(pos);
+            conn.execute(
+                "UPDATE totp SET recovery_codes = ?2 WHERE account = ?1",
+                params![account, join_list(&list)],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_totp(&self, account: String) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM totp WHERE account = ?1", [account])? == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl EventStore for EmbeddedStore {
     async fn events(&self, filter: EventFilter) -> Result<Vec<Event>> {
         self.read(move |conn| {

@@ -109,6 +109,21 @@ pub trait AccountStore: Send + Sync {
     async fn delete_account(&self, name: String) -> Result<bool>;
 }
 
+/// TOTP second factors.
+#[async_trait]
+pub trait TotpStore: Send + Sync {
+    /// Starts (or restarts) an enrolment; NotFound when no such account.
+    async fn put_totp(&self, record: TotpRecord) -> Result<()>;
+    async fn get_totp(&self, account: String) -> Result<Option<TotpRecord>>;
+    /// Records an accepted code: confirms the enrolment and moves
+    /// `last_step` forward. False if `step` is not after the last one
+    /// (a replayed code), so two racing uses cannot both succeed.
+    async fn accept_totp_step(&self, account: String, step: i64) -> Result<bool>;
+    /// Uses up a recovery code; false when it is not (or no longer) valid.
+    async fn use_recovery_code(&self, account: String, hash: String) -> Result<bool>;
+    async fn delete_totp(&self, account: String) -> Result<bool>;
+}
+
 /// The append-only, hash-chained audit log.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
@@ -124,9 +139,15 @@ pub trait EventStore: Send + Sync {
 }
 
 /// Everything a node needs from its store.
-pub trait Store: QueueStore + CredentialStore + EventStore + AccountStore + AuditStore {}
-impl<T: QueueStore + CredentialStore + EventStore + AccountStore + AuditStore> Store for T {}
+pub trait Store:
+    QueueStore + CredentialStore + EventStore + AccountStore + AuditStore + TotpStore
+{
+}
+impl<T: QueueStore + CredentialStore + EventStore + AccountStore + AuditStore + TotpStore> Store
+    for T
+{
+}
 
 /// What authentication needs: credentials, accounts, and the audit log.
-pub trait AuthStore: CredentialStore + AccountStore + AuditStore {}
-impl<T: CredentialStore + AccountStore + AuditStore> AuthStore for T {}
+pub trait AuthStore: CredentialStore + AccountStore + AuditStore + TotpStore {}
+impl<T: CredentialStore + AccountStore + AuditStore + TotpStore> AuthStore for T {}

@@ -101,6 +101,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE accounts ADD COLUMN cram_md5 BLOB;
     "#,
+    // 5: TOTP second factor for human logins.
+    r#"
+    CREATE TABLE totp (
+        account        TEXT PRIMARY KEY REFERENCES accounts(name) ON DELETE CASCADE,
+        secret         BLOB NOT NULL,
+        confirmed      INTEGER NOT NULL DEFAULT 0,
+        last_step      INTEGER NOT NULL DEFAULT 0,
+        recovery_codes TEXT NOT NULL,      -- hex SHA-256 of unused codes, comma-separated
+        created_at     INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

@@ -176,3 +176,17 @@ pub struct IpRule {
     pub cidr: String,
     pub created_at: i64,
 }
+
+/// An account's TOTP enrolment (RFC 6238).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpRecord {
+    pub account: String,
+    pub secret: Vec<u8>,
+    /// False until a first code has been verified.
+    pub confirmed: bool,
+    /// The last time step a code was accepted for (no replays).
+    pub last_step: i64,
+    /// Hashes of the recovery codes not used yet.
+    pub recovery_hashes: Vec<String>,
+    pub created_at: i64,
+}

@@ -56,6 +56,11 @@ pub enum Command {
         #[command(subcommand)]
         command: IpAccessCommand,
     },
+    /// Two-factor authentication (TOTP, RFC 6238) for an account's human logins.
+    Totp {
+        #[command(subcommand)]
+        command: TotpCommand,
+    },
     /// Read the audit log, or verify its hash chain (`postern audit verify`).
     Audit {
         #[command(subcommand)]
@@ -185,6 +190,21 @@ pub enum IpAccessCommand {
 }
 
 #[derive(Subcommand)]
+pub enum TotpCommand {
+    /// Start enrolment: prints the secret, an otpauth:// URI and recovery
+    /// codes (shown once). Active after the first `verify`.
+    Enroll {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a 6-digit code or a recovery code (confirms a pending enrolment).
+    Verify { account: String, code: String },
+    /// Remove the second factor.
+    Disable { account: String },
+}
+
+#[derive(Subcommand)]
 pub enum AuditCommand {
     /// Recompute the hash chain; fails if any entry was changed or removed.
     Verify,
@@ -261,6 +281,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::IpAccess { command } => {
             let config = load_config(&cli.global)?;
             crate::account_command::run_ip_access(&config, command).await
+        }
+        Command::Totp { command } => {
+            let config = load_config(&cli.global)?;
+            crate::totp_command::run(&config, command).await
         }
         Command::Audit {
             command,

@@ -8,6 +8,7 @@ mod cli;
 mod events_command;
 mod key_command;
 mod serve;
+mod totp_command;
 
 use std::process::ExitCode;
 

@@ -5,6 +5,7 @@
 mod access_settings;
 mod api_keys;
 mod subusers;
+mod totp;
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -19,6 +20,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(api_keys::routes())
         .merge(subusers::routes())
         .merge(access_settings::routes())
+        .merge(totp::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.
