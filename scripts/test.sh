@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Postern's whole test suite on a fresh machine. It installs what the
-# tests need (swaks and curl from Debian, Python clients from PyPI) and
+# tests need (swaks and curl from Debian, Python clients from PyPI,
+# nodemailer from npm) and
 # starts every server the tests use on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+command -v npm >/dev/null || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+(cd tests/e2e/node && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo build --workspace --locked
 cargo test --workspace --locked

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use crate::api_key::ApiKeys;
 use crate::defense::{Defense, Verdict};
+use crate::oauth::OAuthVerifier;
 use crate::password::{HashError, PasswordHasher};
 use crate::sasl::Credentials;
 
@@ -22,6 +23,8 @@ use crate::sasl::Credentials;
 pub const API_KEY_USERNAME: &str = "apikey";
 /// The `key_id` of a principal that logged in with a password.
 pub const PASSWORD_KEY_ID: &str = "password";
+/// The `key_id` of a principal that logged in with an OAuth token.
+pub const OAUTH_KEY_ID: &str = "oauth";
 
 /// One login attempt, whatever the door.
 pub struct LoginAttempt<'a> {
@@ -29,9 +32,20 @@ pub struct LoginAttempt<'a> {
     pub ip: IpAddr,
     /// `PLAIN`, `LOGIN`, … for the audit log.
     pub mechanism: &'static str,
-    /// CRAM-MD5: the challenge that was sent; `creds.secret` then holds the
-    /// client's hex digest instead of a password.
-    pub cram_challenge: Option<&'a str>,
+    /// What `creds.secret` is.
+    pub proof: Proof<'a>,
+}
+
+/// What kind of secret a login presents.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// An API key (user `apikey`) or a password.
+    Secret,
+    /// CRAM-MD5: `creds.secret` is the client's hex digest of this challenge.
+    CramMd5 { challenge: &'a str },
+    /// XOAUTH2 / OAUTHBEARER: `creds.secret` is a JWT access token and
+    /// `creds.username` the user it claims to be (may be empty).
+    BearerToken,
 }
 
 #[derive(Debug, Error)]
@@ -70,6 +84,7 @@ pub struct Authenticator {
     keys: ApiKeys,
     hasher: PasswordHasher,
     defense: Arc<Defense>,
+    oauth: Option<Arc<OAuthVerifier>>,
 }
 
 impl Authenticator {
@@ -82,7 +97,14 @@ impl Authenticator {
             keys,
             hasher,
             defense: Arc::new(Defense::new(config.clone())),
+            oauth: None,
         })
+    }
+
+    /// Accepts JWT access tokens from these issuers (XOAUTH2, OAUTHBEARER).
+    pub fn with_oauth(mut self, verifier: OAuthVerifier) -> Self {
+        self.oauth = Some(Arc::new(verifier));
+        self
     }
 
     pub fn api_keys(&self) -> &ApiKeys {
@@ -173,8 +195,10 @@ impl Authenticator {
 
     async fn check(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, CheckFailure> {
         let creds = attempt.creds;
-        if let Some(challenge) = attempt.cram_challenge {
-            return self.check_cram_md5(attempt, challenge).await;
+        match attempt.proof {
+            Proof::CramMd5 { challenge } => return self.check_cram_md5(attempt, challenge).await,
+            Proof::BearerToken => return self.check_bearer(attempt).await,
+            Proof::Secret => {}
         }
         if creds.username == API_KEY_USERNAME {
             return self.check_api_key(attempt).await;
@@ -250,6 +274,29 @@ impl Authenticator {
         Ok(Principal {
             account: account.name,
             key_id: PASSWORD_KEY_ID.to_owned(),
+            scopes: vec![SCOPE_MAIL_SEND.to_owned()],
+        })
+    }
+
+    /// OAuth: a JWT from a configured issuer names the account.
+    async fn check_bearer(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, CheckFailure> {
+        let Some(verifier) = &self.oauth else {
+            return Err(CheckFailure::Invalid("oauth_not_configured"));
+        };
+        let account_name = verifier
+            .verify(&attempt.creds.secret)
+            .map_err(|e| CheckFailure::Invalid(e.reason()))?;
+        let claimed = &attempt.creds.username;
+        if !claimed.is_empty() && *claimed != account_name {
+            return Err(CheckFailure::Invalid("token_user_mismatch"));
+        }
+        let Some(account) = self.store.get_account(account_name).await? else {
+            return Err(CheckFailure::Invalid("unknown_account"));
+        };
+        self.check_account(&account, attempt.ip).await?;
+        Ok(Principal {
+            account: account.name,
+            key_id: OAUTH_KEY_ID.to_owned(),
             scopes: vec![SCOPE_MAIL_SEND.to_owned()],
         })
     }
@@ -336,7 +383,7 @@ mod tests {
             creds: c,
             ip: ip.parse().unwrap(),
             mechanism: "PLAIN",
-            cram_challenge: None,
+            proof: Proof::Secret,
         })
         .await
     }

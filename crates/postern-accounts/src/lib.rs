@@ -6,9 +6,10 @@ pub mod api_key;
 pub mod authenticator;
 pub mod cram_md5;
 pub mod defense;
+pub mod oauth;
 pub mod password;
 pub mod sasl;
 pub mod totp;
 
 pub use api_key::{ApiKeys, IssuedKey};
-pub use authenticator::{Authenticator, LoginAttempt, Rejection};
+pub use authenticator::{Authenticator, LoginAttempt, Proof, Rejection};

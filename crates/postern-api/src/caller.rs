@@ -87,7 +87,7 @@ impl FromRequestParts<ApiState> for Caller {
             creds: &creds,
             ip,
             mechanism: "HTTP-BEARER",
-            cram_challenge: None,
+            proof: postern_accounts::Proof::Secret,
         };
         let principal = match state.authenticator.authenticate(&attempt).await {
             Ok(p) => p,

@@ -47,6 +47,27 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
     pub auth: AuthConfig,
+    /// Issuers whose JWT access tokens are accepted by XOAUTH2 and
+    /// OAUTHBEARER (RFC 7628).
+    pub oauth_issuer: Vec<OAuthIssuerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthIssuerConfig {
+    /// Must equal the token's `iss` claim.
+    pub issuer: String,
+    /// Must be (one of) the token's `aud`.
+    pub audience: String,
+    /// JWKS document (RFC 7517) with the issuer's RS256/ES256 public keys.
+    pub jwks_file: PathBuf,
+    /// The claim whose value is the Postern account name.
+    #[serde(default = "default_account_claim")]
+    pub account_claim: String,
+}
+
+fn default_account_claim() -> String {
+    "sub".into()
 }
 
 impl Default for Config {
@@ -64,6 +85,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
             auth: AuthConfig::default(),
+            oauth_issuer: Vec::new(),
         }
     }
 }
@@ -148,7 +170,7 @@ pub struct ListenerConfig {
 }
 
 /// SASL mechanisms Postern implements.
-pub const KNOWN_MECHANISMS: &[&str] = &["PLAIN", "LOGIN", "CRAM-MD5"];
+pub const KNOWN_MECHANISMS: &[&str] = &["PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER"];
 
 fn default_mechanisms() -> Vec<String> {
     vec!["PLAIN".into(), "LOGIN".into()]
@@ -428,7 +450,14 @@ impl Config {
                 ));
             }
             for m in &l.auth_mechanisms {
-                if !KNOWN_MECHANISMS.contains(&m.to_ascii_uppercase().as_str()) {
+                let upper = m.to_ascii_uppercase();
+                if (upper == "XOAUTH2" || upper == "OAUTHBEARER") && self.oauth_issuer.is_empty() {
+                    return Err(invalid(
+                        format!("listener[{i}].auth_mechanisms"),
+                        format!("{m} needs at least one [[oauth_issuer]]"),
+                    ));
+                }
+                if !KNOWN_MECHANISMS.contains(&upper.as_str()) {
                     return Err(invalid(
                         format!("listener[{i}].auth_mechanisms"),
                         format!(

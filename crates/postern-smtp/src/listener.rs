@@ -45,6 +45,8 @@ pub fn mechanism_bits(names: &[String]) -> u64 {
             "PLAIN" => smtp_proto::AUTH_PLAIN,
             "LOGIN" => smtp_proto::AUTH_LOGIN,
             "CRAM-MD5" => smtp_proto::AUTH_CRAM_MD5,
+            "XOAUTH2" => smtp_proto::AUTH_XOAUTH2,
+            "OAUTHBEARER" => smtp_proto::AUTH_OAUTHBEARER,
             _ => 0,
         }
     })

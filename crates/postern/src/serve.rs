@@ -33,7 +33,12 @@ pub async fn serve(config: Config) -> Result<()> {
             "released delivery leases left by the previous run"
         );
     }
-    let authenticator = Authenticator::new(store.clone(), &config.auth).await?;
+    let mut authenticator = Authenticator::new(store.clone(), &config.auth).await?;
+    if !config.oauth_issuer.is_empty() {
+        let verifier = postern_accounts::oauth::OAuthVerifier::load(&config.oauth_issuer)
+            .map_err(|e| anyhow::anyhow!("oauth_issuer.jwks_file: {e}"))?;
+        authenticator = authenticator.with_oauth(verifier);
+    }
     if let Some(secret) =
         crate::bootstrap::first_admin_key(&store, authenticator.api_keys()).await?
     {

@@ -3,8 +3,8 @@
 
 use base64::Engine;
 use postern_accounts::sasl::{self, Credentials, SaslError};
-use postern_accounts::{LoginAttempt, Rejection};
-use smtp_proto::{AUTH_CRAM_MD5, AUTH_LOGIN, AUTH_PLAIN};
+use postern_accounts::{oauth, LoginAttempt, Proof, Rejection};
+use smtp_proto::{AUTH_CRAM_MD5, AUTH_LOGIN, AUTH_OAUTHBEARER, AUTH_PLAIN, AUTH_XOAUTH2};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Session};
@@ -19,8 +19,17 @@ const MAX_AUTH_FAILURES_PER_SESSION: usize = 3;
 pub enum AuthExchange {
     Plain,
     LoginUsername,
-    LoginPassword { username: String },
-    CramMd5 { challenge: String },
+    LoginPassword {
+        username: String,
+    },
+    CramMd5 {
+        challenge: String,
+    },
+    XOAuth2,
+    OAuthBearer,
+    /// RFC 7628 §3.2.3: after the server's error challenge, the client sends
+    /// one more line (a dummy), and only then gets the final 535.
+    OAuthFailed,
 }
 
 impl AuthExchange {
@@ -29,6 +38,8 @@ impl AuthExchange {
             AuthExchange::Plain => "PLAIN",
             AuthExchange::LoginUsername | AuthExchange::LoginPassword { .. } => "LOGIN",
             AuthExchange::CramMd5 { .. } => "CRAM-MD5",
+            AuthExchange::XOAuth2 => "XOAUTH2",
+            AuthExchange::OAuthBearer | AuthExchange::OAuthFailed => "OAUTHBEARER",
         }
     }
 }
@@ -80,6 +91,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ));
         }
         match mechanism {
+            AUTH_XOAUTH2 | AUTH_OAUTHBEARER if initial.is_empty() => {
+                self.auth = Some(if mechanism == AUTH_XOAUTH2 {
+                    AuthExchange::XOAuth2
+                } else {
+                    AuthExchange::OAuthBearer
+                });
+                self.challenge("");
+            }
+            AUTH_XOAUTH2 | AUTH_OAUTHBEARER => {
+                let exchange = if mechanism == AUTH_XOAUTH2 {
+                    AuthExchange::XOAuth2
+                } else {
+                    AuthExchange::OAuthBearer
+                };
+                match sasl::decode_base64(&initial) {
+                    Ok(payload) => self.oauth_payload(exchange, &payload).await?,
+                    Err(e) => self.sasl_error(e)?,
+                }
+            }
             AUTH_CRAM_MD5 => {
                 // RFC 2195: the server speaks first; no initial response.
                 let challenge = postern_accounts::cram_md5::challenge(self.hostname());
@@ -157,6 +187,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Err(e) => self.sasl_error(e),
             },
+            AuthExchange::XOAuth2 | AuthExchange::OAuthBearer => {
+                self.oauth_payload(exchange, &payload).await
+            }
+            AuthExchange::OAuthFailed => self.auth_failed("invalid"),
             AuthExchange::CramMd5 { challenge } => {
                 // RFC 2195 §2: "user SP digest", the digest as 32 lowercase hex digits.
                 let text = String::from_utf8_lossy(&payload).into_owned();
@@ -174,8 +208,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     username: username.to_owned(),
                     secret: digest.to_owned(),
                 };
-                self.finish_auth_with(creds, mechanism, Some(&challenge))
-                    .await
+                self.finish_auth_with(
+                    creds,
+                    mechanism,
+                    Proof::CramMd5 {
+                        challenge: &challenge,
+                    },
+                )
+                .await
             }
         }
     }
@@ -206,20 +246,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         creds: Credentials,
         mechanism: &'static str,
     ) -> Result<(), Close> {
-        self.finish_auth_with(creds, mechanism, None).await
+        self.finish_auth_with(creds, mechanism, Proof::Secret).await
+    }
+
+    /// XOAUTH2 or OAUTHBEARER payload: a bearer token and the user it is for.
+    async fn oauth_payload(&mut self, exchange: AuthExchange, payload: &[u8]) -> Result<(), Close> {
+        let xoauth2 = matches!(exchange, AuthExchange::XOAuth2);
+        let parsed = if xoauth2 {
+            oauth::parse_xoauth2(payload)
+        } else {
+            oauth::parse_oauthbearer(payload)
+        };
+        let Some((user, token)) = parsed else {
+            return self.auth_failed("malformed");
+        };
+        let creds = Credentials {
+            authzid: String::new(),
+            username: user,
+            secret: token,
+        };
+        let mechanism = if xoauth2 { "XOAUTH2" } else { "OAUTHBEARER" };
+        self.finish_auth_with(creds, mechanism, Proof::BearerToken)
+            .await
     }
 
     async fn finish_auth_with(
         &mut self,
         creds: Credentials,
         mechanism: &'static str,
-        cram_challenge: Option<&str>,
+        proof: Proof<'_>,
     ) -> Result<(), Close> {
         let attempt = LoginAttempt {
             creds: &creds,
             ip: self.peer.ip(),
             mechanism,
-            cram_challenge,
+            proof,
         };
         match self.ctx.authenticator.authenticate(&attempt).await {
             Ok(principal) => {
@@ -253,6 +314,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     // Slow the guesser down; this session waits, nothing else does.
                     self.flush_quietly().await;
                     tokio::time::sleep(delay).await;
+                }
+                if matches!(proof, Proof::BearerToken) {
+                    // RFC 7628 §3.2.2: the error goes out as a challenge;
+                    // the 535 follows the client's next (dummy) line.
+                    let json = oauth::failure_json(mechanism == "XOAUTH2");
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(json);
+                    self.challenge(&encoded);
+                    self.auth = Some(AuthExchange::OAuthFailed);
+                    return Ok(());
                 }
                 self.auth_failed("invalid")
             }

@@ -59,6 +59,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 (smtp_proto::AUTH_PLAIN, "PLAIN"),
                 (smtp_proto::AUTH_LOGIN, "LOGIN"),
                 (smtp_proto::AUTH_CRAM_MD5, "CRAM-MD5"),
+                (smtp_proto::AUTH_XOAUTH2, "XOAUTH2"),
+                (smtp_proto::AUTH_OAUTHBEARER, "OAUTHBEARER"),
             ] {
                 if self.listener.auth_mechanisms & bit != 0 {
                     names.push(name);

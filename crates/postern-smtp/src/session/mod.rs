@@ -176,7 +176,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.auth_continue(line).await?;
             return Ok(Step::Continue);
         }
-        let Some(line) = self.take_line(self.ctx.config.limits.max_command_line)? else {
+        // RFC 4954 §4: an AUTH command line, initial response included, may
+        // be up to 12288 octets (OAuth tokens do not fit in 512).
+        let limit = if self.inbuf.len() >= 5 && self.inbuf[..5].eq_ignore_ascii_case(b"AUTH ") {
+            MAX_AUTH_LINE
+        } else {
+            self.ctx.config.limits.max_command_line
+        };
+        let Some(line) = self.take_line(limit)? else {
             self.read_more(true).await?;
             return Ok(Step::Continue);
         };
