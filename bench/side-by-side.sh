@@ -192,6 +192,28 @@ scenario() { # conns msgs rounds-per-client
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# A legitimate client (5 connections, one message each, an API key) alone,
+# then while ATTACK_RATE connections per second from 127.2.0.0/16 guess
+# passwords. Postern's CPU during the attack is reported.
+attack_scenario() {
+  local rate=${ATTACK_RATE:-200} legit_rounds=${LEGIT_ROUNDS:-200} alone under attack cpu0 cpu1 hz
+  alone=$(run_load postern 5 1 "$legit_rounds"); echo "$alone"
+  hz=$(getconf CLK_TCK)
+  cpu0=$(cpu_ticks "$PN_PID")
+  "$LOADGEN" --server 127.0.0.1:$PN_SUB --starttls --attack-rate "$rate" --attack-seconds "${ATTACK_SECONDS:-20}" \
+    --attack-sources 127.2.0.0/16 --user victim --password wrong-guess-1234 --label "attack ${rate}/s" > "$WORK/attack.out" &
+  local attacker=$!
+  sleep 3
+  under=$(run_load postern 5 1 "$legit_rounds"); echo "$under"
+  wait "$attacker" || true
+  cpu1=$(cpu_ticks "$PN_PID")
+  attack=$(cat "$WORK/attack.out"); echo "$attack"
+  python3 -c "import json,sys; a,u,t=json.loads(sys.argv[1]),json.loads(sys.argv[2]),json.loads(sys.argv[3]); cpu=(int(sys.argv[5])-int(sys.argv[4]))/int(sys.argv[6]); print(json.dumps({'scenario': 'legitimate client (5 conns, 1 msg each, API key) during a password-guessing attack at '+str(t['attack_rate'])+' conn/s from 127.2.0.0/16', 'alone_msgs_per_s': a['e2e_msgs_per_s'], 'under_attack_msgs_per_s': u['e2e_msgs_per_s'], 'kept': round(u['e2e_msgs_per_s']/a['e2e_msgs_per_s'], 2), 'under_attack_p99_ms': u['p99_ms'], 'attack_attempts': t['attempts'], 'attack_replies': t['replies'], 'postern_cpu_seconds_during_attack': round(cpu, 1), 'attack_seconds': t['seconds']}))" \
+    "$alone" "$under" "$attack" "$cpu0" "$cpu1" "$hz" | tee -a "$WORK/summary.jsonl"
+}
+
 idle_memory() { # count mode(plain|starttls)
   local n=$1 mode=$2 before after out flag=()
   [ "$mode" = starttls ] && flag=(--starttls)
@@ -217,10 +239,14 @@ main() {
   setup_postfix
   setup_postern
   log "warm-up"; run_load postern 10 10 >/dev/null; run_load postfix 10 10 >/dev/null
+  if [ "${ONLY:-}" = attack ]; then attack_scenario; return; fi
   # 50 concurrent clients; each repeats its connection REPS times so a run
   # lasts long enough to measure (50x10: 5,000 messages; 50x1: 2,000).
   scenario 50 10 "${REPS_10:-10}"
   scenario 50 1 "${REPS_1:-40}"
+  # A fresh process, so the attack's blocks do not outlive the scenario.
+  stop_postern; setup_postern
+  attack_scenario
   # Memory per idle connection, each on a fresh server process.
   stop_postern; setup_postern
   idle_memory 10000 plain

@@ -370,7 +370,8 @@ pub struct AuthConfig {
     /// Distinct IPs failing on one account: credential stuffing; those
     /// sources are blocked for that account, others keep working.
     pub stuffing_sources: u32,
-    /// Hashing slots for passwords (default: one per core).
+    /// Hashing slots for passwords (default: half the cores, at least one),
+    /// so a flood of password guesses can never take every core.
     pub password_hash_parallelism: usize,
     /// Networks (CIDR) that may never log in, whatever the credentials.
     pub deny_networks: Vec<String>,
@@ -387,7 +388,8 @@ impl Default for AuthConfig {
             block_duration: Duration::from_secs(15 * 60),
             spraying_accounts: 5,
             stuffing_sources: 10,
-            password_hash_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            password_hash_parallelism: std::thread::available_parallelism()
+                .map_or(1, |n| (n.get() / 2).max(1)),
             deny_networks: Vec::new(),
         }
     }

@@ -4,6 +4,7 @@
 //! measure end to end: from the first connection until the sink holds every
 //! message. Prints one JSON line.
 
+mod attack;
 mod idle;
 mod sink;
 mod smtp;
@@ -66,6 +67,17 @@ pub struct Args {
     /// How long to hold idle connections.
     #[arg(long, default_value_t = 10)]
     pub hold: u64,
+    /// Attack mode: open this many connections per second, each trying AUTH
+    /// PLAIN with --user/--password (meant to be wrong), and count replies.
+    #[arg(long)]
+    pub attack_rate: Option<u32>,
+    /// How long the attack lasts.
+    #[arg(long, default_value_t = 30)]
+    pub attack_seconds: u64,
+    /// Attack from random addresses of this IPv4 network (loopback only,
+    /// e.g. 127.2.0.0/16), as a botnet would from many addresses.
+    #[arg(long)]
+    pub attack_sources: Option<String>,
     /// A label copied into the JSON output.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -82,6 +94,9 @@ fn main() -> Result<()> {
     runtime.block_on(async move {
         if let Some(n) = args.idle {
             return idle::hold(&args, n).await;
+        }
+        if let Some(rate) = args.attack_rate {
+            return attack::run(&args, rate).await;
         }
         run(args).await
     })

@@ -43,6 +43,14 @@ pub struct Conn {
 }
 
 impl Conn {
+    pub fn new(io: BufReader<Box<dyn Io>>) -> Self {
+        Conn { io }
+    }
+
+    pub fn into_inner(self) -> Box<dyn Io> {
+        self.io.into_inner()
+    }
+
     pub async fn reply(&mut self) -> Result<(u16, String)> {
         let mut text = String::new();
         loop {
