@@ -134,3 +134,96 @@ def test_xoauth2_and_oauthbearer_with_jwt(oauth_postern, idp):
     assert code == 535 and error["status"] == "401"
     # The token names the account: claiming another user is refused.
     assert oauth_login(p, "XOAUTH2", f"user=admin\x01auth=Bearer {good}\x01\x01".encode())[0] == 535
+
+
+def self_signed_cert(directory):
+    """A certificate for 127.0.0.1, made with cryptography."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = Path(directory) / "jwks-cert.pem", Path(directory) / "jwks-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_jwks_from_an_https_url_with_key_rotation(sink):
+    import http.server
+    import threading
+
+    keys = {"current": rsa.generate_private_key(public_exponent=65537, key_size=2048)}
+
+    def jwks():
+        jwk = json.loads(RSAAlgorithm.to_jwk(keys["current"].public_key()))
+        jwk.update({"kid": "test-1", "use": "sig"})
+        return json.dumps({"keys": [jwk]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = jwks()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = self_signed_cert(d)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = free_port()
+        extra = f"""
+[[listener]]
+role = "submission"
+address = "127.0.0.1:{port}"
+auth_mechanisms = ["XOAUTH2", "OAUTHBEARER"]
+
+[[oauth_issuer]]
+issuer = "{ISSUER}"
+audience = "postern"
+jwks_url = "https://127.0.0.1:{server.server_address[1]}/jwks.json"
+jwks_ca_file = "{cert}"
+jwks_refresh = "1s"
+"""
+        p = Postern(d, sink.port, extra_config=extra)
+        p.ports["oauth"] = port
+        p.start()
+        try:
+            p.read_admin_key()
+            p.cli("account", "create", "acme")
+            login = lambda k: oauth_login(p, "XOAUTH2", f"user=acme\x01auth=Bearer {token(k, 'acme')}\x01\x01".encode())[0]
+            old = keys["current"]
+            assert login(old) == 235
+            # The issuer rotates its key; Postern picks it up on its next refresh.
+            keys["current"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            deadline = time.time() + 15
+            while time.time() < deadline and login(keys["current"]) != 235:
+                time.sleep(0.5)
+            assert login(keys["current"]) == 235
+            assert login(old) == 535
+        finally:
+            p.stop()
+            server.shutdown()

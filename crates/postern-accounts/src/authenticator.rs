@@ -101,6 +101,11 @@ impl Authenticator {
         })
     }
 
+    /// The OAuth verifier, for refreshing its key sets.
+    pub fn oauth(&self) -> Option<Arc<OAuthVerifier>> {
+        self.oauth.clone()
+    }
+
     /// Accepts JWT access tokens from these issuers (XOAUTH2, OAUTHBEARER).
     pub fn with_oauth(mut self, verifier: OAuthVerifier) -> Self {
         self.oauth = Some(Arc::new(verifier));

@@ -6,6 +6,10 @@
 //! are a few lines each with ring (the project's one crypto provider), and
 //! refusing everything else (`none`, HMAC, other curves) is then explicit.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use postern_core::config::OAuthIssuerConfig;
@@ -85,11 +89,95 @@ struct Issuer {
     issuer: String,
     audience: String,
     account_claim: String,
-    keys: Vec<Key>,
+    source: JwksSource,
+    /// Replaced whole on refresh; readers never see a half-updated set.
+    keys: RwLock<Arc<Vec<Key>>>,
+}
+
+enum JwksSource {
+    File(PathBuf),
+    Url {
+        url: String,
+        ca_file: Option<PathBuf>,
+        refresh: Duration,
+    },
 }
 
 pub struct OAuthVerifier {
     issuers: Vec<Issuer>,
+}
+
+/// The largest JWKS document accepted from a URL.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GETs a JWKS over HTTPS (hyper + rustls with ring, like everything else).
+async fn fetch_jwks(url: &str, ca_file: Option<&Path>) -> Result<Value, String> {
+    use http_body_util::BodyExt;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use rustls_pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+            {
+                roots
+                    .add(cert.map_err(|e| format!("{}: {e}", path.display()))?)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: Client<_, http_body_util::Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(https);
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let response = tokio::time::timeout(FETCH_TIMEOUT, client.get(uri))
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: HTTP {}", response.status()));
+    }
+    let body = tokio::time::timeout(FETCH_TIMEOUT, response.into_body().collect())
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?
+        .to_bytes();
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(format!("{url}: JWKS larger than {MAX_JWKS_BYTES} bytes"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+async fn load_keys(source: &JwksSource) -> Result<Vec<Key>, String> {
+    let doc: Value = match source {
+        JwksSource::File(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        JwksSource::Url { url, ca_file, .. } => fetch_jwks(url, ca_file.as_deref()).await?,
+    };
+    let keys = parse_jwks(&doc);
+    if keys.is_empty() {
+        return Err("no usable RS256 or ES256 (P-256) signing key".into());
+    }
+    Ok(keys)
 }
 
 fn b64(s: &str) -> Option<Vec<u8>> {
@@ -128,27 +216,68 @@ fn parse_jwks(doc: &Value) -> Vec<Key> {
 }
 
 impl OAuthVerifier {
-    pub fn load(configs: &[OAuthIssuerConfig]) -> Result<Self, JwksError> {
+    /// Loads every issuer's keys (reading files, fetching URLs).
+    pub async fn load(configs: &[OAuthIssuerConfig]) -> Result<Self, JwksError> {
         let mut issuers = Vec::new();
         for c in configs {
-            let err = |reason: String| JwksError::Load {
-                path: c.jwks_file.display().to_string(),
-                reason,
+            let source = match (&c.jwks_file, &c.jwks_url) {
+                (Some(path), _) => JwksSource::File(path.clone()),
+                (None, Some(url)) => JwksSource::Url {
+                    url: url.clone(),
+                    ca_file: c.jwks_ca_file.clone(),
+                    refresh: c.jwks_refresh,
+                },
+                (None, None) => {
+                    return Err(JwksError::Load {
+                        path: c.issuer.clone(),
+                        reason: "no jwks_file or jwks_url".into(),
+                    })
+                }
             };
-            let text = std::fs::read_to_string(&c.jwks_file).map_err(|e| err(e.to_string()))?;
-            let doc: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-            let keys = parse_jwks(&doc);
-            if keys.is_empty() {
-                return Err(err("no usable RS256 or ES256 (P-256) signing key".into()));
-            }
+            let keys = load_keys(&source).await.map_err(|reason| JwksError::Load {
+                path: c.issuer.clone(),
+                reason,
+            })?;
             issuers.push(Issuer {
                 issuer: c.issuer.clone(),
                 audience: c.audience.clone(),
                 account_claim: c.account_claim.clone(),
-                keys,
+                source,
+                keys: RwLock::new(Arc::new(keys)),
             });
         }
         Ok(OAuthVerifier { issuers })
+    }
+
+    /// How often URL-based key sets should be fetched again, if any.
+    pub fn refresh_interval(&self) -> Option<Duration> {
+        self.issuers
+            .iter()
+            .filter_map(|i| match &i.source {
+                JwksSource::Url { refresh, .. } => Some(*refresh),
+                JwksSource::File(_) => None,
+            })
+            .min()
+    }
+
+    /// Fetches URL-based key sets again (key rotation at the issuer). A
+    /// failed fetch keeps the keys we have and is logged.
+    pub async fn refresh(&self) {
+        for issuer in &self.issuers {
+            if matches!(issuer.source, JwksSource::File(_)) {
+                continue;
+            }
+            match load_keys(&issuer.source).await {
+                Ok(keys) => {
+                    if let Ok(mut k) = issuer.keys.write() {
+                        *k = Arc::new(keys);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %issuer.issuer, error = %e, "JWKS refresh failed; keeping the previous keys")
+                }
+            }
+        }
     }
 
     /// Verifies a token at `now` (Unix seconds) and returns the account name
@@ -184,11 +313,8 @@ impl OAuthVerifier {
         let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
         let mut tried = false;
         let mut verified = false;
-        for key in issuer
-            .keys
-            .iter()
-            .filter(|k| kid.is_none() || k.kid() == kid)
-        {
+        let keys = issuer.keys.read().map(|k| k.clone()).unwrap_or_default();
+        for key in keys.iter().filter(|k| kid.is_none() || k.kid() == kid) {
             let ok = match (alg, key) {
                 ("RS256", Key::Rsa { n, e, .. }) => {
                     tried = true;
@@ -315,7 +441,7 @@ mod tests {
         verifier: OAuthVerifier,
     }
 
-    fn idp() -> Idp {
+    async fn idp() -> Idp {
         let rng = SystemRandom::new();
         let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let key =
@@ -332,9 +458,13 @@ mod tests {
         let verifier = OAuthVerifier::load(&[OAuthIssuerConfig {
             issuer: "https://idp.test".into(),
             audience: "postern".into(),
-            jwks_file: path,
+            jwks_file: Some(path),
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh: Duration::from_secs(3600),
             account_claim: "email".into(),
         }])
+        .await
         .unwrap();
         Idp {
             key,
@@ -352,9 +482,9 @@ mod tests {
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 
-    #[test]
-    fn es256_tokens_are_checked_in_full() {
-        let idp = idp();
+    #[tokio::test]
+    async fn es256_tokens_are_checked_in_full() {
+        let idp = idp().await;
         let h = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
         let now = 1_800_000_000;
         let good = serde_json::json!({"iss": "https://idp.test", "aud": ["other", "postern"], "exp": now + 600, "email": "acme"});

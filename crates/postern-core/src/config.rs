@@ -59,8 +59,17 @@ pub struct OAuthIssuerConfig {
     pub issuer: String,
     /// Must be (one of) the token's `aud`.
     pub audience: String,
-    /// JWKS document (RFC 7517) with the issuer's RS256/ES256 public keys.
-    pub jwks_file: PathBuf,
+    /// JWKS document (RFC 7517) with the issuer's RS256/ES256 public keys:
+    /// a file, or an https:// URL fetched at start and every `jwks_refresh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle for `jwks_url` (default: the built-in Mozilla roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<PathBuf>,
+    #[serde(default = "default_jwks_refresh", with = "crate::duration")]
+    pub jwks_refresh: Duration,
     /// The claim whose value is the Postern account name.
     #[serde(default = "default_account_claim")]
     pub account_claim: String,
@@ -68,6 +77,10 @@ pub struct OAuthIssuerConfig {
 
 fn default_account_claim() -> String {
     "sub".into()
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(3600)
 }
 
 impl Default for Config {
@@ -532,6 +545,24 @@ impl Config {
         }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        for (i, o) in self.oauth_issuer.iter().enumerate() {
+            match (&o.jwks_file, &o.jwks_url) {
+                (Some(_), None) => {}
+                (None, Some(url)) if url.starts_with("https://") => {}
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        format!("oauth_issuer[{i}].jwks_url"),
+                        "must be an https:// URL",
+                    ))
+                }
+                _ => {
+                    return Err(invalid(
+                        format!("oauth_issuer[{i}]"),
+                        "set exactly one of jwks_file and jwks_url",
+                    ))
+                }
+            }
         }
         let a = &self.auth;
         if a.block_ip_after_failures == 0 || a.block_network_after_failures == 0 {

@@ -36,8 +36,19 @@ pub async fn serve(config: Config) -> Result<()> {
     let mut authenticator = Authenticator::new(store.clone(), &config.auth).await?;
     if !config.oauth_issuer.is_empty() {
         let verifier = postern_accounts::oauth::OAuthVerifier::load(&config.oauth_issuer)
-            .map_err(|e| anyhow::anyhow!("oauth_issuer.jwks_file: {e}"))?;
+            .await
+            .map_err(|e| anyhow::anyhow!("oauth_issuer (JWKS): {e}"))?;
         authenticator = authenticator.with_oauth(verifier);
+        if let Some(verifier) = authenticator.oauth() {
+            if let Some(every) = verifier.refresh_interval() {
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        verifier.refresh().await;
+                    }
+                });
+            }
+        }
     }
     if let Some(secret) =
         crate::bootstrap::first_admin_key(&store, authenticator.api_keys()).await?
