@@ -172,3 +172,55 @@ def test_cram_md5_is_opt_in_per_account_and_listener(postern):
     audit = cli_json(postern, "audit", "--kind", "auth.")
     assert any(e["kind"] == "auth.success" and "mechanism=CRAM-MD5" in e["detail"] and e["account"] == "cram-user" for e in audit)
     assert any(e["kind"] == "auth.failure" and "cram_md5_not_enabled" in e["detail"] for e in audit)
+
+
+def test_key_networks_last_use_authzid_per_account_events_and_audit_api(postern, sink):
+    import base64
+    import time
+    import urllib.request
+
+    postern.cli("account", "create", "corp")
+    postern.cli("subuser", "create", "billing", "--account", "corp")
+    bound = cli_json(postern, "key", "create", "--account", "corp", "--allow-ip", "127.0.0.2", "--scopes", "mail.send,full_access")
+    assert bound["allowed_ips"] == ["127.0.0.2/32"]
+    assert not can_login(postern, "apikey", bound["key"], source="127.0.0.1")
+    assert can_login(postern, "apikey", bound["key"], source="127.0.0.2")
+    time.sleep(0.3)
+    listed = [k for k in cli_json(postern, "key", "list") if k["id"] == bound["id"]][0]
+    assert listed["last_used_at"] is not None
+
+    # AUTH PLAIN with an authorization identity: a parent may act for its
+    # own subuser (the mail is then the subuser's), nobody else's.
+    def plain(authzid, source="127.0.0.2"):
+        with smtp(postern, source) as s:
+            s.ehlo()
+            token = base64.b64encode(f"{authzid}\0apikey\0{bound['key']}".encode()).decode()
+            code, _ = s.docmd("AUTH", "PLAIN " + token)
+            if code != 235:
+                return code
+            s.sendmail("billing@example.org", ["payer@example.net"], b"Subject: invoice\r\n\r\nx\r\n")
+            return code
+
+    assert plain("admin") == 535
+    assert plain("billing") == 235
+    sink.wait_for(1)
+    time.sleep(0.3)
+    billing_events = cli_json(postern, "events", "--account", "billing")
+    assert {e["event"] for e in billing_events} >= {"received", "delivered"}
+    assert cli_json(postern, "events", "--account", "corp") == []
+
+    # The audit log over the API: the account's own entries, or a subuser's.
+    def audit_api(query):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{postern.ports['http']}/v3/audit?{query}",
+            headers={"Authorization": f"Bearer {postern.admin_key}"},
+        )
+        return json.loads(urllib.request.urlopen(req, timeout=10).read())["result"]
+
+    admin_entries = audit_api("kind=key.")
+    assert all(e["account"] == "admin" for e in admin_entries) and admin_entries
+    try:
+        audit_api("account=corp")
+        raise AssertionError("admin read corp's audit log")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403

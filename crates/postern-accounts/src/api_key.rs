@@ -64,6 +64,20 @@ impl ApiKeys {
         scopes: Vec<String>,
         expires_at: Option<i64>,
     ) -> Result<IssuedKey, StoreError> {
+        self.create_restricted(store, account, name, scopes, expires_at, Vec::new())
+            .await
+    }
+
+    /// A key usable only from `networks` (CIDRs; empty means anywhere).
+    pub async fn create_restricted(
+        &self,
+        store: &dyn CredentialStore,
+        account: &str,
+        name: &str,
+        scopes: Vec<String>,
+        expires_at: Option<i64>,
+        networks: Vec<String>,
+    ) -> Result<IssuedKey, StoreError> {
         let mut random = [0u8; KEY_RANDOM_BYTES];
         rand::rng().fill_bytes(&mut random);
         let secret = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(random));
@@ -84,6 +98,8 @@ impl ApiKeys {
             created_at: postern_core::time::now_millis(),
             expires_at,
             revoked_at: None,
+            networks,
+            last_used_at: None,
         };
         store.insert_api_key(record.clone()).await?;
         Ok(IssuedKey { record, secret })

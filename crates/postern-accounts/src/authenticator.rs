@@ -233,11 +233,11 @@ impl Authenticator {
             return Err(CheckFailure::Invalid("wrong_password"));
         }
         self.check_account(&account, attempt.ip).await?;
-        if !creds.authzid.is_empty() && creds.authzid != creds.username {
-            return Err(CheckFailure::Invalid("authzid_not_permitted"));
-        }
+        let acting_as = self
+            .acting_for(&account, &creds.authzid, &creds.username, attempt.ip)
+            .await?;
         Ok(Principal {
-            account: account.name,
+            account: acting_as,
             key_id: PASSWORD_KEY_ID.to_owned(),
             scopes: vec![SCOPE_MAIL_SEND.to_owned()],
         })
@@ -325,15 +325,63 @@ impl Authenticator {
             return Err(CheckFailure::Invalid("unknown_account"));
         };
         self.check_account(&account, attempt.ip).await?;
-        // RFC 4616 §2: acting for another identity needs a right nobody has yet.
-        if !creds.authzid.is_empty() && creds.authzid != creds.username {
-            return Err(CheckFailure::Invalid("authzid_not_permitted"));
+        if !record.networks.is_empty()
+            && !record
+                .networks
+                .iter()
+                .filter_map(|n| postern_core::network::parse_network(n))
+                .any(|n| n.contains(&attempt.ip))
+        {
+            return Err(CheckFailure::Invalid("key_ip_not_allowed"));
         }
+        let acting_as = self
+            .acting_for(&account, &creds.authzid, &creds.username, attempt.ip)
+            .await?;
+        self.touch(&record);
         Ok(Principal {
-            account: record.account,
+            account: acting_as,
             key_id: record.id,
             scopes: record.scopes,
         })
+    }
+
+    /// RFC 4616 §2: an authorization identity other than the authenticated
+    /// one is honoured only when the principal may act for it: a parent
+    /// account acting for one of its own subusers (as SendGrid's
+    /// On-Behalf-Of). Anything else is refused.
+    async fn acting_for(
+        &self,
+        account: &AccountRecord,
+        authzid: &str,
+        username: &str,
+        ip: IpAddr,
+    ) -> Result<String, CheckFailure> {
+        if authzid.is_empty() || authzid == username || authzid == account.name {
+            return Ok(account.name.clone());
+        }
+        match self.store.get_account(authzid.to_owned()).await? {
+            Some(sub) if sub.parent.as_deref() == Some(account.name.as_str()) => {
+                self.check_account(&sub, ip).await?;
+                Ok(sub.name)
+            }
+            _ => Err(CheckFailure::Invalid("authzid_not_permitted")),
+        }
+    }
+
+    /// Records when a key was last used, at most once a minute per key so a
+    /// busy key does not cost a write per login.
+    fn touch(&self, record: &postern_store::ApiKeyRecord) {
+        const EVERY_MILLIS: i64 = 60_000;
+        let now = postern_core::time::now_millis();
+        if record.last_used_at.is_some_and(|t| now - t < EVERY_MILLIS) {
+            return;
+        }
+        let (store, id) = (self.store.clone(), record.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_api_key(id, now).await {
+                tracing::warn!(error = %e, "could not record key use");
+            }
+        });
     }
 
     /// The account (and its parent, for a subuser) must be enabled, and the

@@ -378,6 +378,7 @@ impl Node {
                 .store
                 .events(EventFilter {
                     message_id: Some(id.into()),
+                    account: None,
                     limit: None,
                 })
                 .await
@@ -395,6 +396,7 @@ impl Node {
             .store
             .events(EventFilter {
                 message_id: Some(id.into()),
+                account: None,
                 limit: None,
             })
             .await
@@ -536,6 +538,7 @@ async fn a_connection_dropped_mid_data_is_deferred_not_lost() {
             .store
             .events(EventFilter {
                 message_id: Some(id.clone()),
+                account: None,
                 limit: None,
             })
             .await
@@ -607,6 +610,7 @@ async fn required_tls_is_never_downgraded() {
         .store
         .events(EventFilter {
             message_id: Some(id_plain),
+            account: None,
             limit: None,
         })
         .await
@@ -785,6 +789,7 @@ async fn smart_host_auth_is_sent_only_over_tls() {
         .store
         .events(EventFilter {
             message_id: Some(id),
+            account: None,
             limit: None,
         })
         .await

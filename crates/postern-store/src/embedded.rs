@@ -212,8 +212,11 @@ fn insert_event(
     recipient: Option<&str>,
     detail: &str,
 ) -> Result<()> {
+    // The account comes from the message, which is still queued whenever an
+    // event is written for it.
     conn.prepare_cached(
-        "INSERT INTO events (at, message_id, kind, recipient, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events (at, message_id, kind, recipient, detail, account)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT account FROM messages WHERE id = ?2))",
     )?
     .execute(params![at, message_id, kind.as_str(), recipient, detail])?;
     Ok(())
@@ -411,10 +414,13 @@ fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
         created_at: r.get(5)?,
         expires_at: r.get(6)?,
         revoked_at: r.get(7)?,
+        networks: split_list(&r.get::<_, String>(8)?),
+        last_used_at: r.get(9)?,
     })
 }
 
-const KEY_COLUMNS: &str = "id, account, name, hash, scopes, created_at, expires_at, revoked_at";
+const KEY_COLUMNS: &str =
+    "id, account, name, hash, scopes, created_at, expires_at, revoked_at, networks, last_used_at";
 
 #[async_trait]
 impl CredentialStore for EmbeddedStore {
@@ -427,8 +433,8 @@ impl CredentialStore for EmbeddedStore {
                 return Err(StoreError::NotFound);
             }
             conn.execute(
-                "INSERT INTO api_keys (id, account, name, hash, scopes, created_at, expires_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO api_keys (id, account, name, hash, scopes, created_at, expires_at, revoked_at, networks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     key.id,
                     key.account,
@@ -437,7 +443,8 @@ impl CredentialStore for EmbeddedStore {
                     join_list(&key.scopes),
                     key.created_at,
                     key.expires_at,
-                    key.revoked_at
+                    key.revoked_at,
+                    join_list(&key.networks)
                 ],
             )?;
             Ok(())
@@ -502,6 +509,17 @@ impl CredentialStore for EmbeddedStore {
                 )?;
             }
             Ok(found)
+        })
+        .await
+    }
+
+    async fn touch_api_key(&self, id: String, at: i64) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1",
+                params![id, at],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -922,17 +940,19 @@ impl EventStore for EmbeddedStore {
             let (sql, limit) = match filter.limit {
                 Some(n) => (
                     "SELECT at, message_id, kind, recipient, detail FROM events
-                     WHERE ?1 IS NULL OR message_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                     WHERE (?1 IS NULL OR message_id = ?1) AND (?3 IS NULL OR account = ?3)
+                     ORDER BY seq DESC LIMIT ?2",
                     n as i64,
                 ),
                 None => (
                     "SELECT at, message_id, kind, recipient, detail FROM events
-                     WHERE ?1 IS NULL OR message_id = ?1 ORDER BY seq LIMIT ?2",
+                     WHERE (?1 IS NULL OR message_id = ?1) AND (?3 IS NULL OR account = ?3)
+                     ORDER BY seq LIMIT ?2",
                     -1,
                 ),
             };
             let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![filter.message_id, limit], |r| {
+            let rows = stmt.query_map(params![filter.message_id, limit, filter.account], |r| {
                 let kind: String = r.get(2)?;
                 let kind = kind.parse().map_err(|e: String| {
                     rusqlite::Error::FromSqlConversionFailure(
@@ -1054,6 +1074,7 @@ mod tests {
         let events = store
             .events(EventFilter {
                 message_id: Some(id.to_string()),
+                account: None,
                 limit: None,
             })
             .await
@@ -1284,6 +1305,8 @@ mod tests {
             created_at: 5,
             expires_at: None,
             revoked_at: None,
+            networks: vec![],
+            last_used_at: None,
         };
         store.insert_api_key(key.clone()).await.unwrap();
         assert!(matches!(

@@ -79,6 +79,7 @@ pub trait CredentialStore: Send + Sync {
     /// Returns false when no such key exists or it was already revoked.
     async fn revoke_api_key(&self, id: String, at: i64) -> Result<bool>;
     async fn list_api_keys(&self, account: Option<String>) -> Result<Vec<ApiKeyRecord>>;
+    async fn touch_api_key(&self, id: String, at: i64) -> Result<()>;
     /// Renames a key and/or replaces its scopes; false when no such key.
     async fn update_api_key(
         &self,

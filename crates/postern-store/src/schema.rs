@@ -112,6 +112,13 @@ const MIGRATIONS: &[&str] = &[
         created_at     INTEGER NOT NULL
     );
     "#,
+    // 6: key IP ranges and last use; the account on every event.
+    r#"
+    ALTER TABLE api_keys ADD COLUMN networks TEXT NOT NULL DEFAULT '';
+    ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+    ALTER TABLE events ADD COLUMN account TEXT;
+    CREATE INDEX events_by_account ON events(account, seq);
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

@@ -89,11 +89,16 @@ pub struct ApiKeyRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// CIDRs the key may be used from; empty means anywhere.
+    pub networks: Vec<String>,
+    pub last_used_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     pub message_id: Option<String>,
+    /// Only events of messages sent by this account (or subuser).
+    pub account: Option<String>,
     /// Most recent first when set; otherwise everything matching, oldest first.
     pub limit: Option<usize>,
 }

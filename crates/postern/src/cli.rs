@@ -87,6 +87,9 @@ pub enum Command {
         /// Only events of this message id.
         #[arg(long)]
         message: Option<String>,
+        /// Only events of messages sent by this account or subuser.
+        #[arg(long)]
+        account: Option<String>,
         /// Only the most recent N events.
         #[arg(long)]
         limit: Option<usize>,
@@ -226,6 +229,9 @@ pub enum KeyCommand {
         /// Expire after this long (e.g. 30d, 12h).
         #[arg(long, value_name = "DURATION")]
         expires_in: Option<String>,
+        /// Usable only from these networks (comma-separated CIDRs or addresses).
+        #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+        allow_ip: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -313,11 +319,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Events {
             message,
+            account,
             limit,
             json,
         } => {
             let config = load_config(&cli.global)?;
-            crate::events_command::run(&config, message, limit, json).await
+            crate::events_command::run(&config, message, account, limit, json).await
         }
     }
 }

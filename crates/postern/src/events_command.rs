@@ -7,6 +7,7 @@ use postern_store::{EventFilter, EventStore};
 pub async fn run(
     config: &Config,
     message: Option<String>,
+    account: Option<String>,
     limit: Option<usize>,
     json: bool,
 ) -> Result<()> {
@@ -14,6 +15,7 @@ pub async fn run(
     let events = store
         .events(EventFilter {
             message_id: message,
+            account,
             limit,
         })
         .await?;

@@ -15,8 +15,16 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
             name,
             scopes,
             expires_in,
+            allow_ip,
             json,
         } => {
+            let mut networks = Vec::new();
+            for n in &allow_ip {
+                match postern_core::network::parse_network(n) {
+                    Some(net) => networks.push(net.to_string()),
+                    None => bail!("--allow-ip {n:?}: not an IP address or CIDR network"),
+                }
+            }
             let expires_at = match expires_in {
                 Some(d) => {
                     let d = postern_core::duration::parse(&d).map_err(anyhow::Error::msg)?;
@@ -26,7 +34,14 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
             };
             let keys = ApiKeys::new(store.as_ref()).await?;
             let issued = match keys
-                .create(store.as_ref(), &account, &name, scopes, expires_at)
+                .create_restricted(
+                    store.as_ref(),
+                    &account,
+                    &name,
+                    scopes,
+                    expires_at,
+                    networks,
+                )
                 .await
             {
                 Ok(k) => k,
@@ -55,6 +70,7 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
                         "name": issued.record.name,
                         "scopes": issued.record.scopes,
                         "expires_at": issued.record.expires_at.map(postern_core::time::rfc3339),
+                        "allowed_ips": issued.record.networks,
                     })
                 );
             } else {
@@ -101,6 +117,8 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
                             "created_at": postern_core::time::rfc3339(k.created_at),
                             "expires_at": k.expires_at.map(postern_core::time::rfc3339),
                             "revoked_at": k.revoked_at.map(postern_core::time::rfc3339),
+                            "last_used_at": k.last_used_at.map(postern_core::time::rfc3339),
+                            "allowed_ips": k.networks,
                         })
                     })
                     .collect();

@@ -25,6 +25,8 @@ pub fn routes() -> Router<ApiState> {
 struct CreateKey {
     name: Option<String>,
     scopes: Option<Vec<String>>,
+    /// Postern extension: networks the key may be used from.
+    allowed_ips: Option<Vec<String>>,
 }
 
 fn check_scopes(caller: &Caller, requested: &[String]) -> Result<(), ApiError> {
@@ -76,15 +78,27 @@ async fn create(
         .scopes
         .unwrap_or_else(|| caller.principal.scopes.clone());
     check_scopes(&caller, &requested)?;
+    let mut networks = Vec::new();
+    for ip in body.allowed_ips.unwrap_or_default() {
+        let net = postern_core::network::parse_network(&ip).ok_or_else(|| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "allowed_ips",
+                format!("{ip:?} is not an IP address or network"),
+            )
+        })?;
+        networks.push(net.to_string());
+    }
     let issued = state
         .authenticator
         .api_keys()
-        .create(
+        .create_restricted(
             state.store.as_ref(),
             &caller.account,
             &name,
             requested,
             None,
+            networks,
         )
         .await?;
     caller.audit(
@@ -103,6 +117,7 @@ async fn create(
             "api_key_id": issued.record.id,
             "name": issued.record.name,
             "scopes": issued.record.scopes,
+            "allowed_ips": issued.record.networks,
         })),
     ))
 }
@@ -138,9 +153,13 @@ async fn read(
 ) -> Result<Json<Value>, ApiError> {
     caller.require("api_keys.read")?;
     let k = own_key(&state, &caller, &id).await?;
-    Ok(Json(
-        json!({"result": [{"api_key_id": k.id, "name": k.name, "scopes": k.scopes}]}),
-    ))
+    Ok(Json(json!({"result": [{
+        "api_key_id": k.id,
+        "name": k.name,
+        "scopes": k.scopes,
+        "allowed_ips": k.networks,
+        "last_used_at": k.last_used_at.map(|t| t / 1000),
+    }]})))
 }
 
 async fn replace(

@@ -4,6 +4,7 @@
 
 mod access_settings;
 mod api_keys;
+mod audit;
 mod subusers;
 mod totp;
 
@@ -21,6 +22,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(subusers::routes())
         .merge(access_settings::routes())
         .merge(totp::routes())
+        .merge(audit::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.
