@@ -1,6 +1,6 @@
-"""1,000 wrong credentials from one address end in a block, while a good
+"""1,000 wrong passwords from one address end in a block, while a good
 client on another network keeps sending. Prints the good client's latency
-during the attack."""
+during the attack. Spraying and stuffing are detected and audited."""
 
 import base64
 import smtplib
@@ -28,7 +28,7 @@ def attacker(postern, counter, lock, outcomes, stop):
                         if counter[0] >= ATTEMPTS:
                             return
                         counter[0] += 1
-                    token = base64.b64encode(b"\0apikey\0pst_" + b"X" * 43).decode()
+                    token = base64.b64encode(b"\0victim\0not-the-password-42").decode()
                     code, _ = s.docmd("AUTH", "PLAIN " + token)
                     with lock:
                         outcomes[code] = outcomes.get(code, 0) + 1
@@ -39,6 +39,15 @@ def attacker(postern, counter, lock, outcomes, stop):
 
 
 def test_attack_blocks_the_attacker_not_the_good_client(postern, sink):
+    import subprocess
+    from conftest import BIN
+
+    postern.cli("account", "create", "victim")
+    subprocess.run(
+        [str(BIN), "--config", str(postern.config_path), "account", "password", "victim"],
+        input="violet-anchor-tundra-42\n", text=True, check=True, capture_output=True,
+    )
+    postern.cli("account", "password-auth", "victim", "on")
     counter, lock, outcomes, stop = [0], threading.Lock(), {}, threading.Event()
     threads = [
         threading.Thread(target=attacker, args=(postern, counter, lock, outcomes, stop), daemon=True)
@@ -76,3 +85,37 @@ def test_attack_blocks_the_attacker_not_the_good_client(postern, sink):
         f"good client from another network: {sent} messages, p50 {p50:.1f} ms, p99 {p99:.1f} ms"
     )
     assert sent > 0
+
+
+def wrong_login(postern, user, source):
+    ctx = ssl.create_default_context(cafile=postern.cert)
+    s = smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30, source_address=(source, 0))
+    try:
+        s.starttls(context=ctx)
+        s.ehlo()
+        token = base64.b64encode(f"\0{user}\0wrong-guess-9999".encode()).decode()
+        return s.docmd("AUTH", "PLAIN " + token)[0]
+    finally:
+        s.close()
+
+
+def test_spraying_and_stuffing_are_detected(postern):
+    import json
+    # Spraying: one address, many accounts.
+    for user in ["ann", "bob", "cid", "dan", "eve"]:
+        wrong_login(postern, user, "127.6.0.1")
+    assert wrong_login(postern, "fay", "127.6.0.1") == 454, "the sprayer is blocked"
+    # Stuffing: many addresses (each in its own network), one account.
+    for i in range(10):
+        wrong_login(postern, "target", f"127.7.{i}.1")
+    assert wrong_login(postern, "target", "127.7.3.1") == 454, "stuffing sources are shut out of the account"
+    time.sleep(0.3)
+    kinds = [e["kind"] for e in json.loads(postern.cli("audit", "--kind", "defense.", "--json").stdout)]
+    assert "defense.password_spraying" in kinds and "defense.credential_stuffing" in kinds, kinds
+    metrics = urllib_get(f"http://127.0.0.1:{postern.ports['http']}/metrics")
+    assert 'postern_auth_detections_total{kind="defense.password_spraying"}' in metrics
+
+
+def urllib_get(url):
+    import urllib.request
+    return urllib.request.urlopen(url, timeout=10).read().decode()
