@@ -224,3 +224,27 @@ def test_key_networks_last_use_authzid_per_account_events_and_audit_api(postern,
         raise AssertionError("admin read corp's audit log")
     except urllib.error.HTTPError as e:
         assert e.code == 403
+
+
+def test_each_subuser_has_its_own_hourly_limit(postern, sink):
+    postern.cli("account", "create", "shop")
+    postern.cli("subuser", "create", "newsletter", "--account", "shop")
+    postern.cli("subuser", "create", "receipts", "--account", "shop")
+    postern.cli("account", "limit", "newsletter", "--messages-per-hour", "2")
+    keys = {n: cli_json(postern, "key", "create", "--account", n, "--scopes", "mail.send")["key"] for n in ["newsletter", "receipts"]}
+    results = {"newsletter": [], "receipts": []}
+    for name in ["newsletter", "receipts"]:
+        with smtp(postern) as s:
+            s.login("apikey", keys[name])
+            for _ in range(3):
+                code, msg = s.mail("from@example.org")
+                if code == 250:
+                    s.rcpt("to@example.net")
+                    code, msg = s.data(b"Subject: limited\r\n\r\nx\r\n")
+                else:
+                    s.rset()
+                results[name].append((code, msg))
+    assert [c for c, _ in results["newsletter"]] == [250, 250, 450]
+    assert b"limit of 2 messages per hour" in results["newsletter"][2][1]
+    assert [c for c, _ in results["receipts"]] == [250, 250, 250], "a sibling's limit does not touch this stream"
+    sink.wait_for(5)

@@ -535,6 +535,7 @@ mod tests {
             created_at: 0,
             email: None,
             cram_md5: None,
+            max_messages_per_hour: None,
         };
         store.create_account(acct("acme", None)).await.unwrap();
         store

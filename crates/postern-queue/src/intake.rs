@@ -10,12 +10,19 @@ use postern_store::{NewMessage, QueueStore, StoreError};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use crate::quota::{QuotaCheck, Quotas};
+
 #[derive(Debug, Error)]
 pub enum IntakeError {
     #[error("message has no recipients")]
     NoRecipients,
     #[error("queue unavailable: {0}")]
     Store(#[from] StoreError),
+    #[error("the account's limit of {limit} messages per hour is used up")]
+    QuotaExceeded {
+        limit: u32,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Where a message came from, for the `Received:` header and the event log.
@@ -43,6 +50,7 @@ pub struct Intake {
     store: Arc<dyn QueueStore>,
     hostname: String,
     wakeup: Arc<Notify>,
+    quotas: Option<Quotas>,
 }
 
 impl Intake {
@@ -51,6 +59,28 @@ impl Intake {
             store,
             hostname,
             wakeup: Arc::new(Notify::new()),
+            quotas: None,
+        }
+    }
+
+    /// Enforces each account's own sending limit.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = Some(quotas);
+        self
+    }
+
+    /// Whether `account` may send one more message now; doors call this
+    /// early (SMTP at MAIL) so a client learns before it sends the body.
+    pub async fn quota_check(&self, account: &str) -> Result<(), IntakeError> {
+        match &self.quotas {
+            Some(q) => match q.check(account, 1).await? {
+                QuotaCheck::Allowed => Ok(()),
+                QuotaCheck::Exceeded { limit, retry_after } => {
+                    metrics::counter!("postern_quota_exceeded_total").increment(1);
+                    Err(IntakeError::QuotaExceeded { limit, retry_after })
+                }
+            },
+            None => Ok(()),
         }
     }
 
@@ -65,6 +95,10 @@ impl Intake {
         if sub.envelope.recipients.is_empty() {
             return Err(IntakeError::NoRecipients);
         }
+        if let Some(p) = &sub.principal {
+            self.quota_check(&p.account).await?;
+        }
+        let account_for_quota = sub.principal.as_ref().map(|p| p.account.clone());
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
         let received = self.received_header(&sub, &id, now);
@@ -94,6 +128,9 @@ impl Intake {
                 detail,
             })
             .await?;
+        if let (Some(q), Some(account)) = (&self.quotas, account_for_quota) {
+            q.record(&account, 1);
+        }
         metrics::counter!("postern_messages_queued_total", "protocol" => sub.client.protocol)
             .increment(1);
         metrics::histogram!("postern_message_size_bytes").record(size as f64);

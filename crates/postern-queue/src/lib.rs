@@ -3,7 +3,9 @@
 //! the retry schedule the delivery scheduler follows.
 
 pub mod intake;
+pub mod quota;
 pub mod retry;
 
 pub use intake::{ClientInfo, Intake, IntakeError, Submission};
+pub use quota::{QuotaCheck, Quotas};
 pub use retry::RetrySchedule;

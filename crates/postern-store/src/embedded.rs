@@ -560,11 +560,12 @@ fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
         created_at: r.get(5)?,
         email: r.get(6)?,
         cram_md5: r.get(7)?,
+        max_messages_per_hour: r.get(8)?,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5";
+    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour";
 
 #[async_trait]
 impl AccountStore for EmbeddedStore {
@@ -587,7 +588,7 @@ impl AccountStore for EmbeddedStore {
             }
             conn.execute(
                 &format!(
-                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                 ),
                 params![
                     a.name,
@@ -597,7 +598,8 @@ impl AccountStore for EmbeddedStore {
                     a.password_hash,
                     a.created_at,
                     a.email,
-                    a.cram_md5
+                    a.cram_md5,
+                    a.max_messages_per_hour
                 ],
             )?;
             Ok(())
@@ -648,6 +650,12 @@ impl AccountStore for EmbeddedStore {
                 conn.execute(
                     "UPDATE accounts SET allow_password_auth = ?2 WHERE name = ?1",
                     params![name, p],
+                )?;
+            }
+            if let Some(m) = u.max_messages_per_hour {
+                conn.execute(
+                    "UPDATE accounts SET max_messages_per_hour = ?2 WHERE name = ?1",
+                    params![name, m],
                 )?;
             }
             if let Some(c) = u.cram_md5 {
@@ -1129,6 +1137,7 @@ mod tests {
             created_at: 1,
             email: None,
             cram_md5: None,
+            max_messages_per_hour: None,
         }
     }
 

@@ -119,6 +119,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events ADD COLUMN account TEXT;
     CREATE INDEX events_by_account ON events(account, seq);
     "#,
+    // 7: per-account sending limit.
+    r#"
+    ALTER TABLE accounts ADD COLUMN max_messages_per_hour INTEGER;
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

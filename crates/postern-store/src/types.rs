@@ -120,6 +120,9 @@ pub struct AccountRecord {
     /// CRAM-MD5 HMAC intermediate state (32 bytes) when the account opted
     /// in; password-equivalent for CRAM-MD5 (see postern-accounts).
     pub cram_md5: Option<Vec<u8>>,
+    /// Messages this account may submit per hour (None: no limit). Its own
+    /// limit, whatever its parent's or siblings' traffic.
+    pub max_messages_per_hour: Option<u32>,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -129,6 +132,7 @@ pub struct AccountUpdate {
     pub allow_password_auth: Option<bool>,
     pub password_hash: Option<Option<String>>,
     pub cram_md5: Option<Option<Vec<u8>>>,
+    pub max_messages_per_hour: Option<Option<u32>>,
 }
 
 /// What happened, by whom, to whom, from where.

@@ -47,6 +47,7 @@ fn account_json(a: &AccountRecord) -> serde_json::Value {
         "disabled": a.disabled,
         "allow_password_auth": a.allow_password_auth,
         "has_password": a.password_hash.is_some(),
+        "max_messages_per_hour": a.max_messages_per_hour,
         "created_at": postern_core::time::rfc3339(a.created_at),
     })
 }
@@ -102,6 +103,7 @@ async fn create(
         created_at: postern_core::time::now_millis(),
         email: None,
         cram_md5: None,
+        max_messages_per_hour: None,
     };
     match store.create_account(record.clone()).await {
         Ok(()) => {}
@@ -211,6 +213,33 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
             };
             update_account(&store, &name, u, "account.password", "password set".into()).await?;
             println!("password set for {name}");
+        }
+        AccountCommand::Limit {
+            name,
+            messages_per_hour,
+        } => {
+            let limit = match messages_per_hour.as_str() {
+                "none" => None,
+                n => Some(n.parse::<u32>().map_err(|_| {
+                    anyhow::anyhow!("--messages-per-hour takes a number or \"none\"")
+                })?),
+            };
+            let u = AccountUpdate {
+                max_messages_per_hour: Some(limit),
+                ..Default::default()
+            };
+            update_account(
+                &store,
+                &name,
+                u,
+                "account.limit",
+                format!("max_messages_per_hour={limit:?}"),
+            )
+            .await?;
+            match limit {
+                Some(n) => println!("{name} may send {n} messages per hour"),
+                None => println!("{name} has no hourly limit"),
+            }
         }
         AccountCommand::CramMd5 { name, setting } => {
             let update = if setting.is_on() {

@@ -130,6 +130,12 @@ pub enum AccountCommand {
     Password {
         name: String,
     },
+    /// Set an account's own hourly message limit (`none` removes it).
+    Limit {
+        name: String,
+        #[arg(long, value_name = "N|none")]
+        messages_per_hour: String,
+    },
     /// Opt an account in to CRAM-MD5 (`on` reads its current password from
     /// standard input) or out. The stored HMAC state is password-equivalent
     /// for CRAM-MD5; listeners must also list CRAM-MD5 in auth_mechanisms.

@@ -100,7 +100,8 @@ pub async fn serve(config: Config) -> Result<()> {
     };
 
     let config = Arc::new(config);
-    let intake = Intake::new(store.clone(), config.server.hostname.clone());
+    let intake = Intake::new(store.clone(), config.server.hostname.clone())
+        .with_quotas(postern_queue::Quotas::new(store.clone()));
     let wakeup = intake.wakeup();
     let limiter = ConnectionLimiter::new(
         config.limits.max_connections,

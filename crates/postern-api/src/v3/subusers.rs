@@ -95,6 +95,7 @@ async fn create(
         created_at: postern_core::time::now_millis(),
         email: email.clone(),
         cram_md5: None,
+        max_messages_per_hour: None,
     };
     match state.store.create_account(record).await {
         Ok(()) => {}

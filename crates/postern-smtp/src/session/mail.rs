@@ -5,6 +5,7 @@ use postern_core::config::ListenerRole;
 use postern_core::envelope::DsnReturn;
 use postern_core::principal::SCOPE_MAIL_SEND;
 use postern_core::{Address, AddressError, BodyType, Envelope};
+use postern_queue::IntakeError;
 use smtp_proto::{
     MailFrom, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS, MAIL_RET_FULL,
     MAIL_RET_HDRS, MAIL_SMTPUTF8,
@@ -15,7 +16,7 @@ use super::{Close, Session, Transaction};
 use crate::reply::{common, Reply};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    pub(crate) fn mail(&mut self, from: MailFrom<String>) -> Result<(), Close> {
+    pub(crate) async fn mail(&mut self, from: MailFrom<String>) -> Result<(), Close> {
         if self.conn.helo.is_none() {
             return self.error(common::bad_sequence("send EHLO or HELO first"));
         }
@@ -42,6 +43,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     ));
                 }
                 Some(_) => {}
+            }
+        }
+        if let Some(p) = &self.conn.principal {
+            let account = p.account.clone();
+            match self.ctx.intake.quota_check(&account).await {
+                Ok(()) => {}
+                Err(IntakeError::QuotaExceeded { limit, retry_after }) => {
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "quota")
+                        .increment(1);
+                    self.reply(Reply::new(
+                        450,
+                        (4, 7, 1),
+                        format!(
+                            "This account's limit of {limit} messages per hour is used up; try again in {} minutes",
+                            retry_after.as_secs().div_ceil(60).max(1)
+                        ),
+                    ));
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "quota check failed");
+                    self.reply(common::queue_unavailable());
+                    return Ok(());
+                }
             }
         }
         if !self.conn.esmtp && (from.flags != 0 || from.size != 0 || from.env_id.is_some()) {

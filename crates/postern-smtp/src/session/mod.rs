@@ -260,7 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 mechanism,
                 initial_response,
             } => self.auth_start(mechanism, initial_response).await?,
-            Request::Mail { from } => self.mail(from)?,
+            Request::Mail { from } => self.mail(from).await?,
             Request::Rcpt { to } => self.rcpt(to).await?,
             Request::Data => self.data().await?,
             Request::Bdat {

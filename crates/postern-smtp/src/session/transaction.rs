@@ -72,6 +72,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 tracing::info!(peer = %self.peer, id = %id, nrcpt, "message queued");
                 self.reply(Reply::new(250, (2, 0, 0), format!("OK queued as {id}")));
             }
+            Err(postern_queue::IntakeError::QuotaExceeded { limit, .. }) => {
+                metrics::counter!("postern_smtp_rejected_total", "reason" => "quota").increment(1);
+                self.reply(Reply::new(
+                    450,
+                    (4, 7, 1),
+                    format!("This account's limit of {limit} messages per hour is used up; try again later"),
+                ));
+            }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "intake failed");
                 metrics::counter!("postern_smtp_rejected_total", "reason" => "queue_error")

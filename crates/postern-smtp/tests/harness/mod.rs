@@ -53,7 +53,8 @@ pub async fn start(mut config: Config) -> Server {
     let config = Arc::new(config);
     let ctx = Arc::new(SmtpContext {
         relay_domains: config.relay_domains().into_iter().collect(),
-        intake: Intake::new(store.clone(), config.server.hostname.clone()),
+        intake: Intake::new(store.clone(), config.server.hostname.clone())
+            .with_quotas(postern_queue::Quotas::new(store.clone())),
         authenticator,
         limiter,
         config: config.clone(),
