@@ -74,3 +74,11 @@ def test_metrics_and_health(postern):
     time.sleep(0.1)
     text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
     assert "postern_auth_attempts_total" in text, text[:2000]
+
+
+def test_an_expired_key_is_refused(postern):
+    created = json.loads(postern.cli("key", "create", "--expires-in", "2s", "--json").stdout)
+    assert created["expires_at"] is not None
+    assert login(postern, created["key"])
+    time.sleep(2.5)
+    assert not login(postern, created["key"])
