@@ -13,3 +13,18 @@ pub mod totp;
 
 pub use api_key::{ApiKeys, IssuedKey};
 pub use authenticator::{Authenticator, LoginAttempt, Proof, Rejection};
+
+/// Account and subuser names double as SMTP user names: 1–64 letters,
+/// digits, '.', '_' and '-', and never the API-key user name `apikey`.
+pub fn valid_account_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != authenticator::API_KEY_USERNAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// What `valid_account_name` requires, for error messages.
+pub const ACCOUNT_NAME_RULE: &str =
+    "1–64 characters of letters, digits, '.', '_' and '-' (and not \"apikey\")";

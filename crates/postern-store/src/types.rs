@@ -155,6 +155,22 @@ pub struct AuditRecord {
     pub hash: Vec<u8>,
 }
 
+impl AuditRecord {
+    /// The JSON form shared by `postern audit --json` and `/v3/audit`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seq": self.seq,
+            "time": postern_core::time::rfc3339(self.entry.at),
+            "kind": self.entry.kind,
+            "actor": self.entry.actor,
+            "account": self.entry.account,
+            "client_ip": self.entry.client_ip,
+            "detail": self.entry.detail,
+            "hash": self.hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub account: Option<String>,

@@ -74,15 +74,8 @@ fn print_accounts(list: &[AccountRecord], json: bool) {
 }
 
 fn valid_name(name: &str) -> Result<()> {
-    // Account names are SMTP user names: keep them unambiguous.
-    if name.is_empty()
-        || name.len() > 64
-        || name == postern_accounts::authenticator::API_KEY_USERNAME
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        bail!("account names are 1–64 characters of letters, digits, '.', '_' and '-' (and not \"apikey\")");
+    if !postern_accounts::valid_account_name(name) {
+        bail!("account names are {}", postern_accounts::ACCOUNT_NAME_RULE);
     }
     Ok(())
 }

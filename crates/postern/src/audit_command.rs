@@ -36,21 +36,7 @@ pub async fn run(config: &Config, q: Query) -> Result<()> {
         })
         .await?;
     if q.json {
-        let items: Vec<_> = records
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "seq": r.seq,
-                    "time": postern_core::time::rfc3339(r.entry.at),
-                    "kind": r.entry.kind,
-                    "actor": r.entry.actor,
-                    "account": r.entry.account,
-                    "client_ip": r.entry.client_ip,
-                    "detail": r.entry.detail,
-                    "hash": r.hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                })
-            })
-            .collect();
+        let items: Vec<_> = records.iter().map(|r| r.to_json()).collect();
         println!("{}", serde_json::Value::Array(items));
     } else {
         for r in &records {

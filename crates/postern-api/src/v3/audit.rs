@@ -54,20 +54,6 @@ async fn list(
             limit: Some(q.limit.unwrap_or(500).min(10_000)),
         })
         .await?;
-    let result: Vec<Value> = records
-        .iter()
-        .map(|r| {
-            json!({
-                "seq": r.seq,
-                "time": postern_core::time::rfc3339(r.entry.at),
-                "kind": r.entry.kind,
-                "actor": r.entry.actor,
-                "account": r.entry.account,
-                "client_ip": r.entry.client_ip,
-                "detail": r.entry.detail,
-                "hash": r.hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-            })
-        })
-        .collect();
+    let result: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
     Ok(Json(json!({ "result": result })))
 }

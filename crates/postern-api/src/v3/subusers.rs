@@ -57,17 +57,11 @@ async fn create(
     caller.require("subusers.create")?;
     let parent = parent_account(&state, &caller).await?;
     let username = body.username.unwrap_or_default();
-    if username.is_empty()
-        || username.len() > 64
-        || username == postern_accounts::authenticator::API_KEY_USERNAME
-        || !username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+    if !postern_accounts::valid_account_name(&username) {
         return Err(ApiError::field(
             StatusCode::BAD_REQUEST,
             "username",
-            "1–64 characters of letters, digits, '.', '_' and '-' (and not \"apikey\")",
+            postern_accounts::ACCOUNT_NAME_RULE,
         ));
     }
     let email = body.email.filter(|e| e.contains('@'));
