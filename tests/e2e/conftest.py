@@ -42,6 +42,13 @@ class SinkHandler:
         self.lock = threading.Lock()
         self.reply = "250 2.0.0 OK sink"
 
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # Addresses starting with "reject-" do not exist here.
+        if address.startswith("reject-"):
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append(

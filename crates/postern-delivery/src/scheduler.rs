@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_queue::RetrySchedule;
+use postern_queue::dsn::{self, Bounce, FailedRecipient};
+use postern_queue::{Intake, RetrySchedule};
 use postern_store::{DeliveryJob, QueueStore, RecipientOutcome, Settlement};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::Instrument;
@@ -29,6 +30,9 @@ pub struct Scheduler {
     pub retry: RetrySchedule,
     pub concurrency: usize,
     pub wakeup: Arc<Notify>,
+    /// Where DSNs for failed recipients are queued (None: no bounces, as in
+    /// tests of delivery alone).
+    pub bounces: Option<Intake>,
 }
 
 impl Scheduler {
@@ -108,33 +112,58 @@ impl Scheduler {
             .await;
         let now = postern_core::time::now_millis();
         let mut outcomes = Vec::with_capacity(job.recipients.len());
+        let mut failed = Vec::new();
+        let remote_mta = attempt
+            .via
+            .as_deref()
+            .and_then(|v| v.split(' ').next())
+            .map(str::to_owned);
         for (rcpt, outcome) in job.recipients.iter().zip(attempt.outcomes) {
             let via = attempt
                 .via
                 .as_deref()
                 .map(|v| format!(" via {v}"))
                 .unwrap_or_default();
-            let (settlement, detail) = match &outcome {
-                Outcome::Delivered(d) => (Settlement::Delivered, format!("{d}{via}")),
-                Outcome::Permanent(d) => (Settlement::Failed, format!("{d}{via}")),
+            let (settlement, detail, status) = match &outcome {
+                Outcome::Delivered(d) => (Settlement::Delivered, format!("{d}{via}"), None),
+                Outcome::Permanent(d) => (
+                    Settlement::Failed,
+                    format!("{d}{via}"),
+                    Some(dsn::status_from_reply(d, true)),
+                ),
                 Outcome::Transient(d) => {
                     match self
                         .retry
                         .next_attempt(job.received_at, now, rcpt.attempts + 1)
                     {
-                        Some(next_attempt) => {
-                            (Settlement::Deferred { next_attempt }, format!("{d}{via}"))
-                        }
+                        Some(next_attempt) => (
+                            Settlement::Deferred { next_attempt },
+                            format!("{d}{via}"),
+                            None,
+                        ),
                         None => (
                             Settlement::Failed,
                             format!(
                                 "gave up after {} attempts (queue.max_age reached): {d}{via}",
                                 rcpt.attempts + 1
                             ),
+                            // RFC 3463: 4.4.7, delivery time expired.
+                            Some("4.4.7".to_owned()),
                         ),
                     }
                 }
             };
+            if let Some(status) = status {
+                if dsn::wants_failure_notice(&rcpt.notify) {
+                    failed.push(FailedRecipient {
+                        address: rcpt.address.clone(),
+                        orcpt: rcpt.orcpt.clone(),
+                        status,
+                        diagnostic: outcome.detail().to_owned(),
+                        remote_mta: remote_mta.clone(),
+                    });
+                }
+            }
             let label = match settlement {
                 Settlement::Delivered => "delivered",
                 Settlement::Deferred { .. } => "deferred",
@@ -150,6 +179,42 @@ impl Scheduler {
                 detail,
                 at: now,
             });
+        }
+        // RFC 3461 §6.2 / RFC 5321 §4.5.5: a DSN goes to the envelope sender,
+        // never for a message with a null sender (no bounce loops).
+        if let (Some(intake), false, false) =
+            (&self.bounces, failed.is_empty(), job.mail_from.is_empty())
+        {
+            let body = dsn::build(&Bounce {
+                reporting_mta: intake.hostname(),
+                original_sender: &job.mail_from,
+                envid: job.envid.as_deref(),
+                ret: job.ret,
+                arrival_millis: job.received_at,
+                now_millis: now,
+                message_id: job.message_id.as_str(),
+                recipients: &failed,
+                original: &job.body,
+            });
+            let detail = format!(
+                "DSN for {} about {} failed recipient(s)",
+                job.message_id,
+                failed.len()
+            );
+            match intake.submit_generated(&job.mail_from, body, detail).await {
+                Ok(id) => {
+                    metrics::counter!("postern_dsn_sent_total").increment(1);
+                    for o in outcomes
+                        .iter_mut()
+                        .filter(|o| o.settlement == Settlement::Failed)
+                    {
+                        o.detail.push_str(&format!("; DSN queued as {id}"));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(message = %job.message_id, error = %e, "could not queue the DSN")
+                }
+            }
         }
         if let Err(e) = self.store.settle(outcomes).await {
             // The lease will expire and the attempt be repeated: a possible

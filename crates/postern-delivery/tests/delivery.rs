@@ -327,6 +327,7 @@ async fn start_node(routes: Vec<RouteConfig>, dns: Option<SocketAddr>, mx_port: 
         },
         concurrency: 8,
         wakeup: intake.wakeup(),
+        bounces: Some(intake.clone()),
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));

@@ -69,6 +69,56 @@ impl Intake {
         self
     }
 
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Queues a message Postern generated itself (a DSN): null reverse-path
+    /// (RFC 5321 §4.5.5, so it can never bounce in turn), one recipient.
+    pub async fn submit_generated(
+        &self,
+        to: &str,
+        body: Vec<u8>,
+        detail: String,
+    ) -> Result<MessageId, IntakeError> {
+        let domain = to
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_lowercase())
+            .unwrap_or_default();
+        let id = MessageId::generate();
+        let now = postern_core::time::now_millis();
+        // RFC 5321 §4.4: a locally generated message carries only "by".
+        let received = format!(
+            "Received: by {} (Postern) id {id};\r\n\t{}\r\n",
+            self.hostname,
+            postern_core::time::rfc5322_date(now)
+        );
+        let mut full = received.into_bytes();
+        full.extend_from_slice(&body);
+        self.store
+            .enqueue(NewMessage {
+                id: id.clone(),
+                received_at: now,
+                envelope: Envelope {
+                    mail_from: String::new(),
+                    recipients: vec![postern_core::Recipient {
+                        address: to.to_owned(),
+                        domain,
+                        notify: vec![],
+                        orcpt: None,
+                    }],
+                    ..Default::default()
+                },
+                account: None,
+                body: full,
+                detail,
+            })
+            .await?;
+        metrics::counter!("postern_messages_queued_total", "protocol" => "DSN").increment(1);
+        self.wakeup.notify_one();
+        Ok(id)
+    }
+
     /// Whether `account` may send one more message now; doors call this
     /// early (SMTP at MAIL) so a client learns before it sends the body.
     pub async fn quota_check(&self, account: &str) -> Result<(), IntakeError> {

@@ -2,6 +2,7 @@
 //! which a message enters the queue, whether it came over SMTP or HTTP) and
 //! the retry schedule the delivery scheduler follows.
 
+pub mod dsn;
 pub mod intake;
 pub mod quota;
 pub mod retry;

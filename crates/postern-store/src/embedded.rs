@@ -297,19 +297,35 @@ impl QueueStore for EmbeddedStore {
                     claimed.entry((message_id, domain)).or_default().push(rcpt);
                 }
             }
-            let mut bodies: BTreeMap<String, (i64, String, bool, bool, Arc<Vec<u8>>)> = BTreeMap::new();
+            struct Loaded {
+                received_at: i64,
+                mail_from: String,
+                smtputf8: bool,
+                eight_bit: bool,
+                body: Arc<Vec<u8>>,
+                envelope: postern_core::Envelope,
+            }
+            let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
             let mut jobs = Vec::with_capacity(claimed.len());
             let mut load = conn.prepare_cached(
-                "SELECT received_at, mail_from, smtputf8, eight_bit, body FROM messages WHERE id = ?1",
+                "SELECT received_at, mail_from, smtputf8, eight_bit, body, envelope FROM messages WHERE id = ?1",
             )?;
             for ((message_id, domain), mut recipients) in claimed {
-                if !bodies.contains_key(&message_id) {
+                if !loaded.contains_key(&message_id) {
                     let row = load.query_row([&message_id], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, Arc::new(r.get::<_, Vec<u8>>(4)?)))
+                        let envelope: String = r.get(5)?;
+                        Ok(Loaded {
+                            received_at: r.get(0)?,
+                            mail_from: r.get(1)?,
+                            smtputf8: r.get(2)?,
+                            eight_bit: r.get(3)?,
+                            body: Arc::new(r.get::<_, Vec<u8>>(4)?),
+                            envelope: serde_json::from_str(&envelope).unwrap_or_default(),
+                        })
                     })?;
-                    bodies.insert(message_id.clone(), row);
+                    loaded.insert(message_id.clone(), row);
                 }
-                let Some((received_at, mail_from, smtputf8, eight_bit, body)) = bodies.get(&message_id) else {
+                let Some(m) = loaded.get(&message_id) else {
                     continue;
                 };
                 let Some(id) = MessageId::parse(&message_id) else {
@@ -318,13 +334,15 @@ impl QueueStore for EmbeddedStore {
                 recipients.sort_by_key(|r| r.index);
                 jobs.push(DeliveryJob {
                     message_id: id,
-                    received_at: *received_at,
-                    mail_from: mail_from.clone(),
+                    received_at: m.received_at,
+                    mail_from: m.mail_from.clone(),
                     domain,
                     recipients,
-                    body: body.clone(),
-                    smtputf8: *smtputf8,
-                    eight_bit: *eight_bit,
+                    body: m.body.clone(),
+                    smtputf8: m.smtputf8,
+                    eight_bit: m.eight_bit,
+                    envid: m.envelope.envid.clone(),
+                    ret: m.envelope.ret,
                 });
             }
             Ok(jobs)

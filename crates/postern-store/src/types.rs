@@ -29,6 +29,10 @@ pub struct DeliveryJob {
     pub body: Arc<Vec<u8>>,
     pub smtputf8: bool,
     pub eight_bit: bool,
+    /// RFC 3461 ENVID, for DSNs.
+    pub envid: Option<String>,
+    /// RFC 3461 RET: whether a DSN returns the full message (else headers).
+    pub ret: Option<postern_core::envelope::DsnReturn>,
 }
 
 #[derive(Debug, Clone)]

@@ -103,6 +103,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
         .with_quotas(postern_queue::Quotas::new(store.clone()));
     let wakeup = intake.wakeup();
+    let bounce_intake = intake.clone();
     let limiter = ConnectionLimiter::new(
         config.limits.max_connections,
         config.limits.max_connections_per_ip,
@@ -162,6 +163,7 @@ pub async fn serve(config: Config) -> Result<()> {
         },
         concurrency: config.queue.concurrency,
         wakeup,
+        bounces: Some(bounce_intake),
     };
     let grace = config.server.shutdown_grace;
     let scheduler_task = tokio::spawn(scheduler.run(shutdown_rx.clone(), grace));

@@ -1,0 +1,68 @@
+"""A recipient the next hop refuses produces an RFC 3464 DSN to the sender,
+parsed here with Python's email package; NOTIFY=NEVER and a null sender
+produce none."""
+
+import email
+import smtplib
+import ssl
+import time
+from email import policy
+
+
+def send(postern, mail_from, rcpts, body, rcpt_options=()):
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
+        s.starttls(context=ssl.create_default_context(cafile=postern.cert))
+        s.login("apikey", postern.admin_key)
+        s.ehlo()
+        code, _ = s.mail(mail_from, ["RET=HDRS", "ENVID=batch-42"])
+        assert code == 250
+        for r in rcpts:
+            code, msg = s.rcpt(r, list(rcpt_options))
+            assert code == 250, msg
+        code, _ = s.data(body)
+        assert code == 250
+
+
+def test_a_hard_bounce_sends_a_dsn(postern, sink):
+    body = b"From: sender@example.org\r\nSubject: will bounce\r\nMessage-ID: <b1@example.org>\r\n\r\nsecret body\r\n"
+    send(postern, "sender@example.org", ["reject-me@example.net", "ok@example.net"], body, ["NOTIFY=FAILURE", "ORCPT=rfc822;Reject-Me@example.net"])
+    msgs = sink.wait_for(2, timeout=30)  # the delivered copy and the DSN
+    dsns = [m for m in msgs if b"multipart/report" in m["data"]]
+    assert len(dsns) == 1, msgs
+    dsn = dsns[0]
+    assert dsn["rcpt_tos"] == ["sender@example.org"]
+    parsed = email.message_from_bytes(dsn["data"], policy=policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "delivery-status"
+    assert parsed["Auto-Submitted"] == "auto-replied"
+    parts = list(parsed.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    # message/delivery-status: one block per message, then one per recipient.
+    blocks = parts[1].get_payload()
+    per_message, per_recipient = blocks[0], blocks[1:]
+    assert per_message["Reporting-MTA"] == "dns; postern.test"
+    assert per_message["Original-Envelope-Id"] == "batch-42"
+    assert len(per_recipient) == 1
+    r = per_recipient[0]
+    assert r["Final-Recipient"] == "rfc822; reject-me@example.net"
+    assert r["Original-Recipient"] == "rfc822; Reject-Me@example.net"
+    assert r["Action"] == "failed"
+    assert r["Status"] == "5.1.1"
+    assert "User unknown" in r["Diagnostic-Code"]
+    # RET=HDRS: the headers come back, the body does not.
+    returned = parts[2].get_content()
+    assert "Subject: will bounce" in returned and "secret body" not in returned
+    time.sleep(0.3)
+    import json
+    events = json.loads(postern.cli("events", "--json").stdout)
+    failed = [e for e in events if e["event"] == "failed"]
+    assert failed and "DSN queued as" in failed[0]["detail"]
+
+
+def test_notify_never_and_null_sender_get_no_dsn(postern, sink):
+    send(postern, "sender@example.org", ["reject-a@example.net", "ok@example.net"], b"Subject: n\r\n\r\nx\r\n", ["NOTIFY=NEVER"])
+    send(postern, "", ["reject-b@example.net", "ok2@example.net"], b"Subject: null\r\n\r\nx\r\n")
+    sink.wait_for(2, timeout=30)
+    time.sleep(1.5)
+    reports = [m for m in sink.messages if b"multipart/report" in m["data"]]
+    assert reports == [], "no DSN for NOTIFY=NEVER or for a null sender"
