@@ -66,3 +66,38 @@ def test_notify_never_and_null_sender_get_no_dsn(postern, sink):
     time.sleep(1.5)
     reports = [m for m in sink.messages if b"multipart/report" in m["data"]]
     assert reports == [], "no DSN for NOTIFY=NEVER or for a null sender"
+
+
+def test_hard_bounces_are_suppressed_per_account(postern, sink):
+    import json
+    from sendgrid import SendGridAPIClient
+
+    def events_for(rcpt):
+        return [e for e in json.loads(postern.cli("events", "--json").stdout) if e["recipient"] == rcpt]
+
+    def wait_for_kind(rcpt, kind, count):
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if len([e for e in events_for(rcpt) if e["event"] == kind]) >= count:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{kind} x{count} for {rcpt}: {events_for(rcpt)}")
+
+    rcpt = "reject-s@example.net"
+    send(postern, "sender@example.org", [rcpt], b"Subject: first\r\n\r\nx\r\n")
+    wait_for_kind(rcpt, "failed", 1)
+    time.sleep(0.3)
+    sg = SendGridAPIClient(api_key=postern.admin_key, host=f"http://127.0.0.1:{postern.ports['http']}")
+    listed = json.loads(sg.client.suppression.bounces.get().body)
+    assert [(e["email"], e["status"]) for e in listed] == [(rcpt, "5.1.1")]
+
+    # The next message to that address is dropped, never attempted.
+    send(postern, "sender@example.org", [rcpt], b"Subject: second\r\n\r\nx\r\n")
+    wait_for_kind(rcpt, "dropped", 1)
+    assert len([e for e in events_for(rcpt) if e["event"] == "failed"]) == 1
+
+    # Removed from the list, it is attempted (and bounces) again.
+    assert sg.client.suppression.bounces._(rcpt).delete().status_code == 204
+    assert json.loads(sg.client.suppression.bounces.get().body) == []
+    send(postern, "sender@example.org", [rcpt], b"Subject: third\r\n\r\nx\r\n")
+    wait_for_kind(rcpt, "failed", 2)

@@ -17,6 +17,8 @@ pub const ALL: &[&str] = &[
     "access_settings.whitelist.read",
     "access_settings.whitelist.update",
     "access_settings.whitelist.delete",
+    "suppression.bounces.read",
+    "suppression.bounces.delete",
 ];
 
 pub fn is_known(scope: &str) -> bool {

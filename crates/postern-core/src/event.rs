@@ -16,6 +16,8 @@ pub enum EventKind {
     Deferred,
     /// A permanent failure or expiry; no more attempts.
     Failed,
+    /// Not attempted at all (the address is on the account's suppression list).
+    Dropped,
 }
 
 impl EventKind {
@@ -25,6 +27,7 @@ impl EventKind {
             EventKind::Delivered => "delivered",
             EventKind::Deferred => "deferred",
             EventKind::Failed => "failed",
+            EventKind::Dropped => "dropped",
         }
     }
 }
@@ -43,6 +46,7 @@ impl FromStr for EventKind {
             "delivered" => EventKind::Delivered,
             "deferred" => EventKind::Deferred,
             "failed" => EventKind::Failed,
+            "dropped" => EventKind::Dropped,
             other => return Err(format!("unknown event kind {other:?}")),
         })
     }

@@ -50,8 +50,9 @@ impl MxResolver {
                     .collect();
                 // RFC 7505 §3: a single MX of "." says the domain takes no mail.
                 if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
+                    // RFC 7505 §4.1: 5.1.10 for a domain with a null MX.
                     return Err(Outcome::Permanent(format!(
-                        "{domain} does not accept mail (null MX, RFC 7505)"
+                        "5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
                     )));
                 }
                 records.retain(|(_, h)| h != "." && !h.is_empty());
@@ -65,9 +66,9 @@ impl MxResolver {
             }
             // RFC 5321 §5.1: no MX records means the domain itself is the host.
             Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Ok(vec![domain.to_owned()]),
-            Err(e) if e.is_nx_domain() => {
-                Err(Outcome::Permanent(format!("{domain}: no such domain")))
-            }
+            Err(e) if e.is_nx_domain() => Err(Outcome::Permanent(format!(
+                "5.1.2 {domain}: no such domain"
+            ))),
             Err(e) => Err(Outcome::Transient(format!("MX lookup for {domain}: {e}"))),
         }
     }

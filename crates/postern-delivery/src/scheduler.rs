@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use postern_queue::dsn::{self, Bounce, FailedRecipient};
 use postern_queue::{Intake, RetrySchedule};
-use postern_store::{DeliveryJob, QueueStore, RecipientOutcome, Settlement};
+use postern_store::{
+    DeliveryJob, QueueStore, RecipientOutcome, Settlement, Suppression, SuppressionStore,
+};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::Instrument;
 
@@ -33,6 +35,8 @@ pub struct Scheduler {
     /// Where DSNs for failed recipients are queued (None: no bounces, as in
     /// tests of delivery alone).
     pub bounces: Option<Intake>,
+    /// Where hard-bounced addresses are recorded per account (None: not kept).
+    pub suppressions: Option<Arc<dyn SuppressionStore>>,
 }
 
 impl Scheduler {
@@ -153,6 +157,25 @@ impl Scheduler {
                     }
                 }
             };
+            if let Some(status) = &status {
+                // A hard bounce goes on the sending account's suppression
+                // list: later mail to the address is dropped, not sent.
+                if let (Some(store), Some(account), true) = (
+                    &self.suppressions,
+                    &job.account,
+                    dsn::is_hard_bounce(status),
+                ) {
+                    let entry = Suppression {
+                        address: rcpt.address.clone(),
+                        status: status.clone(),
+                        reason: outcome.detail().to_owned(),
+                        created_at: now,
+                    };
+                    if let Err(e) = store.suppress(account.clone(), entry).await {
+                        tracing::error!(error = %e, "could not record a suppression");
+                    }
+                }
+            }
             if let Some(status) = status {
                 if dsn::wants_failure_notice(&rcpt.notify) {
                     failed.push(FailedRecipient {

@@ -328,6 +328,7 @@ async fn start_node(routes: Vec<RouteConfig>, dns: Option<SocketAddr>, mx_port: 
         concurrency: 8,
         wakeup: intake.wakeup(),
         bounces: Some(intake.clone()),
+        suppressions: Some(store.clone()),
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));

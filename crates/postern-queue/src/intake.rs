@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use postern_core::{Envelope, MessageId, Principal};
-use postern_store::{NewMessage, QueueStore, StoreError};
+use postern_store::{NewMessage, QueueStore, StoreError, SuppressionStore};
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -51,6 +51,7 @@ pub struct Intake {
     hostname: String,
     wakeup: Arc<Notify>,
     quotas: Option<Quotas>,
+    suppressions: Option<Arc<dyn SuppressionStore>>,
 }
 
 impl Intake {
@@ -60,7 +61,15 @@ impl Intake {
             hostname,
             wakeup: Arc::new(Notify::new()),
             quotas: None,
+            suppressions: None,
         }
+    }
+
+    /// Drops recipients on the sending account's suppression list (they are
+    /// recorded as `dropped`, never attempted).
+    pub fn with_suppressions(mut self, store: Arc<dyn SuppressionStore>) -> Self {
+        self.suppressions = Some(store);
+        self
     }
 
     /// Enforces each account's own sending limit.
@@ -112,6 +121,7 @@ impl Intake {
                 account: None,
                 body: full,
                 detail,
+                dropped: Vec::new(),
             })
             .await?;
         metrics::counter!("postern_messages_queued_total", "protocol" => "DSN").increment(1);
@@ -149,6 +159,27 @@ impl Intake {
             self.quota_check(&p.account).await?;
         }
         let account_for_quota = sub.principal.as_ref().map(|p| p.account.clone());
+        let mut dropped = Vec::new();
+        if let (Some(store), Some(account)) = (&self.suppressions, &account_for_quota) {
+            let addresses: Vec<String> = sub
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| r.address.clone())
+                .collect();
+            let suppressed = store.suppressed(account.clone(), addresses).await?;
+            for (i, r) in sub.envelope.recipients.iter().enumerate() {
+                if suppressed.contains(&r.address) {
+                    metrics::counter!("postern_recipients_dropped_total", "reason" => "suppressed")
+                        .increment(1);
+                    dropped.push((
+                        i,
+                        "dropped: the address is on this account's bounce suppression list"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
         let received = self.received_header(&sub, &id, now);
@@ -176,6 +207,7 @@ impl Intake {
                 account: sub.principal.map(|p| p.account),
                 body,
                 detail,
+                dropped,
             })
             .await?;
         if let (Some(q), Some(account)) = (&self.quotas, account_for_quota) {

@@ -247,6 +247,9 @@ impl QueueStore for EmbeddedStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
             )?;
             for (i, r) in msg.envelope.recipients.iter().enumerate() {
+                if msg.dropped.iter().any(|(d, _)| *d == i) {
+                    continue;
+                }
                 stmt.execute(params![
                     msg.id.as_str(),
                     i as i64,
@@ -257,7 +260,16 @@ impl QueueStore for EmbeddedStore {
                     msg.received_at,
                 ])?;
             }
-            insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Received, None, &msg.detail)
+            insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Received, None, &msg.detail)?;
+            for (i, reason) in &msg.dropped {
+                let rcpt = msg.envelope.recipients.get(*i).map(|r| r.address.as_str());
+                insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Dropped, rcpt, reason)?;
+            }
+            // Nothing left to deliver: the message leaves the queue at once.
+            if msg.dropped.len() >= msg.envelope.recipients.len() {
+                conn.execute("DELETE FROM messages WHERE id = ?1", [msg.id.as_str()])?;
+            }
+            Ok(())
         })
         .await
     }
@@ -304,11 +316,12 @@ impl QueueStore for EmbeddedStore {
                 eight_bit: bool,
                 body: Arc<Vec<u8>>,
                 envelope: postern_core::Envelope,
+                account: Option<String>,
             }
             let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
             let mut jobs = Vec::with_capacity(claimed.len());
             let mut load = conn.prepare_cached(
-                "SELECT received_at, mail_from, smtputf8, eight_bit, body, envelope FROM messages WHERE id = ?1",
+                "SELECT received_at, mail_from, smtputf8, eight_bit, body, envelope, account FROM messages WHERE id = ?1",
             )?;
             for ((message_id, domain), mut recipients) in claimed {
                 if !loaded.contains_key(&message_id) {
@@ -321,6 +334,7 @@ impl QueueStore for EmbeddedStore {
                             eight_bit: r.get(3)?,
                             body: Arc::new(r.get::<_, Vec<u8>>(4)?),
                             envelope: serde_json::from_str(&envelope).unwrap_or_default(),
+                            account: r.get(6)?,
                         })
                     })?;
                     loaded.insert(message_id.clone(), row);
@@ -343,6 +357,7 @@ impl QueueStore for EmbeddedStore {
                     eight_bit: m.eight_bit,
                     envid: m.envelope.envid.clone(),
                     ret: m.envelope.ret,
+                    account: m.account.clone(),
                 });
             }
             Ok(jobs)
@@ -960,6 +975,65 @@ impl TotpStore for EmbeddedStore {
 }
 
 #[async_trait]
+impl SuppressionStore for EmbeddedStore {
+    async fn suppress(&self, account: String, e: Suppression) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO suppressions (account, address, status, reason, created_at)
+                 VALUES (?1, lower(?2), ?3, ?4, ?5)",
+                params![account, e.address, e.status, e.reason, e.created_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn suppressed(&self, account: String, addresses: Vec<String>) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM suppressions WHERE account = ?1 AND address = lower(?2)",
+            )?;
+            let mut out = Vec::new();
+            for a in addresses {
+                if stmt.exists(params![account, a])? {
+                    out.push(a);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn suppressions(&self, account: String) -> Result<Vec<Suppression>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT address, status, reason, created_at FROM suppressions WHERE account = ?1 ORDER BY created_at, address",
+            )?;
+            let rows = stmt.query_map([account], |r| {
+                Ok(Suppression {
+                    address: r.get(0)?,
+                    status: r.get(1)?,
+                    reason: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn unsuppress(&self, account: String, address: Option<String>) -> Result<u64> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM suppressions WHERE account = ?1 AND (?2 IS NULL OR address = lower(?2))",
+                params![account, address],
+            )? as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl EventStore for EmbeddedStore {
     async fn events(&self, filter: EventFilter) -> Result<Vec<Event>> {
         self.read(move |conn| {
@@ -1030,6 +1104,7 @@ mod tests {
             account: Some("admin".into()),
             body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
             detail: "test".into(),
+            dropped: Vec::new(),
         }
     }
 

@@ -71,6 +71,18 @@ pub trait QueueStore: Send + Sync {
     async fn queue_summary(&self) -> Result<QueueSummary>;
 }
 
+/// Per-account suppression of hard-bounced addresses.
+#[async_trait]
+pub trait SuppressionStore: Send + Sync {
+    /// Adds or refreshes an entry.
+    async fn suppress(&self, account: String, entry: Suppression) -> Result<()>;
+    /// Which of `addresses` the account suppresses (lower-cased comparison).
+    async fn suppressed(&self, account: String, addresses: Vec<String>) -> Result<Vec<String>>;
+    async fn suppressions(&self, account: String) -> Result<Vec<Suppression>>;
+    /// Removes one address, or all when `address` is None; returns how many.
+    async fn unsuppress(&self, account: String, address: Option<String>) -> Result<u64>;
+}
+
 /// API keys and the secrets that protect them.
 #[async_trait]
 pub trait CredentialStore: Send + Sync {
@@ -141,11 +153,18 @@ pub trait EventStore: Send + Sync {
 
 /// Everything a node needs from its store.
 pub trait Store:
-    QueueStore + CredentialStore + EventStore + AccountStore + AuditStore + TotpStore
+    QueueStore + CredentialStore + EventStore + AccountStore + AuditStore + TotpStore + SuppressionStore
 {
 }
-impl<T: QueueStore + CredentialStore + EventStore + AccountStore + AuditStore + TotpStore> Store
-    for T
+impl<
+        T: QueueStore
+            + CredentialStore
+            + EventStore
+            + AccountStore
+            + AuditStore
+            + TotpStore
+            + SuppressionStore,
+    > Store for T
 {
 }
 

@@ -123,6 +123,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE accounts ADD COLUMN max_messages_per_hour INTEGER;
     "#,
+    // 8: per-account bounce suppression list.
+    r#"
+    CREATE TABLE suppressions (
+        account    TEXT NOT NULL,
+        address    TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        reason     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account, address)
+    );
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

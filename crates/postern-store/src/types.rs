@@ -14,6 +14,9 @@ pub struct NewMessage {
     pub account: Option<String>,
     /// The message as it will be delivered (trace headers already prepended).
     pub body: Vec<u8>,
+    /// Recipients (by index) not to deliver to, with the reason: they are
+    /// recorded as `dropped` at once (e.g. on the account's suppression list).
+    pub dropped: Vec<(usize, String)>,
     /// Detail of the `received` event.
     pub detail: String,
 }
@@ -33,6 +36,8 @@ pub struct DeliveryJob {
     pub envid: Option<String>,
     /// RFC 3461 RET: whether a DSN returns the full message (else headers).
     pub ret: Option<postern_core::envelope::DsnReturn>,
+    /// The account that sent it, if any (for its suppression list).
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,5 +222,14 @@ pub struct TotpRecord {
     pub last_step: i64,
     /// Hashes of the recovery codes not used yet.
     pub recovery_hashes: Vec<String>,
+    pub created_at: i64,
+}
+
+/// An address an account no longer sends to (a hard bounce).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    pub address: String,
+    pub status: String,
+    pub reason: String,
     pub created_at: i64,
 }

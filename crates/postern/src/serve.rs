@@ -101,7 +101,8 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let config = Arc::new(config);
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
-        .with_quotas(postern_queue::Quotas::new(store.clone()));
+        .with_quotas(postern_queue::Quotas::new(store.clone()))
+        .with_suppressions(store.clone());
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
     let limiter = ConnectionLimiter::new(
@@ -164,6 +165,7 @@ pub async fn serve(config: Config) -> Result<()> {
         concurrency: config.queue.concurrency,
         wakeup,
         bounces: Some(bounce_intake),
+        suppressions: Some(store.clone()),
     };
     let grace = config.server.shutdown_grace;
     let scheduler_task = tokio::spawn(scheduler.run(shutdown_rx.clone(), grace));

@@ -6,6 +6,7 @@ mod access_settings;
 mod api_keys;
 mod audit;
 mod subusers;
+mod suppression;
 mod totp;
 
 use axum::routing::get;
@@ -23,6 +24,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(access_settings::routes())
         .merge(totp::routes())
         .merge(audit::routes())
+        .merge(suppression::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.
