@@ -173,7 +173,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.read_more(true).await?;
                 return Ok(Step::Continue);
             };
-            self.auth_continue(line).await?;
+            // Boxed, like `dispatch` below: the command futures are large,
+            // and unboxed they would make every idle session's future as
+            // large as the largest of them.
+            Box::pin(self.auth_continue(line)).await?;
             return Ok(Step::Continue);
         }
         // RFC 4954 §4: an AUTH command line, initial response included, may
@@ -187,7 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.read_more(true).await?;
             return Ok(Step::Continue);
         };
-        self.dispatch(line).await
+        Box::pin(self.dispatch(line)).await
     }
 
     /// Takes one CRLF-terminated line from the input buffer. Overlong lines
