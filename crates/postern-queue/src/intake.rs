@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use postern_core::{Envelope, MessageId, Principal};
-use postern_store::{NewMessage, QueueStore, StoreError, SuppressionStore};
+use postern_store::{NewMessage, QueueStore, StoreError};
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -51,7 +51,6 @@ pub struct Intake {
     hostname: String,
     wakeup: Arc<Notify>,
     quotas: Option<Quotas>,
-    suppressions: Option<Arc<dyn SuppressionStore>>,
 }
 
 impl Intake {
@@ -61,15 +60,7 @@ impl Intake {
             hostname,
             wakeup: Arc::new(Notify::new()),
             quotas: None,
-            suppressions: None,
         }
-    }
-
-    /// Drops recipients on the sending account's suppression list (they are
-    /// recorded as `dropped`, never attempted).
-    pub fn with_suppressions(mut self, store: Arc<dyn SuppressionStore>) -> Self {
-        self.suppressions = Some(store);
-        self
     }
 
     /// Enforces each account's own sending limit.
@@ -159,27 +150,6 @@ impl Intake {
             self.quota_check(&p.account).await?;
         }
         let account_for_quota = sub.principal.as_ref().map(|p| p.account.clone());
-        let mut dropped = Vec::new();
-        if let (Some(store), Some(account)) = (&self.suppressions, &account_for_quota) {
-            let addresses: Vec<String> = sub
-                .envelope
-                .recipients
-                .iter()
-                .map(|r| r.address.clone())
-                .collect();
-            let suppressed = store.suppressed(account.clone(), addresses).await?;
-            for (i, r) in sub.envelope.recipients.iter().enumerate() {
-                if suppressed.contains(&r.address) {
-                    metrics::counter!("postern_recipients_dropped_total", "reason" => "suppressed")
-                        .increment(1);
-                    dropped.push((
-                        i,
-                        "dropped: the address is on this account's bounce suppression list"
-                            .to_owned(),
-                    ));
-                }
-            }
-        }
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
         let received = self.received_header(&sub, &id, now);
@@ -207,7 +177,7 @@ impl Intake {
                 account: sub.principal.map(|p| p.account),
                 body,
                 detail,
-                dropped,
+                dropped: Vec::new(),
             })
             .await?;
         if let (Some(q), Some(account)) = (&self.quotas, account_for_quota) {

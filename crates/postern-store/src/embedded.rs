@@ -246,8 +246,23 @@ impl QueueStore for EmbeddedStore {
                 "INSERT INTO recipients (message_id, idx, address, domain, notify, orcpt, status, next_attempt)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
             )?;
+            // Recipients on the sending account's suppression list are
+            // dropped here, inside the same commit: no extra round trip per
+            // message, and no window between the check and the queueing.
+            let mut dropped = msg.dropped.clone();
+            if let Some(account) = &msg.account {
+                let mut suppressed = conn.prepare_cached(
+                    "SELECT 1 FROM suppressions WHERE account = ?1 AND address = lower(?2)",
+                )?;
+                for (i, r) in msg.envelope.recipients.iter().enumerate() {
+                    if !dropped.iter().any(|(d, _)| *d == i) && suppressed.exists(params![account, r.address])? {
+                        metrics::counter!("postern_recipients_dropped_total", "reason" => "suppressed").increment(1);
+                        dropped.push((i, "dropped: the address is on this account's bounce suppression list".into()));
+                    }
+                }
+            }
             for (i, r) in msg.envelope.recipients.iter().enumerate() {
-                if msg.dropped.iter().any(|(d, _)| *d == i) {
+                if dropped.iter().any(|(d, _)| *d == i) {
                     continue;
                 }
                 stmt.execute(params![
@@ -261,12 +276,12 @@ impl QueueStore for EmbeddedStore {
                 ])?;
             }
             insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Received, None, &msg.detail)?;
-            for (i, reason) in &msg.dropped {
+            for (i, reason) in &dropped {
                 let rcpt = msg.envelope.recipients.get(*i).map(|r| r.address.as_str());
                 insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Dropped, rcpt, reason)?;
             }
             // Nothing left to deliver: the message leaves the queue at once.
-            if msg.dropped.len() >= msg.envelope.recipients.len() {
+            if dropped.len() >= msg.envelope.recipients.len() {
                 conn.execute("DELETE FROM messages WHERE id = ?1", [msg.id.as_str()])?;
             }
             Ok(())

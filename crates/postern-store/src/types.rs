@@ -15,7 +15,8 @@ pub struct NewMessage {
     /// The message as it will be delivered (trace headers already prepended).
     pub body: Vec<u8>,
     /// Recipients (by index) not to deliver to, with the reason: they are
-    /// recorded as `dropped` at once (e.g. on the account's suppression list).
+    /// recorded as `dropped` at once. The store adds those on the sending
+    /// account's suppression list itself.
     pub dropped: Vec<(usize, String)>,
     /// Detail of the `received` event.
     pub detail: String,

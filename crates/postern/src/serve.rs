@@ -101,8 +101,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let config = Arc::new(config);
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
-        .with_quotas(postern_queue::Quotas::new(store.clone()))
-        .with_suppressions(store.clone());
+        .with_quotas(postern_queue::Quotas::new(store.clone()));
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
     let limiter = ConnectionLimiter::new(
