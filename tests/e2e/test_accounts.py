@@ -39,7 +39,7 @@ def test_subuser_keys_send_and_disabling_the_parent_stops_them(postern, sink):
         s.sendmail("news@example.org", ["reader@example.net"], b"Subject: from a subuser\r\n\r\nhi\r\n")
     sink.wait_for(1)
     events = cli_json(postern, "events")
-    received = [e for e in events if e["event"] == "received"][-1]
+    received = [e for e in events if e["event"] == "processed"][-1]
     assert "account=marketing" in received["detail"]
 
     subusers = cli_json(postern, "subuser", "list", "--account", "acme")
@@ -206,7 +206,7 @@ def test_key_networks_last_use_authzid_per_account_events_and_audit_api(postern,
     sink.wait_for(1)
     time.sleep(0.3)
     billing_events = cli_json(postern, "events", "--account", "billing")
-    assert {e["event"] for e in billing_events} >= {"received", "delivered"}
+    assert {e["event"] for e in billing_events} >= {"processed", "delivered"}
     assert cli_json(postern, "events", "--account", "corp") == []
 
     # The audit log over the API: the account's own entries, or a subuser's.

@@ -55,8 +55,13 @@ def test_a_hard_bounce_sends_a_dsn(postern, sink):
     time.sleep(0.3)
     import json
     events = json.loads(postern.cli("events", "--json").stdout)
-    failed = [e for e in events if e["event"] == "failed"]
+    failed = [e for e in events if e["event"] == "bounce"]
     assert failed and "DSN queued as" in failed[0]["detail"]
+    # The send log classifies the bounce and says how the attempt went.
+    assert failed[0]["status"] == "5.1.1"
+    assert failed[0]["classification"] == "invalid_address"
+    assert failed[0]["attempt"] == 1
+    assert failed[0]["remote_ip"] == "127.0.0.1"
 
 
 def test_notify_never_and_null_sender_get_no_dsn(postern, sink):
@@ -85,7 +90,7 @@ def test_hard_bounces_are_suppressed_per_account(postern, sink):
 
     rcpt = "reject-s@example.net"
     send(postern, "sender@example.org", [rcpt], b"Subject: first\r\n\r\nx\r\n")
-    wait_for_kind(rcpt, "failed", 1)
+    wait_for_kind(rcpt, "bounce", 1)
     time.sleep(0.3)
     sg = SendGridAPIClient(api_key=postern.admin_key, host=f"http://127.0.0.1:{postern.ports['http']}")
     listed = json.loads(sg.client.suppression.bounces.get().body)
@@ -94,10 +99,10 @@ def test_hard_bounces_are_suppressed_per_account(postern, sink):
     # The next message to that address is dropped, never attempted.
     send(postern, "sender@example.org", [rcpt], b"Subject: second\r\n\r\nx\r\n")
     wait_for_kind(rcpt, "dropped", 1)
-    assert len([e for e in events_for(rcpt) if e["event"] == "failed"]) == 1
+    assert len([e for e in events_for(rcpt) if e["event"] == "bounce"]) == 1
 
     # Removed from the list, it is attempted (and bounces) again.
     assert sg.client.suppression.bounces._(rcpt).delete().status_code == 204
     assert json.loads(sg.client.suppression.bounces.get().body) == []
     send(postern, "sender@example.org", [rcpt], b"Subject: third\r\n\r\nx\r\n")
-    wait_for_kind(rcpt, "failed", 2)
+    wait_for_kind(rcpt, "bounce", 2)

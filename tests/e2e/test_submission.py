@@ -148,7 +148,7 @@ def test_events_show_the_whole_path(postern, sink):
         if "delivered" in kinds:
             break
         time.sleep(0.05)
-    assert kinds[:1] == ["received"], events
+    assert kinds[:1] == ["processed"], events
     assert "delivered" in kinds, events
     delivered = [e for e in events if e["event"] == "delivered"][0]
     assert delivered["recipient"] == "rcpt@example.net"

@@ -4,6 +4,7 @@
 //! Everything here is plain data; the crates above decide what to do with it.
 
 pub mod address;
+pub mod bounce;
 pub mod config;
 pub mod duration;
 pub mod envelope;
@@ -16,6 +17,6 @@ pub mod time;
 pub use address::{Address, AddressError};
 pub use config::{Config, ConfigError};
 pub use envelope::{BodyType, Envelope, Recipient};
-pub use event::{Event, EventKind};
+pub use event::{AttemptInfo, Event, EventKind};
 pub use id::MessageId;
 pub use principal::Principal;

@@ -48,8 +48,40 @@ pub struct ClientSettings {
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub outcomes: Vec<Outcome>,
-    /// "mx.example.net [192.0.2.1]:25 TLSv1.3 …" of the host that answered.
-    pub via: Option<String>,
+    /// The host that answered, when one did.
+    pub via: Option<Via>,
+}
+
+/// Which host took (or refused) the message, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    pub host: String,
+    pub addr: SocketAddr,
+    /// Our end of the connection.
+    pub source: Option<IpAddr>,
+    /// "TLSv1.3 TLS13_AES_256_GCM_SHA384"; None for plaintext.
+    pub tls: Option<String>,
+    /// What decided the TLS requirement: none, opportunistic, required.
+    pub tls_policy: &'static str,
+}
+
+impl std::fmt::Display for Via {
+    /// "mx.example.net [192.0.2.1]:25 TLSv1.3 …"
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}]", self.host, self.addr)?;
+        if let Some(t) = &self.tls {
+            write!(f, " {t}")?;
+        }
+        Ok(())
+    }
+}
+
+fn policy_label(tls: RouteTls) -> &'static str {
+    match tls {
+        RouteTls::None => "none",
+        RouteTls::Opportunistic => "opportunistic",
+        RouteTls::Required => "required",
+    }
 }
 
 struct Candidate {
@@ -302,15 +334,13 @@ impl SmtpClient {
             }
         }
 
-        let via = format!(
-            "{} [{}]{}",
-            c.host,
+        let via = Via {
+            host: c.host.clone(),
             addr,
-            tls_desc
-                .as_ref()
-                .map(|t| format!(" {t}"))
-                .unwrap_or_default()
-        );
+            source: conn.local_ip(),
+            tls: tls_desc,
+            tls_policy: policy_label(c.tls),
+        };
         let outcomes = self
             .transaction(conn, &caps, job)
             .await
@@ -557,6 +587,15 @@ struct Conn {
 }
 
 impl Conn {
+    fn local_ip(&self) -> Option<IpAddr> {
+        match &self.stream {
+            Stream::Plain(s) => s.local_addr().ok(),
+            Stream::Tls(s) => s.get_ref().0.local_addr().ok(),
+            Stream::Closed => None,
+        }
+        .map(|a| a.ip())
+    }
+
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         tokio::time::timeout(self.timeout, async {
             self.stream.write_all(bytes).await?;

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use postern_core::bounce::{self, BounceClass};
+use postern_core::AttemptInfo;
 use postern_queue::dsn::{self, Bounce, FailedRecipient};
 use postern_queue::{Intake, RetrySchedule};
 use postern_store::{
@@ -109,30 +111,40 @@ impl Scheduler {
     async fn attempt(&self, job: DeliveryJob) {
         let destination = self.router.route(&job.domain);
         let span = tracing::info_span!("delivery", message = %job.message_id, domain = %job.domain);
+        let started = std::time::Instant::now();
         let attempt = self
             .client
             .deliver(&destination, &job)
             .instrument(span)
             .await;
+        metrics::histogram!("postern_delivery_attempt_seconds")
+            .record(started.elapsed().as_secs_f64());
         let now = postern_core::time::now_millis();
         let mut outcomes = Vec::with_capacity(job.recipients.len());
         let mut failed = Vec::new();
-        let remote_mta = attempt
+        let remote_mta = attempt.via.as_ref().map(|v| v.host.clone());
+        let via_text = attempt
             .via
-            .as_deref()
-            .and_then(|v| v.split(' ').next())
-            .map(str::to_owned);
+            .as_ref()
+            .map(|v| format!(" via {v}"))
+            .unwrap_or_default();
         for (rcpt, outcome) in job.recipients.iter().zip(attempt.outcomes) {
-            let via = attempt
-                .via
-                .as_deref()
-                .map(|v| format!(" via {v}"))
-                .unwrap_or_default();
+            let mut info = AttemptInfo {
+                attempt: Some(rcpt.attempts + 1),
+                ..AttemptInfo::default()
+            };
+            if let Some(v) = &attempt.via {
+                info.remote_host = Some(v.host.clone());
+                info.remote_ip = Some(v.addr.ip().to_string());
+                info.source_ip = v.source.map(|ip| ip.to_string());
+                info.tls = v.tls.clone();
+                info.tls_policy = Some(v.tls_policy.to_owned());
+            }
             let (settlement, detail, status) = match &outcome {
-                Outcome::Delivered(d) => (Settlement::Delivered, format!("{d}{via}"), None),
+                Outcome::Delivered(d) => (Settlement::Delivered, format!("{d}{via_text}"), None),
                 Outcome::Permanent(d) => (
                     Settlement::Failed,
-                    format!("{d}{via}"),
+                    format!("{d}{via_text}"),
                     Some(dsn::status_from_reply(d, true)),
                 ),
                 Outcome::Transient(d) => {
@@ -140,15 +152,18 @@ impl Scheduler {
                         .retry
                         .next_attempt(job.received_at, now, rcpt.attempts + 1)
                     {
-                        Some(next_attempt) => (
-                            Settlement::Deferred { next_attempt },
-                            format!("{d}{via}"),
-                            None,
-                        ),
+                        Some(next_attempt) => {
+                            info.status = Some(dsn::status_from_reply(d, false));
+                            (
+                                Settlement::Deferred { next_attempt },
+                                format!("{d}{via_text}"),
+                                None,
+                            )
+                        }
                         None => (
                             Settlement::Failed,
                             format!(
-                                "gave up after {} attempts (queue.max_age reached): {d}{via}",
+                                "gave up after {} attempts (queue.max_age reached): {d}{via_text}",
                                 rcpt.attempts + 1
                             ),
                             // RFC 3463: 4.4.7, delivery time expired.
@@ -157,14 +172,22 @@ impl Scheduler {
                     }
                 }
             };
+            if let Some(status) = status.as_ref().or(info.status.as_ref()) {
+                let class = bounce::classify(status, outcome.detail());
+                info.classification = Some(class.label().to_owned());
+                if settlement == Settlement::Failed {
+                    metrics::counter!("postern_bounces_total", "class" => class.label(), "severity" => bounce::severity(status)).increment(1);
+                }
+            }
             if let Some(status) = &status {
-                // A hard bounce goes on the sending account's suppression
-                // list: later mail to the address is dropped, not sent.
-                if let (Some(store), Some(account), true) = (
-                    &self.suppressions,
-                    &job.account,
-                    dsn::is_hard_bounce(status),
-                ) {
+                info.status = Some(status.clone());
+                // A hard bounce (the address does not exist) goes on the
+                // sending account's suppression list: later mail to the
+                // address is dropped, not sent.
+                let hard = bounce::severity(status) == "hard"
+                    && info.classification.as_deref() == Some(BounceClass::InvalidAddress.label());
+                if let (Some(store), Some(account), true) = (&self.suppressions, &job.account, hard)
+                {
                     let entry = Suppression {
                         address: rcpt.address.clone(),
                         status: status.clone(),
@@ -190,10 +213,17 @@ impl Scheduler {
             let label = match settlement {
                 Settlement::Delivered => "delivered",
                 Settlement::Deferred { .. } => "deferred",
-                Settlement::Failed => "failed",
+                Settlement::Failed => "bounce",
             };
-            metrics::counter!("postern_delivery_outcomes_total", "outcome" => label).increment(1);
-            tracing::info!(message = %job.message_id, rcpt = %rcpt.address, outcome = label, %detail, "delivery attempt");
+            metrics::counter!("postern_delivery_outcomes_total", "outcome" => label, "tls" => if info.tls.is_some() { "tls" } else { "plaintext" }).increment(1);
+            if settlement == Settlement::Delivered {
+                metrics::histogram!("postern_delivery_latency_seconds")
+                    .record((now - job.received_at).max(0) as f64 / 1000.0);
+            }
+            if rcpt.attempts > 0 {
+                metrics::counter!("postern_delivery_retries_total").increment(1);
+            }
+            tracing::info!(message = %job.message_id, rcpt = %rcpt.address, outcome = label, attempt = rcpt.attempts + 1, %detail, "delivery attempt");
             outcomes.push(RecipientOutcome {
                 message_id: job.message_id.clone(),
                 index: rcpt.index,
@@ -201,6 +231,7 @@ impl Scheduler {
                 settlement,
                 detail,
                 at: now,
+                info,
             });
         }
         // RFC 3461 §6.2 / RFC 5321 §4.5.5: a DSN goes to the envelope sender,

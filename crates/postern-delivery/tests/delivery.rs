@@ -380,14 +380,13 @@ impl Node {
                 .store
                 .events(EventFilter {
                     message_id: Some(id.into()),
-                    account: None,
-                    limit: None,
+                    ..EventFilter::default()
                 })
                 .await
                 .unwrap();
             let finals = events
                 .iter()
-                .filter(|e| matches!(e.kind, EventKind::Delivered | EventKind::Failed))
+                .filter(|e| matches!(e.kind, EventKind::Delivered | EventKind::Bounce))
                 .count();
             if finals >= recipients {
                 return events;
@@ -398,8 +397,7 @@ impl Node {
             .store
             .events(EventFilter {
                 message_id: Some(id.into()),
-                account: None,
-                limit: None,
+                ..EventFilter::default()
             })
             .await
             .unwrap();
@@ -459,7 +457,8 @@ async fn delivers_byte_exact_with_dot_stuffing() {
     assert_eq!(
         kinds(&events),
         vec![
-            EventKind::Received,
+            EventKind::Processed,
+            EventKind::Processed,
             EventKind::Delivered,
             EventKind::Delivered
         ]
@@ -512,11 +511,44 @@ async fn temporary_failures_are_retried_and_permanent_ones_fail() {
     };
     assert_eq!(
         by_rcpt("ok@example.net"),
-        vec![EventKind::Deferred, EventKind::Delivered]
+        vec![
+            EventKind::Processed,
+            EventKind::Deferred,
+            EventKind::Delivered
+        ]
     );
-    assert_eq!(by_rcpt("gone@example.net"), vec![EventKind::Failed]);
-    let failed = events.iter().find(|e| e.kind == EventKind::Failed).unwrap();
+    assert_eq!(
+        by_rcpt("gone@example.net"),
+        vec![EventKind::Processed, EventKind::Bounce]
+    );
+    let failed = events.iter().find(|e| e.kind == EventKind::Bounce).unwrap();
     assert!(failed.detail.contains("550 5.1.1"), "{}", failed.detail);
+    // The send log says how each attempt went.
+    assert_eq!(failed.info.status.as_deref(), Some("5.1.1"));
+    assert_eq!(
+        failed.info.classification.as_deref(),
+        Some("invalid_address")
+    );
+    assert_eq!(failed.info.attempt, Some(1));
+    assert_eq!(failed.info.remote_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(failed.info.source_ip.as_deref(), Some("127.0.0.1"));
+    let deferred = events
+        .iter()
+        .find(|e| e.kind == EventKind::Deferred)
+        .unwrap();
+    assert_eq!(deferred.info.attempt, Some(1));
+    assert!(deferred
+        .info
+        .status
+        .as_deref()
+        .unwrap_or("")
+        .starts_with('4'));
+    let delivered = events
+        .iter()
+        .find(|e| e.kind == EventKind::Delivered)
+        .unwrap();
+    assert_eq!(delivered.info.attempt, Some(2));
+    assert!(delivered.info.remote_host.is_some());
     assert!(sink.connections.load(Ordering::SeqCst) >= 2);
 }
 
@@ -540,8 +572,7 @@ async fn a_connection_dropped_mid_data_is_deferred_not_lost() {
             .store
             .events(EventFilter {
                 message_id: Some(id.clone()),
-                account: None,
-                limit: None,
+                ..EventFilter::default()
             })
             .await
             .unwrap();
@@ -551,7 +582,7 @@ async fn a_connection_dropped_mid_data_is_deferred_not_lost() {
             .count()
             >= 2
         {
-            assert!(!events.iter().any(|e| e.kind == EventKind::Failed));
+            assert!(!events.iter().any(|e| e.kind == EventKind::Bounce));
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -612,8 +643,7 @@ async fn required_tls_is_never_downgraded() {
         .store
         .events(EventFilter {
             message_id: Some(id_plain),
-            account: None,
-            limit: None,
+            ..EventFilter::default()
         })
         .await
         .unwrap();
@@ -658,7 +688,7 @@ async fn plaintext_after_the_starttls_220_is_discarded() {
     let events = node.final_events(&id, 1).await;
     assert_eq!(
         kinds(&events),
-        vec![EventKind::Received, EventKind::Delivered],
+        vec![EventKind::Processed, EventKind::Delivered],
         "{events:?}"
     );
     assert!(sink.received.lock().unwrap()[0].tls);
@@ -723,13 +753,13 @@ async fn mx_resolution_order_fallback_and_null_mx() {
     let e = node.final_events(&null, 1).await;
     let f = e
         .iter()
-        .find(|e| e.kind == EventKind::Failed)
+        .find(|e| e.kind == EventKind::Bounce)
         .expect("null MX fails");
     assert!(f.detail.contains("null MX"), "{}", f.detail);
     let e = node.final_events(&nx, 1).await;
     let f = e
         .iter()
-        .find(|e| e.kind == EventKind::Failed)
+        .find(|e| e.kind == EventKind::Bounce)
         .expect("NXDOMAIN fails");
     assert!(f.detail.contains("no such domain"), "{}", f.detail);
     let _ = node.shutdown.send(true);
@@ -791,8 +821,7 @@ async fn smart_host_auth_is_sent_only_over_tls() {
         .store
         .events(EventFilter {
             message_id: Some(id),
-            account: None,
-            limit: None,
+            ..EventFilter::default()
         })
         .await
         .unwrap();

@@ -42,12 +42,6 @@ pub fn wants_failure_notice(notify: &[String]) -> bool {
     notify.is_empty() || notify.iter().any(|n| n.eq_ignore_ascii_case("FAILURE"))
 }
 
-/// RFC 3463 §3.2: 5.1.x says the address itself is bad (no such mailbox,
-/// no such domain, null MX): a hard bounce, worth suppressing.
-pub fn is_hard_bounce(status: &str) -> bool {
-    status.starts_with("5.1.")
-}
-
 /// An RFC 3463 code found in a reply ("550 5.1.1 no such user" → "5.1.1"),
 /// else a generic one for the class.
 pub fn status_from_reply(reply: &str, permanent: bool) -> String {
@@ -205,12 +199,6 @@ mod tests {
             status_from_reply("version 1.2.3 of something", true),
             "5.0.0"
         );
-    }
-
-    #[test]
-    fn hard_bounces() {
-        assert!(is_hard_bounce("5.1.1") && is_hard_bounce("5.1.10"));
-        assert!(!is_hard_bounce("5.7.1") && !is_hard_bounce("4.1.1") && !is_hard_bounce("5.2.2"));
     }
 
     #[test]

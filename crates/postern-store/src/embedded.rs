@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use postern_core::{Event, EventKind, MessageId};
+use postern_core::{AttemptInfo, Event, EventKind, MessageId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -211,14 +211,28 @@ fn insert_event(
     kind: EventKind,
     recipient: Option<&str>,
     detail: &str,
+    info: Option<&AttemptInfo>,
 ) -> Result<()> {
+    let info = match info {
+        Some(i) if !i.is_empty() => {
+            Some(serde_json::to_string(i).map_err(|e| StoreError::Backend(e.to_string()))?)
+        }
+        _ => None,
+    };
     // The account comes from the message, which is still queued whenever an
     // event is written for it.
     conn.prepare_cached(
-        "INSERT INTO events (at, message_id, kind, recipient, detail, account)
-         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT account FROM messages WHERE id = ?2))",
+        "INSERT INTO events (at, message_id, kind, recipient, detail, account, info)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT account FROM messages WHERE id = ?2), ?6)",
     )?
-    .execute(params![at, message_id, kind.as_str(), recipient, detail])?;
+    .execute(params![
+        at,
+        message_id,
+        kind.as_str(),
+        recipient,
+        detail,
+        info
+    ])?;
     Ok(())
 }
 
@@ -275,10 +289,14 @@ impl QueueStore for EmbeddedStore {
                     msg.received_at,
                 ])?;
             }
-            insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Received, None, &msg.detail)?;
+            // As SendGrid does: `processed` for every recipient, then
+            // `dropped` for those that will not be attempted.
+            for r in &msg.envelope.recipients {
+                insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Processed, Some(&r.address), &msg.detail, None)?;
+            }
             for (i, reason) in &dropped {
                 let rcpt = msg.envelope.recipients.get(*i).map(|r| r.address.as_str());
-                insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Dropped, rcpt, reason)?;
+                insert_event(conn, msg.received_at, msg.id.as_str(), EventKind::Dropped, rcpt, reason, None)?;
             }
             // Nothing left to deliver: the message leaves the queue at once.
             if dropped.len() >= msg.envelope.recipients.len() {
@@ -389,13 +407,18 @@ impl QueueStore for EmbeddedStore {
                     Settlement::Failed => (2, o.at),
                     Settlement::Deferred { next_attempt } => (0, next_attempt),
                 };
-                conn.prepare_cached(
+                let changed = conn.prepare_cached(
                     "UPDATE recipients SET status = ?3, attempts = attempts + 1, next_attempt = ?4,
                         lease_until = 0, last_reply = ?5
-                     WHERE message_id = ?1 AND idx = ?2",
+                     WHERE message_id = ?1 AND idx = ?2 AND status = 0",
                 )?
                 .execute(params![o.message_id.as_str(), o.index as i64, status, next, o.detail])?;
-                insert_event(conn, o.at, o.message_id.as_str(), o.event_kind(), Some(&o.recipient), &o.detail)?;
+                if changed == 0 {
+                    // Deleted from the queue (or settled by another node)
+                    // while this attempt ran: nothing to record.
+                    continue;
+                }
+                insert_event(conn, o.at, o.message_id.as_str(), o.event_kind(), Some(&o.recipient), &o.detail, Some(&o.info))?;
                 touched.insert(o.message_id.as_str().to_owned());
             }
             // A message whose recipients are all settled for good leaves the
@@ -431,6 +454,22 @@ impl QueueStore for EmbeddedStore {
             )?)
         })
         .await
+    }
+
+    async fn queued_messages(&self, f: QueueFilter) -> Result<Vec<QueuedMessage>> {
+        self.queued_messages_impl(f).await
+    }
+
+    async fn queued_message(&self, id: String) -> Result<Option<QueuedMessage>> {
+        self.queued_message_impl(id).await
+    }
+
+    async fn retry_now(&self, id: Option<String>, f: QueueFilter, now: i64) -> Result<u64> {
+        self.retry_now_impl(id, f, now).await
+    }
+
+    async fn delete_queued(&self, id: String, reason: String, now: i64) -> Result<u64> {
+        self.delete_queued_impl(id, reason, now).await
     }
 
     async fn queue_summary(&self) -> Result<QueueSummary> {
@@ -1052,43 +1091,248 @@ impl SuppressionStore for EmbeddedStore {
 impl EventStore for EmbeddedStore {
     async fn events(&self, filter: EventFilter) -> Result<Vec<Event>> {
         self.read(move |conn| {
-            let (sql, limit) = match filter.limit {
-                Some(n) => (
-                    "SELECT at, message_id, kind, recipient, detail FROM events
-                     WHERE (?1 IS NULL OR message_id = ?1) AND (?3 IS NULL OR account = ?3)
-                     ORDER BY seq DESC LIMIT ?2",
-                    n as i64,
-                ),
-                None => (
-                    "SELECT at, message_id, kind, recipient, detail FROM events
-                     WHERE (?1 IS NULL OR message_id = ?1) AND (?3 IS NULL OR account = ?3)
-                     ORDER BY seq LIMIT ?2",
-                    -1,
-                ),
+            // Only the clauses asked for are in the statement, so SQLite
+            // picks the index that fits (message, recipient, account, time).
+            // Every `?` of a clause becomes that clause's numbered parameter.
+            let mut clauses: Vec<String> = Vec::new();
+            let mut values: Vec<rusqlite::types::Value> = Vec::new();
+            let mut bind = |clause: &str, v: rusqlite::types::Value| {
+                values.push(v);
+                clauses.push(clause.replace('?', &format!("?{}", values.len())));
             };
-            let mut stmt = conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![filter.message_id, limit, filter.account], |r| {
-                let kind: String = r.get(2)?;
+            if let Some(m) = &filter.message_id {
+                bind("message_id = ?", m.clone().into());
+            }
+            if let Some(r) = &filter.recipient {
+                bind("recipient = ? COLLATE NOCASE", r.clone().into());
+            }
+            if let Some(a) = &filter.account {
+                if filter.include_subusers {
+                    // Both placeholders become the same numbered one.
+                    bind(
+                        "account IN (SELECT name FROM accounts WHERE name = ? OR parent = ?)",
+                        a.clone().into(),
+                    );
+                } else {
+                    bind("account = ?", a.clone().into());
+                }
+            }
+            if let Some(t) = filter.since {
+                bind("at >= ?", t.into());
+            }
+            if let Some(t) = filter.until {
+                bind("at < ?", t.into());
+            }
+            if let Some(seq) = filter.after_seq {
+                bind("seq > ?", seq.into());
+            }
+            if !filter.kinds.is_empty() {
+                let list = filter
+                    .kinds
+                    .iter()
+                    .map(|k| format!("'{}'", k.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                clauses.push(format!("kind IN ({list})"));
+            }
+            let mut sql = String::from(
+                "SELECT seq, at, message_id, kind, recipient, detail, account, info FROM events",
+            );
+            if !clauses.is_empty() {
+                sql.push_str(" WHERE ");
+                sql.push_str(&clauses.join(" AND "));
+            }
+            let newest_first = filter.limit.is_some() && filter.after_seq.is_none();
+            sql.push_str(if newest_first {
+                " ORDER BY seq DESC"
+            } else {
+                " ORDER BY seq"
+            });
+            if let Some(n) = filter.limit {
+                sql.push_str(&format!(" LIMIT {n}"));
+            }
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+                let kind: String = r.get(3)?;
                 let kind = kind.parse().map_err(|e: String| {
                     rusqlite::Error::FromSqlConversionFailure(
-                        2,
+                        3,
                         rusqlite::types::Type::Text,
                         e.into(),
                     )
                 })?;
+                let info: Option<String> = r.get(7)?;
                 Ok(Event {
-                    at_millis: r.get(0)?,
-                    message_id: r.get(1)?,
+                    seq: r.get(0)?,
+                    at_millis: r.get(1)?,
+                    message_id: r.get(2)?,
                     kind,
-                    recipient: r.get(3)?,
-                    detail: r.get(4)?,
+                    recipient: r.get(4)?,
+                    detail: r.get(5)?,
+                    account: r.get(6)?,
+                    // A row this version cannot read loses its details, not
+                    // the whole query.
+                    info: info
+                        .and_then(|i| serde_json::from_str(&i).ok())
+                        .unwrap_or_default(),
                 })
             })?;
             let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-            if filter.limit.is_some() {
+            if newest_first {
                 events.reverse();
             }
             Ok(events)
+        })
+        .await
+    }
+}
+
+fn recipient_status(code: i64) -> &'static str {
+    match code {
+        0 => "queued",
+        1 => "delivered",
+        _ => "bounce",
+    }
+}
+
+fn load_recipients(conn: &Connection, id: &str, now: i64) -> Result<Vec<QueuedRecipient>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, address, domain, status, attempts, next_attempt, lease_until, last_reply
+         FROM recipients WHERE message_id = ?1 ORDER BY idx",
+    )?;
+    let rows = stmt.query_map(params![id], |r| {
+        let status: i64 = r.get(3)?;
+        let lease: i64 = r.get(6)?;
+        Ok(QueuedRecipient {
+            index: r.get::<_, i64>(0)? as u32,
+            address: r.get(1)?,
+            domain: r.get(2)?,
+            status: recipient_status(status),
+            attempts: r.get::<_, i64>(4)? as u32,
+            next_attempt: r.get(5)?,
+            in_flight: status == 0 && lease > now,
+            last_reply: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+fn load_queued(conn: &Connection, id: &str, now: i64) -> Result<Option<QueuedMessage>> {
+    let head = conn
+        .prepare_cached(
+            "SELECT id, received_at, mail_from, account, length(body) FROM messages WHERE id = ?1",
+        )?
+        .query_row(params![id], |r| {
+            Ok(QueuedMessage {
+                id: r.get(0)?,
+                received_at: r.get(1)?,
+                mail_from: r.get(2)?,
+                account: r.get(3)?,
+                size: r.get::<_, i64>(4)? as u64,
+                recipients: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut m) = head else {
+        return Ok(None);
+    };
+    m.recipients = load_recipients(conn, id, now)?;
+    Ok(Some(m))
+}
+
+/// Ids of queued messages matching a filter, oldest first.
+fn queued_ids(conn: &Connection, f: &QueueFilter) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM messages m
+         WHERE (?1 IS NULL OR m.account = ?1)
+           AND (?2 IS NULL OR EXISTS (SELECT 1 FROM recipients r
+                WHERE r.message_id = m.id AND r.status = 0 AND r.domain = lower(?2)))
+         ORDER BY received_at LIMIT ?3",
+    )?;
+    let limit = f.limit.map(|n| n as i64).unwrap_or(-1);
+    let rows = stmt.query_map(params![f.account, f.domain, limit], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+impl EmbeddedStore {
+    pub(crate) async fn queued_messages_impl(&self, f: QueueFilter) -> Result<Vec<QueuedMessage>> {
+        let now = postern_core::time::now_millis();
+        self.read(move |conn| {
+            let mut out = Vec::new();
+            for id in queued_ids(conn, &f)? {
+                if let Some(m) = load_queued(conn, &id, now)? {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn queued_message_impl(&self, id: String) -> Result<Option<QueuedMessage>> {
+        let now = postern_core::time::now_millis();
+        self.read(move |conn| load_queued(conn, &id, now)).await
+    }
+
+    pub(crate) async fn retry_now_impl(
+        &self,
+        id: Option<String>,
+        f: QueueFilter,
+        now: i64,
+    ) -> Result<u64> {
+        self.write(move |conn| {
+            let ids = match id {
+                Some(id) => vec![id],
+                None => queued_ids(conn, &f)?,
+            };
+            let mut n = 0;
+            let mut stmt = conn.prepare_cached(
+                "UPDATE recipients SET next_attempt = ?2
+                 WHERE message_id = ?1 AND status = 0 AND next_attempt > ?2 AND lease_until <= ?2",
+            )?;
+            for id in ids {
+                n += stmt.execute(params![id, now])? as u64;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_queued_impl(
+        &self,
+        id: String,
+        reason: String,
+        now: i64,
+    ) -> Result<u64> {
+        self.write(move |conn| {
+            let waiting: Vec<(i64, String)> = {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT idx, address FROM recipients WHERE message_id = ?1 AND status = 0",
+                )?;
+                let rows = stmt.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            for (_, address) in &waiting {
+                insert_event(
+                    conn,
+                    now,
+                    &id,
+                    EventKind::Dropped,
+                    Some(address),
+                    &reason,
+                    None,
+                )?;
+            }
+            conn.execute(
+                "DELETE FROM recipients WHERE message_id = ?1 AND status = 0",
+                params![id],
+            )?;
+            conn.execute(
+                "DELETE FROM messages WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = ?1 AND status = 0)",
+                params![id],
+            )?;
+            Ok(waiting.len() as u64)
         })
         .await
     }
@@ -1152,6 +1396,11 @@ mod tests {
             settlement,
             detail: "250 ok".into(),
             at: 80_000,
+            info: AttemptInfo {
+                attempt: Some(1),
+                remote_host: Some("mx.one.example".into()),
+                ..AttemptInfo::default()
+            },
         };
         store
             .settle(vec![
@@ -1190,8 +1439,7 @@ mod tests {
         let events = store
             .events(EventFilter {
                 message_id: Some(id.to_string()),
-                account: None,
-                limit: None,
+                ..EventFilter::default()
             })
             .await
             .unwrap();
@@ -1199,13 +1447,176 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                EventKind::Received,
+                EventKind::Processed,
+                EventKind::Processed,
+                EventKind::Processed,
                 EventKind::Delivered,
                 EventKind::Deferred,
-                EventKind::Failed,
+                EventKind::Bounce,
                 EventKind::Delivered
             ]
         );
+        assert_eq!(
+            events[3].info.remote_host.as_deref(),
+            Some("mx.one.example")
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+
+        // Queries by recipient (any case), kind, time and position.
+        let by = |f: EventFilter| {
+            let store = &store;
+            async move { store.events(f).await.unwrap() }
+        };
+        let y = by(EventFilter {
+            recipient: Some("Y@TWO.example".into()),
+            ..EventFilter::default()
+        })
+        .await;
+        assert_eq!(y.len(), 3, "{y:?}");
+        let bounces = by(EventFilter {
+            kinds: vec![EventKind::Bounce],
+            ..EventFilter::default()
+        })
+        .await;
+        assert_eq!(bounces.len(), 1);
+        assert_eq!(bounces[0].recipient.as_deref(), Some("z@one.example"));
+        let late = by(EventFilter {
+            since: Some(80_000),
+            until: Some(80_001),
+            ..EventFilter::default()
+        })
+        .await;
+        assert_eq!(late.len(), 4);
+        let after = by(EventFilter {
+            after_seq: Some(events[1].seq),
+            limit: Some(2),
+            ..EventFilter::default()
+        })
+        .await;
+        assert_eq!(
+            after.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![events[2].seq, events[3].seq],
+            "after a position: the oldest N"
+        );
+        let newest = by(EventFilter {
+            limit: Some(2),
+            ..EventFilter::default()
+        })
+        .await;
+        assert_eq!(newest.last().map(|e| e.seq), events.last().map(|e| e.seq));
+        let mine = by(EventFilter {
+            account: Some("admin".into()),
+            ..EventFilter::default()
+        })
+        .await;
+        assert_eq!(mine.len(), events.len());
+        let others = by(EventFilter {
+            account: Some("someone-else".into()),
+            ..EventFilter::default()
+        })
+        .await;
+        assert!(others.is_empty());
+    }
+
+    #[tokio::test]
+    async fn queue_listing_retry_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let a = message(&["x@one.example", "y@two.example"]);
+        let b = message(&["z@two.example"]);
+        let (a_id, b_id) = (a.id.to_string(), b.id.to_string());
+        store.enqueue(a).await.unwrap();
+        store.enqueue(b).await.unwrap();
+
+        let all = store.queued_messages(QueueFilter::default()).await.unwrap();
+        assert_eq!(all.len(), 2);
+        let one = store
+            .queued_messages(QueueFilter {
+                domain: Some("ONE.example".into()),
+                ..QueueFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].id, a_id);
+        assert_eq!(one[0].recipients.len(), 2);
+        assert!(store
+            .queued_messages(QueueFilter {
+                account: Some("nobody".into()),
+                ..QueueFilter::default()
+            })
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Defer z, then retry it now.
+        let jobs = store.claim_due(2_000, 100, 60_000).await.unwrap();
+        let z = jobs.iter().find(|j| j.message_id.as_str() == b_id).unwrap();
+        store
+            .settle(vec![RecipientOutcome {
+                message_id: z.message_id.clone(),
+                index: 0,
+                recipient: "z@two.example".into(),
+                settlement: Settlement::Deferred {
+                    next_attempt: 1_000_000,
+                },
+                detail: "451 later".into(),
+                at: 3_000,
+                info: AttemptInfo::default(),
+            }])
+            .await
+            .unwrap();
+        let shown = store.queued_message(b_id.clone()).await.unwrap().unwrap();
+        assert_eq!(shown.recipients[0].attempts, 1);
+        assert_eq!(shown.recipients[0].last_reply.as_deref(), Some("451 later"));
+        assert_eq!(
+            store
+                .retry_now(Some(b_id.clone()), QueueFilter::default(), 4_000)
+                .await
+                .unwrap(),
+            1
+        );
+        let shown = store.queued_message(b_id.clone()).await.unwrap().unwrap();
+        assert_eq!(shown.recipients[0].next_attempt, 4_000);
+
+        // Delete a: its waiting recipients are dropped, the message leaves.
+        // a's recipients are leased by the claim above; deleting wins, and
+        // the late settlement of that attempt records nothing.
+        assert_eq!(
+            store
+                .delete_queued(a_id.clone(), "deleted by operator".into(), 5_000)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(store.queued_message(a_id.clone()).await.unwrap().is_none());
+        let a_job = jobs.iter().find(|j| j.message_id.as_str() == a_id).unwrap();
+        store
+            .settle(vec![RecipientOutcome {
+                message_id: a_job.message_id.clone(),
+                index: a_job.recipients[0].index,
+                recipient: a_job.recipients[0].address.clone(),
+                settlement: Settlement::Delivered,
+                detail: "250 ok".into(),
+                at: 6_000,
+                info: AttemptInfo::default(),
+            }])
+            .await
+            .unwrap();
+        let events = store
+            .events(EventFilter {
+                message_id: Some(a_id.clone()),
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        let dropped: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Dropped)
+            .collect();
+        assert_eq!(dropped.len(), 2);
+        assert_eq!(dropped[0].detail, "deleted by operator");
+        assert!(!events.iter().any(|e| e.kind == EventKind::Delivered));
     }
 
     #[tokio::test]

@@ -69,6 +69,20 @@ pub trait QueueStore: Send + Sync {
 
     /// Recipients waiting, by state.
     async fn queue_summary(&self) -> Result<QueueSummary>;
+
+    /// Messages still queued, oldest first.
+    async fn queued_messages(&self, filter: QueueFilter) -> Result<Vec<QueuedMessage>>;
+
+    /// One queued message with all its recipients (settled ones too).
+    async fn queued_message(&self, id: String) -> Result<Option<QueuedMessage>>;
+
+    /// Makes the waiting recipients of a message (or of every message of
+    /// `filter` when `id` is None) due at `now`. Returns how many.
+    async fn retry_now(&self, id: Option<String>, filter: QueueFilter, now: i64) -> Result<u64>;
+
+    /// Removes a message's waiting recipients from the queue, recording a
+    /// `dropped` event with `reason` for each. Returns how many.
+    async fn delete_queued(&self, id: String, reason: String, now: i64) -> Result<u64>;
 }
 
 /// Per-account suppression of hard-bounced addresses.

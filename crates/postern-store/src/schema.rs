@@ -134,6 +134,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, address)
     );
     "#,
+    // 9: SendGrid's event names, attempt details, queries by recipient and
+    // time, queue listing per account.
+    r#"
+    ALTER TABLE events ADD COLUMN info TEXT;   -- JSON of AttemptInfo, NULL when empty
+    UPDATE events SET kind = 'processed' WHERE kind = 'received';
+    UPDATE events SET kind = 'bounce' WHERE kind = 'failed';
+    CREATE INDEX events_by_recipient ON events(recipient COLLATE NOCASE, seq);
+    CREATE INDEX events_by_time ON events(at);
+    CREATE INDEX messages_by_account ON messages(account, received_at);
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

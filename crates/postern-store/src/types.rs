@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use postern_core::{Envelope, EventKind, MessageId};
+use postern_core::{AttemptInfo, Envelope, EventKind, MessageId};
 
 /// A message on its way into the queue.
 #[derive(Debug, Clone)]
@@ -70,6 +70,8 @@ pub struct RecipientOutcome {
     /// The remote reply or local error, recorded with the event.
     pub detail: String,
     pub at: i64,
+    /// Attempt number, remote host, TLS, status, classification.
+    pub info: AttemptInfo,
 }
 
 impl RecipientOutcome {
@@ -77,7 +79,7 @@ impl RecipientOutcome {
         match self.settlement {
             Settlement::Delivered => EventKind::Delivered,
             Settlement::Deferred { .. } => EventKind::Deferred,
-            Settlement::Failed => EventKind::Failed,
+            Settlement::Failed => EventKind::Bounce,
         }
     }
 }
@@ -109,7 +111,74 @@ pub struct EventFilter {
     pub message_id: Option<String>,
     /// Only events of messages sent by this account (or subuser).
     pub account: Option<String>,
-    /// Most recent first when set; otherwise everything matching, oldest first.
+    /// With `account`: its subusers' events too.
+    pub include_subusers: bool,
+    /// Events about this recipient (case-insensitive).
+    pub recipient: Option<String>,
+    pub kinds: Vec<EventKind>,
+    /// Unix millis, inclusive.
+    pub since: Option<i64>,
+    /// Unix millis, exclusive.
+    pub until: Option<i64>,
+    /// Only events after this position in the log; with `limit`, the
+    /// oldest N after it (how a webhook walks the log).
+    pub after_seq: Option<i64>,
+    /// Without `after_seq`: the most recent N. Results are oldest first.
+    pub limit: Option<usize>,
+}
+
+/// A message still in the queue, with its recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub id: String,
+    pub received_at: i64,
+    pub mail_from: String,
+    pub account: Option<String>,
+    pub size: u64,
+    pub recipients: Vec<QueuedRecipient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRecipient {
+    pub index: u32,
+    pub address: String,
+    pub domain: String,
+    /// queued, delivered or bounce.
+    pub status: &'static str,
+    pub attempts: u32,
+    pub next_attempt: i64,
+    /// A delivery attempt holds it now.
+    pub in_flight: bool,
+    pub last_reply: Option<String>,
+}
+
+impl QueuedMessage {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "message_id": self.id,
+            "received": postern_core::time::rfc3339(self.received_at),
+            "from": self.mail_from,
+            "account": self.account,
+            "size": self.size,
+            "recipients": self.recipients.iter().map(|r| serde_json::json!({
+                "email": r.address,
+                "domain": r.domain,
+                "status": r.status,
+                "attempts": r.attempts,
+                "next_attempt": (r.status == "queued").then(|| postern_core::time::rfc3339(r.next_attempt)),
+                "in_flight": r.in_flight,
+                "last_reply": r.last_reply,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueFilter {
+    /// Messages of this account (or subuser) only.
+    pub account: Option<String>,
+    /// Messages with a queued recipient in this domain.
+    pub domain: Option<String>,
     pub limit: Option<usize>,
 }
 

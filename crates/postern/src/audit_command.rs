@@ -5,7 +5,7 @@ use postern_core::Config;
 use postern_store::{AuditFilter, AuditStore, AuditVerification};
 
 /// `1h` (that long ago) or an RFC 3339 UTC time.
-fn parse_time(s: &str) -> Result<i64> {
+pub(crate) fn parse_time(s: &str) -> Result<i64> {
     if let Some(t) = postern_core::time::parse_rfc3339(s) {
         return Ok(t);
     }

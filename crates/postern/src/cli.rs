@@ -82,20 +82,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the event log (received, delivered, deferred, failed).
-    Events {
-        /// Only events of this message id.
-        #[arg(long)]
-        message: Option<String>,
-        /// Only events of messages sent by this account or subuser.
-        #[arg(long)]
-        account: Option<String>,
-        /// Only the most recent N events.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show the send log: processed, delivered, deferred, bounce, dropped.
+    Events(crate::events_command::Query),
 }
 
 #[derive(Subcommand)]
@@ -323,14 +311,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Events {
-            message,
-            account,
-            limit,
-            json,
-        } => {
+        Command::Events(query) => {
             let config = load_config(&cli.global)?;
-            crate::events_command::run(&config, message, account, limit, json).await
+            crate::events_command::run(&config, query).await
         }
     }
 }
