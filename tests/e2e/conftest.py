@@ -41,11 +41,15 @@ class SinkHandler:
         self.messages = []
         self.lock = threading.Lock()
         self.reply = "250 2.0.0 OK sink"
+        # While true, "defer-" addresses get a temporary failure.
+        self.defer = True
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         # Addresses starting with "reject-" do not exist here.
         if address.startswith("reject-"):
             return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if address.startswith("defer-") and self.defer:
+            return "452 4.2.2 <%s>: Mailbox full, try again later" % address
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -90,7 +94,7 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config=""):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"'):
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.ports = {
@@ -137,8 +141,7 @@ tls = "none"
 domains = ["relay.test"]
 
 [queue]
-retry_initial = "1s"
-retry_max = "2s"
+{queue_config}
 {extra_config}
 """
         )

@@ -29,6 +29,16 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub authenticator: Authenticator,
     pub metrics: Option<PrometheusHandle>,
+    /// Wakes the delivery scheduler (after a retry-now).
+    pub delivery_wakeup: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl ApiState {
+    pub fn wake_delivery(&self) {
+        if let Some(n) = &self.delivery_wakeup {
+            n.notify_one();
+        }
+    }
 }
 
 pub fn router(state: ApiState) -> Router {

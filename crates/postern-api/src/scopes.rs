@@ -19,6 +19,10 @@ pub const ALL: &[&str] = &[
     "access_settings.whitelist.delete",
     "suppression.bounces.read",
     "suppression.bounces.delete",
+    "messages.read",
+    "queue.read",
+    "queue.update",
+    "queue.delete",
 ];
 
 pub fn is_known(scope: &str) -> bool {

@@ -84,6 +84,11 @@ pub enum Command {
     },
     /// Show the send log: processed, delivered, deferred, bounce, dropped.
     Events(crate::events_command::Query),
+    /// The delivery queue: list, show, retry, delete.
+    Queue {
+        #[command(subcommand)]
+        command: crate::queue_command::QueueCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +315,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     crate::audit_command::run(&config, q).await
                 }
             }
+        }
+        Command::Queue { command } => {
+            let config = load_config(&cli.global)?;
+            crate::queue_command::run(&config, command).await
         }
         Command::Events(query) => {
             let config = load_config(&cli.global)?;

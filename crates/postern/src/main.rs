@@ -7,6 +7,7 @@ mod bootstrap;
 mod cli;
 mod events_command;
 mod key_command;
+mod queue_command;
 mod serve;
 mod totp_command;
 

@@ -131,6 +131,7 @@ pub async fn serve(config: Config) -> Result<()> {
         store: store.clone(),
         authenticator: ctx.authenticator.clone(),
         metrics: Some(metrics),
+        delivery_wakeup: Some(wakeup.clone()),
     };
     let http_task = http.map(|socket| {
         let rx = shutdown_rx.clone();

@@ -5,6 +5,8 @@
 mod access_settings;
 mod api_keys;
 mod audit;
+mod messages;
+mod queue;
 mod subusers;
 mod suppression;
 mod totp;
@@ -25,6 +27,8 @@ pub fn routes() -> Router<ApiState> {
         .merge(totp::routes())
         .merge(audit::routes())
         .merge(suppression::routes())
+        .merge(messages::routes())
+        .merge(queue::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.

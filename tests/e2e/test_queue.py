@@ -1,0 +1,136 @@
+"""The send log and the queue, as a sender and an operator use them: a
+recipient whose mailbox is full is deferred (classified), shows in
+`postern queue`, is retried on demand, and a message is deleted over the API
+(curl) with `dropped` events; the API shows only the caller's own messages."""
+
+import json
+import smtplib
+import ssl
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import Postern
+
+
+@pytest.fixture
+def slow_retry(sink):
+    # An hour between attempts: only `queue retry` brings a message back.
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, queue_config='retry_initial = "1h"\nretry_max = "4h"').start()
+        p.read_admin_key()
+        yield p
+        p.stop()
+
+
+def send(p, rcpt, subject):
+    with smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30) as s:
+        s.starttls(context=ssl.create_default_context(cafile=p.cert))
+        s.login("apikey", p.admin_key)
+        s.sendmail("sender@example.org", [rcpt], f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+
+
+def events(p, *args):
+    return json.loads(p.cli("events", "--json", *args).stdout)
+
+
+def wait_events(p, count, *args, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = events(p, *args)
+        if len(found) >= count:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"wanted {count} events for {args}: {events(p, *args)}")
+
+
+def curl(p, method, path, key=None):
+    out = subprocess.run(
+        ["curl", "-sS", "-X", method, "-w", "\n%{http_code}",
+         "-H", f"Authorization: Bearer {key or p.admin_key}",
+         f"http://127.0.0.1:{p.ports['http']}{path}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code), (json.loads(body) if body.strip() else None)
+
+
+def test_deferred_mail_is_listed_retried_and_deleted(slow_retry, sink):
+    p = slow_retry
+    send(p, "defer-a@example.net", "first")
+    send(p, "defer-b@example.com", "second")
+    deferred = wait_events(p, 2, "--kind", "deferred")
+    assert {e["recipient"] for e in deferred} == {"defer-a@example.net", "defer-b@example.com"}
+    d = deferred[0]
+    assert d["status"] == "4.2.2"
+    assert d["classification"] == "mailbox_full"
+    assert d["attempt"] == 1
+    assert d["remote_ip"] == "127.0.0.1"
+    assert "452" in d["detail"]
+
+    queued = json.loads(p.cli("queue", "list", "--json").stdout)
+    assert len(queued) == 2
+    by_rcpt = {m["recipients"][0]["email"]: m for m in queued}
+    a, b = by_rcpt["defer-a@example.net"], by_rcpt["defer-b@example.com"]
+    assert a["recipients"][0]["status"] == "queued"
+    assert a["recipients"][0]["attempts"] == 1
+    assert "Mailbox full" in a["recipients"][0]["last_reply"]
+    only_net = json.loads(p.cli("queue", "list", "--domain", "example.net", "--json").stdout)
+    assert [m["message_id"] for m in only_net] == [a["message_id"]]
+    shown = json.loads(p.cli("queue", "show", a["message_id"], "--json").stdout)
+    assert shown["from"] == "sender@example.org"
+
+    # The mailbox has room again; an operator retries one message now.
+    sink.handler.defer = False
+    out = p.cli("queue", "retry", a["message_id"]).stdout
+    assert "1 recipient(s) due now" in out
+    sink.wait_for(1, timeout=15)
+    assert sink.messages[0]["rcpt_tos"] == ["defer-a@example.net"]
+    history = wait_events(p, 3, "--recipient", "DEFER-A@example.net")
+    assert [e["event"] for e in history] == ["processed", "deferred", "delivered"]
+    assert history[2]["attempt"] == 2
+    time.sleep(0.5)
+    assert len(sink.messages) == 1, "the other message was not retried"
+
+    # Over the API (curl): the queue, the message, then delete it.
+    code, body = curl(p, "GET", "/v3/queue")
+    assert code == 200 and [m["message_id"] for m in body["messages"]] == [b["message_id"]]
+    code, body = curl(p, "GET", f"/v3/queue/{b['message_id']}")
+    assert code == 200 and body["recipients"][0]["attempts"] == 1
+
+    # Another account sees none of it, and cannot delete it.
+    p.cli("account", "create", "other")
+    other = json.loads(p.cli("key", "create", "--account", "other", "--json").stdout)["key"]
+    code, body = curl(p, "GET", "/v3/queue", key=other)
+    assert code == 200 and body["messages"] == []
+    code, _ = curl(p, "DELETE", f"/v3/queue/{b['message_id']}", key=other)
+    assert code == 404
+    code, _ = curl(p, "GET", f"/v3/messages/{b['message_id']}", key=other)
+    assert code == 404
+
+    code, _ = curl(p, "DELETE", f"/v3/queue/{b['message_id']}")
+    assert code == 204
+    assert json.loads(p.cli("queue", "list", "--json").stdout) == []
+    dropped = events(p, "--kind", "dropped")
+    assert [e["recipient"] for e in dropped] == ["defer-b@example.com"]
+    assert "deleted from the queue" in dropped[0]["detail"]
+
+    # The send log over the API: by recipient, and one message's story.
+    code, body = curl(p, "GET", "/v3/events?to_email=defer-a@example.net")
+    assert code == 200
+    assert [e["event"] for e in body["events"]] == ["processed", "deferred", "delivered"]
+    code, body = curl(p, "GET", f"/v3/events?event=dropped,bounce")
+    assert [e["event"] for e in body["events"]] == ["dropped"]
+    code, body = curl(p, "GET", f"/v3/messages/{a['message_id']}")
+    assert code == 200
+    assert body["status"] == "delivered"
+    assert body["from_email"] == "sender@example.org"
+    assert [e["event_name"] for e in body["events"]] == ["processed", "deferred", "delivered"]
+    code, body = curl(p, "GET", "/v3/events?event=nonsense")
+    assert code == 400
+
+    # Both levers are in the audit log.
+    audit = json.loads(p.cli("audit", "--kind", "queue.", "--json").stdout)
+    assert {e["kind"] for e in audit} == {"queue.retry", "queue.delete"}
