@@ -6,6 +6,7 @@ mod caller;
 mod error;
 pub mod scopes;
 mod v3;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub struct ApiState {
     pub metrics: Option<PrometheusHandle>,
     /// Wakes the delivery scheduler (after a retry-now).
     pub delivery_wakeup: Option<Arc<tokio::sync::Notify>>,
+    /// Sends event webhooks (the settings routes check URLs with its
+    /// policy; the test route posts through it).
+    pub webhooks: Option<Arc<webhook::WebhookDispatcher>>,
 }
 
 impl ApiState {

@@ -23,6 +23,9 @@ pub const ALL: &[&str] = &[
     "queue.read",
     "queue.update",
     "queue.delete",
+    "user.webhooks.event.settings.read",
+    "user.webhooks.event.settings.update",
+    "user.webhooks.event.test.create",
 ];
 
 pub fn is_known(scope: &str) -> bool {

@@ -46,6 +46,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
+    pub webhooks: WebhooksConfig,
     pub auth: AuthConfig,
     /// Issuers whose JWT access tokens are accepted by XOAUTH2 and
     /// OAUTHBEARER (RFC 7628).
@@ -97,6 +98,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
+            webhooks: WebhooksConfig::default(),
             auth: AuthConfig::default(),
             oauth_issuer: Vec::new(),
         }
@@ -359,6 +361,53 @@ impl Default for QueueConfig {
     }
 }
 
+/// Event webhooks: how Postern POSTs each account's events to the URL the
+/// account set (`/v3/user/webhooks/event/settings`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Most events in one POST (a JSON array, as SendGrid sends).
+    pub batch_size: usize,
+    /// How often new events are looked for.
+    #[serde(with = "crate::duration")]
+    pub flush_interval: Duration,
+    #[serde(with = "crate::duration")]
+    pub timeout: Duration,
+    /// Longest wait between retries of a failing URL (backoff doubles up
+    /// to this).
+    #[serde(with = "crate::duration")]
+    pub retry_max: Duration,
+    /// Events a URL has not taken for this long are given up (logged and
+    /// counted), so one dead receiver cannot hold its account's log forever.
+    #[serde(with = "crate::duration")]
+    pub give_up_after: Duration,
+    /// Allow http:// URLs (events carry recipient addresses: off by default).
+    pub allow_plain_http: bool,
+    /// Allow URLs that resolve to loopback, private, link-local or other
+    /// internal addresses. Off by default: an API user must not be able to
+    /// make the server call into the operator's network (SSRF).
+    pub allow_private_destinations: bool,
+    /// Extra CA certificates (PEM) trusted for https:// URLs besides the
+    /// built-in Mozilla roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            batch_size: 500,
+            flush_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            retry_max: Duration::from_secs(600),
+            give_up_after: Duration::from_secs(86_400),
+            allow_plain_http: false,
+            allow_private_destinations: false,
+            ca_file: None,
+        }
+    }
+}
+
 /// Brute-force defence. Failures are counted per client IP, per network
 /// (/24 for IPv4, /64 for IPv6), per account and across all accounts, within
 /// `failure_window`.
@@ -545,6 +594,15 @@ impl Config {
         }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if !(1..=10_000).contains(&self.webhooks.batch_size) {
+            return Err(invalid("webhooks.batch_size", "must be 1 to 10000"));
+        }
+        if self.webhooks.flush_interval.is_zero() || self.webhooks.timeout.is_zero() {
+            return Err(invalid(
+                "webhooks.flush_interval",
+                "flush_interval and timeout must be more than zero",
+            ));
         }
         for (i, o) in self.oauth_issuer.iter().enumerate() {
             match (&o.jwks_file, &o.jwks_url) {

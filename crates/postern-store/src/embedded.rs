@@ -1185,7 +1185,102 @@ impl EventStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn last_event_seq(&self) -> Result<i64> {
+        self.read(|conn| {
+            Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn put_webhook(&self, w: WebhookRecord) -> Result<()> {
+        self.write(move |conn| {
+            let kinds = w
+                .kinds
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .collect::<Vec<_>>();
+            conn.prepare_cached(
+                "INSERT INTO event_webhooks (account, url, enabled, kinds, signing_key, cursor, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) FROM events), ?6, ?6)
+                 ON CONFLICT (account) DO UPDATE SET url = ?2, enabled = ?3, kinds = ?4,
+                    signing_key = ?5, updated_at = ?6",
+            )?
+            .execute(params![w.account, w.url, w.enabled, join_list(&kinds), w.signing_key, w.updated_at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_webhook(&self, account: String) -> Result<Option<WebhookRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {WEBHOOK_COLUMNS} FROM event_webhooks WHERE account = ?1"
+                ))?
+                .query_row([account], webhook_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {WEBHOOK_COLUMNS} FROM event_webhooks ORDER BY account"
+            ))?;
+            let rows = stmt.query_map([], webhook_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn advance_webhook(&self, account: String, cursor: i64, at: i64) -> Result<()> {
+        self.write(move |conn| {
+            // Never backwards: a late writer cannot make events go out twice.
+            conn.prepare_cached(
+                "UPDATE event_webhooks SET cursor = MAX(cursor, ?2), last_success_at = ?3
+                 WHERE account = ?1",
+            )?
+            .execute(params![account, cursor, at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_failed(&self, account: String, error: String, at: i64) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE event_webhooks SET last_error = ?2, last_error_at = ?3 WHERE account = ?1",
+            )?
+            .execute(params![account, error, at])?;
+            Ok(())
+        })
+        .await
+    }
 }
+
+fn webhook_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRecord> {
+    let kinds: String = r.get(3)?;
+    Ok(WebhookRecord {
+        account: r.get(0)?,
+        url: r.get(1)?,
+        enabled: r.get(2)?,
+        kinds: split_list(&kinds)
+            .iter()
+            .filter_map(|k| k.parse().ok())
+            .collect(),
+        signing_key: r.get(4)?,
+        cursor: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+        last_success_at: r.get(8)?,
+        last_error: r.get(9)?,
+        last_error_at: r.get(10)?,
+    })
+}
+
+const WEBHOOK_COLUMNS: &str = "account, url, enabled, kinds, signing_key, cursor, created_at, updated_at, last_success_at, last_error, last_error_at";
 
 fn recipient_status(code: i64) -> &'static str {
     match code {
@@ -1516,6 +1611,61 @@ mod tests {
         })
         .await;
         assert!(others.is_empty());
+    }
+
+    #[tokio::test]
+    async fn webhooks_start_at_the_end_and_only_move_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.enqueue(message(&["x@one.example"])).await.unwrap();
+        let end = store.last_event_seq().await.unwrap();
+        assert!(end > 0);
+        let hook = WebhookRecord {
+            account: "admin".into(),
+            url: "https://hooks.example/e".into(),
+            enabled: true,
+            kinds: vec![EventKind::Delivered, EventKind::Bounce],
+            signing_key: Some(vec![1, 2, 3]),
+            cursor: 0,
+            created_at: 10,
+            updated_at: 10,
+            last_success_at: None,
+            last_error: None,
+            last_error_at: None,
+        };
+        store.put_webhook(hook.clone()).await.unwrap();
+        let got = store.get_webhook("admin".into()).await.unwrap().unwrap();
+        assert_eq!(got.cursor, end, "no replay of history");
+        assert_eq!(got.kinds, hook.kinds);
+        store.enqueue(message(&["y@one.example"])).await.unwrap();
+        let later = store.last_event_seq().await.unwrap();
+        store
+            .advance_webhook("admin".into(), later, 20)
+            .await
+            .unwrap();
+        store
+            .advance_webhook("admin".into(), end, 21)
+            .await
+            .unwrap();
+        store
+            .webhook_failed("admin".into(), "HTTP 500".into(), 22)
+            .await
+            .unwrap();
+        // Replacing the settings keeps the position.
+        store
+            .put_webhook(WebhookRecord {
+                url: "https://hooks.example/new".into(),
+                updated_at: 30,
+                ..hook
+            })
+            .await
+            .unwrap();
+        let all = store.list_webhooks().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].cursor, later);
+        assert_eq!(all[0].url, "https://hooks.example/new");
+        assert_eq!(all[0].last_error.as_deref(), Some("HTTP 500"));
+        assert_eq!(all[0].created_at, 10);
     }
 
     #[tokio::test]

@@ -159,10 +159,24 @@ pub trait AuditStore: Send + Sync {
     async fn verify_audit(&self) -> Result<AuditVerification>;
 }
 
-/// The per-message event log.
+/// The per-message event log, and the event webhooks that read it.
 #[async_trait]
 pub trait EventStore: Send + Sync {
     async fn events(&self, filter: EventFilter) -> Result<Vec<postern_core::Event>>;
+
+    /// The position of the latest event (0 when there is none).
+    async fn last_event_seq(&self) -> Result<i64>;
+
+    /// Creates or replaces an account's event webhook. A new webhook starts
+    /// at the end of the log (it does not replay history); a replaced one
+    /// keeps its position.
+    async fn put_webhook(&self, webhook: WebhookRecord) -> Result<()>;
+    async fn get_webhook(&self, account: String) -> Result<Option<WebhookRecord>>;
+    async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>>;
+    /// Records that events up to `cursor` were delivered (or given up on).
+    async fn advance_webhook(&self, account: String, cursor: i64, at: i64) -> Result<()>;
+    /// Records the latest failure, for `postern webhook show`.
+    async fn webhook_failed(&self, account: String, error: String, at: i64) -> Result<()>;
 }
 
 /// Everything a node needs from its store.

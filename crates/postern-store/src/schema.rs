@@ -144,6 +144,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_time ON events(at);
     CREATE INDEX messages_by_account ON messages(account, received_at);
     "#,
+    // 10: event webhooks, one per account, each with its position in the
+    // event log (so a restart resumes where delivery stopped).
+    r#"
+    CREATE TABLE event_webhooks (
+        account         TEXT PRIMARY KEY,
+        url             TEXT NOT NULL,
+        enabled         INTEGER NOT NULL,
+        kinds           TEXT NOT NULL,
+        signing_key     BLOB,
+        cursor          INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        last_success_at INTEGER,
+        last_error      TEXT,
+        last_error_at   INTEGER
+    );
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

@@ -303,3 +303,22 @@ pub struct Suppression {
     pub reason: String,
     pub created_at: i64,
 }
+
+/// An account's event webhook (SendGrid's event webhook settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    pub account: String,
+    pub url: String,
+    pub enabled: bool,
+    /// The event kinds sent.
+    pub kinds: Vec<EventKind>,
+    /// PKCS#8 ECDSA P-256 private key when the webhook is signed.
+    pub signing_key: Option<Vec<u8>>,
+    /// The last event position delivered; set by the store on creation.
+    pub cursor: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_success_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+}

@@ -84,6 +84,11 @@ pub enum Command {
     },
     /// Show the send log: processed, delivered, deferred, bounce, dropped.
     Events(crate::events_command::Query),
+    /// An account's event webhook: set, show.
+    Webhook {
+        #[command(subcommand)]
+        command: crate::webhook_command::WebhookCommand,
+    },
     /// The delivery queue: list, show, retry, delete.
     Queue {
         #[command(subcommand)]
@@ -315,6 +320,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     crate::audit_command::run(&config, q).await
                 }
             }
+        }
+        Command::Webhook { command } => {
+            let config = load_config(&cli.global)?;
+            crate::webhook_command::run(&config, command).await
         }
         Command::Queue { command } => {
             let config = load_config(&cli.global)?;

@@ -10,6 +10,7 @@ mod key_command;
 mod queue_command;
 mod serve;
 mod totp_command;
+mod webhook_command;
 
 use std::process::ExitCode;
 

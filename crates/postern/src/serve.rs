@@ -127,11 +127,17 @@ pub async fn serve(config: Config) -> Result<()> {
             shutdown_rx.clone(),
         )));
     }
+    let webhooks = Arc::new(
+        postern_api::webhook::WebhookDispatcher::new(store.clone(), config.webhooks.clone())
+            .map_err(anyhow::Error::msg)?,
+    );
+    let webhook_task = tokio::spawn(webhooks.clone().run(shutdown_rx.clone()));
     let api_state = postern_api::ApiState {
         store: store.clone(),
         authenticator: ctx.authenticator.clone(),
         metrics: Some(metrics),
         delivery_wakeup: Some(wakeup.clone()),
+        webhooks: Some(webhooks),
     };
     let http_task = http.map(|socket| {
         let rx = shutdown_rx.clone();
@@ -182,6 +188,7 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::warn!(sessions = left, "sessions still open after the grace period; closing them (nothing they were told was accepted is lost)");
     }
     let _ = scheduler_task.await;
+    let _ = webhook_task.await;
     if let Some(t) = http_task {
         let _ = t.await;
     }

@@ -10,6 +10,7 @@ mod queue;
 mod subusers;
 mod suppression;
 mod totp;
+mod webhooks;
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,6 +30,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(suppression::routes())
         .merge(messages::routes())
         .merge(queue::routes())
+        .merge(webhooks::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.
