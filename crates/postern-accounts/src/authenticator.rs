@@ -536,6 +536,7 @@ mod tests {
             email: None,
             cram_md5: None,
             max_messages_per_hour: None,
+            ip_pool: None,
         };
         store.create_account(acct("acme", None)).await.unwrap();
         store

@@ -46,6 +46,10 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
+    /// Per-destination limits overriding the `[queue]` defaults.
+    pub destination: Vec<DestinationConfig>,
+    /// Pools of source addresses outbound connections are bound to.
+    pub ip_pool: Vec<IpPoolConfig>,
     pub webhooks: WebhooksConfig,
     pub auth: AuthConfig,
     /// Issuers whose JWT access tokens are accepted by XOAUTH2 and
@@ -98,6 +102,8 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
+            destination: Vec::new(),
+            ip_pool: Vec::new(),
             webhooks: WebhooksConfig::default(),
             auth: AuthConfig::default(),
             oauth_issuer: Vec::new(),
@@ -346,6 +352,55 @@ pub struct QueueConfig {
     /// Per-command timeout when talking to the next hop.
     #[serde(with = "crate::duration")]
     pub command_timeout: Duration,
+    /// Connections at once to one destination: one MX host (so all domains
+    /// served by the same provider share them) or one route's next hop.
+    pub max_connections_per_destination: usize,
+    /// Messages sent over one connection before it is closed and a new one
+    /// opened.
+    pub max_messages_per_connection: u32,
+    /// How long an idle connection waits for more mail to its destination
+    /// before QUIT.
+    #[serde(with = "crate::duration")]
+    pub connection_idle: Duration,
+    /// The IP pool for accounts that have none of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ip_pool: Option<String>,
+}
+
+/// Limits for destinations whose host matches `match`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// An MX host (`gmail-smtp-in.l.google.com`), a suffix (`*.google.com`),
+    /// or a route's next-hop host.
+    #[serde(rename = "match")]
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages_per_connection: Option<u32>,
+    /// Messages per rolling hour; beyond it mail waits (no attempt is
+    /// counted, no event written) until the hour has room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages_per_hour: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpPoolConfig {
+    pub name: String,
+    pub address: Vec<SourceAddressConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceAddressConfig {
+    /// A local address to connect from.
+    pub ip: std::net::IpAddr,
+    /// The EHLO name for connections from this address (its PTR name);
+    /// default `server.hostname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ehlo_name: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -357,6 +412,10 @@ impl Default for QueueConfig {
             concurrency: 100,
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
+            max_connections_per_destination: 20,
+            max_messages_per_connection: 100,
+            connection_idle: Duration::from_secs(2),
+            default_ip_pool: None,
         }
     }
 }
@@ -595,6 +654,58 @@ impl Config {
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
+        let q = &self.queue;
+        if q.max_connections_per_destination == 0 || q.max_messages_per_connection == 0 {
+            return Err(invalid(
+                "queue.max_connections_per_destination",
+                "max_connections_per_destination and max_messages_per_connection must be at least 1",
+            ));
+        }
+        for (i, d) in self.destination.iter().enumerate() {
+            let host = d.host.strip_prefix("*.").unwrap_or(&d.host);
+            if host.is_empty() || (host.parse::<std::net::IpAddr>().is_err() && normalize_domain(host).is_err()) {
+                return Err(invalid(
+                    format!("destination[{i}].match"),
+                    "must be a host name, *.suffix, or an IP address",
+                ));
+            }
+            if d.max_connections == Some(0) || d.max_messages_per_connection == Some(0) {
+                return Err(invalid(format!("destination[{i}]"), "limits must be at least 1"));
+            }
+        }
+        let mut pools = HashSet::new();
+        for (i, p) in self.ip_pool.iter().enumerate() {
+            if p.name.is_empty() || !pools.insert(p.name.as_str()) {
+                return Err(invalid(
+                    format!("ip_pool[{i}].name"),
+                    "must be set and unique",
+                ));
+            }
+            if p.address.is_empty() {
+                return Err(invalid(
+                    format!("ip_pool[{i}].address"),
+                    "a pool needs at least one address",
+                ));
+            }
+            for (j, a) in p.address.iter().enumerate() {
+                if let Some(name) = &a.ehlo_name {
+                    if normalize_domain(name).is_err() {
+                        return Err(invalid(
+                            format!("ip_pool[{i}].address[{j}].ehlo_name"),
+                            "must be a host name",
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(p) = &q.default_ip_pool {
+            if !pools.contains(p.as_str()) {
+                return Err(invalid(
+                    "queue.default_ip_pool",
+                    format!("no [[ip_pool]] named {p:?}"),
+                ));
+            }
+        }
         if !(1..=10_000).contains(&self.webhooks.batch_size) {
             return Err(invalid("webhooks.batch_size", "must be 1 to 10000"));
         }
@@ -703,6 +814,37 @@ mod tests {
         assert_eq!(c.queue.max_age, d.queue.max_age);
         assert_eq!(c.server.hostname, d.server.hostname);
         assert_eq!(c.listener.len(), d.listener.len());
+        assert_eq!(
+            c.queue.max_connections_per_destination,
+            d.queue.max_connections_per_destination
+        );
+        assert_eq!(
+            c.queue.max_messages_per_connection,
+            d.queue.max_messages_per_connection
+        );
+        assert_eq!(c.queue.connection_idle, d.queue.connection_idle);
+        assert_eq!(c.webhooks.batch_size, d.webhooks.batch_size);
+        assert_eq!(c.webhooks.give_up_after, d.webhooks.give_up_after);
+        assert_eq!(
+            c.webhooks.allow_private_destinations,
+            d.webhooks.allow_private_destinations
+        );
+    }
+
+    #[test]
+    fn pools_and_destinations() {
+        let ok = Config::parse(
+            "[queue]\ndefault_ip_pool = \"a\"\n[[ip_pool]]\nname = \"a\"\n[[ip_pool.address]]\nip = \"127.0.0.2\"\nehlo_name = \"mta2.example\"\n[[destination]]\nmatch = \"*.google.com\"\nmax_messages_per_hour = 10\n",
+        )
+        .unwrap();
+        assert_eq!(ok.ip_pool[0].address[0].ip.to_string(), "127.0.0.2");
+        assert_eq!(ok.destination[0].max_messages_per_hour, Some(10));
+        let err = Config::parse("[queue]\ndefault_ip_pool = \"nope\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("queue.default_ip_pool"), "{err}");
+        let err = Config::parse("[[ip_pool]]\nname = \"a\"\naddress = []\n").unwrap_err();
+        assert!(err.to_string().starts_with("ip_pool[0].address"), "{err}");
+        let err = Config::parse("[[destination]]\nmatch = \"bad host\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("destination[0].match"), "{err}");
     }
 
     #[test]

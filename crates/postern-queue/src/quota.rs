@@ -129,6 +129,7 @@ mod tests {
                     email: None,
                     cram_md5: None,
                     max_messages_per_hour: None,
+                    ip_pool: None,
                 })
                 .await
                 .unwrap();

@@ -456,6 +456,20 @@ impl QueueStore for EmbeddedStore {
         .await
     }
 
+    async fn postpone(&self, recipients: Vec<(MessageId, u32)>, next_attempt: i64) -> Result<()> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE recipients SET next_attempt = ?3, lease_until = 0
+                 WHERE message_id = ?1 AND idx = ?2 AND status = 0",
+            )?;
+            for (id, idx) in &recipients {
+                stmt.execute(params![id.as_str(), *idx as i64, next_attempt])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn queued_messages(&self, f: QueueFilter) -> Result<Vec<QueuedMessage>> {
         self.queued_messages_impl(f).await
     }
@@ -648,11 +662,12 @@ fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
         email: r.get(6)?,
         cram_md5: r.get(7)?,
         max_messages_per_hour: r.get(8)?,
+        ip_pool: r.get(9)?,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour";
+    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour, ip_pool";
 
 #[async_trait]
 impl AccountStore for EmbeddedStore {
@@ -675,7 +690,7 @@ impl AccountStore for EmbeddedStore {
             }
             conn.execute(
                 &format!(
-                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ),
                 params![
                     a.name,
@@ -686,7 +701,8 @@ impl AccountStore for EmbeddedStore {
                     a.created_at,
                     a.email,
                     a.cram_md5,
-                    a.max_messages_per_hour
+                    a.max_messages_per_hour,
+                    a.ip_pool
                 ],
             )?;
             Ok(())
@@ -736,6 +752,12 @@ impl AccountStore for EmbeddedStore {
             if let Some(p) = u.allow_password_auth {
                 conn.execute(
                     "UPDATE accounts SET allow_password_auth = ?2 WHERE name = ?1",
+                    params![name, p],
+                )?;
+            }
+            if let Some(p) = u.ip_pool {
+                conn.execute(
+                    "UPDATE accounts SET ip_pool = ?2 WHERE name = ?1",
                     params![name, p],
                 )?;
             }
@@ -1807,6 +1829,7 @@ mod tests {
             email: None,
             cram_md5: None,
             max_messages_per_hour: None,
+            ip_pool: None,
         }
     }
 

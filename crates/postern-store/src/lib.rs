@@ -11,6 +11,7 @@ mod schema;
 mod types;
 
 use async_trait::async_trait;
+use postern_core::MessageId;
 use thiserror::Error;
 
 pub use embedded::EmbeddedStore;
@@ -69,6 +70,11 @@ pub trait QueueStore: Send + Sync {
 
     /// Recipients waiting, by state.
     async fn queue_summary(&self) -> Result<QueueSummary>;
+
+    /// Returns leased recipients to the queue, due at `next_attempt`,
+    /// without counting an attempt or writing an event (a destination's
+    /// hourly limit was reached: nothing was tried).
+    async fn postpone(&self, recipients: Vec<(MessageId, u32)>, next_attempt: i64) -> Result<()>;
 
     /// Messages still queued, oldest first.
     async fn queued_messages(&self, filter: QueueFilter) -> Result<Vec<QueuedMessage>>;

@@ -161,6 +161,10 @@ const MIGRATIONS: &[&str] = &[
         last_error_at   INTEGER
     );
     "#,
+    // 11: IP pool per account.
+    r#"
+    ALTER TABLE accounts ADD COLUMN ip_pool TEXT;
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

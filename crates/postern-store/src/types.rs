@@ -202,6 +202,9 @@ pub struct AccountRecord {
     /// Messages this account may submit per hour (None: no limit). Its own
     /// limit, whatever its parent's or siblings' traffic.
     pub max_messages_per_hour: Option<u32>,
+    /// The IP pool its mail leaves from (a subuser without one uses its
+    /// parent's; then `queue.default_ip_pool`).
+    pub ip_pool: Option<String>,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -212,6 +215,7 @@ pub struct AccountUpdate {
     pub password_hash: Option<Option<String>>,
     pub cram_md5: Option<Option<Vec<u8>>>,
     pub max_messages_per_hour: Option<Option<u32>>,
+    pub ip_pool: Option<Option<String>>,
 }
 
 /// What happened, by whom, to whom, from where.

@@ -48,6 +48,7 @@ fn account_json(a: &AccountRecord) -> serde_json::Value {
         "allow_password_auth": a.allow_password_auth,
         "has_password": a.password_hash.is_some(),
         "max_messages_per_hour": a.max_messages_per_hour,
+        "ip_pool": a.ip_pool,
         "created_at": postern_core::time::rfc3339(a.created_at),
     })
 }
@@ -97,6 +98,7 @@ async fn create(
         email: None,
         cram_md5: None,
         max_messages_per_hour: None,
+        ip_pool: None,
     };
     match store.create_account(record.clone()).await {
         Ok(()) => {}
@@ -232,6 +234,31 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
             match limit {
                 Some(n) => println!("{name} may send {n} messages per hour"),
                 None => println!("{name} has no hourly limit"),
+            }
+        }
+        AccountCommand::IpPool { name, pool } => {
+            let pool = match pool.as_str() {
+                "none" => None,
+                p if config.ip_pool.iter().any(|c| c.name == p) => Some(p.to_owned()),
+                p => bail!(
+                    "no [[ip_pool]] named {p:?} in the configuration (known: {})",
+                    config
+                        .ip_pool
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let u = AccountUpdate {
+                ip_pool: Some(pool.clone()),
+                ..Default::default()
+            };
+            update_account(&store, &name, u, "account.ip_pool", format!("ip_pool={pool:?}"))
+                .await?;
+            match pool {
+                Some(p) => println!("{name} sends from IP pool {p}"),
+                None => println!("{name} uses its parent's or the default IP pool"),
             }
         }
         AccountCommand::CramMd5 { name, setting } => {

@@ -134,6 +134,14 @@ pub enum AccountCommand {
         #[arg(long, value_name = "N|none")]
         messages_per_hour: String,
     },
+    /// Bind an account (or subuser) to an [[ip_pool]]: its mail leaves from
+    /// the pool's addresses with their EHLO names. `none` falls back to the
+    /// parent's pool, then queue.default_ip_pool.
+    IpPool {
+        name: String,
+        #[arg(value_name = "POOL|none")]
+        pool: String,
+    },
     /// Opt an account in to CRAM-MD5 (`on` reads its current password from
     /// standard input) or out. The stored HMAC state is password-equivalent
     /// for CRAM-MD5; listeners must also list CRAM-MD5 in auth_mechanisms.

@@ -90,6 +90,7 @@ async fn create(
         email: email.clone(),
         cram_md5: None,
         max_messages_per_hour: None,
+        ip_pool: None,
     };
     match state.store.create_account(record).await {
         Ok(()) => {}
