@@ -60,6 +60,8 @@ class SinkHandler:
                     "mail_from": envelope.mail_from,
                     "rcpt_tos": list(envelope.rcpt_tos),
                     "data": envelope.original_content,
+                    "peer": session.peer[0],
+                    "helo": session.host_name,
                 }
             )
         return self.reply

@@ -663,14 +663,19 @@ impl Config {
         }
         for (i, d) in self.destination.iter().enumerate() {
             let host = d.host.strip_prefix("*.").unwrap_or(&d.host);
-            if host.is_empty() || (host.parse::<std::net::IpAddr>().is_err() && normalize_domain(host).is_err()) {
+            if host.is_empty()
+                || (host.parse::<std::net::IpAddr>().is_err() && normalize_domain(host).is_err())
+            {
                 return Err(invalid(
                     format!("destination[{i}].match"),
                     "must be a host name, *.suffix, or an IP address",
                 ));
             }
             if d.max_connections == Some(0) || d.max_messages_per_connection == Some(0) {
-                return Err(invalid(format!("destination[{i}]"), "limits must be at least 1"));
+                return Err(invalid(
+                    format!("destination[{i}]"),
+                    "limits must be at least 1",
+                ));
             }
         }
         let mut pools = HashSet::new();
@@ -840,7 +845,10 @@ mod tests {
         assert_eq!(ok.ip_pool[0].address[0].ip.to_string(), "127.0.0.2");
         assert_eq!(ok.destination[0].max_messages_per_hour, Some(10));
         let err = Config::parse("[queue]\ndefault_ip_pool = \"nope\"\n").unwrap_err();
-        assert!(err.to_string().starts_with("queue.default_ip_pool"), "{err}");
+        assert!(
+            err.to_string().starts_with("queue.default_ip_pool"),
+            "{err}"
+        );
         let err = Config::parse("[[ip_pool]]\nname = \"a\"\naddress = []\n").unwrap_err();
         assert!(err.to_string().starts_with("ip_pool[0].address"), "{err}");
         let err = Config::parse("[[destination]]\nmatch = \"bad host\"\n").unwrap_err();

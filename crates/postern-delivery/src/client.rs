@@ -84,6 +84,45 @@ fn policy_label(tls: RouteTls) -> &'static str {
     }
 }
 
+/// Where outbound connections leave from: an address of an IP pool and the
+/// EHLO name that goes with it (its PTR name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub ip: IpAddr,
+    pub ehlo_name: String,
+}
+
+/// A connection left open after a transaction, for the next message to the
+/// same destination (RFC 5321 §4.1.4: a session may carry any number of
+/// transactions).
+pub struct KeptConnection {
+    conn: Conn,
+    caps: Capabilities,
+    via: Via,
+    messages: u32,
+}
+
+impl KeptConnection {
+    pub fn via(&self) -> &Via {
+        &self.via
+    }
+
+    /// Ends the session politely.
+    pub async fn close(mut self) {
+        quit(&mut self.conn).await;
+    }
+}
+
+async fn quit(conn: &mut Conn) {
+    conn.step = "QUIT";
+    let _ = tokio::time::timeout(QUIT_TIMEOUT, async {
+        conn.send(b"QUIT\r\n").await?;
+        conn.reply().await
+    })
+    .await;
+    let _ = conn.stream.shutdown().await;
+}
+
 struct Candidate {
     host: String,
     port: u16,
@@ -112,6 +151,17 @@ impl SmtpClient {
         })
     }
 
+    /// The most preferred MX host of a domain (from the resolver's cache
+    /// when it can), used to sort work by provider.
+    pub async fn first_mx(&self, domain: &str) -> Option<String> {
+        self.resolver
+            .mx_hosts(domain)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+    }
+
     fn verified_config(&self, ca_file: &Option<PathBuf>) -> Result<Arc<ClientConfig>, String> {
         let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(ca_file) {
@@ -122,11 +172,57 @@ impl SmtpClient {
         Ok(c)
     }
 
-    pub async fn deliver(&self, destination: &Destination, job: &DeliveryJob) -> Attempt {
+    /// One attempt for one job. `kept` is the connection the caller holds for
+    /// this destination: it is used first, and a connection that is still
+    /// good afterwards is left there (up to `max_messages` messages).
+    pub async fn deliver(
+        &self,
+        destination: &Destination,
+        job: &DeliveryJob,
+        source: Option<&Source>,
+        kept: &mut Option<KeptConnection>,
+        max_messages: u32,
+    ) -> Attempt {
         let all = |o: Outcome| Attempt {
             outcomes: vec![o; job.recipients.len()],
             via: None,
         };
+        if let Some(mut k) = kept.take() {
+            k.conn.replies = 0;
+            match self.transaction(&mut k.conn, &k.caps, job).await {
+                Ok(outcomes) => {
+                    metrics::counter!("postern_delivery_connections_total", "kind" => "reused")
+                        .increment(1);
+                    k.messages += 1;
+                    let via = k.via.clone();
+                    if !k.conn.closing && k.messages < max_messages {
+                        *kept = Some(k);
+                    } else {
+                        k.close().await;
+                    }
+                    return Attempt {
+                        outcomes,
+                        via: Some(via),
+                    };
+                }
+                // Nothing was answered: the server closed the idle session.
+                // Nothing can have been accepted, so a new connection is safe.
+                Err(e) if k.conn.replies == 0 => {
+                    tracing::debug!(host = %k.via.host, error = %e, "kept connection was closed; reconnecting");
+                }
+                Err(e) => {
+                    let detail = format!(
+                        "{} [{}] during {}: {e}",
+                        k.via.host, k.via.addr, k.conn.step
+                    );
+                    let via = k.via.clone();
+                    return Attempt {
+                        outcomes: vec![Outcome::Transient(detail); job.recipients.len()],
+                        via: Some(via),
+                    };
+                }
+            }
+        }
         let candidates = match destination {
             Destination::Static(r) => vec![Candidate {
                 host: r.host.clone(),
@@ -159,8 +255,19 @@ impl SmtpClient {
                 }
             };
             for ip in ips {
-                match self.try_host(c, ip, job).await {
-                    Ok(attempt) => return attempt,
+                match self.try_host(c, ip, job, source).await {
+                    Ok((attempt, conn)) => {
+                        if let Some(mut conn) = conn {
+                            metrics::counter!("postern_delivery_connections_total", "kind" => "new")
+                                .increment(1);
+                            if conn.messages < max_messages && !conn.conn.closing {
+                                *kept = Some(conn);
+                            } else {
+                                quit(&mut conn.conn).await;
+                            }
+                        }
+                        return attempt;
+                    }
                     Err(HostFailure(o)) => {
                         tracing::info!(message = %job.message_id, host = %c.host, %ip, reason = %o.detail(), "host failed");
                         failures.push(o);
@@ -187,42 +294,67 @@ impl SmtpClient {
         c: &Candidate,
         ip: IpAddr,
         job: &DeliveryJob,
-    ) -> Result<Attempt, HostFailure> {
+        source: Option<&Source>,
+    ) -> Result<(Attempt, Option<KeptConnection>), HostFailure> {
         let addr = SocketAddr::new(ip, c.port);
         let transient = |what: String| HostFailure(Outcome::Transient(what));
-        let tcp =
-            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(transient(format!("connect to {} [{addr}]: {e}", c.host)))
+        let connect = async {
+            match source {
+                Some(src) => {
+                    if src.ip.is_ipv4() != ip.is_ipv4() {
+                        return Err(io::Error::other(format!(
+                            "source address {} cannot reach {ip}",
+                            src.ip
+                        )));
+                    }
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(src.ip, 0))?;
+                    socket.connect(addr).await
                 }
-                Err(_) => {
-                    return Err(transient(format!(
-                        "connect to {} [{addr}]: timed out",
-                        c.host
-                    )))
-                }
-            };
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let tcp = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(transient(format!("connect to {} [{addr}]: {e}", c.host))),
+            Err(_) => {
+                return Err(transient(format!(
+                    "connect to {} [{addr}]: timed out",
+                    c.host
+                )))
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn {
             stream: Stream::Plain(tcp),
             buf: Vec::new(),
             timeout: self.settings.command_timeout,
             step: "greeting",
+            replies: 0,
+            closing: false,
         };
-        let result = self.session(&mut conn, c, addr, job).await;
-        if result.is_ok() {
-            conn.step = "QUIT";
-            let _ = tokio::time::timeout(QUIT_TIMEOUT, async {
-                conn.send(b"QUIT\r\n").await?;
-                conn.reply().await
-            })
-            .await;
+        let ehlo_name = source
+            .map(|s| s.ehlo_name.as_str())
+            .unwrap_or(&self.settings.ehlo_name);
+        match self.session(&mut conn, c, addr, job, ehlo_name).await {
+            Ok((attempt, caps, via)) => Ok((
+                attempt,
+                Some(KeptConnection {
+                    conn,
+                    caps,
+                    via,
+                    messages: 1,
+                }),
+            )),
+            Err(e) => {
+                let _ = conn.stream.shutdown().await;
+                Err(e)
+            }
         }
-        let _ = conn.stream.shutdown().await;
-        result
     }
 
     async fn session(
@@ -231,7 +363,8 @@ impl SmtpClient {
         c: &Candidate,
         addr: SocketAddr,
         job: &DeliveryJob,
-    ) -> Result<Attempt, HostFailure> {
+        ehlo_name: &str,
+    ) -> Result<(Attempt, Capabilities, Via), HostFailure> {
         let io_fail = |conn: &Conn, e: io::Error| {
             HostFailure(Outcome::Transient(format!(
                 "{} [{addr}] during {}: {e}",
@@ -242,7 +375,10 @@ impl SmtpClient {
         if code != 220 {
             return Err(HostFailure(Outcome::from_reply(code, &text, "greeting")).into_transient());
         }
-        let mut caps = self.ehlo(conn).await.map_err(|e| io_fail(conn, e))?;
+        let mut caps = self
+            .ehlo(conn, ehlo_name)
+            .await
+            .map_err(|e| io_fail(conn, e))?;
 
         let mut tls_desc = None;
         let want_tls = c.tls != RouteTls::None;
@@ -300,7 +436,10 @@ impl SmtpClient {
                 metrics::counter!("postern_delivery_tls_total", "result" => if c.tls == RouteTls::Required { "verified" } else { "opportunistic" }).increment(1);
                 tls_desc = Some(desc);
                 conn.stream = Stream::Tls(Box::new(tls));
-                caps = self.ehlo(conn).await.map_err(|e| io_fail(conn, e))?;
+                caps = self
+                    .ehlo(conn, ehlo_name)
+                    .await
+                    .map_err(|e| io_fail(conn, e))?;
             }
         } else if c.tls == RouteTls::Required {
             return Err(HostFailure(Outcome::Transient(format!(
@@ -345,23 +484,25 @@ impl SmtpClient {
             .transaction(conn, &caps, job)
             .await
             .map_err(|e| io_fail(conn, e))?;
-        Ok(Attempt {
-            outcomes,
-            via: Some(via),
-        })
+        Ok((
+            Attempt {
+                outcomes,
+                via: Some(via.clone()),
+            },
+            caps,
+            via,
+        ))
     }
 
-    async fn ehlo(&self, conn: &mut Conn) -> io::Result<Capabilities> {
+    async fn ehlo(&self, conn: &mut Conn, name: &str) -> io::Result<Capabilities> {
         conn.step = "EHLO";
-        conn.send(format!("EHLO {}\r\n", self.settings.ehlo_name).as_bytes())
-            .await?;
+        conn.send(format!("EHLO {name}\r\n").as_bytes()).await?;
         let (code, text) = conn.reply().await?;
         if code == 250 {
             return Ok(Capabilities::parse(&text));
         }
         conn.step = "HELO";
-        conn.send(format!("HELO {}\r\n", self.settings.ehlo_name).as_bytes())
-            .await?;
+        conn.send(format!("HELO {name}\r\n").as_bytes()).await?;
         let (code, text) = conn.reply().await?;
         if code != 250 {
             return Err(io::Error::other(format!("HELO refused: {code} {text}")));
@@ -470,14 +611,30 @@ impl SmtpClient {
                 let _ = conn.reply().await;
                 Outcome::Transient("no recipient accepted".into())
             }
-            Some((code, text)) => Outcome::from_reply(code, &text, "DATA"),
-            None => Outcome::Transient("no recipient accepted".into()),
+            Some((code, text)) => {
+                reset(conn).await?;
+                Outcome::from_reply(code, &text, "DATA")
+            }
+            None => {
+                reset(conn).await?;
+                Outcome::Transient("no recipient accepted".into())
+            }
         };
         Ok(rcpt_results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| data_outcome.clone()))
             .collect())
     }
+}
+
+/// Ends a transaction that MAIL opened but DATA never completed
+/// (RFC 5321 §4.1.1.5), so the connection can carry the next message: a
+/// server would otherwise answer the next MAIL with "nested MAIL command".
+async fn reset(conn: &mut Conn) -> io::Result<()> {
+    conn.step = "RSET";
+    conn.send(b"RSET\r\n").await?;
+    conn.reply().await?;
+    Ok(())
 }
 
 impl HostFailure {
@@ -584,6 +741,11 @@ struct Conn {
     buf: Vec<u8>,
     timeout: Duration,
     step: &'static str,
+    /// Replies read since the counter was last reset (0 after a failure on
+    /// a kept connection means the server had closed it while idle).
+    replies: u32,
+    /// The server said 421: it is closing the session.
+    closing: bool,
 }
 
 impl Conn {
@@ -624,6 +786,10 @@ impl Conn {
                 self.buf.drain(..consumed);
                 match parsed {
                     Ok(r) => {
+                        self.replies += 1;
+                        if r.code == 421 {
+                            self.closing = true;
+                        }
                         // Keep the enhanced status code (RFC 3463) in the text:
                         // it is what bounce classification reads.
                         let text = match r.esc {

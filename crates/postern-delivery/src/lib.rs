@@ -9,10 +9,12 @@ pub mod mx;
 pub mod outcome;
 pub mod route;
 pub mod scheduler;
+pub mod shaping;
 pub mod tls;
 
-pub use client::{ClientSettings, SmtpClient};
+pub use client::{ClientSettings, KeptConnection, SmtpClient, Source};
 pub use mx::MxResolver;
 pub use outcome::Outcome;
 pub use route::{Destination, Router};
 pub use scheduler::Scheduler;
+pub use shaping::Shaping;

@@ -1,37 +1,61 @@
-//! The scheduler: claims due work from the store, delivers it with bounded
-//! concurrency, and settles the outcomes (retry with backoff, or done).
-//! It reads only the store: a message queued by another node or a restart
-//! is picked up the same way as one queued a moment ago.
+//! The scheduler: claims due work from the store, sorts it into
+//! destinations (one MX host, or one route's next hop, from one source
+//! address), and runs workers per destination within its limits. A worker
+//! keeps its connection open and sends the destination's next messages
+//! over it (RFC 5321 §4.1.4), then QUITs when the destination has nothing
+//! more for `connection_idle`.
+//!
+//! Nothing here holds up other destinations: a slow or failing destination
+//! only ever occupies its own workers (at most its connection limit), its
+//! backlog in memory is capped, and DNS for sorting is bounded by a short
+//! timeout. The scheduler reads only the store: a message queued by another
+//! node or a restart is picked up the same way as one queued a moment ago.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use postern_core::bounce::{self, BounceClass};
 use postern_core::AttemptInfo;
 use postern_queue::dsn::{self, Bounce, FailedRecipient};
 use postern_queue::{Intake, RetrySchedule};
 use postern_store::{
-    DeliveryJob, QueueStore, RecipientOutcome, Settlement, Suppression, SuppressionStore,
+    AccountStore, DeliveryJob, QueueStore, RecipientOutcome, Settlement, Suppression,
+    SuppressionStore,
 };
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use crate::client::SmtpClient;
+use crate::client::{Attempt, KeptConnection, SmtpClient, Source};
 use crate::outcome::Outcome;
-use crate::route::Router;
+use crate::route::{Destination, Router};
+use crate::shaping::{HourWindow, Limits, Shaping};
 
 /// How long a claim holds work. It must outlast the slowest attempt (a
-/// few timeouts in a row); an expired lease makes the work due again.
+/// few timeouts in a row) plus the wait in a destination's backlog; an
+/// expired lease makes the work due again.
 const LEASE: Duration = Duration::from_secs(30 * 60);
 /// Longest sleep when idle, so work queued by another process (the CLI,
 /// another node) is found without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(2);
+/// Jobs one destination may hold in memory; more wait in the store, so a
+/// slow destination cannot fill the scheduler's window.
+const BACKLOG_PER_DESTINATION: usize = 500;
+/// Postponement for work over a destination's backlog.
+const BACKLOG_RETRY: Duration = Duration::from_secs(2);
+/// DNS used only to sort work by MX host: a slow answer sorts the job by
+/// its domain instead, and the worker resolves with the full timeouts.
+const SORT_DNS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often account-to-pool bindings are re-read.
+const POOL_REFRESH: Duration = Duration::from_secs(10);
 
 pub struct Scheduler {
     pub store: Arc<dyn QueueStore>,
     pub client: Arc<SmtpClient>,
     pub router: Arc<Router>,
     pub retry: RetrySchedule,
+    /// Connections (workers) at once, across all destinations.
     pub concurrency: usize,
     pub wakeup: Arc<Notify>,
     /// Where DSNs for failed recipients are queued (None: no bounces, as in
@@ -39,68 +63,139 @@ pub struct Scheduler {
     pub bounces: Option<Intake>,
     /// Where hard-bounced addresses are recorded per account (None: not kept).
     pub suppressions: Option<Arc<dyn SuppressionStore>>,
+    pub shaping: Shaping,
+    /// Where accounts' IP pools are read (None: every message uses the
+    /// default pool, if any).
+    pub accounts: Option<Arc<dyn AccountStore>>,
+}
+
+struct Work {
+    job: DeliveryJob,
+    route: Destination,
+}
+
+struct DestinationState {
+    pending: VecDeque<Work>,
+    workers: usize,
+    limits: Limits,
+    source: Option<Source>,
+    hour: HourWindow,
+    /// Wakes an idle worker of this destination when work arrives.
+    arrived: Arc<Notify>,
+}
+
+/// account -> (parent, ip_pool), and when it was read.
+type PoolBindings = (
+    HashMap<String, (Option<String>, Option<String>)>,
+    Option<Instant>,
+);
+
+struct Shared {
+    destinations: Mutex<HashMap<String, DestinationState>>,
+    slots: Arc<Semaphore>,
+    in_memory: AtomicUsize,
+    /// A worker finished a job or stopped: the loop may claim or spawn.
+    changed: Notify,
+    /// Work waits for a free connection slot: idle workers should leave.
+    slot_wanted: Notify,
+    pools: Mutex<PoolBindings>,
 }
 
 impl Scheduler {
     /// Runs until `shutdown` turns true, then waits up to `grace` for
-    /// attempts in flight; any still running are abandoned and their lease
-    /// makes them due again after a restart.
+    /// attempts in flight; work not started goes back to the store at once,
+    /// and attempts still running after `grace` are abandoned (their lease
+    /// makes them due again).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let shared = Arc::new(Shared {
+            destinations: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(self.concurrency.max(1))),
+            in_memory: AtomicUsize::new(0),
+            changed: Notify::new(),
+            slot_wanted: Notify::new(),
+            pools: Mutex::new((HashMap::new(), None)),
+        });
         let this = Arc::new(self);
+        // Enough claimed work to keep every connection busy, with room for
+        // several messages per connection.
+        let window = (this.concurrency * 8).max(256);
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let free = slots.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    p = slots.clone().acquire_owned() => drop(p),
-                    _ = shutdown.wait_for(|s| *s) => break,
+            let now = postern_core::time::now_millis();
+            let room = window.saturating_sub(shared.in_memory.load(Ordering::Acquire));
+            let mut claimed = 0;
+            if room > 0 {
+                match this
+                    .store
+                    .claim_due(now, room, LEASE.as_millis() as i64)
+                    .await
+                {
+                    Ok(jobs) => {
+                        claimed = jobs.len();
+                        this.sort(&shared, jobs).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "scheduler: claim failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
+            }
+            this.spawn_workers(&shared, &shutdown);
+            metrics::gauge!("postern_delivery_in_memory")
+                .set(shared.in_memory.load(Ordering::Relaxed) as f64);
+            if claimed > 0 && claimed == room {
+                // There may be more due right now.
+                tokio::task::yield_now().await;
                 continue;
             }
-            let now = postern_core::time::now_millis();
-            let jobs = match this
-                .store
-                .claim_due(now, free, LEASE.as_millis() as i64)
-                .await
-            {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::error!(error = %e, "scheduler: claim failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if jobs.is_empty() {
-                let wait = match this.store.next_due().await {
+            let wait = if room == 0 {
+                IDLE_POLL
+            } else {
+                match this.store.next_due().await {
                     Ok(Some(t)) => Duration::from_millis(
                         (t - now).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
                     ),
                     _ => IDLE_POLL,
-                };
-                tokio::select! {
-                    _ = this.wakeup.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|s| *s) => break,
                 }
-                continue;
-            }
-            for job in jobs {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let this = this.clone();
-                tokio::spawn(async move {
-                    this.attempt(job).await;
-                    drop(permit);
-                });
+            };
+            tokio::select! {
+                _ = this.wakeup.notified() => {}
+                _ = shared.changed.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
             }
         }
         tracing::info!("scheduler stopping; waiting for deliveries in flight");
-        let all = this.concurrency as u32;
-        if tokio::time::timeout(grace, slots.acquire_many(all))
+        // Work not started goes back at once, for another node or the next start.
+        let unstarted: Vec<(postern_core::MessageId, u32)> = {
+            let mut dests = shared
+                .destinations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            dests
+                .values_mut()
+                .flat_map(|d| d.pending.drain(..))
+                .flat_map(|w| {
+                    let id = w.job.message_id.clone();
+                    w.job
+                        .recipients
+                        .into_iter()
+                        .map(move |r| (id.clone(), r.index))
+                })
+                .collect()
+        };
+        if !unstarted.is_empty() {
+            let now = postern_core::time::now_millis();
+            if let Err(e) = this.store.postpone(unstarted, now).await {
+                tracing::warn!(error = %e, "could not release unstarted work; its leases will expire");
+            }
+        }
+        shared.slot_wanted.notify_waiters();
+        let all = this.concurrency.max(1) as u32;
+        if tokio::time::timeout(grace, shared.slots.acquire_many(all))
             .await
             .is_err()
         {
@@ -108,17 +203,272 @@ impl Scheduler {
         }
     }
 
-    async fn attempt(&self, job: DeliveryJob) {
-        let destination = self.router.route(&job.domain);
+    /// The account's pool: its own, else its parent's (refreshed every few
+    /// seconds from the store).
+    async fn pool_of(&self, shared: &Shared, account: Option<&str>) -> Option<String> {
+        let account = account?;
+        let accounts = self.accounts.as_ref()?;
+        let stale = {
+            let p = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
+            p.1.is_none_or(|t| t.elapsed() > POOL_REFRESH)
+        };
+        if stale {
+            match accounts.list_accounts().await {
+                Ok(list) => {
+                    let map = list
+                        .into_iter()
+                        .map(|a| (a.name, (a.parent, a.ip_pool)))
+                        .collect();
+                    *shared.pools.lock().unwrap_or_else(|e| e.into_inner()) =
+                        (map, Some(Instant::now()));
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read IP pool bindings"),
+            }
+        }
+        let p = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let (parent, own) = p.0.get(account)?;
+        own.clone().or_else(|| {
+            parent
+                .as_ref()
+                .and_then(|parent| p.0.get(parent)?.1.clone())
+        })
+    }
+
+    /// Puts claimed jobs into their destinations' backlogs.
+    async fn sort(&self, shared: &Arc<Shared>, jobs: Vec<DeliveryJob>) {
+        // MX lookups for sorting run together, each briefly bounded.
+        let mut lookups = tokio::task::JoinSet::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let route = self.router.route(&job.domain);
+            if let Destination::Mx = route {
+                let client = self.client.clone();
+                let domain = job.domain.clone();
+                lookups.spawn(async move {
+                    let host = tokio::time::timeout(SORT_DNS_TIMEOUT, client.first_mx(&domain))
+                        .await
+                        .ok()
+                        .flatten();
+                    (i, host)
+                });
+            }
+        }
+        let mut mx_hosts: HashMap<usize, String> = HashMap::new();
+        while let Some(Ok((i, host))) = lookups.join_next().await {
+            if let Some(h) = host {
+                mx_hosts.insert(i, h);
+            }
+        }
+        let now = Instant::now();
+        let mut postponed: Vec<(postern_core::MessageId, u32, Duration, &'static str)> = Vec::new();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let route = self.router.route(&job.domain);
+            let host = match &route {
+                Destination::Static(r) => format!("{}:{}", r.host, r.port),
+                Destination::Mx => mx_hosts.remove(&i).unwrap_or_else(|| job.domain.clone()),
+            };
+            let limit_host = match &route {
+                Destination::Static(r) => r.host.clone(),
+                Destination::Mx => host.clone(),
+            };
+            let pool = self.pool_of(shared, job.account.as_deref()).await;
+            let source = self.shaping.source_for(pool.as_deref(), &host);
+            let key = format!(
+                "{host}|{}",
+                source
+                    .as_ref()
+                    .map(|s| s.ip.to_string())
+                    .unwrap_or_default()
+            );
+            let mut dests = shared
+                .destinations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let dest = dests.entry(key).or_insert_with(|| DestinationState {
+                pending: VecDeque::new(),
+                workers: 0,
+                limits: self.shaping.limits_for(&limit_host),
+                source,
+                hour: HourWindow::default(),
+                arrived: Arc::new(Notify::new()),
+            });
+            let over = if dest.pending.len() >= BACKLOG_PER_DESTINATION {
+                Some((BACKLOG_RETRY, "backlog"))
+            } else if let Some(max) = dest.limits.max_messages_per_hour {
+                dest.hour
+                    .take(max, now)
+                    .err()
+                    .map(|wait| (wait, "hourly_limit"))
+            } else {
+                None
+            };
+            match over {
+                Some((wait, reason)) => {
+                    for r in &job.recipients {
+                        postponed.push((job.message_id.clone(), r.index, wait, reason));
+                    }
+                }
+                None => {
+                    dest.pending.push_back(Work { job, route });
+                    shared.in_memory.fetch_add(1, Ordering::AcqRel);
+                    dest.arrived.notify_one();
+                }
+            }
+        }
+        // Over a limit: back to the store, due when there is room, without
+        // counting an attempt.
+        let mut by_wait: HashMap<(u64, &'static str), Vec<(postern_core::MessageId, u32)>> =
+            HashMap::new();
+        for (id, idx, wait, reason) in postponed {
+            by_wait
+                .entry((wait.as_millis() as u64, reason))
+                .or_default()
+                .push((id, idx));
+        }
+        for ((wait, reason), items) in by_wait {
+            metrics::counter!("postern_delivery_postponed_total", "reason" => reason)
+                .increment(items.len() as u64);
+            let at = postern_core::time::now_millis() + wait as i64;
+            if let Err(e) = self.store.postpone(items, at).await {
+                tracing::warn!(error = %e, "could not postpone work; its lease will expire");
+            }
+        }
+    }
+
+    /// Starts workers where work waits, within each destination's connection
+    /// limit and the global one.
+    fn spawn_workers(self: &Arc<Self>, shared: &Arc<Shared>, shutdown: &watch::Receiver<bool>) {
+        let mut dests = shared
+            .destinations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut starved = false;
+        for (key, dest) in dests.iter_mut() {
+            while dest.workers < dest.limits.max_connections && dest.workers < dest.pending.len() {
+                let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+                    starved = true;
+                    break;
+                };
+                dest.workers += 1;
+                let this = self.clone();
+                let shared = shared.clone();
+                let key = key.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { this.worker(shared, key, permit, shutdown).await });
+            }
+        }
+        dests.retain(|_, d| d.workers > 0 || !d.pending.is_empty());
+        metrics::gauge!("postern_delivery_destinations").set(dests.len() as f64);
+        if starved {
+            shared.slot_wanted.notify_waiters();
+        }
+    }
+
+    async fn worker(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        key: String,
+        permit: OwnedSemaphorePermit,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let mut kept: Option<KeptConnection> = None;
+        loop {
+            let next = {
+                let mut dests = shared
+                    .destinations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                dests.get_mut(&key).map(|d| {
+                    (
+                        d.pending.pop_front(),
+                        d.limits,
+                        d.source.clone(),
+                        d.arrived.clone(),
+                    )
+                })
+            };
+            let Some((work, limits, source, arrived)) = next else {
+                break;
+            };
+            match work {
+                Some(w) if !*shutdown.borrow() => {
+                    self.attempt(
+                        w,
+                        source.as_ref(),
+                        &mut kept,
+                        limits.max_messages_per_connection,
+                    )
+                    .await;
+                    shared.in_memory.fetch_sub(1, Ordering::AcqRel);
+                    shared.changed.notify_one();
+                }
+                Some(w) => {
+                    // Shutting down: not started, so back to the store now.
+                    let now = postern_core::time::now_millis();
+                    let items = w
+                        .job
+                        .recipients
+                        .iter()
+                        .map(|r| (w.job.message_id.clone(), r.index))
+                        .collect();
+                    let _ = self.store.postpone(items, now).await;
+                    shared.in_memory.fetch_sub(1, Ordering::AcqRel);
+                }
+                None => {
+                    if kept.is_none() || *shutdown.borrow() {
+                        break;
+                    }
+                    // Idle with an open connection: wait a little for more
+                    // mail to the same place, unless another destination
+                    // needs the slot.
+                    tokio::select! {
+                        _ = arrived.notified() => continue,
+                        _ = tokio::time::sleep(self.shaping.connection_idle) => break,
+                        _ = shared.slot_wanted.notified() => break,
+                    }
+                }
+            }
+        }
+        if let Some(k) = kept.take() {
+            k.close().await;
+        }
+        {
+            let mut dests = shared
+                .destinations
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(d) = dests.get_mut(&key) {
+                d.workers -= 1;
+                if d.workers == 0 && d.pending.is_empty() {
+                    dests.remove(&key);
+                }
+            }
+        }
+        drop(permit);
+        shared.changed.notify_one();
+    }
+
+    async fn attempt(
+        &self,
+        work: Work,
+        source: Option<&Source>,
+        kept: &mut Option<KeptConnection>,
+        max_messages: u32,
+    ) {
+        let Work { job, route } = work;
         let span = tracing::info_span!("delivery", message = %job.message_id, domain = %job.domain);
         let started = std::time::Instant::now();
         let attempt = self
             .client
-            .deliver(&destination, &job)
+            .deliver(&route, &job, source, kept, max_messages)
             .instrument(span)
             .await;
         metrics::histogram!("postern_delivery_attempt_seconds")
             .record(started.elapsed().as_secs_f64());
+        self.record(job, attempt).await;
+    }
+
+    /// Settles the outcomes: events, retries, bounces and DSNs, suppression.
+    async fn record(&self, job: DeliveryJob, attempt: Attempt) {
         let now = postern_core::time::now_millis();
         let mut outcomes = Vec::with_capacity(job.recipients.len());
         let mut failed = Vec::new();

@@ -14,9 +14,9 @@ use hickory_proto::rr::rdata::{A, MX};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use postern_core::config::{RouteConfig, RouteTls};
 use postern_core::{Envelope, EventKind, Recipient};
-use postern_delivery::{ClientSettings, MxResolver, Router, Scheduler, SmtpClient};
+use postern_delivery::{ClientSettings, MxResolver, Router, Scheduler, Shaping, SmtpClient};
 use postern_queue::{ClientInfo, Intake, RetrySchedule, Submission};
-use postern_store::{EmbeddedStore, EventFilter, EventStore};
+use postern_store::{EmbeddedStore, EventFilter, EventStore, QueueStore};
 use rustls_pki_types::PrivateKeyDer;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UdpSocket};
@@ -34,6 +34,11 @@ struct Received {
     /// DATA as sent on the wire, dot-stuffed, up to and including CRLF.CRLF.
     wire: Vec<u8>,
     tls: bool,
+    /// Where the connection came from, the EHLO name it gave, and which
+    /// connection (0, 1, …) it was.
+    peer: SocketAddr,
+    ehlo: String,
+    conn_no: usize,
 }
 
 #[derive(Clone)]
@@ -46,6 +51,8 @@ struct SinkOptions {
     drop_mid_data: bool,
     /// AUTH PLAIN credentials the sink requires (offered only over TLS).
     auth: Option<(&'static str, &'static str)>,
+    /// Waits this long before the reply to the final dot (a slow receiver).
+    data_delay: Option<Duration>,
 }
 
 struct Sink {
@@ -70,6 +77,7 @@ impl Default for SinkOptions {
             rcpt: accept_all(),
             drop_mid_data: false,
             auth: None,
+            data_delay: None,
         }
     }
 }
@@ -89,13 +97,13 @@ async fn start_sink(opts: SinkOptions) -> Sink {
     );
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
             let n = c.fetch_add(1, Ordering::SeqCst);
             let (opts, r, m, a) = (opts.clone(), r.clone(), m.clone(), a.clone());
             tokio::spawn(async move {
-                let _ = sink_session(Box::new(stream), n, opts, r, m, a).await;
+                let _ = sink_session(Box::new(stream), n, peer, opts, r, m, a).await;
             });
         }
     });
@@ -111,6 +119,7 @@ async fn start_sink(opts: SinkOptions) -> Sink {
 async fn sink_session(
     stream: Box<dyn Io>,
     conn_no: usize,
+    peer: SocketAddr,
     opts: SinkOptions,
     received: Arc<Mutex<Vec<Received>>>,
     mails: Arc<AtomicUsize>,
@@ -121,6 +130,7 @@ async fn sink_session(
     let mut tls = false;
     io.get_mut().write_all(b"220 sink.test ESMTP\r\n").await?;
     let mut current: Option<Received> = None;
+    let mut ehlo = String::new();
     loop {
         let mut line = String::new();
         if io.read_line(&mut line).await? == 0 {
@@ -128,6 +138,7 @@ async fn sink_session(
         }
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
+            ehlo = line[4..].trim().to_string();
             let starttls = if opts.tls.is_some() && !tls {
                 "250-STARTTLS\r\n"
             } else {
@@ -172,6 +183,10 @@ async fn sink_session(
             continue;
         } else if upper.starts_with("MAIL FROM:") && opts.auth.is_some() && !authenticated {
             "530 5.7.0 authentication required\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") && current.is_some() {
+            // RFC 5321 §4.1.1.2: a transaction is open until DATA completes
+            // or RSET; strict, as real servers are.
+            "503 5.5.1 nested MAIL command\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             mails.fetch_add(1, Ordering::SeqCst);
             let from = line[10..]
@@ -186,6 +201,9 @@ async fn sink_session(
                 rcpts: vec![],
                 wire: vec![],
                 tls,
+                peer,
+                ehlo: ehlo.clone(),
+                conn_no,
             });
             "250 2.1.0 ok\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
@@ -204,10 +222,14 @@ async fn sink_session(
             }
             format!("{r}\r\n")
         } else if upper.starts_with("DATA") {
-            let Some(mut msg) = current.take().filter(|c| !c.rcpts.is_empty()) else {
+            if current.as_ref().is_none_or(|c| c.rcpts.is_empty()) {
+                // The transaction stays open (MAIL was accepted).
                 io.get_mut()
                     .write_all(b"554 no valid recipients\r\n")
                     .await?;
+                continue;
+            }
+            let Some(mut msg) = current.take() else {
                 continue;
             };
             io.get_mut().write_all(b"354 go\r\n").await?;
@@ -226,12 +248,18 @@ async fn sink_session(
                     break;
                 }
             }
+            if let Some(d) = opts.data_delay {
+                tokio::time::sleep(d).await;
+            }
             received.lock().unwrap().push(msg);
             "250 2.0.0 queued at sink\r\n".into()
         } else if upper.starts_with("QUIT") {
             io.get_mut().write_all(b"221 bye\r\n").await?;
             return Ok(());
-        } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+        } else if upper.starts_with("RSET") {
+            current = None;
+            "250 ok\r\n".into()
+        } else if upper.starts_with("NOOP") {
             "250 ok\r\n".into()
         } else {
             "500 what\r\n".into()
@@ -301,6 +329,15 @@ struct Node {
 }
 
 async fn start_node(routes: Vec<RouteConfig>, dns: Option<SocketAddr>, mx_port: u16) -> Node {
+    start_shaped_node(routes, dns, mx_port, Shaping::default()).await
+}
+
+async fn start_shaped_node(
+    routes: Vec<RouteConfig>,
+    dns: Option<SocketAddr>,
+    mx_port: u16,
+    shaping: Shaping,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let intake = Intake::new(store.clone(), "postern.test".into());
@@ -329,6 +366,8 @@ async fn start_node(routes: Vec<RouteConfig>, dns: Option<SocketAddr>, mx_port: 
         wakeup: intake.wakeup(),
         bounces: Some(intake.clone()),
         suppressions: Some(store.clone()),
+        shaping,
+        accounts: Some(store.clone()),
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));
@@ -342,6 +381,16 @@ async fn start_node(routes: Vec<RouteConfig>, dns: Option<SocketAddr>, mx_port: 
 
 impl Node {
     async fn send(&self, from: &str, rcpts: &[&str], body: &[u8]) -> String {
+        self.send_as(None, from, rcpts, body).await
+    }
+
+    async fn send_as(
+        &self,
+        account: Option<&str>,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> String {
         let envelope = Envelope {
             mail_from: from.into(),
             recipients: rcpts
@@ -359,7 +408,11 @@ impl Node {
             .intake
             .submit(Submission {
                 envelope,
-                principal: None,
+                principal: account.map(|a| postern_core::Principal {
+                    account: a.into(),
+                    key_id: "test".into(),
+                    scopes: vec!["mail.send".into()],
+                }),
                 client: ClientInfo {
                     ip: "127.0.0.1".parse().unwrap(),
                     helo: "test".into(),
@@ -478,11 +531,12 @@ async fn delivers_byte_exact_with_dot_stuffing() {
 
 #[tokio::test]
 async fn temporary_failures_are_retried_and_permanent_ones_fail() {
-    // First connection: 451 for everyone; later: 250, except 550 for "gone".
-    let rcpt: RcptPolicy = Arc::new(|conn, rcpt| {
+    // First RCPT for ok@: 451; later: 250. Always 550 for "gone".
+    let asked = Arc::new(AtomicUsize::new(0));
+    let rcpt: RcptPolicy = Arc::new(move |_conn, rcpt| {
         if rcpt.starts_with("gone@") {
             "550 5.1.1 no such user".into()
-        } else if conn == 0 {
+        } else if asked.fetch_add(1, Ordering::SeqCst) == 0 {
             "451 4.3.0 try later".into()
         } else {
             "250 2.1.5 ok".into()
@@ -549,7 +603,9 @@ async fn temporary_failures_are_retried_and_permanent_ones_fail() {
         .unwrap();
     assert_eq!(delivered.info.attempt, Some(2));
     assert!(delivered.info.remote_host.is_some());
-    assert!(sink.connections.load(Ordering::SeqCst) >= 2);
+    // The retry, 200–400 ms later, went over the connection kept open
+    // from the first attempt.
+    assert_eq!(sink.connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -833,4 +889,239 @@ async fn smart_host_auth_is_sent_only_over_tls() {
     );
     assert!(plain.auth_seen.lock().unwrap().is_empty());
     assert_eq!(plain.mail_commands.load(Ordering::SeqCst), 0);
+}
+
+fn shaping(toml: &str) -> Shaping {
+    Shaping::from_config(&postern_core::Config::parse(toml).unwrap())
+}
+
+#[tokio::test]
+async fn connections_are_reused_up_to_the_message_limit() {
+    let sink = start_sink(SinkOptions::default()).await;
+    let node = start_shaped_node(
+        vec![route("*", &sink, RouteTls::None, None)],
+        None,
+        25,
+        shaping("[queue]\nmax_connections_per_destination = 1\nmax_messages_per_connection = 3\n"),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let rcpt = format!("r{i}@example.net");
+        ids.push(
+            node.send(
+                "a@example.org",
+                &[rcpt.as_str()],
+                b"Subject: r\r\n\r\nx\r\n",
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        node.final_events(id, 1).await;
+    }
+    assert_eq!(sink.received.lock().unwrap().len(), 7);
+    // 7 messages, 3 per connection: 3 connections, used in turn.
+    assert_eq!(sink.connections.load(Ordering::SeqCst), 3);
+    let per_conn = sink.received.lock().unwrap().iter().fold(
+        HashMap::new(),
+        |mut m: HashMap<usize, usize>, r| {
+            *m.entry(r.conn_no).or_default() += 1;
+            m
+        },
+    );
+    assert_eq!(per_conn.get(&0), Some(&3), "{per_conn:?}");
+    assert_eq!(per_conn.get(&1), Some(&3), "{per_conn:?}");
+    assert_eq!(per_conn.get(&2), Some(&1), "{per_conn:?}");
+}
+
+#[tokio::test]
+async fn accounts_send_from_their_ip_pool_with_its_ehlo_name() {
+    use postern_store::{AccountRecord, AccountStore};
+    let sink = start_sink(SinkOptions::default()).await;
+    let node = start_shaped_node(
+        vec![route("*", &sink, RouteTls::None, None)],
+        None,
+        25,
+        shaping(
+            "[queue]\ndefault_ip_pool = \"shared\"\n\
+             [[ip_pool]]\nname = \"shared\"\n[[ip_pool.address]]\nip = \"127.0.0.3\"\nehlo_name = \"three.postern.test\"\n\
+             [[ip_pool]]\nname = \"dedicated\"\n[[ip_pool.address]]\nip = \"127.0.0.2\"\nehlo_name = \"two.postern.test\"\n",
+        ),
+    )
+    .await;
+    let account = |name: &str, parent: Option<&str>, pool: Option<&str>| AccountRecord {
+        name: name.into(),
+        parent: parent.map(Into::into),
+        disabled: false,
+        allow_password_auth: false,
+        password_hash: None,
+        created_at: 0,
+        email: None,
+        cram_md5: None,
+        max_messages_per_hour: None,
+        ip_pool: pool.map(Into::into),
+    };
+    node.store
+        .create_account(account("acme", None, Some("dedicated")))
+        .await
+        .unwrap();
+    node.store
+        .create_account(account("acme-news", Some("acme"), None))
+        .await
+        .unwrap();
+    node.store
+        .create_account(account("other", None, None))
+        .await
+        .unwrap();
+    let a = node
+        .send_as(
+            Some("acme"),
+            "a@acme.example",
+            &["x@example.net"],
+            b"Subject: 1\r\n\r\nx\r\n",
+        )
+        .await;
+    let b = node
+        .send_as(
+            Some("acme-news"),
+            "n@acme.example",
+            &["y@example.net"],
+            b"Subject: 2\r\n\r\nx\r\n",
+        )
+        .await;
+    let c = node
+        .send_as(
+            Some("other"),
+            "o@other.example",
+            &["z@example.net"],
+            b"Subject: 3\r\n\r\nx\r\n",
+        )
+        .await;
+    for id in [&a, &b, &c] {
+        node.final_events(id, 1).await;
+    }
+    let got = sink.received.lock().unwrap().clone();
+    let from = |rcpt: &str| {
+        let r = got.iter().find(|r| r.rcpts == [rcpt]).unwrap();
+        (r.peer.ip().to_string(), r.ehlo.clone())
+    };
+    assert_eq!(
+        from("x@example.net"),
+        ("127.0.0.2".into(), "two.postern.test".into())
+    );
+    // A subuser without a pool of its own uses its parent's.
+    assert_eq!(
+        from("y@example.net"),
+        ("127.0.0.2".into(), "two.postern.test".into())
+    );
+    // An account without one uses queue.default_ip_pool.
+    assert_eq!(
+        from("z@example.net"),
+        ("127.0.0.3".into(), "three.postern.test".into())
+    );
+    let events = node
+        .store
+        .events(EventFilter {
+            message_id: Some(a.clone()),
+            kinds: vec![EventKind::Delivered],
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events[0].info.source_ip.as_deref(), Some("127.0.0.2"));
+}
+
+#[tokio::test]
+async fn a_slow_destination_does_not_hold_up_the_others() {
+    // Every message to the slow host takes 3 s to be accepted.
+    let slow = start_sink(SinkOptions {
+        data_delay: Some(Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
+    let fast = start_sink(SinkOptions::default()).await;
+    let node = start_shaped_node(
+        vec![
+            route("slow.example", &slow, RouteTls::None, None),
+            route("fast.example", &fast, RouteTls::None, None),
+        ],
+        None,
+        25,
+        shaping("[queue]\nmax_connections_per_destination = 2\n"),
+    )
+    .await;
+    for i in 0..30 {
+        let rcpt = format!("s{i}@slow.example");
+        node.send(
+            "a@example.org",
+            &[rcpt.as_str()],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let id = node
+        .send(
+            "a@example.org",
+            &["f@fast.example"],
+            b"Subject: f\r\n\r\nx\r\n",
+        )
+        .await;
+    node.final_events(&id, 1).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "fast mail waited {took:?}");
+    // The slow host never had more than its two connections.
+    assert!(slow.connections.load(Ordering::SeqCst) <= 2);
+}
+
+#[tokio::test]
+async fn an_hourly_limit_makes_mail_wait_without_counting_attempts() {
+    let sink = start_sink(SinkOptions::default()).await;
+    let node = start_shaped_node(
+        vec![route("*", &sink, RouteTls::None, None)],
+        None,
+        25,
+        shaping("[[destination]]\nmatch = \"127.0.0.1\"\nmax_messages_per_hour = 2\n"),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let rcpt = format!("h{i}@example.net");
+        ids.push(
+            node.send(
+                "a@example.org",
+                &[rcpt.as_str()],
+                b"Subject: h\r\n\r\nx\r\n",
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.received.lock().unwrap().len(), 2);
+    let waiting = node
+        .store
+        .queued_messages(postern_store::QueueFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 2);
+    let now = postern_core::time::now_millis();
+    for m in &waiting {
+        let r = &m.recipients[0];
+        assert_eq!(r.attempts, 0, "waiting for the limit is not an attempt");
+        assert!(
+            r.next_attempt > now + 3_000_000,
+            "due when the hour has room"
+        );
+    }
+    let deferred = node
+        .store
+        .events(EventFilter {
+            kinds: vec![EventKind::Deferred],
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(deferred.is_empty(), "{deferred:?}");
 }

@@ -254,8 +254,14 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
                 ip_pool: Some(pool.clone()),
                 ..Default::default()
             };
-            update_account(&store, &name, u, "account.ip_pool", format!("ip_pool={pool:?}"))
-                .await?;
+            update_account(
+                &store,
+                &name,
+                u,
+                "account.ip_pool",
+                format!("ip_pool={pool:?}"),
+            )
+            .await?;
             match pool {
                 Some(p) => println!("{name} sends from IP pool {p}"),
                 None => println!("{name} uses its parent's or the default IP pool"),

@@ -172,6 +172,8 @@ pub async fn serve(config: Config) -> Result<()> {
         wakeup,
         bounces: Some(bounce_intake),
         suppressions: Some(store.clone()),
+        shaping: postern_delivery::Shaping::from_config(&config),
+        accounts: Some(store.clone()),
     };
     let grace = config.server.shutdown_grace;
     let scheduler_task = tokio::spawn(scheduler.run(shutdown_rx.clone(), grace));
