@@ -365,6 +365,12 @@ pub struct QueueConfig {
     /// The IP pool for accounts that have none of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_ip_pool: Option<String>,
+    /// Look up receivers' MTA-STS policies (RFC 8461) and honour them.
+    pub mta_sts: bool,
+    /// Extra CA certificates (PEM) trusted with the Mozilla roots where a
+    /// receiver's policy demands a valid certificate (MTA-STS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Limits for destinations whose host matches `match`.
@@ -416,6 +422,8 @@ impl Default for QueueConfig {
             max_messages_per_connection: 100,
             connection_idle: Duration::from_secs(2),
             default_ip_pool: None,
+            mta_sts: true,
+            tls_ca_file: None,
         }
     }
 }

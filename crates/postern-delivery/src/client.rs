@@ -41,6 +41,13 @@ pub struct ClientSettings {
     /// Port for hosts found through MX: always 25 in service; tests point
     /// it at a sink on an unprivileged port.
     pub mx_port: u16,
+    /// Extra CA certificates trusted, with the Mozilla roots, where a
+    /// receiver's policy asks for a valid certificate (MTA-STS).
+    pub ca_file: Option<PathBuf>,
+    /// Port MTA-STS policies are fetched from: 443 in service.
+    pub mta_sts_port: u16,
+    /// Look up and honour MTA-STS policies.
+    pub mta_sts: bool,
 }
 
 /// The result of one attempt: an outcome per recipient (in job order) and
@@ -129,6 +136,14 @@ struct Candidate {
     tls: RouteTls,
     ca_file: Option<PathBuf>,
     auth: Option<(String, String)>,
+    /// What decided the TLS requirement (for events and metrics).
+    policy: &'static str,
+    /// A required TLS connection verified against the Mozilla roots (plus
+    /// `ca_file` of the settings), as MTA-STS asks; else `ca_file` above.
+    webpki: bool,
+    /// MTA-STS `testing`: deliver whatever happens, but check the
+    /// certificate and report a failure.
+    report_only: bool,
 }
 
 pub struct SmtpClient {
@@ -136,6 +151,9 @@ pub struct SmtpClient {
     resolver: Arc<MxResolver>,
     opportunistic: Arc<ClientConfig>,
     verified: Mutex<HashMap<Option<PathBuf>, Arc<ClientConfig>>>,
+    webpki: Arc<ClientConfig>,
+    webpki_verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    mta_sts: Option<crate::mta_sts::MtaSts>,
 }
 
 /// Why a host was given up on (the next one is tried).
@@ -143,11 +161,18 @@ struct HostFailure(Outcome);
 
 impl SmtpClient {
     pub fn new(settings: ClientSettings, resolver: Arc<MxResolver>) -> Result<Self, String> {
+        let (webpki, webpki_verifier) = crate::tls::webpki_config(settings.ca_file.as_deref())?;
+        let mta_sts = settings.mta_sts.then(|| {
+            crate::mta_sts::MtaSts::new(resolver.clone(), webpki.clone(), settings.mta_sts_port)
+        });
         Ok(SmtpClient {
             settings,
             resolver,
             opportunistic: crate::tls::opportunistic_config()?,
             verified: Mutex::new(HashMap::new()),
+            webpki,
+            webpki_verifier,
+            mta_sts,
         })
     }
 
@@ -160,6 +185,66 @@ impl SmtpClient {
             .ok()?
             .into_iter()
             .next()
+    }
+
+    /// Candidates for MX hosts under the domain's MTA-STS policy, if any.
+    async fn mx_candidates(
+        &self,
+        domain: &str,
+        hosts: Vec<String>,
+    ) -> Result<Vec<Candidate>, Outcome> {
+        let policy = match &self.mta_sts {
+            Some(m) => m.policy(domain).await,
+            None => None,
+        };
+        let candidate = |host: String, tls, policy, webpki, report_only| Candidate {
+            host,
+            port: self.settings.mx_port,
+            tls,
+            ca_file: None,
+            auth: None,
+            policy,
+            webpki,
+            report_only,
+        };
+        use crate::mta_sts::Mode;
+        match policy {
+            Some(p) if p.mode == Mode::Enforce => {
+                // RFC 8461 §4.1: only MX hosts the policy names are used,
+                // and only over TLS with a valid certificate (§4.2).
+                let (allowed, refused): (Vec<String>, Vec<String>) =
+                    hosts.into_iter().partition(|h| p.allows(h));
+                for h in &refused {
+                    metrics::counter!("postern_mta_sts_total", "result" => "mx_mismatch").increment(1);
+                    tracing::warn!(%domain, host = %h, "MTA-STS: MX host not in the policy; skipped");
+                }
+                if allowed.is_empty() {
+                    return Err(Outcome::Transient(format!(
+                        "MTA-STS: no MX host of {domain} ({}) matches its policy (mx: {})",
+                        refused.join(", "),
+                        p.mx.join(", ")
+                    )));
+                }
+                Ok(allowed
+                    .into_iter()
+                    .map(|h| candidate(h, RouteTls::Required, "mta-sts", true, false))
+                    .collect())
+            }
+            Some(p) if p.mode == Mode::Testing => Ok(hosts
+                .into_iter()
+                .map(|h| {
+                    if !p.allows(&h) {
+                        metrics::counter!("postern_mta_sts_total", "result" => "testing_mx_mismatch").increment(1);
+                        tracing::warn!(%domain, host = %h, "MTA-STS testing: MX host not in the policy (delivering anyway)");
+                    }
+                    candidate(h, RouteTls::Opportunistic, "mta-sts-testing", false, true)
+                })
+                .collect()),
+            _ => Ok(hosts
+                .into_iter()
+                .map(|h| candidate(h, RouteTls::Opportunistic, "opportunistic", false, false))
+                .collect()),
+        }
     }
 
     fn verified_config(&self, ca_file: &Option<PathBuf>) -> Result<Arc<ClientConfig>, String> {
@@ -187,6 +272,41 @@ impl SmtpClient {
             outcomes: vec![o; job.recipients.len()],
             via: None,
         };
+        let candidates = match destination {
+            Destination::Static(r) => vec![Candidate {
+                host: r.host.clone(),
+                port: r.port,
+                tls: r.tls,
+                ca_file: r.ca_file.clone(),
+                auth: r.auth.clone(),
+                policy: policy_label(r.tls),
+                webpki: false,
+                report_only: false,
+            }],
+            Destination::Mx => {
+                let hosts = match self.resolver.mx_hosts(&job.domain).await {
+                    Ok(hosts) => hosts,
+                    Err(o) => return all(o),
+                };
+                match self.mx_candidates(&job.domain, hosts).await {
+                    Ok(c) => c,
+                    Err(o) => return all(o),
+                }
+            }
+        };
+        // A kept connection serves this job only if it goes to one of the
+        // job's hosts under the same TLS policy: mail for a domain with an
+        // MTA-STS policy never rides a connection opened without one.
+        if let Some(k) = kept.take() {
+            let fits = candidates
+                .iter()
+                .any(|c| c.host == k.via.host && c.policy == k.via.tls_policy);
+            if fits {
+                *kept = Some(k);
+            } else {
+                k.close().await;
+            }
+        }
         if let Some(mut k) = kept.take() {
             k.conn.replies = 0;
             match self.transaction(&mut k.conn, &k.caps, job).await {
@@ -223,28 +343,6 @@ impl SmtpClient {
                 }
             }
         }
-        let candidates = match destination {
-            Destination::Static(r) => vec![Candidate {
-                host: r.host.clone(),
-                port: r.port,
-                tls: r.tls,
-                ca_file: r.ca_file.clone(),
-                auth: r.auth.clone(),
-            }],
-            Destination::Mx => match self.resolver.mx_hosts(&job.domain).await {
-                Ok(hosts) => hosts
-                    .into_iter()
-                    .map(|host| Candidate {
-                        host,
-                        port: self.settings.mx_port,
-                        tls: RouteTls::Opportunistic,
-                        ca_file: None,
-                        auth: None,
-                    })
-                    .collect(),
-                Err(o) => return all(o),
-            },
-        };
         let mut failures = Vec::new();
         for c in &candidates {
             let ips = match self.resolver.addresses(&c.host).await {
@@ -391,8 +489,8 @@ impl SmtpClient {
             if code != 220 {
                 if c.tls == RouteTls::Required {
                     return Err(HostFailure(Outcome::Transient(format!(
-                        "{} refused STARTTLS: {code} {text}",
-                        c.host
+                        "{} refused STARTTLS: {code} {text} (TLS required by {})",
+                        c.host, c.policy
                     ))));
                 }
             } else {
@@ -400,6 +498,7 @@ impl SmtpClient {
                 // and is dropped unread (the client side of CVE-2011-0411).
                 conn.buf.clear();
                 let config = match c.tls {
+                    RouteTls::Required if c.webpki => self.webpki.clone(),
                     RouteTls::Required => self
                         .verified_config(&c.ca_file)
                         .map_err(|e| HostFailure(Outcome::Transient(format!("TLS setup: {e}"))))?,
@@ -419,10 +518,10 @@ impl SmtpClient {
                 {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
-                        metrics::counter!("postern_delivery_tls_total", "result" => "handshake_failed").increment(1);
+                        metrics::counter!("postern_delivery_tls_total", "result" => "handshake_failed", "policy" => c.policy).increment(1);
                         return Err(HostFailure(Outcome::Transient(format!(
-                            "TLS handshake with {} [{addr}]: {e}",
-                            c.host
+                            "TLS handshake with {} [{addr}]: {e} (TLS policy: {})",
+                            c.host, c.policy
                         ))));
                     }
                     Err(_) => {
@@ -433,7 +532,10 @@ impl SmtpClient {
                     }
                 };
                 let desc = describe(tls.get_ref().1);
-                metrics::counter!("postern_delivery_tls_total", "result" => if c.tls == RouteTls::Required { "verified" } else { "opportunistic" }).increment(1);
+                if c.report_only {
+                    self.report_certificate(&c.host, tls.get_ref().1);
+                }
+                metrics::counter!("postern_delivery_tls_total", "result" => if c.tls == RouteTls::Required { "verified" } else { "opportunistic" }, "policy" => c.policy).increment(1);
                 tls_desc = Some(desc);
                 conn.stream = Stream::Tls(Box::new(tls));
                 caps = self
@@ -443,11 +545,16 @@ impl SmtpClient {
             }
         } else if c.tls == RouteTls::Required {
             return Err(HostFailure(Outcome::Transient(format!(
-                "{} does not offer STARTTLS, and the route requires TLS",
-                c.host
+                "{} does not offer STARTTLS, and TLS is required ({})",
+                c.host, c.policy
             ))));
         } else {
-            metrics::counter!("postern_delivery_tls_total", "result" => "plaintext").increment(1);
+            if c.report_only {
+                metrics::counter!("postern_mta_sts_total", "result" => "testing_no_tls")
+                    .increment(1);
+                tracing::warn!(host = %c.host, "MTA-STS testing: no STARTTLS (delivering in plaintext, as the policy is in testing)");
+            }
+            metrics::counter!("postern_delivery_tls_total", "result" => "plaintext", "policy" => c.policy).increment(1);
         }
 
         if let Some((user, pass)) = &c.auth {
@@ -478,7 +585,7 @@ impl SmtpClient {
             addr,
             source: conn.local_ip(),
             tls: tls_desc,
-            tls_policy: policy_label(c.tls),
+            tls_policy: c.policy,
         };
         let outcomes = self
             .transaction(conn, &caps, job)
@@ -642,6 +749,37 @@ impl HostFailure {
     /// another host or later, never bounce for it.
     fn into_transient(self) -> HostFailure {
         HostFailure(Outcome::Transient(self.0.detail().to_owned()))
+    }
+}
+
+impl SmtpClient {
+    /// MTA-STS `testing`: checks the chain and name the server presented,
+    /// and reports (log, metric) what `enforce` would have refused.
+    fn report_certificate(&self, host: &str, conn: &rustls::ClientConnection) {
+        let result = match (conn.peer_certificates(), server_name(host)) {
+            (Some([end, intermediates @ ..]), Some(name)) => self
+                .webpki_verifier
+                .verify_server_cert(
+                    end,
+                    intermediates,
+                    &name,
+                    &[],
+                    rustls_pki_types::UnixTime::now(),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ => Err("no certificate".to_owned()),
+        };
+        match result {
+            Ok(()) => {
+                metrics::counter!("postern_mta_sts_total", "result" => "testing_ok").increment(1)
+            }
+            Err(e) => {
+                metrics::counter!("postern_mta_sts_total", "result" => "testing_failure")
+                    .increment(1);
+                tracing::warn!(%host, error = %e, "MTA-STS testing: the certificate would be refused under enforce (delivering anyway)");
+            }
+        }
     }
 }
 

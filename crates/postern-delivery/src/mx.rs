@@ -73,6 +73,24 @@ impl MxResolver {
         }
     }
 
+    /// TXT records of a name, each joined from its strings (RFC 7208 §3.3
+    /// style). Ok(empty) when the name has none; Err for lookup trouble.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.resolver.txt_lookup(name).await {
+            Ok(l) => Ok(l
+                .iter()
+                .map(|t| {
+                    t.txt_data()
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part).into_owned())
+                        .collect::<String>()
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) => Err(format!("TXT lookup for {name}: {e}")),
+        }
+    }
+
     /// Addresses of one host.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, Outcome> {
         if let Ok(ip) = host.parse::<IpAddr>() {

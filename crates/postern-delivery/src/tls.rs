@@ -40,6 +40,39 @@ pub fn verified_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Stri
     Ok(Arc::new(config))
 }
 
+/// Verifies against the Mozilla roots plus, optionally, extra CAs (a
+/// private CA for internal MX hosts, or a test CA): what MTA-STS needs
+/// (RFC 8461 §4.2: the certificate must chain to a trusted root and name
+/// the MX host). Also returns the bare verifier, for checking a chain
+/// without refusing it (MTA-STS `testing`).
+pub fn webpki_config(
+    extra: Option<&Path>,
+) -> Result<(Arc<ClientConfig>, Arc<dyn ServerCertVerifier>), String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra {
+        for cert in
+            CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
+        {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let roots = Arc::new(roots);
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((Arc::new(config), verifier))
+}
+
 /// Encrypts without authenticating the server (RFC 7435 opportunistic TLS).
 /// Signatures are still checked so the handshake itself is sound.
 pub fn opportunistic_config() -> Result<Arc<ClientConfig>, String> {

@@ -83,7 +83,10 @@ impl Default for SinkOptions {
 }
 
 async fn start_sink(opts: SinkOptions) -> Sink {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_sink_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), opts)
+}
+
+fn start_sink_on(listener: TcpListener, opts: SinkOptions) -> Sink {
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
     let connections = Arc::new(AtomicUsize::new(0));
@@ -338,6 +341,18 @@ async fn start_shaped_node(
     mx_port: u16,
     shaping: Shaping,
 ) -> Node {
+    start_node_full(routes, dns, mx_port, shaping, None).await
+}
+
+/// `mta_sts`: the CA file trusted for policy-required TLS, and the port
+/// policies are fetched from.
+async fn start_node_full(
+    routes: Vec<RouteConfig>,
+    dns: Option<SocketAddr>,
+    mx_port: u16,
+    shaping: Shaping,
+    mta_sts: Option<(std::path::PathBuf, u16)>,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let intake = Intake::new(store.clone(), "postern.test".into());
@@ -349,6 +364,9 @@ async fn start_shaped_node(
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(10),
             mx_port,
+            ca_file: mta_sts.as_ref().map(|(ca, _)| ca.clone()),
+            mta_sts_port: mta_sts.as_ref().map(|(_, p)| *p).unwrap_or(443),
+            mta_sts: mta_sts.is_some(),
         },
         resolver,
     )
@@ -1124,4 +1142,262 @@ async fn an_hourly_limit_makes_mail_wait_without_counting_attempts() {
         .await
         .unwrap();
     assert!(deferred.is_empty(), "{deferred:?}");
+}
+
+/// A TLS acceptor presenting a self-signed certificate for `names`; the
+/// certificate's PEM is appended to `ca` (the trust anchors of the test).
+fn acceptor_for(names: &[&str], ca: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let mut pem = std::fs::read_to_string(ca).unwrap_or_default();
+    pem.push_str(&ck.cert.pem());
+    std::fs::write(ca, pem).unwrap();
+    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An HTTPS server answering `/.well-known/mta-sts.txt` with the policy
+/// for the domain in the Host header; counts fetches per host.
+async fn start_policy_server(
+    acceptor: tokio_rustls::TlsAcceptor,
+    policies: HashMap<String, String>,
+) -> (u16, Arc<Mutex<HashMap<String, usize>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fetches = Arc::new(Mutex::new(HashMap::new()));
+    let counted = fetches.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, policies, counted) =
+                (acceptor.clone(), policies.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut io = BufReader::new(tls);
+                let mut host = String::new();
+                loop {
+                    let mut line = String::new();
+                    if io.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(h) = line.to_ascii_lowercase().strip_prefix("host:") {
+                        host = h.trim().to_string();
+                    }
+                }
+                *counted.lock().unwrap().entry(host.clone()).or_default() += 1;
+                let response = match policies.get(&host) {
+                    Some(p) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{p}",
+                        p.len()
+                    ),
+                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+                };
+                let _ = io.get_mut().write_all(response.as_bytes()).await;
+                let _ = io.get_mut().shutdown().await;
+            });
+        }
+    });
+    (port, fetches)
+}
+
+impl Node {
+    /// Waits for an event of `kind` for the message.
+    async fn wait_kind(&self, id: &str, kind: EventKind) -> postern_core::Event {
+        for _ in 0..200 {
+            let events = self
+                .store
+                .events(EventFilter {
+                    message_id: Some(id.into()),
+                    kinds: vec![kind],
+                    ..EventFilter::default()
+                })
+                .await
+                .unwrap();
+            if let Some(e) = events.into_iter().next() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no {kind} event for {id}");
+    }
+}
+
+#[tokio::test]
+async fn mta_sts_policies_are_honoured() {
+    use hickory_proto::rr::rdata::TXT;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    // MX sinks share one port on different loopback addresses.
+    let good_listener = TcpListener::bind("127.0.0.11:0").await.unwrap();
+    let port = good_listener.local_addr().unwrap().port();
+    let good = start_sink_on(
+        good_listener,
+        SinkOptions {
+            tls: Some(acceptor_for(&["mx.good.example"], &ca)),
+            ..Default::default()
+        },
+    );
+    let bad = start_sink_on(
+        TcpListener::bind(("127.0.0.12", port)).await.unwrap(),
+        SinkOptions {
+            // A valid chain, for another name.
+            tls: Some(acceptor_for(&["wrong.example"], &ca)),
+            ..Default::default()
+        },
+    );
+    let plain = start_sink_on(
+        TcpListener::bind(("127.0.0.13", port)).await.unwrap(),
+        SinkOptions::default(),
+    );
+    let policy = |mode: &str, mx: &str| {
+        format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+    };
+    let policies: HashMap<String, String> = [
+        (
+            "mta-sts.enforce.example",
+            policy("enforce", "mx.good.example"),
+        ),
+        (
+            "mta-sts.badcert.example",
+            policy("enforce", "mx.bad.example"),
+        ),
+        (
+            "mta-sts.notls.example",
+            policy("enforce", "*.plain.example"),
+        ),
+        (
+            "mta-sts.unlisted.example",
+            policy("enforce", "mx.elsewhere.example"),
+        ),
+        (
+            "mta-sts.testing.example",
+            policy("testing", "mx.bad.example"),
+        ),
+    ]
+    .into_iter()
+    .map(|(h, p)| (h.to_string(), p))
+    .collect();
+    let policy_names: Vec<&str> = policies.keys().map(String::as_str).collect();
+    let (policy_port, fetches) =
+        start_policy_server(acceptor_for(&policy_names, &ca), policies.clone()).await;
+
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let txt = |s: &str| RData::TXT(TXT::new(vec![s.to_string()]));
+    let mut records = vec![
+        ("mx.good.example.", a([127, 0, 0, 11])),
+        ("mx.bad.example.", a([127, 0, 0, 12])),
+        ("mx.plain.example.", a([127, 0, 0, 13])),
+        ("enforce.example.", mx("mx.good.example.")),
+        ("badcert.example.", mx("mx.bad.example.")),
+        ("notls.example.", mx("mx.plain.example.")),
+        ("unlisted.example.", mx("mx.good.example.")),
+        ("testing.example.", mx("mx.bad.example.")),
+        // No policy at all: opportunistic, plaintext allowed.
+        ("nopolicy.example.", mx("mx.plain.example.")),
+    ];
+    for d in ["enforce", "badcert", "notls", "unlisted", "testing"] {
+        let txt_name: &'static str = Box::leak(format!("_mta-sts.{d}.example.").into_boxed_str());
+        let host: &'static str = Box::leak(format!("mta-sts.{d}.example.").into_boxed_str());
+        records.push((txt_name, txt("v=STSv1; id=20261123;")));
+        records.push((host, a([127, 0, 0, 1])));
+    }
+    let dns = start_dns(records).await;
+    let node = start_node_full(
+        vec![],
+        Some(dns),
+        port,
+        Shaping::default(),
+        Some((ca.clone(), policy_port)),
+    )
+    .await;
+    let send = |rcpt: &'static str| {
+        let node = &node;
+        async move {
+            node.send("a@example.org", &[rcpt], b"Subject: s\r\n\r\nx\r\n")
+                .await
+        }
+    };
+
+    // enforce + a valid certificate for a listed MX: delivered over TLS.
+    let ok = send("u@enforce.example").await;
+    let e = node.wait_kind(&ok, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("mta-sts"));
+    assert!(e.info.tls.is_some());
+    let ok2 = send("v@enforce.example").await;
+    node.wait_kind(&ok2, EventKind::Delivered).await;
+
+    // enforce + a certificate for another name: deferred, never sent.
+    let badcert = send("u@badcert.example").await;
+    let e = node.wait_kind(&badcert, EventKind::Deferred).await;
+    assert!(e.detail.contains("TLS handshake"), "{}", e.detail);
+    // enforce + no STARTTLS: deferred, never sent in plaintext.
+    let notls = send("u@notls.example").await;
+    let e = node.wait_kind(&notls, EventKind::Deferred).await;
+    assert!(e.detail.contains("does not offer STARTTLS"), "{}", e.detail);
+    // enforce + an MX the policy does not list: deferred.
+    let unlisted = send("u@unlisted.example").await;
+    let e = node.wait_kind(&unlisted, EventKind::Deferred).await;
+    assert!(e.detail.contains("matches its policy"), "{}", e.detail);
+    // testing: delivered despite the wrong certificate (and reported).
+    let testing = send("u@testing.example").await;
+    let e = node.wait_kind(&testing, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("mta-sts-testing"));
+    // No policy: opportunistic, plaintext when there is no STARTTLS.
+    let nopolicy = send("u@nopolicy.example").await;
+    let e = node.wait_kind(&nopolicy, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
+    assert!(e.info.tls.is_none());
+
+    // Let the deferred ones be retried a few times: still nothing leaks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rcpts_at = |sink: &Sink| -> Vec<String> {
+        sink.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.rcpts.clone())
+            .collect()
+    };
+    let mut at_good = rcpts_at(&good);
+    at_good.sort();
+    assert_eq!(at_good, ["u@enforce.example", "v@enforce.example"]);
+    assert!(good.received.lock().unwrap().iter().all(|r| r.tls));
+    assert_eq!(rcpts_at(&bad), ["u@testing.example"]);
+    assert_eq!(rcpts_at(&plain), ["u@nopolicy.example"]);
+    assert_eq!(
+        bad.mail_commands.load(Ordering::SeqCst),
+        1,
+        "the enforce domain never reached MAIL on the wrong-name host"
+    );
+    assert_eq!(
+        plain.mail_commands.load(Ordering::SeqCst),
+        1,
+        "the enforce domain never reached MAIL on the host without TLS"
+    );
+    // Policies are cached: one fetch per domain despite retries.
+    let fetched = fetches.lock().unwrap().clone();
+    assert_eq!(
+        fetched.get("mta-sts.enforce.example"),
+        Some(&1),
+        "{fetched:?}"
+    );
+    assert_eq!(
+        fetched.get("mta-sts.badcert.example"),
+        Some(&1),
+        "{fetched:?}"
+    );
 }

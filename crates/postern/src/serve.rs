@@ -155,6 +155,9 @@ pub async fn serve(config: Config) -> Result<()> {
             connect_timeout: config.queue.connect_timeout,
             command_timeout: config.queue.command_timeout,
             mx_port: postern_delivery::client::SMTP_PORT,
+            ca_file: config.queue.tls_ca_file.clone(),
+            mta_sts_port: 443,
+            mta_sts: config.queue.mta_sts,
         },
         resolver,
     )
