@@ -71,6 +71,11 @@ mynetworks =
 alias_maps =
 alias_database =
 relayhost = [127.0.0.1]:$PF_SINK
+transport_maps = texthash:$pf/etc/transport
+# Deferred mail comes back after a second, as Postern's retry_initial below.
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
 smtp_tls_security_level = none
 smtpd_tls_cert_file = $pf/etc/cert.pem
 smtpd_tls_key_file = $pf/etc/key.pem
@@ -89,6 +94,9 @@ maillog_file_prefixes = $pf
 maillog_file = $pf/maillog
 biff = no
 EOF
+  # 100 destination domains, each its own next hop (127.0.1.N), for the
+  # spread scenario.
+  for k in $(seq 0 99); do echo "d$k.bench.test smtp:[127.0.1.$((k + 1))]:$PF_SINK"; done > "$pf/etc/transport"
   cat > "$pf/etc/master.cf" <<EOF
 127.0.0.1:$PF_SUB inet n - n - - smtpd
 pickup    unix  n - n 60 1 pickup
@@ -138,7 +146,13 @@ next_hop = "127.0.0.1:$PN_SINK"
 tls = "none"
 [limits]
 max_connections_per_ip = 20000
+[queue]
+retry_initial = "1s"
+retry_max = "2s"
 EOF
+  for k in $(seq 0 99); do
+    printf '[[route]]\ndomain = "d%s.bench.test"\nnext_hop = "127.0.1.%s:%s"\ntls = "none"\n' "$k" "$((k + 1))" "$PN_SINK"
+  done >> "$pn/postern.toml"
   ulimit -n 20000
   POSTERN_LOG=warn "$ROOT/target/release/postern" serve --config "$pn/postern.toml" > "$pn/stdout" 2> "$pn/stderr" &
   PN_PID=$!
@@ -158,36 +172,48 @@ wait_port() {
 
 LOADGEN=$ROOT/target/release/postern-loadgen
 
-run_load() { # target conns msgs rounds
+run_load() { # target conns msgs rounds [extra loadgen args…]
   local target=$1 conns=$2 msgs=$3 rounds=${4:-1}
+  shift 4 || shift $#
   if [ "$target" = postern ]; then
     "$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls \
       --user apikey --password "$PN_KEY" --connections "$conns" --messages "$msgs" \
-      --size "$SIZE" --rounds "$rounds" --timeout 600 --label "postern ${conns}x${msgs}"
+      --size "$SIZE" --rounds "$rounds" --timeout 600 --label "postern ${conns}x${msgs}" "$@"
   else
     "$LOADGEN" --server 127.0.0.1:$PF_SUB --sink 127.0.0.1:$PF_SINK --starttls \
       --user bench@postfix.bench.test --password benchpass --connections "$conns" --messages "$msgs" \
-      --size "$SIZE" --rounds "$rounds" --timeout 600 --label "postfix ${conns}x${msgs}"
+      --size "$SIZE" --rounds "$rounds" --timeout 600 --label "postfix ${conns}x${msgs}" "$@"
   fi
 }
 
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
-scenario() { # conns msgs rounds-per-client
+scenario() { # conns msgs rounds-per-client [description extra-loadgen-args…]
   local conns=$1 msgs=$2 reps=$3 pn=() pf=()
+  local what=${4:-}
+  shift 4 || shift $#
   for r in $(seq 1 "$ROUNDS"); do
     local a b
-    a=$(run_load postern "$conns" "$msgs" "$reps"); echo "$a"
-    b=$(run_load postfix "$conns" "$msgs" "$reps"); echo "$b"
+    a=$(run_load postern "$conns" "$msgs" "$reps" "$@"); echo "$a"
+    b=$(run_load postfix "$conns" "$msgs" "$reps" "$@"); echo "$b"
     [ "$(field "$a" errors)" = 0 ] && [ "$(field "$a" delivered)" = "$(field "$a" accepted)" ] || log "postern run had errors or undelivered mail: $a"
     [ "$(field "$b" errors)" = 0 ] && [ "$(field "$b" delivered)" = "$(field "$b" accepted)" ] || log "postfix run had errors or undelivered mail: $b"
     pn+=("$(field "$a" e2e_msgs_per_s)"); pf+=("$(field "$b" e2e_msgs_per_s)")
   done
   local mp mf
   mp=$(median "${pn[@]}"); mf=$(median "${pf[@]}")
-  python3 -c "import json,sys; p,f=float(sys.argv[3]),float(sys.argv[4]); print(json.dumps({'scenario': sys.argv[1]+' connections x '+sys.argv[2]+' msgs each, STARTTLS+AUTH PLAIN, '+sys.argv[5]+' B, end to end', 'postern_msgs_per_s': p, 'postfix_msgs_per_s': f, 'ratio': round(p/f, 2) if f else None}))" \
-    "$conns" "$msgs" "$mp" "$mf" "$SIZE" | tee -a "$WORK/summary.jsonl"
+  python3 -c "import json,sys; p,f=float(sys.argv[3]),float(sys.argv[4]); print(json.dumps({'scenario': sys.argv[1]+' connections x '+sys.argv[2]+' msgs each, STARTTLS+AUTH PLAIN, '+sys.argv[5]+' B, end to end'+sys.argv[6], 'postern_msgs_per_s': p, 'postfix_msgs_per_s': f, 'ratio': round(p/f, 2) if f else None}))" \
+    "$conns" "$msgs" "$mp" "$mf" "$SIZE" "$what" | tee -a "$WORK/summary.jsonl"
+}
+
+# Recipients spread over 100 domains, each its own next hop (127.0.1.1-100,
+# so both servers see 100 destinations), and the receivers answer 451 to
+# every tenth recipient: both retry after about a second, and the figure is
+# until every message is delivered.
+domains_scenario() {
+  scenario 50 10 "${REPS_10:-10}" ", 100 destination domains, every 10th recipient deferred once (451)" \
+    --to rcpt@bench.test --domains 100 --sink-hosts 100 --sink-defer-every 10
 }
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -240,10 +266,12 @@ main() {
   setup_postern
   log "warm-up"; run_load postern 10 10 >/dev/null; run_load postfix 10 10 >/dev/null
   if [ "${ONLY:-}" = attack ]; then attack_scenario; return; fi
+  if [ "${ONLY:-}" = domains ]; then domains_scenario; return; fi
   # 50 concurrent clients; each repeats its connection REPS times so a run
   # lasts long enough to measure (50x10: 5,000 messages; 50x1: 2,000).
   scenario 50 10 "${REPS_10:-10}"
   scenario 50 1 "${REPS_1:-40}"
+  domains_scenario
   # A fresh process, so the attack's blocks do not outlive the scenario.
   stop_postern; setup_postern
   attack_scenario

@@ -53,10 +53,22 @@ pub struct Args {
     pub from: String,
     #[arg(long, default_value = "rcpt@example.net")]
     pub to: String,
+    /// Spread recipients over this many domains: `d0.<domain of --to>` …
+    /// (each message to the next one in turn).
+    #[arg(long)]
+    pub domains: Option<usize>,
     /// Run an SMTP sink on this address and wait until it has received every
     /// message: the figure is then end to end.
     #[arg(long)]
     pub sink: Option<SocketAddr>,
+    /// The sink listens on 127.0.1.1 … 127.0.1.N (the port of --sink)
+    /// instead: N distinct destinations for the server under test.
+    #[arg(long)]
+    pub sink_hosts: Option<u8>,
+    /// The sink answers 451 to every Nth recipient (a receiver deferring
+    /// part of the mail); those count only once retried and accepted.
+    #[arg(long)]
+    pub sink_defer_every: Option<usize>,
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -104,20 +116,30 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let sink = match args.sink {
-        Some(addr) => Some(sink::Sink::start(addr).await?),
+        Some(addr) => {
+            let addrs: Vec<SocketAddr> = match args.sink_hosts {
+                Some(n) => (1..=n)
+                    .map(|i| SocketAddr::from(([127, 0, 1, i], addr.port())))
+                    .collect(),
+                None => vec![addr],
+            };
+            Some(sink::Sink::start(&addrs, args.sink_defer_every).await?)
+        }
         None => None,
     };
     let total = args.connections * args.messages * args.rounds;
     let tls = Arc::new(smtp::tls_config()?);
     let body = Arc::new(smtp::message_body(args.size));
+    let next_rcpt = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
-        let (args, tls, body) = (args.clone(), tls.clone(), body.clone());
+        let (args, tls, body, next_rcpt) =
+            (args.clone(), tls.clone(), body.clone(), next_rcpt.clone());
         tasks.push(tokio::spawn(async move {
             let mut all = Vec::new();
             for _ in 0..args.rounds {
-                let (lat, err) = smtp::connection(i, &args, tls.clone(), &body).await;
+                let (lat, err) = smtp::connection(i, &args, tls.clone(), &body, &next_rcpt).await;
                 all.extend(lat);
                 if err.is_some() {
                     return (all, err);
@@ -175,6 +197,9 @@ async fn run(args: Args) -> Result<()> {
         "accept_msgs_per_s": round1(sent as f64 / accepted_at.as_secs_f64()),
         "p50_ms": round3(pct(0.50)),
         "p99_ms": round3(pct(0.99)),
+        "domains": args.domains,
+        "sink_defer_every": args.sink_defer_every,
+        "sink_deferred": sink.as_ref().map(|s| s.deferred()),
         "delivered": delivered,
         "e2e_seconds": e2e.map(|d| round3(d.as_secs_f64())),
         "e2e_msgs_per_s": e2e.map(|d| round1(delivered.unwrap_or(0) as f64 / d.as_secs_f64())),

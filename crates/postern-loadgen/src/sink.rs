@@ -11,22 +11,41 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub struct Sink {
     count: Arc<AtomicUsize>,
+    rcpts: Arc<AtomicUsize>,
+    defer_every: Option<usize>,
 }
 
 impl Sink {
-    pub async fn start(addr: SocketAddr) -> Result<Sink> {
-        let listener = TcpListener::bind(addr).await?;
+    /// Listens on every address; with `defer_every = Some(n)`, every nth
+    /// recipient (across all sessions) gets a 451.
+    pub async fn start(addrs: &[SocketAddr], defer_every: Option<usize>) -> Result<Sink> {
         let count = Arc::new(AtomicUsize::new(0));
-        let c = count.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let _ = session(stream, c).await;
-                });
-            }
-        });
-        Ok(Sink { count })
+        let rcpts = Arc::new(AtomicUsize::new(0));
+        for addr in addrs {
+            let listener = TcpListener::bind(addr).await?;
+            let (c, r) = (count.clone(), rcpts.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (c, r) = (c.clone(), r.clone());
+                    tokio::spawn(async move {
+                        let _ = session(stream, c, r, defer_every).await;
+                    });
+                }
+            });
+        }
+        Ok(Sink {
+            count,
+            rcpts,
+            defer_every,
+        })
+    }
+
+    /// Recipients answered 451 so far.
+    pub fn deferred(&self) -> usize {
+        match self.defer_every {
+            Some(n) if n > 0 => self.rcpts.load(Ordering::Relaxed) / n,
+            _ => 0,
+        }
     }
 
     /// Messages received, counted once per accepted recipient.
@@ -35,7 +54,12 @@ impl Sink {
     }
 }
 
-async fn session(stream: TcpStream, count: Arc<AtomicUsize>) -> Result<()> {
+async fn session(
+    stream: TcpStream,
+    count: Arc<AtomicUsize>,
+    seen: Arc<AtomicUsize>,
+    defer_every: Option<usize>,
+) -> Result<()> {
     stream.set_nodelay(true)?;
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
@@ -62,9 +86,15 @@ async fn session(stream: TcpStream, count: Arc<AtomicUsize>) -> Result<()> {
                 out.extend_from_slice(b"250 2.1.0 ok\r\n")
             }
             b"RCPT" => {
-                rcpts += 1;
-                out.extend_from_slice(b"250 2.1.5 ok\r\n")
+                let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+                if defer_every.is_some_and(|every| every > 0 && n % every == 0) {
+                    out.extend_from_slice(b"451 4.3.0 try again later\r\n")
+                } else {
+                    rcpts += 1;
+                    out.extend_from_slice(b"250 2.1.5 ok\r\n")
+                }
             }
+            b"DATA" if rcpts == 0 => out.extend_from_slice(b"554 5.5.1 no valid recipients\r\n"),
             b"DATA" => {
                 w.write_all(&out).await?;
                 out.clear();

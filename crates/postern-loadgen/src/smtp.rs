@@ -137,6 +137,7 @@ pub async fn connection(
     args: &Args,
     tls: Arc<TlsConnector>,
     body: &[u8],
+    next_rcpt: &std::sync::atomic::AtomicUsize,
 ) -> (Vec<Duration>, Option<String>) {
     let mut latencies = Vec::with_capacity(args.messages);
     let start = Instant::now();
@@ -146,12 +147,17 @@ pub async fn connection(
     };
     let mut data = body.to_vec();
     data.extend_from_slice(b".\r\n");
-    let envelope = format!(
-        "MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n",
-        args.from, args.to
-    );
     let mut t0 = start;
     for _ in 0..args.messages {
+        let to = match args.domains {
+            Some(n) if n > 0 => {
+                let k = next_rcpt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (local, domain) = args.to.split_once('@').unwrap_or((&args.to, "example.net"));
+                format!("{local}{k}@d{}.{domain}", k % n)
+            }
+            _ => args.to.clone(),
+        };
+        let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", args.from, to);
         let r: Result<()> = async {
             if args.pipelining {
                 conn.send(envelope.as_bytes()).await?;
@@ -161,7 +167,7 @@ pub async fn connection(
             } else {
                 for (cmd, class, what) in [
                     (format!("MAIL FROM:<{}>\r\n", args.from), 2, "MAIL"),
-                    (format!("RCPT TO:<{}>\r\n", args.to), 2, "RCPT"),
+                    (format!("RCPT TO:<{to}>\r\n"), 2, "RCPT"),
                     ("DATA\r\n".to_string(), 3, "DATA"),
                 ] {
                     conn.send(cmd.as_bytes()).await?;
