@@ -87,7 +87,7 @@ async fn session(
             }
             b"RCPT" => {
                 let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
-                if defer_every.is_some_and(|every| every > 0 && n % every == 0) {
+                if defer_every.is_some_and(|every| every > 0 && n.is_multiple_of(every)) {
                     out.extend_from_slice(b"451 4.3.0 try again later\r\n")
                 } else {
                     rcpts += 1;
