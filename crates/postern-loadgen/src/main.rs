@@ -65,8 +65,9 @@ pub struct Args {
     /// instead: N distinct destinations for the server under test.
     #[arg(long)]
     pub sink_hosts: Option<u8>,
-    /// The sink answers 451 to every Nth recipient (a receiver deferring
-    /// part of the mail); those count only once retried and accepted.
+    /// The sink answers 451 to every Nth recipient, once per address (a
+    /// receiver greylisting part of the mail); those count only once
+    /// retried and accepted.
     #[arg(long)]
     pub sink_defer_every: Option<usize>,
     /// Give up waiting after this many seconds.

@@ -2,8 +2,9 @@
 //! `smtp-sink`): the far end of an end-to-end measurement.
 
 use std::net::SocketAddr;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -11,8 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub struct Sink {
     count: Arc<AtomicUsize>,
-    rcpts: Arc<AtomicUsize>,
-    defer_every: Option<usize>,
+    deferred: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl Sink {
@@ -21,31 +21,25 @@ impl Sink {
     pub async fn start(addrs: &[SocketAddr], defer_every: Option<usize>) -> Result<Sink> {
         let count = Arc::new(AtomicUsize::new(0));
         let rcpts = Arc::new(AtomicUsize::new(0));
+        let deferred = Arc::new(Mutex::new(HashSet::new()));
         for addr in addrs {
             let listener = TcpListener::bind(addr).await?;
-            let (c, r) = (count.clone(), rcpts.clone());
+            let (c, r, d) = (count.clone(), rcpts.clone(), deferred.clone());
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    let (c, r) = (c.clone(), r.clone());
+                    let (c, r, d) = (c.clone(), r.clone(), d.clone());
                     tokio::spawn(async move {
-                        let _ = session(stream, c, r, defer_every).await;
+                        let _ = session(stream, c, r, d, defer_every).await;
                     });
                 }
             });
         }
-        Ok(Sink {
-            count,
-            rcpts,
-            defer_every,
-        })
+        Ok(Sink { count, deferred })
     }
 
-    /// Recipients answered 451 so far.
+    /// Recipients answered 451 so far (each at most once).
     pub fn deferred(&self) -> usize {
-        match self.defer_every {
-            Some(n) if n > 0 => self.rcpts.load(Ordering::Relaxed) / n,
-            _ => 0,
-        }
+        self.deferred.lock().map(|d| d.len()).unwrap_or(0)
     }
 
     /// Messages received, counted once per accepted recipient.
@@ -58,6 +52,7 @@ async fn session(
     stream: TcpStream,
     count: Arc<AtomicUsize>,
     seen: Arc<AtomicUsize>,
+    deferred: Arc<Mutex<HashSet<Vec<u8>>>>,
     defer_every: Option<usize>,
 ) -> Result<()> {
     stream.set_nodelay(true)?;
@@ -86,8 +81,15 @@ async fn session(
                 out.extend_from_slice(b"250 2.1.0 ok\r\n")
             }
             b"RCPT" => {
+                // Every nth new recipient is deferred once; its retry is
+                // accepted (a receiver greylisting part of the mail).
                 let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
-                if defer_every.is_some_and(|every| every > 0 && n.is_multiple_of(every)) {
+                let defer = defer_every.is_some_and(|every| every > 0 && n.is_multiple_of(every))
+                    && deferred
+                        .lock()
+                        .map(|mut d| d.insert(line.clone()))
+                        .unwrap_or(false);
+                if defer {
                     out.extend_from_slice(b"451 4.3.0 try again later\r\n")
                 } else {
                     rcpts += 1;
