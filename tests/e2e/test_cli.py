@@ -76,6 +76,35 @@ def test_metrics_and_health(postern):
     assert "postern_auth_attempts_total" in text, text[:2000]
 
 
+def test_delivery_metrics(postern, sink):
+    import smtplib, ssl, urllib.request
+    with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
+        s.starttls(context=ssl.create_default_context(cafile=postern.cert))
+        s.login("apikey", postern.admin_key)
+        s.sendmail("a@example.org", ["ok@example.net", "reject-m@example.net"], b"Subject: m\r\n\r\nx\r\n")
+    sink.wait_for(1)
+    base = f"http://127.0.0.1:{postern.ports['http']}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+        if 'postern_bounces_total{class="invalid_address",severity="hard"}' in text and "postern_queue_messages" in text:
+            break
+        time.sleep(0.3)
+    def value(name):
+        line = next((l for l in text.splitlines() if l.startswith(name + " ")), None)
+        assert line is not None, (name, text)
+        return float(line.split()[-1])
+
+    # The message and the DSN about its bounced recipient were delivered.
+    assert value('postern_delivery_outcomes_total{outcome="delivered",tls="plaintext"}') >= 1
+    assert value('postern_delivery_outcomes_total{outcome="bounce",tls="plaintext"}') == 1
+    assert value('postern_bounces_total{class="invalid_address",severity="hard"}') == 1
+    # Durations are real histograms, with buckets.
+    assert 'postern_delivery_attempt_seconds_bucket{le="0.005"}' in text
+    assert value("postern_delivery_latency_seconds_count") >= 1
+    assert "postern_queue_oldest_age_seconds" in text and "postern_queue_messages" in text
+
+
 def test_an_expired_key_is_refused(postern):
     created = json.loads(postern.cli("key", "create", "--expires-in", "2s", "--json").stdout)
     assert created["expires_at"] is not None

@@ -47,6 +47,8 @@ const BACKLOG_RETRY: Duration = Duration::from_secs(2);
 /// DNS used only to sort work by MX host: a slow answer sorts the job by
 /// its domain instead, and the worker resolves with the full timeouts.
 const SORT_DNS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the queue gauges (size, age) are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 /// How often account-to-pool bindings are re-read.
 const POOL_REFRESH: Duration = Duration::from_secs(10);
 
@@ -101,6 +103,25 @@ struct Shared {
     pools: Mutex<PoolBindings>,
 }
 
+/// Queue size and age for Prometheus.
+async fn queue_gauges(store: &dyn QueueStore) {
+    match store.queue_summary().await {
+        Ok(s) => {
+            metrics::gauge!("postern_queue_messages").set(s.messages as f64);
+            metrics::gauge!("postern_queue_recipients", "state" => "waiting")
+                .set(s.recipients_queued.saturating_sub(s.recipients_leased) as f64);
+            metrics::gauge!("postern_queue_recipients", "state" => "in_flight")
+                .set(s.recipients_leased as f64);
+            let age = s
+                .oldest_received_at
+                .map(|t| (postern_core::time::now_millis() - t).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            metrics::gauge!("postern_queue_oldest_age_seconds").set(age);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the queue summary"),
+    }
+}
+
 impl Scheduler {
     /// Runs until `shutdown` turns true, then waits up to `grace` for
     /// attempts in flight; work not started goes back to the store at once,
@@ -119,9 +140,15 @@ impl Scheduler {
         // Enough claimed work to keep every connection busy, with room for
         // several messages per connection.
         let window = (this.concurrency * 8).max(256);
+        let mut gauges_at = Instant::now() - GAUGE_INTERVAL;
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if gauges_at.elapsed() >= GAUGE_INTERVAL {
+                gauges_at = Instant::now();
+                let store = this.store.clone();
+                tokio::spawn(async move { queue_gauges(store.as_ref()).await });
             }
             let now = postern_core::time::now_millis();
             let room = window.saturating_sub(shared.in_memory.load(Ordering::Acquire));

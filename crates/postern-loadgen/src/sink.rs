@@ -1,8 +1,8 @@
 //! A minimal, fast SMTP sink that counts complete messages (like Postfix's
 //! `smtp-sink`): the far end of an end-to-end measurement.
 
-use std::net::SocketAddr;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

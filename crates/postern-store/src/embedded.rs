@@ -495,10 +495,20 @@ impl QueueStore for EmbeddedStore {
                 [now],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            // Rows go in in arrival order, so the first row is the oldest:
+            // no index on received_at needed.
+            let oldest: Option<i64> = conn
+                .query_row(
+                    "SELECT received_at FROM messages ORDER BY rowid LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
             Ok(QueueSummary {
                 messages: messages as u64,
                 recipients_queued: queued as u64,
                 recipients_leased: leased as u64,
+                oldest_received_at: oldest,
             })
         })
         .await

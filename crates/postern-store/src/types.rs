@@ -89,6 +89,8 @@ pub struct QueueSummary {
     pub messages: u64,
     pub recipients_queued: u64,
     pub recipients_leased: u64,
+    /// When the oldest message still queued arrived.
+    pub oldest_received_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,17 @@ use tokio_rustls::TlsAcceptor;
 
 pub async fn serve(config: Config) -> Result<()> {
     init_logging();
+    // Durations as Prometheus histograms (buckets from 5 ms to a day), so
+    // they aggregate across nodes.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                900.0, 3600.0, 14400.0, 86400.0,
+            ],
+        )
+        .context("metrics buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
 
