@@ -161,9 +161,23 @@ struct HostFailure(Outcome);
 
 impl SmtpClient {
     pub fn new(settings: ClientSettings, resolver: Arc<MxResolver>) -> Result<Self, String> {
+        Self::with_policy_store(settings, resolver, None)
+    }
+
+    /// As `new`, keeping MTA-STS policies in `store` across restarts.
+    pub fn with_policy_store(
+        settings: ClientSettings,
+        resolver: Arc<MxResolver>,
+        store: Option<Arc<dyn postern_store::TlsPolicyStore>>,
+    ) -> Result<Self, String> {
         let (webpki, webpki_verifier) = crate::tls::webpki_config(settings.ca_file.as_deref())?;
         let mta_sts = settings.mta_sts.then(|| {
-            crate::mta_sts::MtaSts::new(resolver.clone(), webpki.clone(), settings.mta_sts_port)
+            crate::mta_sts::MtaSts::new(
+                resolver.clone(),
+                webpki.clone(),
+                settings.mta_sts_port,
+                store,
+            )
         });
         Ok(SmtpClient {
             settings,

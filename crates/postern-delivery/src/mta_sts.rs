@@ -21,6 +21,8 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use postern_store::TlsPolicyStore;
+
 use crate::mx::MxResolver;
 
 /// RFC 8461 §3.2: policies larger than 64 KiB are not read.
@@ -135,30 +137,60 @@ pub struct MtaSts {
     /// 443 in service; tests point it at a server on loopback.
     port: u16,
     cache: Mutex<HashMap<String, Cached>>,
+    /// Where policies outlive the process (None: memory only).
+    store: Option<Arc<dyn TlsPolicyStore>>,
 }
 
 impl MtaSts {
-    pub fn new(resolver: Arc<MxResolver>, tls: Arc<ClientConfig>, port: u16) -> Self {
+    pub fn new(
+        resolver: Arc<MxResolver>,
+        tls: Arc<ClientConfig>,
+        port: u16,
+        store: Option<Arc<dyn TlsPolicyStore>>,
+    ) -> Self {
         MtaSts {
             resolver,
             tls,
             port,
             cache: Mutex::new(HashMap::new()),
+            store,
         }
     }
 
-    fn cached(&self, domain: &str) -> Option<Policy> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .get(domain)
-            .filter(|c| c.expires > Instant::now())
-            .map(|c| c.policy.clone())
+    /// The unexpired policy held for a domain: in memory, else in the store
+    /// (a policy fetched before a restart still binds).
+    async fn cached(&self, domain: &str) -> Option<Policy> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.get(domain).filter(|c| c.expires > Instant::now()) {
+                return Some(c.policy.clone());
+            }
+        }
+        let store = self.store.as_ref()?;
+        let now = postern_core::time::now_millis();
+        let (id, text, expires_at) = match store.mta_sts_policy(domain.to_owned(), now).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "could not read the stored MTA-STS policy");
+                return None;
+            }
+        };
+        let policy = Policy::parse(&id, &text).ok()?;
+        let left = Duration::from_millis((expires_at - now).max(0) as u64);
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            domain.to_owned(),
+            Cached {
+                policy: policy.clone(),
+                expires: Instant::now() + left,
+            },
+        );
+        Some(policy)
     }
 
     /// The domain's policy in force, if any.
     pub async fn policy(&self, domain: &str) -> Option<Policy> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let cached = self.cached(&domain);
+        let cached = self.cached(&domain).await;
         let id = match self.resolver.txt(&format!("_mta-sts.{domain}")).await {
             Ok(records) => txt_id(&records),
             Err(e) => {
@@ -174,17 +206,26 @@ impl MtaSts {
             return Some(p.clone());
         }
         match self.fetch(&domain, &id).await {
-            Ok(policy) => {
+            Ok((policy, text)) => {
                 metrics::counter!("postern_mta_sts_fetch_total", "result" => "ok").increment(1);
                 tracing::info!(%domain, %id, mode = ?policy.mode, "MTA-STS policy fetched");
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                cache.insert(
+                self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
                     domain.clone(),
                     Cached {
                         policy: policy.clone(),
                         expires: Instant::now() + policy.max_age,
                     },
                 );
+                if let Some(store) = &self.store {
+                    let expires_at =
+                        postern_core::time::now_millis() + policy.max_age.as_millis() as i64;
+                    if let Err(e) = store
+                        .put_mta_sts_policy(domain.clone(), id.clone(), text, expires_at)
+                        .await
+                    {
+                        tracing::warn!(%domain, error = %e, "could not store the MTA-STS policy");
+                    }
+                }
                 Some(policy)
             }
             Err(e) => {
@@ -197,7 +238,7 @@ impl MtaSts {
 
     /// GET https://mta-sts.<domain>/.well-known/mta-sts.txt with a
     /// certificate valid for that name, no redirects (§3.3).
-    async fn fetch(&self, domain: &str, id: &str) -> Result<Policy, String> {
+    async fn fetch(&self, domain: &str, id: &str) -> Result<(Policy, String), String> {
         let host = format!("mta-sts.{domain}");
         let ips = self
             .resolver
@@ -213,7 +254,8 @@ impl MtaSts {
         )
         .await
         .map_err(|_| format!("{host}: timed out"))??;
-        Policy::parse(id, &text).map_err(|e| format!("{host}: bad policy: {e}"))
+        let policy = Policy::parse(id, &text).map_err(|e| format!("{host}: bad policy: {e}"))?;
+        Ok((policy, text))
     }
 
     async fn get(&self, host: &str, addr: SocketAddr) -> Result<String, String> {

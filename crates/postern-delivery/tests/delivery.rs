@@ -1401,3 +1401,36 @@ async fn mta_sts_policies_are_honoured() {
         "{fetched:?}"
     );
 }
+
+#[tokio::test]
+async fn a_stored_mta_sts_policy_binds_after_a_restart_without_dns() {
+    use postern_delivery::mta_sts::{Mode, MtaSts};
+    use postern_store::TlsPolicyStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    // Fetched before the restart…
+    store
+        .put_mta_sts_policy(
+            "enforce.example".into(),
+            "7".into(),
+            "version: STSv1\nmode: enforce\nmx: mx.good.example\nmax_age: 86400\n".into(),
+            postern_core::time::now_millis() + 3_600_000,
+        )
+        .await
+        .unwrap();
+    // …and now DNS says nothing at all (the TXT record is stripped).
+    let dns = start_dns(vec![]).await;
+    let resolver = Arc::new(MxResolver::new(&[dns]).unwrap());
+    let (tls, _) = postern_delivery::tls::webpki_config(None).unwrap();
+    let sts = MtaSts::new(resolver.clone(), tls.clone(), 443, Some(store.clone()));
+    let p = sts
+        .policy("enforce.example")
+        .await
+        .expect("the stored policy");
+    assert_eq!(p.mode, Mode::Enforce);
+    assert!(p.allows("mx.good.example") && !p.allows("mx.evil.example"));
+    // Without the stored copy there would be no policy: the downgrade the
+    // store prevents.
+    let forgetful = MtaSts::new(resolver, tls, 443, None);
+    assert!(forgetful.policy("enforce.example").await.is_none());
+}

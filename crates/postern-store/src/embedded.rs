@@ -1314,6 +1314,43 @@ fn webhook_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRecord> {
 
 const WEBHOOK_COLUMNS: &str = "account, url, enabled, kinds, signing_key, cursor, created_at, updated_at, last_success_at, last_error, last_error_at";
 
+#[async_trait]
+impl TlsPolicyStore for EmbeddedStore {
+    async fn mta_sts_policy(
+        &self,
+        domain: String,
+        now: i64,
+    ) -> Result<Option<(String, String, i64)>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id, policy, expires_at FROM mta_sts_policies WHERE domain = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![domain, now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn put_mta_sts_policy(
+        &self,
+        domain: String,
+        id: String,
+        policy: String,
+        expires_at: i64,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO mta_sts_policies (domain, id, policy, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (domain) DO UPDATE SET id = ?2, policy = ?3, expires_at = ?4",
+            )?
+            .execute(params![domain, id, policy, expires_at])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 fn recipient_status(code: i64) -> &'static str {
     match code {
         0 => "queued",
@@ -1698,6 +1735,40 @@ mod tests {
         assert_eq!(all[0].url, "https://hooks.example/new");
         assert_eq!(all[0].last_error.as_deref(), Some("HTTP 500"));
         assert_eq!(all[0].created_at, 10);
+    }
+
+    #[tokio::test]
+    async fn mta_sts_policies_persist_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(store
+            .mta_sts_policy("example.net".into(), 0)
+            .await
+            .unwrap()
+            .is_none());
+        store
+            .put_mta_sts_policy("example.net".into(), "1".into(), "p1".into(), 1_000)
+            .await
+            .unwrap();
+        store
+            .put_mta_sts_policy("example.net".into(), "2".into(), "p2".into(), 2_000)
+            .await
+            .unwrap();
+        store.close();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .mta_sts_policy("example.net".into(), 1_500)
+                .await
+                .unwrap(),
+            Some(("2".into(), "p2".into(), 2_000))
+        );
+        assert!(store
+            .mta_sts_policy("example.net".into(), 2_000)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

@@ -185,9 +185,36 @@ pub trait EventStore: Send + Sync {
     async fn webhook_failed(&self, account: String, error: String, at: i64) -> Result<()>;
 }
 
+/// Receivers' TLS policies (MTA-STS), kept across restarts: a policy
+/// must outlive the process, or an attacker who blocks the policy lookup
+/// after a restart could downgrade delivery to plaintext (RFC 8461 §5).
+#[async_trait]
+pub trait TlsPolicyStore: Send + Sync {
+    /// The cached policy's id, text and expiry, if not expired at `now`.
+    async fn mta_sts_policy(
+        &self,
+        domain: String,
+        now: i64,
+    ) -> Result<Option<(String, String, i64)>>;
+    async fn put_mta_sts_policy(
+        &self,
+        domain: String,
+        id: String,
+        policy: String,
+        expires_at: i64,
+    ) -> Result<()>;
+}
+
 /// Everything a node needs from its store.
 pub trait Store:
-    QueueStore + CredentialStore + EventStore + AccountStore + AuditStore + TotpStore + SuppressionStore
+    QueueStore
+    + CredentialStore
+    + EventStore
+    + AccountStore
+    + AuditStore
+    + TotpStore
+    + SuppressionStore
+    + TlsPolicyStore
 {
 }
 impl<
@@ -197,7 +224,8 @@ impl<
             + AccountStore
             + AuditStore
             + TotpStore
-            + SuppressionStore,
+            + SuppressionStore
+            + TlsPolicyStore,
     > Store for T
 {
 }

@@ -165,6 +165,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE accounts ADD COLUMN ip_pool TEXT;
     "#,
+    // 12: receivers' MTA-STS policies, cached across restarts.
+    r#"
+    CREATE TABLE mta_sts_policies (
+        domain     TEXT PRIMARY KEY,
+        id         TEXT NOT NULL,
+        policy     TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

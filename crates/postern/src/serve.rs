@@ -159,7 +159,7 @@ pub async fn serve(config: Config) -> Result<()> {
     });
 
     let resolver = Arc::new(MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?);
-    let client = SmtpClient::new(
+    let client = SmtpClient::with_policy_store(
         ClientSettings {
             ehlo_name: config.server.hostname.clone(),
             connect_timeout: config.queue.connect_timeout,
@@ -170,6 +170,7 @@ pub async fn serve(config: Config) -> Result<()> {
             mta_sts: config.queue.mta_sts,
         },
         resolver,
+        Some(store.clone()),
     )
     .map_err(anyhow::Error::msg)?;
     let scheduler = Scheduler {
