@@ -53,6 +53,8 @@ struct SinkOptions {
     auth: Option<(&'static str, &'static str)>,
     /// Waits this long before the reply to the final dot (a slow receiver).
     data_delay: Option<Duration>,
+    /// Offer SMTPUTF8 (RFC 6531).
+    smtputf8: bool,
 }
 
 struct Sink {
@@ -78,6 +80,7 @@ impl Default for SinkOptions {
             drop_mid_data: false,
             auth: None,
             data_delay: None,
+            smtputf8: false,
         }
     }
 }
@@ -152,8 +155,13 @@ async fn sink_session(
             } else {
                 ""
             };
+            let utf8 = if opts.smtputf8 {
+                "250-SMTPUTF8\r\n"
+            } else {
+                ""
+            };
             format!(
-                "250-sink.test\r\n{starttls}{auth}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000\r\n"
+                "250-sink.test\r\n{starttls}{auth}{utf8}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000\r\n"
             )
         } else if upper.starts_with("AUTH PLAIN ") {
             use base64::Engine;
@@ -409,7 +417,19 @@ impl Node {
         rcpts: &[&str],
         body: &[u8],
     ) -> String {
+        self.send_envelope(account, from, rcpts, body, false).await
+    }
+
+    async fn send_envelope(
+        &self,
+        account: Option<&str>,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+        smtputf8: bool,
+    ) -> String {
         let envelope = Envelope {
+            smtputf8,
             mail_from: from.into(),
             recipients: rcpts
                 .iter()
@@ -1433,4 +1453,39 @@ async fn a_stored_mta_sts_policy_binds_after_a_restart_without_dns() {
     // store prevents.
     let forgetful = MtaSts::new(resolver, tls, 443, None);
     assert!(forgetful.policy("enforce.example").await.is_none());
+}
+
+#[tokio::test]
+async fn internationalized_domains_are_resolved_by_their_a_labels() {
+    let sink = start_sink(SinkOptions {
+        smtputf8: true,
+        ..Default::default()
+    })
+    .await;
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    // The zone knows only the A-label (RFC 5890) form of bücher.example.
+    let dns = start_dns(vec![
+        ("xn--bcher-kva.example.", mx("mx.xn--bcher-kva.example.")),
+        ("mx.xn--bcher-kva.example.", a([127, 0, 0, 1])),
+    ])
+    .await;
+    let node = start_node(vec![], Some(dns), sink.addr.port()).await;
+    let id = node
+        .send_envelope(
+            None,
+            "absender@example.org",
+            &["käufer@bücher.example"],
+            "Subject: Grüße\r\n\r\nx\r\n".as_bytes(),
+            true,
+        )
+        .await;
+    let events = node.final_events(&id, 1).await;
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Delivered),
+        "{events:?}"
+    );
+    let got = sink.received.lock().unwrap().clone();
+    // RFC 6531: with SMTPUTF8 the address goes out as it came in.
+    assert_eq!(got[0].rcpts, ["käufer@bücher.example"]);
 }
