@@ -120,9 +120,14 @@ pub fn txt_id(records: &[String]) -> Option<String> {
     if sts.len() != 1 {
         return None;
     }
+    // RFC 8461 §3.1: id = 1*32(ALPHA / DIGIT); anything else is no record.
     sts[0].split(';').find_map(|field| {
         let (k, v) = field.trim().split_once('=')?;
-        (k.trim() == "id" && !v.trim().is_empty()).then(|| v.trim().to_owned())
+        let v = v.trim();
+        (k.trim() == "id"
+            && (1..=32).contains(&v.len())
+            && v.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| v.to_owned())
     })
 }
 
@@ -344,6 +349,11 @@ mod tests {
             "two records: none"
         );
         assert_eq!(txt_id(&r(&["v=STSv1;"])), None);
+        assert_eq!(txt_id(&r(&["v=STSv1; id=a-b"])), None, "id is alphanumeric");
+        assert_eq!(
+            txt_id(&r(&[&format!("v=STSv1; id={}", "9".repeat(33))])),
+            None
+        );
         assert_eq!(txt_id(&r(&[])), None);
     }
 }
