@@ -260,11 +260,23 @@ pub struct RouteConfig {
     pub auth_password: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Name servers for MX lookups; empty means the system's resolver.
     pub nameservers: Vec<SocketAddr>,
+    /// Validate DNSSEC (from the root trust anchors, not trusting the
+    /// upstream's AD bit) and honour DANE TLSA records (RFC 7672).
+    pub dane: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            dane: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -836,6 +848,8 @@ mod tests {
             d.queue.max_messages_per_connection
         );
         assert_eq!(c.queue.connection_idle, d.queue.connection_idle);
+        assert_eq!(c.queue.mta_sts, d.queue.mta_sts);
+        assert_eq!(c.dns.dane, d.dns.dane);
         assert_eq!(c.webhooks.batch_size, d.webhooks.batch_size);
         assert_eq!(c.webhooks.give_up_after, d.webhooks.give_up_after);
         assert_eq!(

@@ -50,6 +50,14 @@ pub struct ClientSettings {
     pub mta_sts: bool,
 }
 
+impl ClientSettings {
+    /// The port in TLSA names (`_25._tcp.`): the real SMTP port even when
+    /// tests connect to a sink elsewhere.
+    fn mx_port_for_tlsa(&self) -> u16 {
+        SMTP_PORT
+    }
+}
+
 /// The result of one attempt: an outcome per recipient (in job order) and
 /// how the connection went, for the event log.
 #[derive(Debug, Clone)]
@@ -144,6 +152,10 @@ struct Candidate {
     /// MTA-STS `testing`: deliver whatever happens, but check the
     /// certificate and report a failure.
     report_only: bool,
+    /// DANE TLSA records proven by DNSSEC: they alone decide the
+    /// certificate (an empty list: TLS required, unauthenticated, because
+    /// every record was unusable — RFC 7672 §2.2).
+    dane: Option<Vec<crate::mx::Tlsa>>,
 }
 
 pub struct SmtpClient {
@@ -207,6 +219,9 @@ impl SmtpClient {
         domain: &str,
         hosts: Vec<String>,
     ) -> Result<Vec<Candidate>, Outcome> {
+        if let Some(c) = self.dane_candidates(domain, &hosts).await? {
+            return Ok(c);
+        }
         let policy = match &self.mta_sts {
             Some(m) => m.policy(domain).await,
             None => None,
@@ -220,6 +235,7 @@ impl SmtpClient {
             policy,
             webpki,
             report_only,
+            dane: None,
         };
         use crate::mta_sts::Mode;
         match policy {
@@ -261,6 +277,82 @@ impl SmtpClient {
         }
     }
 
+    /// DANE (RFC 7672), when the domain's MX records are DNSSEC-secure and
+    /// at least one host has TLSA records: it then decides for every host
+    /// (MTA-STS is not consulted, RFC 8461 §2). Hosts without TLSA are used
+    /// opportunistically; a host whose TLSA lookup fails is not used.
+    async fn dane_candidates(
+        &self,
+        domain: &str,
+        hosts: &[String],
+    ) -> Result<Option<Vec<Candidate>>, Outcome> {
+        use crate::mx::Dnssec;
+        if !self.resolver.dnssec_enabled() {
+            return Ok(None);
+        }
+        match self.resolver.secure_mx(domain).await {
+            Dnssec::Secure(_) => {}
+            Dnssec::Insecure => return Ok(None),
+            Dnssec::Bogus(e) => {
+                metrics::counter!("postern_dane_total", "result" => "mx_bogus").increment(1);
+                return Err(Outcome::Transient(format!(
+                    "DNSSEC: the MX records of {domain} failed validation: {e}"
+                )));
+            }
+        }
+        let mut found = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            found.push((
+                h.clone(),
+                self.resolver
+                    .tlsa(h, self.settings.mx_port_for_tlsa())
+                    .await,
+            ));
+        }
+        if !found
+            .iter()
+            .any(|(_, t)| matches!(t, Dnssec::Secure(_) | Dnssec::Bogus(_)))
+        {
+            return Ok(None);
+        }
+        let mut candidates = Vec::new();
+        let mut unusable = Vec::new();
+        for (host, tlsa) in found {
+            let (tls, policy, dane) = match tlsa {
+                Dnssec::Secure(records) => {
+                    let usable: Vec<_> = records.into_iter().filter(crate::dane::usable).collect();
+                    metrics::counter!("postern_dane_total", "result" => if usable.is_empty() { "unusable_records" } else { "tlsa" }).increment(1);
+                    (RouteTls::Required, "dane", Some(usable))
+                }
+                Dnssec::Insecure => (RouteTls::Opportunistic, "opportunistic", None),
+                Dnssec::Bogus(e) => {
+                    metrics::counter!("postern_dane_total", "result" => "tlsa_bogus").increment(1);
+                    tracing::warn!(%domain, %host, error = %e, "DANE: TLSA lookup failed; host not used");
+                    unusable.push(format!("{host}: {e}"));
+                    continue;
+                }
+            };
+            candidates.push(Candidate {
+                host,
+                port: self.settings.mx_port,
+                tls,
+                ca_file: None,
+                auth: None,
+                policy,
+                webpki: false,
+                report_only: false,
+                dane,
+            });
+        }
+        if candidates.is_empty() {
+            return Err(Outcome::Transient(format!(
+                "DANE: no usable MX host for {domain} ({})",
+                unusable.join("; ")
+            )));
+        }
+        Ok(Some(candidates))
+    }
+
     fn verified_config(&self, ca_file: &Option<PathBuf>) -> Result<Arc<ClientConfig>, String> {
         let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(ca_file) {
@@ -296,6 +388,7 @@ impl SmtpClient {
                 policy: policy_label(r.tls),
                 webpki: false,
                 report_only: false,
+                dane: None,
             }],
             Destination::Mx => {
                 let hosts = match self.resolver.mx_hosts(&job.domain).await {
@@ -512,6 +605,14 @@ impl SmtpClient {
                 // and is dropped unread (the client side of CVE-2011-0411).
                 conn.buf.clear();
                 let config = match c.tls {
+                    RouteTls::Required if c.dane.as_ref().is_some_and(|d| !d.is_empty()) => {
+                        crate::dane::client_config(c.dane.clone().unwrap_or_default()).map_err(
+                            |e| HostFailure(Outcome::Transient(format!("TLS setup: {e}"))),
+                        )?
+                    }
+                    // TLSA records exist but none is usable: encrypt, without
+                    // authentication (RFC 7672 §2.2).
+                    RouteTls::Required if c.dane.is_some() => self.opportunistic.clone(),
                     RouteTls::Required if c.webpki => self.webpki.clone(),
                     RouteTls::Required => self
                         .verified_config(&c.ca_file)

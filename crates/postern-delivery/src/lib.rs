@@ -5,6 +5,7 @@
 //! store (DESIGN §3, as Postfix's smtpd and smtp meet only at the queue).
 
 pub mod client;
+pub mod dane;
 pub mod mta_sts;
 pub mod mx;
 pub mod outcome;

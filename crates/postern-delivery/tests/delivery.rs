@@ -352,6 +352,11 @@ async fn start_shaped_node(
     start_node_full(routes, dns, mx_port, shaping, None).await
 }
 
+/// A node whose MX resolver is given (DANE tests: a validating one).
+async fn start_node_with_resolver(resolver: Arc<MxResolver>, mx_port: u16) -> Node {
+    start_node_inner(vec![], resolver, mx_port, Shaping::default(), None).await
+}
+
 /// `mta_sts`: the CA file trusted for policy-required TLS, and the port
 /// policies are fetched from.
 async fn start_node_full(
@@ -361,11 +366,21 @@ async fn start_node_full(
     shaping: Shaping,
     mta_sts: Option<(std::path::PathBuf, u16)>,
 ) -> Node {
+    let nameservers: Vec<SocketAddr> = dns.into_iter().collect();
+    let resolver = Arc::new(MxResolver::new(&nameservers).unwrap());
+    start_node_inner(routes, resolver, mx_port, shaping, mta_sts).await
+}
+
+async fn start_node_inner(
+    routes: Vec<RouteConfig>,
+    resolver: Arc<MxResolver>,
+    mx_port: u16,
+    shaping: Shaping,
+    mta_sts: Option<(std::path::PathBuf, u16)>,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let intake = Intake::new(store.clone(), "postern.test".into());
-    let nameservers: Vec<SocketAddr> = dns.into_iter().collect();
-    let resolver = Arc::new(MxResolver::new(&nameservers).unwrap());
     let client = SmtpClient::new(
         ClientSettings {
             ehlo_name: "postern.test".into(),
@@ -1251,7 +1266,15 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no {kind} event for {id}");
+        let all = self
+            .store
+            .events(EventFilter {
+                message_id: Some(id.into()),
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        panic!("no {kind} event for {id}: {all:?}");
     }
 }
 
@@ -1488,4 +1511,308 @@ async fn internationalized_domains_are_resolved_by_their_a_labels() {
     let got = sink.received.lock().unwrap().clone();
     // RFC 6531: with SMTPUTF8 the address goes out as it came in.
     assert_eq!(got[0].rcpts, ["käufer@bücher.example"]);
+}
+
+/// A DNSSEC-signed zone served on loopback: every answer carries its RRSIG
+/// (ECDSA P-256, RFC 6605), the zone's DNSKEY is returned signed by itself,
+/// and a name or type that is not there gets NODATA with a signed SOA and
+/// a signed NSEC at the name denying the type (enough for the validator's
+/// proof of absence). Returns the server's address and the key to trust.
+/// Answers for names in `forged` carry a corrupted signature (an
+/// attacker's record).
+async fn start_signed_dns(
+    zone: &'static str,
+    records: Vec<(&'static str, RData)>,
+    forged: &'static [&'static str],
+) -> (SocketAddr, Vec<u8>) {
+    use hickory_proto::dnssec::crypto::EcdsaSigningKey;
+    use hickory_proto::dnssec::rdata::{DNSSECRData, DNSKEY, NSEC, RRSIG};
+    use hickory_proto::dnssec::{Algorithm, SigSigner, SigningKey, TBS};
+    use hickory_proto::rr::rdata::SOA;
+    use hickory_proto::rr::{DNSClass, RecordSet};
+
+    let pkcs8 = EcdsaSigningKey::generate_pkcs8(Algorithm::ECDSAP256SHA256).unwrap();
+    let key = EcdsaSigningKey::from_pkcs8(&pkcs8, Algorithm::ECDSAP256SHA256).unwrap();
+    let public = key.to_public_key().unwrap();
+    let anchor = hickory_proto::dnssec::PublicKey::public_bytes(&public).to_vec();
+    let dnskey = DNSKEY::from_key(&public);
+    let zone_name = Name::from_str(zone).unwrap();
+    let signer = Arc::new(SigSigner::dnssec(
+        dnskey.clone(),
+        Box::new(key),
+        zone_name.clone(),
+        Duration::from_secs(86_400),
+    ));
+    let mut table: HashMap<(Name, RecordType), Vec<RData>> = HashMap::new();
+    for (name, rdata) in records {
+        table
+            .entry((Name::from_str(name).unwrap(), rdata.record_type()))
+            .or_default()
+            .push(rdata);
+    }
+    table.insert(
+        (zone_name.clone(), RecordType::DNSKEY),
+        vec![RData::DNSSEC(DNSSECRData::DNSKEY(dnskey))],
+    );
+    let soa = RData::SOA(SOA::new(
+        Name::from_str(&format!("ns.{zone}")).unwrap(),
+        Name::from_str(&format!("hostmaster.{zone}")).unwrap(),
+        1,
+        3600,
+        600,
+        86400,
+        60,
+    ));
+    table.insert((zone_name.clone(), RecordType::SOA), vec![soa]);
+    let table = Arc::new(table);
+
+    // An RRset with its signature.
+    let signed = move |signer: &SigSigner, name: &Name, rdatas: &[RData]| -> Vec<Record> {
+        let rtype = rdatas[0].record_type();
+        let mut set = RecordSet::with_ttl(name.clone(), rtype, 60);
+        for r in rdatas {
+            set.add_rdata(r.clone());
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let inception = now - time::Duration::hours(1);
+        let expiration = now + time::Duration::days(1);
+        let tbs = TBS::from_rrset(&set, DNSClass::IN, inception, expiration, signer).unwrap();
+        let mut sig = signer.sign(&tbs).unwrap();
+        if forged
+            .iter()
+            .any(|f| Name::from_str(f).is_ok_and(|f| &f == name))
+        {
+            sig[0] ^= 0xff;
+        }
+        let rrsig = RRSIG::new(
+            rtype,
+            Algorithm::ECDSAP256SHA256,
+            name.num_labels(),
+            60,
+            expiration.unix_timestamp() as u32,
+            inception.unix_timestamp() as u32,
+            signer.calculate_key_tag().unwrap(),
+            signer.signer_name().clone(),
+            sig,
+        );
+        let mut out: Vec<Record> = rdatas
+            .iter()
+            .map(|r| Record::from_rdata(name.clone(), 60, r.clone()))
+            .collect();
+        out.push(Record::from_rdata(
+            name.clone(),
+            60,
+            RData::DNSSEC(DNSSECRData::RRSIG(rrsig)),
+        ));
+        out
+    };
+
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(req) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::new();
+            resp.set_id(req.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(OpCode::Query)
+                .set_recursion_desired(req.recursion_desired())
+                .set_recursion_available(true)
+                .set_authoritative(true);
+            if let Some(edns) = req.extensions() {
+                let mut e = hickory_proto::op::Edns::new();
+                e.set_dnssec_ok(edns.flags().dnssec_ok);
+                e.set_max_payload(1232);
+                resp.set_edns(e);
+            }
+            for q in req.queries() {
+                resp.add_query(q.clone());
+                let name = q.name().clone();
+                match table.get(&(name.clone(), q.query_type())) {
+                    Some(rdatas) => {
+                        for r in signed(&signer, &name, rdatas) {
+                            resp.add_answer(r);
+                        }
+                    }
+                    None => {
+                        let soa = &table[&(zone_name.clone(), RecordType::SOA)];
+                        for r in signed(&signer, &zone_name, soa) {
+                            resp.add_name_server(r);
+                        }
+                        let nsec = RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(
+                            Name::from_str(&format!("\\000.{name}")).unwrap_or(name.clone()),
+                            [RecordType::RRSIG, RecordType::NSEC],
+                        )));
+                        for r in signed(&signer, &name, &[nsec]) {
+                            resp.add_name_server(r);
+                        }
+                    }
+                }
+            }
+            if let Ok(bytes) = resp.to_vec() {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    (addr, anchor)
+}
+
+#[tokio::test]
+async fn dane_tlsa_records_decide_and_never_fall_back() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::TLSA;
+    // Three MX hosts on one port: the pinned certificate, another
+    // certificate, and one without STARTTLS.
+    let pinned_listener = TcpListener::bind("127.0.0.21:0").await.unwrap();
+    let port = pinned_listener.local_addr().unwrap().port();
+    let pinned_cert = rcgen::generate_simple_self_signed(vec!["mx.pinned.test".into()]).unwrap();
+    let spki = {
+        use base64::Engine;
+        let pem = pinned_cert.signing_key.public_key_pem();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    };
+    let acceptor = |ck: &rcgen::CertifiedKey<rcgen::KeyPair>| {
+        let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    };
+    let pinned = start_sink_on(
+        pinned_listener,
+        SinkOptions {
+            tls: Some(acceptor(&pinned_cert)),
+            ..Default::default()
+        },
+    );
+    let other_cert = rcgen::generate_simple_self_signed(vec!["mx.other.test".into()]).unwrap();
+    let other = start_sink_on(
+        TcpListener::bind(("127.0.0.22", port)).await.unwrap(),
+        SinkOptions {
+            tls: Some(acceptor(&other_cert)),
+            ..Default::default()
+        },
+    );
+    let plain = start_sink_on(
+        TcpListener::bind(("127.0.0.23", port)).await.unwrap(),
+        SinkOptions::default(),
+    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, &spki)
+        .as_ref()
+        .to_vec();
+    // "3 1 1": DANE-EE, the host's public key, SHA-256.
+    let tlsa = RData::TLSA(TLSA::new(
+        CertUsage::DaneEe,
+        Selector::Spki,
+        Matching::Sha256,
+        digest,
+    ));
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let (dns, anchor) = start_signed_dns(
+        "test.",
+        vec![
+            ("mx.pinned.test.", a([127, 0, 0, 21])),
+            ("mx.other.test.", a([127, 0, 0, 22])),
+            ("mx.plain.test.", a([127, 0, 0, 23])),
+            // The same sink under a name without TLSA records.
+            ("mx.bare.test.", a([127, 0, 0, 23])),
+            // The pinned key, at the right host.
+            ("_25._tcp.mx.pinned.test.", tlsa.clone()),
+            ("good.test.", mx("mx.pinned.test.")),
+            // The same pin published for a host presenting another key.
+            ("_25._tcp.mx.other.test.", tlsa.clone()),
+            ("mismatch.test.", mx("mx.other.test.")),
+            // A pin for a host that offers no STARTTLS.
+            ("_25._tcp.mx.plain.test.", tlsa),
+            ("notls.test.", mx("mx.plain.test.")),
+            // A host without TLSA (proven absent): opportunistic as usual.
+            ("nodane.test.", mx("mx.bare.test.")),
+            // A TLSA record whose signature does not verify (forged).
+            ("mx.forged.test.", a([127, 0, 0, 23])),
+            (
+                "_25._tcp.mx.forged.test.",
+                RData::TLSA(TLSA::new(
+                    CertUsage::DaneEe,
+                    Selector::Spki,
+                    Matching::Sha256,
+                    vec![0; 32],
+                )),
+            ),
+            ("forged.test.", mx("mx.forged.test.")),
+        ],
+        &["_25._tcp.mx.forged.test."],
+    )
+    .await;
+    let resolver = Arc::new(
+        MxResolver::with_dnssec(
+            &[dns],
+            Some(vec![(
+                anchor,
+                hickory_proto::dnssec::Algorithm::ECDSAP256SHA256,
+            )]),
+        )
+        .unwrap(),
+    );
+    let node = start_node_with_resolver(resolver, port).await;
+    let send = |rcpt: &'static str| {
+        let node = &node;
+        async move {
+            node.send("a@example.org", &[rcpt], b"Subject: d\r\n\r\nx\r\n")
+                .await
+        }
+    };
+
+    let good = send("u@good.test").await;
+    let e = node.wait_kind(&good, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("dane"));
+    assert!(e.info.tls.is_some());
+
+    let mismatch = send("u@mismatch.test").await;
+    let e = node.wait_kind(&mismatch, EventKind::Deferred).await;
+    assert!(e.detail.contains("DANE"), "{}", e.detail);
+
+    let notls = send("u@notls.test").await;
+    let e = node.wait_kind(&notls, EventKind::Deferred).await;
+    assert!(e.detail.contains("does not offer STARTTLS"), "{}", e.detail);
+
+    let forged = send("u@forged.test").await;
+    let e = node.wait_kind(&forged, EventKind::Deferred).await;
+    assert!(e.detail.contains("DANE: no usable MX host"), "{}", e.detail);
+
+    let nodane = send("u@nodane.test").await;
+    let e = node.wait_kind(&nodane, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rcpts = |sink: &Sink| -> Vec<String> {
+        sink.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.rcpts.clone())
+            .collect()
+    };
+    assert_eq!(rcpts(&pinned), ["u@good.test"]);
+    assert!(rcpts(&other).is_empty(), "never to a host with another key");
+    assert_eq!(
+        rcpts(&plain),
+        ["u@nodane.test"],
+        "never in plaintext to a host with TLSA records"
+    );
+    assert_eq!(other.mail_commands.load(Ordering::SeqCst), 0);
 }

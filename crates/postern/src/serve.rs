@@ -158,7 +158,14 @@ pub async fn serve(config: Config) -> Result<()> {
         })
     });
 
-    let resolver = Arc::new(MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?);
+    let resolver = Arc::new(
+        if config.dns.dane {
+            MxResolver::with_dnssec(&config.dns.nameservers, None)
+        } else {
+            MxResolver::new(&config.dns.nameservers)
+        }
+        .map_err(anyhow::Error::msg)?,
+    );
     let client = SmtpClient::with_policy_store(
         ClientSettings {
             ehlo_name: config.server.hostname.clone(),
