@@ -419,6 +419,10 @@ pub struct SourceAddressConfig {
     /// default `server.hostname`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ehlo_name: Option<String>,
+    /// Messages per rolling hour from this address, across destinations
+    /// (warming up a new address); beyond it mail waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages_per_hour: Option<u32>,
 }
 
 impl Default for QueueConfig {

@@ -81,7 +81,6 @@ struct DestinationState {
     workers: usize,
     limits: Limits,
     source: Option<Source>,
-    hour: HourWindow,
     /// Wakes an idle worker of this destination when work arrives.
     arrived: Arc<Notify>,
 }
@@ -101,6 +100,10 @@ struct Shared {
     /// Work waits for a free connection slot: idle workers should leave.
     slot_wanted: Notify,
     pools: Mutex<PoolBindings>,
+    /// Hourly windows by destination host and by source address. Kept
+    /// apart from the destinations, which come and go with their work,
+    /// so a limit holds for the whole hour.
+    hours: Mutex<HashMap<String, HourWindow>>,
 }
 
 /// Queue size and age for Prometheus.
@@ -135,6 +138,7 @@ impl Scheduler {
             changed: Notify::new(),
             slot_wanted: Notify::new(),
             pools: Mutex::new((HashMap::new(), None)),
+            hours: Mutex::new(HashMap::new()),
         });
         let this = Arc::new(self);
         // Enough claimed work to keep every connection busy, with room for
@@ -315,18 +319,12 @@ impl Scheduler {
                 workers: 0,
                 limits: self.shaping.limits_for(&limit_host),
                 source,
-                hour: HourWindow::default(),
                 arrived: Arc::new(Notify::new()),
             });
             let over = if dest.pending.len() >= BACKLOG_PER_DESTINATION {
                 Some((BACKLOG_RETRY, "backlog"))
-            } else if let Some(max) = dest.limits.max_messages_per_hour {
-                dest.hour
-                    .take(max, now)
-                    .err()
-                    .map(|wait| (wait, "hourly_limit"))
             } else {
-                None
+                self.take_hourly(shared, &limit_host, dest.limits, dest.source.as_ref(), now)
             };
             match over {
                 Some((wait, reason)) => {
@@ -359,6 +357,45 @@ impl Scheduler {
                 tracing::warn!(error = %e, "could not postpone work; its lease will expire");
             }
         }
+    }
+
+    /// Takes one message from the destination's and the source's hourly
+    /// allowances, or says how long to wait (taking from neither).
+    fn take_hourly(
+        &self,
+        shared: &Shared,
+        host: &str,
+        limits: Limits,
+        source: Option<&Source>,
+        now: Instant,
+    ) -> Option<(Duration, &'static str)> {
+        let source_max = source.and_then(|s| self.shaping.source_limits.get(&s.ip).copied());
+        if limits.max_messages_per_hour.is_none() && source_max.is_none() {
+            return None;
+        }
+        let mut hours = shared.hours.lock().unwrap_or_else(|e| e.into_inner());
+        let dest_key = format!("dest:{host}");
+        let src_key = source.map(|s| format!("src:{}", s.ip));
+        if let Some(max) = limits.max_messages_per_hour {
+            if let Err(wait) = hours.entry(dest_key.clone()).or_default().check(max, now) {
+                return Some((wait, "hourly_limit"));
+            }
+        }
+        if let (Some(max), Some(key)) = (source_max, &src_key) {
+            if let Err(wait) = hours.entry(key.clone()).or_default().check(max, now) {
+                return Some((wait, "source_hourly_limit"));
+            }
+        }
+        if let Some(max) = limits.max_messages_per_hour {
+            let _ = hours.entry(dest_key).or_default().take(max, now);
+        }
+        if let (Some(max), Some(key)) = (source_max, src_key) {
+            let _ = hours.entry(key).or_default().take(max, now);
+        }
+        if hours.len() > 10_000 {
+            hours.retain(|_, w| !w.is_idle(now));
+        }
+        None
     }
 
     /// Starts workers where work waits, within each destination's connection

@@ -30,6 +30,8 @@ pub struct Shaping {
     pub connection_idle: Duration,
     pub pools: HashMap<String, Vec<Source>>,
     pub default_pool: Option<String>,
+    /// Hourly caps per source address.
+    pub source_limits: HashMap<std::net::IpAddr, u32>,
 }
 
 impl Default for Shaping {
@@ -68,6 +70,12 @@ impl Shaping {
                 })
                 .collect(),
             default_pool: q.default_ip_pool.clone(),
+            source_limits: config
+                .ip_pool
+                .iter()
+                .flat_map(|p| p.address.iter())
+                .filter_map(|a| a.max_messages_per_hour.map(|n| (a.ip, n)))
+                .collect(),
         }
     }
 
@@ -131,6 +139,26 @@ impl HourWindow {
             self.total -= n;
             self.buckets.pop_front();
         }
+    }
+
+    /// Nothing sent in the last hour: the window can be forgotten.
+    pub fn is_idle(&mut self, now: Instant) -> bool {
+        self.expire(now);
+        self.total == 0
+    }
+
+    /// Whether one more message fits, without taking it.
+    pub fn check(&mut self, max: u32, now: Instant) -> Result<(), Duration> {
+        self.expire(now);
+        if self.total >= max {
+            return Err(self
+                .buckets
+                .front()
+                .map(|(start, _)| HOUR.saturating_sub(now.duration_since(*start)))
+                .unwrap_or(BUCKET)
+                .max(Duration::from_secs(1)));
+        }
+        Ok(())
     }
 
     /// Takes one message from the hour's allowance, or says when there

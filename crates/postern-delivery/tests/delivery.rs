@@ -1136,11 +1136,13 @@ async fn an_hourly_limit_makes_mail_wait_without_counting_attempts() {
         vec![route("*", &sink, RouteTls::None, None)],
         None,
         25,
-        shaping("[[destination]]\nmatch = \"127.0.0.1\"\nmax_messages_per_hour = 2\n"),
+        // Idle connections close at once, so the destination goes idle
+        // between the two batches: its hour must still count.
+        shaping("[queue]\nconnection_idle = \"50ms\"\n[[destination]]\nmatch = \"127.0.0.1\"\nmax_messages_per_hour = 2\n"),
     )
     .await;
     let mut ids = Vec::new();
-    for i in 0..4 {
+    for i in 0..2 {
         let rcpt = format!("h{i}@example.net");
         ids.push(
             node.send(
@@ -1150,6 +1152,19 @@ async fn an_hourly_limit_makes_mail_wait_without_counting_attempts() {
             )
             .await,
         );
+    }
+    for id in &ids {
+        node.final_events(id, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 2..4 {
+        let rcpt = format!("h{i}@example.net");
+        node.send(
+            "a@example.org",
+            &[rcpt.as_str()],
+            b"Subject: h\r\n\r\nx\r\n",
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sink.received.lock().unwrap().len(), 2);
@@ -1177,6 +1192,45 @@ async fn an_hourly_limit_makes_mail_wait_without_counting_attempts() {
         .await
         .unwrap();
     assert!(deferred.is_empty(), "{deferred:?}");
+}
+
+#[tokio::test]
+async fn a_source_address_cap_holds_across_destinations() {
+    let one = start_sink(SinkOptions::default()).await;
+    let two = start_sink(SinkOptions::default()).await;
+    let node = start_shaped_node(
+        vec![
+            route("one.example", &one, RouteTls::None, None),
+            route("two.example", &two, RouteTls::None, None),
+        ],
+        None,
+        25,
+        shaping(
+            "[queue]\ndefault_ip_pool = \"warm\"\n[[ip_pool]]\nname = \"warm\"\n[[ip_pool.address]]\nip = \"127.0.0.2\"\nmax_messages_per_hour = 3\n",
+        ),
+    )
+    .await;
+    for i in 0..3 {
+        let a = format!("a{i}@one.example");
+        let b = format!("b{i}@two.example");
+        node.send("a@example.org", &[a.as_str()], b"Subject: s\r\n\r\nx\r\n")
+            .await;
+        node.send("a@example.org", &[b.as_str()], b"Subject: s\r\n\r\nx\r\n")
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = one.received.lock().unwrap().len() + two.received.lock().unwrap().len();
+    assert_eq!(
+        sent, 3,
+        "the address sent its hourly 3, whatever the destination"
+    );
+    let waiting = node
+        .store
+        .queued_messages(postern_store::QueueFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 3);
+    assert!(waiting.iter().all(|m| m.recipients[0].attempts == 0));
 }
 
 /// A TLS acceptor presenting a self-signed certificate for `names`; the
