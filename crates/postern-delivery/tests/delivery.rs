@@ -1870,3 +1870,38 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
     );
     assert_eq!(other.mail_commands.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn ipv6_only_mx_hosts_are_reached_over_aaaa() {
+    use hickory_proto::rr::rdata::AAAA;
+    let v6 = TcpListener::bind("[::1]:0").await.unwrap();
+    let port = v6.local_addr().unwrap().port();
+    let sink = start_sink_on(v6, SinkOptions::default());
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let dns = start_dns(vec![
+        ("v6.example.", mx("mx6.v6.example.")),
+        (
+            "mx6.v6.example.",
+            RData::AAAA(AAAA(std::net::Ipv6Addr::LOCALHOST)),
+        ),
+        // No MX and only an AAAA record: the address fallback covers IPv6.
+        (
+            "v6only.example.",
+            RData::AAAA(AAAA(std::net::Ipv6Addr::LOCALHOST)),
+        ),
+    ])
+    .await;
+    let node = start_node(vec![], Some(dns), port).await;
+    for rcpt in ["u@v6.example", "u@v6only.example"] {
+        let id = node
+            .send("a@example.org", &[rcpt], b"Subject: 6\r\n\r\nx\r\n")
+            .await;
+        let e = node.final_events(&id, 1).await;
+        let d = e
+            .iter()
+            .find(|e| e.kind == EventKind::Delivered)
+            .expect("delivered");
+        assert_eq!(d.info.remote_ip.as_deref(), Some("::1"), "{d:?}");
+    }
+    assert_eq!(sink.received.lock().unwrap().len(), 2);
+}
