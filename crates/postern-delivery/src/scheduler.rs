@@ -206,9 +206,13 @@ impl Scheduler {
                 .destinations
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            dests
+            let drained: Vec<Work> = dests
                 .values_mut()
                 .flat_map(|d| d.pending.drain(..))
+                .collect();
+            shared.in_memory.fetch_sub(drained.len(), Ordering::AcqRel);
+            drained
+                .into_iter()
                 .flat_map(|w| {
                     let id = w.job.message_id.clone();
                     w.job
@@ -226,10 +230,14 @@ impl Scheduler {
         }
         shared.slot_wanted.notify_waiters();
         let all = this.concurrency.max(1) as u32;
-        if tokio::time::timeout(grace, shared.slots.acquire_many(all))
-            .await
-            .is_err()
-        {
+        // Deliveries in flight, then the recording of their outcomes.
+        let settled = async {
+            let _all = shared.slots.acquire_many(all).await;
+            while shared.in_memory.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(grace, settled).await.is_err() {
             tracing::warn!("deliveries still in flight at shutdown; they will be retried");
         }
     }
@@ -455,15 +463,26 @@ impl Scheduler {
             };
             match work {
                 Some(w) if !*shutdown.borrow() => {
-                    self.attempt(
-                        w,
-                        source.as_ref(),
-                        &mut kept,
-                        limits.max_messages_per_connection,
-                    )
-                    .await;
-                    shared.in_memory.fetch_sub(1, Ordering::AcqRel);
-                    shared.changed.notify_one();
+                    let (job, attempt) = self
+                        .attempt(
+                            w,
+                            source.as_ref(),
+                            &mut kept,
+                            limits.max_messages_per_connection,
+                        )
+                        .await;
+                    // Recording the outcome (an fsync'd commit) runs beside
+                    // the next delivery on this connection: the store's
+                    // group commit batches the outcomes of every worker,
+                    // and a worker never waits for the disk between
+                    // messages. The lease covers the job until then.
+                    let this = self.clone();
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        this.record(job, attempt).await;
+                        shared.in_memory.fetch_sub(1, Ordering::AcqRel);
+                        shared.changed.notify_one();
+                    });
                 }
                 Some(w) => {
                     // Shutting down: not started, so back to the store now.
@@ -517,7 +536,7 @@ impl Scheduler {
         source: Option<&Source>,
         kept: &mut Option<KeptConnection>,
         max_messages: u32,
-    ) {
+    ) -> (DeliveryJob, Attempt) {
         let Work { job, route } = work;
         let span = tracing::info_span!("delivery", message = %job.message_id, domain = %job.domain);
         let started = std::time::Instant::now();
@@ -528,7 +547,7 @@ impl Scheduler {
             .await;
         metrics::histogram!("postern_delivery_attempt_seconds")
             .record(started.elapsed().as_secs_f64());
-        self.record(job, attempt).await;
+        (job, attempt)
     }
 
     /// Settles the outcomes: events, retries, bounces and DSNs, suppression.
