@@ -1,0 +1,22 @@
+//! Sender authentication: the DKIM keys of a sending domain, the DNS
+//! records its owner publishes, and DKIM signing of outbound mail
+//! (RFC 6376, with Ed25519 beside RSA as RFC 8463 allows). Built on
+//! `mail-auth`; what is written here is only the choice of defaults.
+
+pub mod keys;
+pub mod records;
+pub mod sign;
+
+pub use keys::DkimKeys;
+pub use records::{DnsRecord, DomainSetup};
+pub use sign::DomainSigner;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailAuthError {
+    #[error("key generation failed: {0}")]
+    KeyGeneration(String),
+    #[error("unusable {what} key: {reason}")]
+    BadKey { what: &'static str, reason: String },
+    #[error("signing failed: {0}")]
+    Signing(String),
+}

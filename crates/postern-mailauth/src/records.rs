@@ -1,0 +1,230 @@
+//! The DNS records a domain owner publishes so that mail Postern sends for
+//! the domain authenticates: both DKIM keys, SPF, a starting DMARC policy,
+//! the return-path (bounce) subdomain, and optionally MTA-STS and TLS-RPT.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+
+use crate::DkimKeys;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRecord {
+    /// Fully qualified, without the trailing dot.
+    pub name: String,
+    /// TXT, MX, CNAME.
+    pub rtype: &'static str,
+    pub value: String,
+    /// What it is for, for people reading the list.
+    pub purpose: &'static str,
+    /// Verification needs it; optional ones are suggestions.
+    pub required: bool,
+}
+
+pub struct DomainSetup<'a> {
+    pub domain: &'a str,
+    /// The selector base: keys are published at `<base>-rsa` and `<base>-ed`.
+    pub selector: &'a str,
+    pub keys: &'a DkimKeys,
+    /// Postern's host name (where bounces to the return path arrive).
+    pub mail_host: &'a str,
+    /// The addresses mail leaves from (the IP pools); empty: the mail
+    /// host's own addresses (`a:` mechanism).
+    pub source_ips: &'a [IpAddr],
+    /// The label of the return-path subdomain, e.g. `pst-bounces`.
+    pub return_path_label: &'a str,
+    /// Where DMARC aggregate reports go.
+    pub dmarc_rua: &'a str,
+}
+
+impl DomainSetup<'_> {
+    pub fn rsa_selector(&self) -> String {
+        format!("{}-rsa", self.selector)
+    }
+
+    pub fn ed25519_selector(&self) -> String {
+        format!("{}-ed", self.selector)
+    }
+
+    pub fn return_path_domain(&self) -> String {
+        format!("{}.{}", self.return_path_label, self.domain)
+    }
+
+    fn spf(&self, all: &str) -> String {
+        let mut v = String::from("v=spf1");
+        if self.source_ips.is_empty() {
+            v.push_str(&format!(" a:{}", self.mail_host));
+        }
+        for ip in self.source_ips {
+            match ip {
+                IpAddr::V4(a) => v.push_str(&format!(" ip4:{a}")),
+                IpAddr::V6(a) => v.push_str(&format!(" ip6:{a}")),
+            }
+        }
+        v.push(' ');
+        v.push_str(all);
+        v
+    }
+
+    pub fn records(&self) -> Vec<DnsRecord> {
+        let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
+        vec![
+            DnsRecord {
+                name: format!("{}._domainkey.{}", self.rsa_selector(), self.domain),
+                rtype: "TXT",
+                value: format!("v=DKIM1; k=rsa; p={}", b64(&self.keys.rsa_public)),
+                purpose: "DKIM key (RSA-2048)",
+                required: true,
+            },
+            DnsRecord {
+                name: format!("{}._domainkey.{}", self.ed25519_selector(), self.domain),
+                rtype: "TXT",
+                // RFC 8463 §4.2: k=ed25519, p= the raw public key.
+                value: format!("v=DKIM1; k=ed25519; p={}", b64(&self.keys.ed25519_public)),
+                purpose: "DKIM key (Ed25519, RFC 8463)",
+                required: true,
+            },
+            DnsRecord {
+                name: self.return_path_domain(),
+                rtype: "MX",
+                value: format!("10 {}.", self.mail_host),
+                purpose: "return path: bounces come back to Postern",
+                required: true,
+            },
+            DnsRecord {
+                name: self.return_path_domain(),
+                rtype: "TXT",
+                value: self.spf("-all"),
+                purpose: "SPF for the return path (the envelope sender's domain)",
+                required: true,
+            },
+            DnsRecord {
+                name: self.domain.to_owned(),
+                rtype: "TXT",
+                value: self.spf("~all"),
+                purpose:
+                    "SPF for the domain itself (merge into an existing v=spf1 record: one per name)",
+                required: false,
+            },
+            DnsRecord {
+                name: format!("_dmarc.{}", self.domain),
+                rtype: "TXT",
+                value: format!("v=DMARC1; p=none; rua=mailto:{}", self.dmarc_rua),
+                purpose: "DMARC, monitoring only to start with",
+                required: true,
+            },
+            DnsRecord {
+                name: format!("_smtp._tls.{}", self.domain),
+                rtype: "TXT",
+                value: format!("v=TLSRPTv1; rua=mailto:{}", self.dmarc_rua),
+                purpose: "TLS-RPT reports (RFC 8460), optional",
+                required: false,
+            },
+        ]
+    }
+}
+
+/// TXT data as zone-file strings: RFC 1035 §3.3.14 caps each string at 255
+/// octets, so long keys are split into several quoted strings.
+pub fn txt_strings(value: &str) -> String {
+    value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The records as a zone-file snippet, ready to paste.
+pub fn zone_snippet(records: &[DnsRecord]) -> String {
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&format!(
+            "; {}{}\n",
+            r.purpose,
+            if r.required { "" } else { " (optional)" }
+        ));
+        let value = if r.rtype == "TXT" {
+            txt_strings(&r.value)
+        } else {
+            r.value.clone()
+        };
+        out.push_str(&format!("{}.\t3600\tIN\t{}\t{}\n", r.name, r.rtype, value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> DkimKeys {
+        DkimKeys {
+            rsa_private: vec![],
+            rsa_public: vec![7; 270],
+            ed25519_private: vec![],
+            ed25519_public: vec![9; 32],
+        }
+    }
+
+    #[test]
+    fn records_for_a_domain() {
+        let keys = keys();
+        let ips: Vec<IpAddr> = vec![
+            "192.0.2.10".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+        ];
+        let setup = DomainSetup {
+            domain: "example.com",
+            selector: "pst1",
+            keys: &keys,
+            mail_host: "mta.example.net",
+            source_ips: &ips,
+            return_path_label: "pst-bounces",
+            dmarc_rua: "dmarc@example.com",
+        };
+        let r = setup.records();
+        let by = |name: &str, t: &str| {
+            r.iter()
+                .find(|x| x.name == name && x.rtype == t)
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert!(by("pst1-rsa._domainkey.example.com", "TXT").starts_with("v=DKIM1; k=rsa; p=BwcH"));
+        assert_eq!(
+            by("pst1-ed._domainkey.example.com", "TXT"),
+            format!(
+                "v=DKIM1; k=ed25519; p={}",
+                base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+            )
+        );
+        assert_eq!(by("pst-bounces.example.com", "MX"), "10 mta.example.net.");
+        assert_eq!(
+            by("pst-bounces.example.com", "TXT"),
+            "v=spf1 ip4:192.0.2.10 ip6:2001:db8::10 -all"
+        );
+        assert_eq!(
+            by("_dmarc.example.com", "TXT"),
+            "v=DMARC1; p=none; rua=mailto:dmarc@example.com"
+        );
+        let zone = zone_snippet(&r);
+        // Each TXT string at most 255 octets: the RSA key spans several.
+        for line in zone.lines().filter(|l| l.contains("k=rsa")) {
+            assert!(line.matches("\" \"").count() >= 1, "{line}");
+        }
+        let none = DomainSetup {
+            source_ips: &[],
+            ..setup
+        };
+        assert_eq!(none.records()[3].value, "v=spf1 a:mta.example.net -all");
+    }
+
+    #[test]
+    fn long_txt_values_split_at_255() {
+        let v = "x".repeat(600);
+        let s = txt_strings(&v);
+        assert_eq!(s.matches('"').count(), 6);
+        assert!(s.starts_with(&format!("\"{}\" ", "x".repeat(255))));
+    }
+}
