@@ -3,10 +3,12 @@
 //! (RFC 6376, with Ed25519 beside RSA as RFC 8463 allows). Built on
 //! `mail-auth`; what is written here is only the choice of defaults.
 
+pub mod intake_signer;
 pub mod keys;
 pub mod records;
 pub mod sign;
 
+pub use intake_signer::IntakeSigner;
 pub use keys::DkimKeys;
 pub use records::{DnsRecord, DomainSetup};
 pub use sign::DomainSigner;

@@ -45,12 +45,24 @@ pub struct Submission {
     pub body: Vec<u8>,
 }
 
+/// Signs an authenticated account's outgoing message (DKIM), returning the
+/// header fields to put in front of it, or None to send it unsigned.
+/// Implemented by postern-mailauth; the intake only calls it.
+pub trait MessageSigner: Send + Sync {
+    fn sign<'a>(
+        &'a self,
+        account: &'a str,
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send + 'a>>;
+}
+
 #[derive(Clone)]
 pub struct Intake {
     store: Arc<dyn QueueStore>,
     hostname: String,
     wakeup: Arc<Notify>,
     quotas: Option<Quotas>,
+    signer: Option<Arc<dyn MessageSigner>>,
 }
 
 impl Intake {
@@ -60,7 +72,14 @@ impl Intake {
             hostname,
             wakeup: Arc::new(Notify::new()),
             quotas: None,
+            signer: None,
         }
+    }
+
+    /// DKIM-signs authenticated accounts' mail for their verified domains.
+    pub fn with_signer(mut self, signer: Arc<dyn MessageSigner>) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// Enforces each account's own sending limit.
@@ -153,8 +172,14 @@ impl Intake {
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
         let received = self.received_header(&sub, &id, now);
-        let mut body = Vec::with_capacity(received.len() + sub.body.len());
+        let signature = match (&self.signer, &sub.principal) {
+            (Some(signer), Some(p)) => signer.sign(&p.account, &sub.body).await,
+            _ => None,
+        };
+        let signature = signature.unwrap_or_default();
+        let mut body = Vec::with_capacity(received.len() + signature.len() + sub.body.len());
         body.extend_from_slice(received.as_bytes());
+        body.extend_from_slice(&signature);
         body.extend_from_slice(&sub.body);
         let size = body.len();
         let detail = format!(

@@ -1314,6 +1314,96 @@ fn webhook_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRecord> {
 
 const WEBHOOK_COLUMNS: &str = "account, url, enabled, kinds, signing_key, cursor, created_at, updated_at, last_success_at, last_error, last_error_at";
 
+const DOMAIN_COLUMNS: &str = "domain, account, selector, rsa_private, rsa_public, ed25519_private, ed25519_public, return_path, created_at, verified_at, verified_by";
+
+fn domain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRecord> {
+    Ok(DomainRecord {
+        domain: r.get(0)?,
+        account: r.get(1)?,
+        selector: r.get(2)?,
+        rsa_private: r.get(3)?,
+        rsa_public: r.get(4)?,
+        ed25519_private: r.get(5)?,
+        ed25519_public: r.get(6)?,
+        return_path: r.get(7)?,
+        created_at: r.get(8)?,
+        verified_at: r.get(9)?,
+        verified_by: r.get(10)?,
+    })
+}
+
+#[async_trait]
+impl DomainStore for EmbeddedStore {
+    async fn add_domain(&self, d: DomainRecord) -> Result<()> {
+        self.write(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM domains WHERE domain = ?1")?
+                .exists([&d.domain])?;
+            if exists {
+                return Err(StoreError::Conflict);
+            }
+            conn.prepare_cached(&format!(
+                "INSERT INTO domains ({DOMAIN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ))?
+            .execute(params![
+                d.domain,
+                d.account,
+                d.selector,
+                d.rsa_private,
+                d.rsa_public,
+                d.ed25519_private,
+                d.ed25519_public,
+                d.return_path,
+                d.created_at,
+                d.verified_at,
+                d.verified_by
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_domain(&self, domain: String) -> Result<Option<DomainRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1"
+                ))?
+                .query_row([domain], domain_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DOMAIN_COLUMNS} FROM domains WHERE (?1 IS NULL OR account = ?1) ORDER BY domain"
+            ))?;
+            let rows = stmt.query_map([account], domain_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn verify_domain(&self, domain: String, at: i64, by: String) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE domains SET verified_at = ?2, verified_by = ?3 WHERE domain = ?1",
+                params![domain, at, by],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn delete_domain(&self, domain: String) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM domains WHERE domain = ?1", [domain])? == 1)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl TlsPolicyStore for EmbeddedStore {
     async fn mta_sts_policy(

@@ -91,6 +91,19 @@ pub trait QueueStore: Send + Sync {
     async fn delete_queued(&self, id: String, reason: String, now: i64) -> Result<u64>;
 }
 
+/// Sending domains: their DKIM keys and verification state.
+#[async_trait]
+pub trait DomainStore: Send + Sync {
+    /// Adds a domain; `Conflict` when it exists (for any account).
+    async fn add_domain(&self, domain: DomainRecord) -> Result<()>;
+    async fn get_domain(&self, domain: String) -> Result<Option<DomainRecord>>;
+    /// All domains, or one account's.
+    async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>>;
+    /// Marks a domain verified (`by`: "dns" or "operator:<who>").
+    async fn verify_domain(&self, domain: String, at: i64, by: String) -> Result<bool>;
+    async fn delete_domain(&self, domain: String) -> Result<bool>;
+}
+
 /// Per-account suppression of hard-bounced addresses.
 #[async_trait]
 pub trait SuppressionStore: Send + Sync {
@@ -215,6 +228,7 @@ pub trait Store:
     + TotpStore
     + SuppressionStore
     + TlsPolicyStore
+    + DomainStore
 {
 }
 impl<
@@ -225,7 +239,8 @@ impl<
             + AuditStore
             + TotpStore
             + SuppressionStore
-            + TlsPolicyStore,
+            + TlsPolicyStore
+            + DomainStore,
     > Store for T
 {
 }

@@ -174,6 +174,23 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     );
     "#,
+    // 13: sending domains with their DKIM keys.
+    r#"
+    CREATE TABLE domains (
+        domain          TEXT PRIMARY KEY,
+        account         TEXT NOT NULL,
+        selector        TEXT NOT NULL,
+        rsa_private     BLOB NOT NULL,
+        rsa_public      BLOB NOT NULL,
+        ed25519_private BLOB NOT NULL,
+        ed25519_public  BLOB NOT NULL,
+        return_path     TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        verified_at     INTEGER,
+        verified_by     TEXT
+    );
+    CREATE INDEX domains_by_account ON domains(account);
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

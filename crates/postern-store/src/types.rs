@@ -328,3 +328,37 @@ pub struct WebhookRecord {
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
 }
+
+/// A sending domain of an account, with its DKIM keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DomainRecord {
+    pub domain: String,
+    pub account: String,
+    /// Selector base: `<selector>-rsa` and `<selector>-ed`.
+    pub selector: String,
+    /// PKCS#1 DER.
+    pub rsa_private: Vec<u8>,
+    pub rsa_public: Vec<u8>,
+    /// PKCS#8 DER.
+    pub ed25519_private: Vec<u8>,
+    pub ed25519_public: Vec<u8>,
+    /// Label of the return-path subdomain.
+    pub return_path: String,
+    pub created_at: i64,
+    pub verified_at: Option<i64>,
+    /// "dns", or "operator:<actor>" when marked verified without DNS.
+    pub verified_by: Option<String>,
+}
+
+impl std::fmt::Debug for DomainRecord {
+    /// Never prints private keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainRecord")
+            .field("domain", &self.domain)
+            .field("account", &self.account)
+            .field("selector", &self.selector)
+            .field("verified_at", &self.verified_at)
+            .field("verified_by", &self.verified_by)
+            .finish_non_exhaustive()
+    }
+}

@@ -84,6 +84,11 @@ pub enum Command {
     },
     /// Show the send log: processed, delivered, deferred, bounce, dropped.
     Events(crate::events_command::Query),
+    /// Sending domains: DKIM keys, DNS records, verification.
+    Domain {
+        #[command(subcommand)]
+        command: crate::domain_command::DomainCommand,
+    },
     /// An account's event webhook: set, show.
     Webhook {
         #[command(subcommand)]
@@ -328,6 +333,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     crate::audit_command::run(&config, q).await
                 }
             }
+        }
+        Command::Domain { command } => {
+            let config = load_config(&cli.global)?;
+            crate::domain_command::run(&config, command).await
         }
         Command::Webhook { command } => {
             let config = load_config(&cli.global)?;

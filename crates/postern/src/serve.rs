@@ -111,7 +111,8 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let config = Arc::new(config);
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
-        .with_quotas(postern_queue::Quotas::new(store.clone()));
+        .with_quotas(postern_queue::Quotas::new(store.clone()))
+        .with_signer(Arc::new(postern_mailauth::IntakeSigner::new(store.clone())));
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
     let limiter = ConnectionLimiter::new(

@@ -1,0 +1,219 @@
+//! `postern domain`: sending domains, their DKIM keys and the DNS records
+//! to publish.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use postern_core::Config;
+use postern_mailauth::records::{zone_snippet, DomainSetup};
+use postern_mailauth::DkimKeys;
+use postern_store::{AccountStore, DomainRecord, DomainStore, StoreError};
+
+#[derive(Subcommand)]
+pub enum DomainCommand {
+    /// Add a sending domain to an account: generates its DKIM keys (RSA-2048
+    /// and Ed25519) and prints the DNS records to publish.
+    Add {
+        domain: String,
+        #[arg(long, default_value = "admin")]
+        account: String,
+        /// Selector base (keys at `<selector>-rsa` and `<selector>-ed`).
+        #[arg(long, default_value = "pst1")]
+        selector: String,
+        /// Where DMARC and TLS-RPT reports go (default: dmarc@<domain>).
+        #[arg(long)]
+        report_to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Domains and whether they are verified.
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The DNS records of a domain, as a zone snippet (or JSON).
+    Show {
+        domain: String,
+        #[arg(long)]
+        report_to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a domain verified. Checking the records in DNS is not built yet;
+    /// `--operator` marks it verified without DNS, for domains the operator
+    /// controls (recorded in the audit log).
+    Verify {
+        domain: String,
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Remove a domain and its keys.
+    Remove { domain: String },
+}
+
+fn records_json(config: &Config, d: &DomainRecord, report_to: Option<&str>) -> serde_json::Value {
+    let keys = DkimKeys {
+        rsa_private: Vec::new(),
+        rsa_public: d.rsa_public.clone(),
+        ed25519_private: Vec::new(),
+        ed25519_public: d.ed25519_public.clone(),
+    };
+    let rua = report_to
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("dmarc@{}", d.domain));
+    let ips: Vec<std::net::IpAddr> = config
+        .ip_pool
+        .iter()
+        .flat_map(|p| p.address.iter().map(|a| a.ip))
+        .collect();
+    let setup = DomainSetup {
+        domain: &d.domain,
+        selector: &d.selector,
+        keys: &keys,
+        mail_host: &config.server.hostname,
+        source_ips: &ips,
+        return_path_label: &d.return_path,
+        dmarc_rua: &rua,
+    };
+    let records = setup.records();
+    serde_json::json!({
+        "domain": d.domain,
+        "account": d.account,
+        "valid": d.verified_at.is_some(),
+        "verified_at": d.verified_at.map(postern_core::time::rfc3339),
+        "verified_by": d.verified_by,
+        "dkim_selectors": [setup.rsa_selector(), setup.ed25519_selector()],
+        "return_path": setup.return_path_domain(),
+        "records": records.iter().map(|r| serde_json::json!({
+            "name": r.name, "type": r.rtype, "value": r.value,
+            "purpose": r.purpose, "required": r.required,
+        })).collect::<Vec<_>>(),
+        "zone": zone_snippet(&records),
+    })
+}
+
+pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
+    let store = crate::bootstrap::open_store(config)?;
+    let result = async {
+        match command {
+            DomainCommand::Add {
+                domain,
+                account,
+                selector,
+                report_to,
+                json,
+            } => {
+                let domain = postern_core::address::normalize_domain(&domain)
+                    .map_err(|_| anyhow::anyhow!("{domain:?} is not a domain name"))?;
+                if !selector
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    || selector.is_empty()
+                {
+                    bail!("--selector: letters, digits and '-' only");
+                }
+                if store.get_account(account.clone()).await?.is_none() {
+                    bail!("no account {account:?}");
+                }
+                // RSA generation is CPU-bound (about a second): off the runtime.
+                let keys = tokio::task::spawn_blocking(DkimKeys::generate)
+                    .await
+                    .context("key generation")??;
+                let record = DomainRecord {
+                    domain: domain.clone(),
+                    account: account.clone(),
+                    selector,
+                    rsa_private: keys.rsa_private,
+                    rsa_public: keys.rsa_public,
+                    ed25519_private: keys.ed25519_private,
+                    ed25519_public: keys.ed25519_public,
+                    return_path: "pst-bounces".into(),
+                    created_at: postern_core::time::now_millis(),
+                    verified_at: None,
+                    verified_by: None,
+                };
+                match store.add_domain(record.clone()).await {
+                    Err(StoreError::Conflict) => bail!("{domain} is already added"),
+                    other => other?,
+                }
+                crate::account_command::audit(&store, "domain.add", Some(&account), format!("domain={domain}")).await?;
+                let v = records_json(config, &record, report_to.as_deref());
+                if json {
+                    println!("{v}");
+                } else {
+                    println!("Publish these records, then run `postern domain verify {domain}`:\n");
+                    print!("{}", v["zone"].as_str().unwrap_or_default());
+                }
+            }
+            DomainCommand::List { account, json } => {
+                let list = store.list_domains(account).await?;
+                if json {
+                    let items: Vec<_> = list
+                        .iter()
+                        .map(|d| serde_json::json!({
+                            "domain": d.domain, "account": d.account,
+                            "valid": d.verified_at.is_some(), "verified_by": d.verified_by,
+                        }))
+                        .collect();
+                    println!("{}", serde_json::Value::Array(items));
+                } else {
+                    for d in &list {
+                        println!(
+                            "{}  account={}  {}",
+                            d.domain,
+                            d.account,
+                            match &d.verified_by {
+                                Some(by) => format!("verified ({by})"),
+                                None => "not verified".into(),
+                            }
+                        );
+                    }
+                }
+            }
+            DomainCommand::Show {
+                domain,
+                report_to,
+                json,
+            } => {
+                let Some(d) = store.get_domain(domain.to_ascii_lowercase()).await? else {
+                    bail!("no domain {domain}");
+                };
+                let v = records_json(config, &d, report_to.as_deref());
+                if json {
+                    println!("{v}");
+                } else {
+                    print!("{}", v["zone"].as_str().unwrap_or_default());
+                }
+            }
+            DomainCommand::Verify { domain, operator } => {
+                let domain = domain.to_ascii_lowercase();
+                let Some(d) = store.get_domain(domain.clone()).await? else {
+                    bail!("no domain {domain}");
+                };
+                if !operator {
+                    bail!("checking the records in DNS is not built yet; `--operator` marks a domain you control as verified without it (audited)");
+                }
+                let by = format!("operator:{}", crate::account_command::cli_actor());
+                store
+                    .verify_domain(domain.clone(), postern_core::time::now_millis(), by.clone())
+                    .await?;
+                crate::account_command::audit(&store, "domain.verify.operator", Some(&d.account), format!("domain={domain} by={by}")).await?;
+                println!("{domain} verified by the operator, without a DNS check; mail from it is now DKIM-signed");
+            }
+            DomainCommand::Remove { domain } => {
+                let domain = domain.to_ascii_lowercase();
+                let Some(d) = store.get_domain(domain.clone()).await? else {
+                    bail!("no domain {domain}");
+                };
+                store.delete_domain(domain.clone()).await?;
+                crate::account_command::audit(&store, "domain.remove", Some(&d.account), format!("domain={domain}")).await?;
+                println!("{domain} removed");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    store.close();
+    result
+}
