@@ -196,6 +196,19 @@ impl MxResolver {
         }
     }
 
+    /// The MX records of a name as they are ("pref host"), without the
+    /// address fallback: for checking what a domain published.
+    pub async fn mx_records(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.resolver.mx_lookup(name).await {
+            Ok(l) => Ok(l
+                .iter()
+                .map(|mx| format!("{} {}", mx.preference(), mx.exchange().to_utf8()))
+                .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) => Err(format!("MX lookup for {name}: {e}")),
+        }
+    }
+
     /// TXT records of a name, each joined from its strings (RFC 7208 §3.3
     /// style). Ok(empty) when the name has none; Err for lookup trouble.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {

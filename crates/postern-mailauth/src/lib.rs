@@ -3,6 +3,7 @@
 //! (RFC 6376, with Ed25519 beside RSA as RFC 8463 allows). Built on
 //! `mail-auth`; what is written here is only the choice of defaults.
 
+pub mod check;
 pub mod intake_signer;
 pub mod keys;
 pub mod records;

@@ -40,16 +40,52 @@ pub enum DomainCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Mark a domain verified. Checking the records in DNS is not built yet;
+    /// Look the records up in DNS and report each: found, missing, or wrong
+    /// and why; the domain is verified when every required one is found.
     /// `--operator` marks it verified without DNS, for domains the operator
     /// controls (recorded in the audit log).
     Verify {
         domain: String,
         #[arg(long)]
         operator: bool,
+        #[arg(long)]
+        report_to: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a domain and its keys.
     Remove { domain: String },
+}
+
+fn domain_records(
+    config: &Config,
+    d: &DomainRecord,
+    report_to: Option<&str>,
+) -> Vec<postern_mailauth::DnsRecord> {
+    let keys = DkimKeys {
+        rsa_private: Vec::new(),
+        rsa_public: d.rsa_public.clone(),
+        ed25519_private: Vec::new(),
+        ed25519_public: d.ed25519_public.clone(),
+    };
+    let rua = report_to
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("dmarc@{}", d.domain));
+    let ips: Vec<std::net::IpAddr> = config
+        .ip_pool
+        .iter()
+        .flat_map(|p| p.address.iter().map(|a| a.ip))
+        .collect();
+    DomainSetup {
+        domain: &d.domain,
+        selector: &d.selector,
+        keys: &keys,
+        mail_host: &config.server.hostname,
+        source_ips: &ips,
+        return_path_label: &d.return_path,
+        dmarc_rua: &rua,
+    }
+    .records()
 }
 
 fn records_json(config: &Config, d: &DomainRecord, report_to: Option<&str>) -> serde_json::Value {
@@ -186,20 +222,88 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     print!("{}", v["zone"].as_str().unwrap_or_default());
                 }
             }
-            DomainCommand::Verify { domain, operator } => {
+            DomainCommand::Verify {
+                domain,
+                operator,
+                report_to,
+                json,
+            } => {
                 let domain = domain.to_ascii_lowercase();
                 let Some(d) = store.get_domain(domain.clone()).await? else {
                     bail!("no domain {domain}");
                 };
-                if !operator {
-                    bail!("checking the records in DNS is not built yet; `--operator` marks a domain you control as verified without it (audited)");
+                if operator {
+                    let by = format!("operator:{}", crate::account_command::cli_actor());
+                    store
+                        .verify_domain(domain.clone(), postern_core::time::now_millis(), by.clone())
+                        .await?;
+                    crate::account_command::audit(&store, "domain.verify.operator", Some(&d.account), format!("domain={domain} by={by}")).await?;
+                    println!("{domain} verified by the operator, without a DNS check; mail from it is now DKIM-signed");
+                    return Ok(());
                 }
-                let by = format!("operator:{}", crate::account_command::cli_actor());
-                store
-                    .verify_domain(domain.clone(), postern_core::time::now_millis(), by.clone())
-                    .await?;
-                crate::account_command::audit(&store, "domain.verify.operator", Some(&d.account), format!("domain={domain} by={by}")).await?;
-                println!("{domain} verified by the operator, without a DNS check; mail from it is now DKIM-signed");
+                let resolver = postern_delivery::MxResolver::new(&config.dns.nameservers)
+                    .map_err(anyhow::Error::msg)?;
+                let setup_records = domain_records(config, &d, report_to.as_deref());
+                let mut checked = Vec::new();
+                for r in setup_records {
+                    let found = if r.rtype == "MX" {
+                        resolver.mx_records(&r.name).await
+                    } else {
+                        resolver.txt(&r.name).await
+                    };
+                    let status = match found {
+                        Ok(values) => postern_mailauth::check::check(&r, &values),
+                        Err(e) => postern_mailauth::check::Status::Wrong(format!("lookup failed: {e}")),
+                    };
+                    checked.push(postern_mailauth::check::Checked { record: r, status });
+                }
+                let ok = postern_mailauth::check::verified(&checked);
+                if ok && d.verified_at.is_none() {
+                    store
+                        .verify_domain(domain.clone(), postern_core::time::now_millis(), "dns".into())
+                        .await?;
+                    crate::account_command::audit(&store, "domain.verify", Some(&d.account), format!("domain={domain} by=dns")).await?;
+                }
+                if json {
+                    let items: Vec<_> = checked
+                        .iter()
+                        .map(|c| {
+                            let (status, reason) = match &c.status {
+                                postern_mailauth::check::Status::Found => ("found", None),
+                                postern_mailauth::check::Status::Missing => ("missing", None),
+                                postern_mailauth::check::Status::Wrong(w) => ("wrong", Some(w.clone())),
+                            };
+                            serde_json::json!({
+                                "name": c.record.name, "type": c.record.rtype,
+                                "expected": c.record.value, "required": c.record.required,
+                                "status": status, "reason": reason,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::json!({"domain": domain, "valid": ok, "records": items}));
+                } else {
+                    for c in &checked {
+                        let status = match &c.status {
+                            postern_mailauth::check::Status::Found => "found".to_owned(),
+                            postern_mailauth::check::Status::Missing => "MISSING".to_owned(),
+                            postern_mailauth::check::Status::Wrong(w) => format!("WRONG: {w}"),
+                        };
+                        println!(
+                            "{:<8} {:<5} {}{}",
+                            status,
+                            c.record.rtype,
+                            c.record.name,
+                            if c.record.required { "" } else { " (optional)" }
+                        );
+                    }
+                    println!(
+                        "{domain}: {}",
+                        if ok { "verified" } else { "not verified yet" }
+                    );
+                }
+                if !ok {
+                    std::process::exit(1);
+                }
             }
             DomainCommand::Remove { domain } => {
                 let domain = domain.to_ascii_lowercase();
