@@ -217,6 +217,18 @@ domains_scenario() {
     --to rcpt@bench.test --domains 100 --sink-hosts 100 --sink-defer-every 10
 }
 
+# The same 50 x 10 load with Postern DKIM-signing every message twice
+# (RSA-2048 and Ed25519: the domain of the loadgen's From is added and marked
+# verified), against Postfix unsigned; Postern unsigned again right before, so
+# that the cost of signing shows in one run.
+signing_scenario() {
+  scenario 50 10 "${REPS_10:-10}" ", Postern unsigned (reference for the next line)"
+  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain add example.org --account admin >/dev/null
+  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain verify example.org --operator >/dev/null
+  scenario 50 10 "${REPS_10:-10}" ", Postern DKIM-signing each message (RSA-2048 + Ed25519), Postfix unsigned"
+  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain remove example.org >/dev/null
+}
+
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -268,11 +280,13 @@ main() {
   log "warm-up"; run_load postern 10 10 >/dev/null; run_load postfix 10 10 >/dev/null
   if [ "${ONLY:-}" = attack ]; then attack_scenario; return; fi
   if [ "${ONLY:-}" = domains ]; then domains_scenario; return; fi
+  if [ "${ONLY:-}" = signing ]; then signing_scenario; return; fi
   # 50 concurrent clients; each repeats its connection REPS times so a run
   # lasts long enough to measure (50x10: 5,000 messages; 50x1: 2,000).
   scenario 50 10 "${REPS_10:-10}"
   scenario 50 1 "${REPS_1:-40}"
   domains_scenario
+  signing_scenario
   # A fresh process, so the attack's blocks do not outlive the scenario.
   stop_postern; setup_postern
   attack_scenario
