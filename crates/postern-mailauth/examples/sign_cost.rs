@@ -6,7 +6,8 @@ use postern_mailauth::{DkimKeys, DomainSigner};
 
 fn main() {
     let keys = DkimKeys::generate().expect("keys");
-    let mut body = b"From: loadgen@example.org\r\nTo: rcpt@example.net\r\nSubject: load\r\n\r\n".to_vec();
+    let mut body =
+        b"From: loadgen@example.org\r\nTo: rcpt@example.net\r\nSubject: load\r\n\r\n".to_vec();
     body.extend(std::iter::repeat_n(b'x', 1024));
     body.extend_from_slice(b"\r\n");
     let n = 2000;
