@@ -221,3 +221,60 @@ def test_dns_verification_reports_each_record(sink):
         finally:
             p.stop()
             server.stop()
+
+
+def test_domain_authentication_api_with_the_sendgrid_library(sink):
+    import tempfile
+    from conftest import Postern
+    from python_http_client.exceptions import NotFoundError
+    from sendgrid import SendGridAPIClient
+
+    zone = MutableZone()
+    port = free_port()
+    server = DNSServer(zone, port=port, address="127.0.0.1")
+    server.start_thread()
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, extra_config=f'[dns]\nnameservers = ["127.0.0.1:{port}"]\n').start()
+        try:
+            p.read_admin_key()
+            sg = SendGridAPIClient(api_key=p.admin_key, host=f"http://127.0.0.1:{p.ports['http']}")
+            r = sg.client.whitelabel.domains.post(request_body={"domain": "Example.NET", "subdomain": "bounces"})
+            assert r.status_code == 201
+            created = json.loads(r.body)
+            dom_id = created["id"]
+            assert created["domain"] == "example.net" and created["valid"] is False
+            dns_records = created["dns"]
+            assert dns_records["dkim1"]["type"] == "txt" and dns_records["dkim1"]["host"] == "pst1-rsa._domainkey.example.net"
+            assert dns_records["dkim2"]["data"].startswith("v=DKIM1; k=ed25519; p=")
+            assert dns_records["mail_server"]["host"] == "bounces.example.net"
+            assert dns_records["subdomain_spf"]["host"] == "bounces.example.net"
+            assert dns_records["dmarc"]["host"] == "_dmarc.example.net"
+
+            # Nothing published: validation says what is missing.
+            v = json.loads(sg.client.whitelabel.domains._(dom_id).validate.post().body)
+            assert v["valid"] is False
+            assert v["validation_results"]["dkim1"]["valid"] is False
+            assert "no TXT record" in v["validation_results"]["dkim1"]["reason"]
+
+            for rec in dns_records.values():
+                if rec["required"]:
+                    zone.publish({"name": rec["host"], "type": rec["type"].upper(), "value": rec["data"]})
+            v = json.loads(sg.client.whitelabel.domains._(dom_id).validate.post().body)
+            assert v["valid"] is True, v
+            assert all(x["valid"] for x in v["validation_results"].values() if x["required"])
+            listed = json.loads(sg.client.whitelabel.domains.get().body)
+            assert [x["domain"] for x in listed] == ["example.net"] and listed[0]["valid"] is True
+
+            # Another account sees none of it.
+            p.cli("account", "create", "other")
+            other = json.loads(p.cli("key", "create", "--account", "other", "--json").stdout)["key"]
+            sg_other = SendGridAPIClient(api_key=other, host=f"http://127.0.0.1:{p.ports['http']}")
+            assert json.loads(sg_other.client.whitelabel.domains.get().body) == []
+            with pytest.raises(NotFoundError):
+                sg_other.client.whitelabel.domains._(dom_id).get()
+
+            assert sg.client.whitelabel.domains._(dom_id).delete().status_code == 204
+            assert json.loads(sg.client.whitelabel.domains.get().body) == []
+        finally:
+            p.stop()
+            server.stop()

@@ -35,6 +35,14 @@ pub struct ApiState {
     /// Sends event webhooks (the settings routes check URLs with its
     /// policy; the test route posts through it).
     pub webhooks: Option<Arc<webhook::WebhookDispatcher>>,
+    /// What sending domains' records depend on, and where they are looked up.
+    pub domains: Option<DomainSupport>,
+}
+
+#[derive(Clone)]
+pub struct DomainSupport {
+    pub publishing: postern_mailauth::records::Publishing,
+    pub dns: Arc<dyn postern_mailauth::check::RecordLookup>,
 }
 
 impl ApiState {

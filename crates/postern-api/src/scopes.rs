@@ -26,6 +26,10 @@ pub const ALL: &[&str] = &[
     "user.webhooks.event.settings.read",
     "user.webhooks.event.settings.update",
     "user.webhooks.event.test.create",
+    "whitelabel.create",
+    "whitelabel.read",
+    "whitelabel.update",
+    "whitelabel.delete",
 ];
 
 pub fn is_known(scope: &str) -> bool {

@@ -111,6 +111,31 @@ pub fn verified(checked: &[Checked]) -> bool {
         .all(|c| !c.record.required || c.status == Status::Found)
 }
 
+/// Where records are looked up (Postern's resolver in service, a loopback
+/// DNS server in tests).
+pub trait RecordLookup: Send + Sync {
+    /// The values at `name` of type `rtype` ("TXT": strings joined; "MX":
+    /// "pref host").
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+        rtype: &'static str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>, String>> + Send + 'a>>;
+}
+
+/// Looks every record up and checks it.
+pub async fn check_all(records: Vec<DnsRecord>, dns: &dyn RecordLookup) -> Vec<Checked> {
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let status = match dns.lookup(&record.name, record.rtype).await {
+            Ok(values) => check(&record, &values),
+            Err(e) => Status::Wrong(format!("lookup failed: {e}")),
+        };
+        out.push(Checked { record, status });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,6 +154,41 @@ pub fn zone_snippet(records: &[DnsRecord]) -> String {
     out
 }
 
+/// What the records depend on besides the domain: Postern's host name and
+/// the addresses mail leaves from.
+#[derive(Debug, Clone, Default)]
+pub struct Publishing {
+    pub mail_host: String,
+    pub source_ips: Vec<IpAddr>,
+}
+
+/// The records for a stored domain (`report_to` default: dmarc@<domain>).
+pub fn records_for(
+    d: &postern_store::DomainRecord,
+    publishing: &Publishing,
+    report_to: Option<&str>,
+) -> Vec<DnsRecord> {
+    let keys = DkimKeys {
+        rsa_private: Vec::new(),
+        rsa_public: d.rsa_public.clone(),
+        ed25519_private: Vec::new(),
+        ed25519_public: d.ed25519_public.clone(),
+    };
+    let rua = report_to
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("dmarc@{}", d.domain));
+    DomainSetup {
+        domain: &d.domain,
+        selector: &d.selector,
+        keys: &keys,
+        mail_host: &publishing.mail_host,
+        source_ips: &publishing.source_ips,
+        return_path_label: &d.return_path,
+        dmarc_rua: &rua,
+    }
+    .records()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1316,19 +1316,21 @@ const WEBHOOK_COLUMNS: &str = "account, url, enabled, kinds, signing_key, cursor
 
 const DOMAIN_COLUMNS: &str = "domain, account, selector, rsa_private, rsa_public, ed25519_private, ed25519_public, return_path, created_at, verified_at, verified_by";
 
+/// Selects `rowid` first: the domain's id in the API.
 fn domain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRecord> {
     Ok(DomainRecord {
-        domain: r.get(0)?,
-        account: r.get(1)?,
-        selector: r.get(2)?,
-        rsa_private: r.get(3)?,
-        rsa_public: r.get(4)?,
-        ed25519_private: r.get(5)?,
-        ed25519_public: r.get(6)?,
-        return_path: r.get(7)?,
-        created_at: r.get(8)?,
-        verified_at: r.get(9)?,
-        verified_by: r.get(10)?,
+        id: r.get(0)?,
+        domain: r.get(1)?,
+        account: r.get(2)?,
+        selector: r.get(3)?,
+        rsa_private: r.get(4)?,
+        rsa_public: r.get(5)?,
+        ed25519_private: r.get(6)?,
+        ed25519_public: r.get(7)?,
+        return_path: r.get(8)?,
+        created_at: r.get(9)?,
+        verified_at: r.get(10)?,
+        verified_by: r.get(11)?,
     })
 }
 
@@ -1367,7 +1369,7 @@ impl DomainStore for EmbeddedStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(&format!(
-                    "SELECT {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1"
+                    "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1"
                 ))?
                 .query_row([domain], domain_from_row)
                 .optional()?)
@@ -1378,10 +1380,22 @@ impl DomainStore for EmbeddedStore {
     async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {DOMAIN_COLUMNS} FROM domains WHERE (?1 IS NULL OR account = ?1) ORDER BY domain"
+                "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE (?1 IS NULL OR account = ?1) ORDER BY domain"
             ))?;
             let rows = stmt.query_map([account], domain_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_domain_by_id(&self, id: i64) -> Result<Option<DomainRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE rowid = ?1"
+                ))?
+                .query_row([id], domain_from_row)
+                .optional()?)
         })
         .await
     }
@@ -1825,6 +1839,59 @@ mod tests {
         assert_eq!(all[0].url, "https://hooks.example/new");
         assert_eq!(all[0].last_error.as_deref(), Some("HTTP 500"));
         assert_eq!(all[0].created_at, 10);
+    }
+
+    #[tokio::test]
+    async fn domains_by_name_and_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let d = DomainRecord {
+            id: 0,
+            domain: "example.com".into(),
+            account: "admin".into(),
+            selector: "pst1".into(),
+            rsa_private: vec![1],
+            rsa_public: vec![2],
+            ed25519_private: vec![3],
+            ed25519_public: vec![4],
+            return_path: "pst-bounces".into(),
+            created_at: 5,
+            verified_at: None,
+            verified_by: None,
+        };
+        store.add_domain(d.clone()).await.unwrap();
+        assert!(matches!(
+            store.add_domain(d.clone()).await,
+            Err(StoreError::Conflict)
+        ));
+        let got = store
+            .get_domain("example.com".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.id > 0);
+        assert_eq!(got.rsa_public, vec![2]);
+        assert!(store
+            .verify_domain("example.com".into(), 9, "dns".into())
+            .await
+            .unwrap());
+        let by_id = store.get_domain_by_id(got.id).await.unwrap().unwrap();
+        assert_eq!(by_id.verified_by.as_deref(), Some("dns"));
+        assert_eq!(
+            store
+                .list_domains(Some("admin".into()))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store
+            .list_domains(Some("other".into()))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.delete_domain("example.com".into()).await.unwrap());
+        assert!(store.get_domain_by_id(got.id).await.unwrap().is_none());
     }
 
     #[tokio::test]

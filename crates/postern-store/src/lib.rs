@@ -97,6 +97,7 @@ pub trait DomainStore: Send + Sync {
     /// Adds a domain; `Conflict` when it exists (for any account).
     async fn add_domain(&self, domain: DomainRecord) -> Result<()>;
     async fn get_domain(&self, domain: String) -> Result<Option<DomainRecord>>;
+    async fn get_domain_by_id(&self, id: i64) -> Result<Option<DomainRecord>>;
     /// All domains, or one account's.
     async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>>;
     /// Marks a domain verified (`by`: "dns" or "operator:<who>").

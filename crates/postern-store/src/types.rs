@@ -332,6 +332,8 @@ pub struct WebhookRecord {
 /// A sending domain of an account, with its DKIM keys.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DomainRecord {
+    /// Assigned by the store (0 before it is added).
+    pub id: i64,
     pub domain: String,
     pub account: String,
     /// Selector base: `<selector>-rsa` and `<selector>-ed`.
@@ -354,6 +356,7 @@ impl std::fmt::Debug for DomainRecord {
     /// Never prints private keys.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DomainRecord")
+            .field("id", &self.id)
             .field("domain", &self.domain)
             .field("account", &self.account)
             .field("selector", &self.selector)

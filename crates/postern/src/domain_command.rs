@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use postern_core::Config;
-use postern_mailauth::records::{zone_snippet, DomainSetup};
+use postern_mailauth::records::{records_for, zone_snippet};
 use postern_mailauth::DkimKeys;
 use postern_store::{AccountStore, DomainRecord, DomainStore, StoreError};
 
@@ -57,70 +57,16 @@ pub enum DomainCommand {
     Remove { domain: String },
 }
 
-fn domain_records(
-    config: &Config,
-    d: &DomainRecord,
-    report_to: Option<&str>,
-) -> Vec<postern_mailauth::DnsRecord> {
-    let keys = DkimKeys {
-        rsa_private: Vec::new(),
-        rsa_public: d.rsa_public.clone(),
-        ed25519_private: Vec::new(),
-        ed25519_public: d.ed25519_public.clone(),
-    };
-    let rua = report_to
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("dmarc@{}", d.domain));
-    let ips: Vec<std::net::IpAddr> = config
-        .ip_pool
-        .iter()
-        .flat_map(|p| p.address.iter().map(|a| a.ip))
-        .collect();
-    DomainSetup {
-        domain: &d.domain,
-        selector: &d.selector,
-        keys: &keys,
-        mail_host: &config.server.hostname,
-        source_ips: &ips,
-        return_path_label: &d.return_path,
-        dmarc_rua: &rua,
-    }
-    .records()
-}
-
 fn records_json(config: &Config, d: &DomainRecord, report_to: Option<&str>) -> serde_json::Value {
-    let keys = DkimKeys {
-        rsa_private: Vec::new(),
-        rsa_public: d.rsa_public.clone(),
-        ed25519_private: Vec::new(),
-        ed25519_public: d.ed25519_public.clone(),
-    };
-    let rua = report_to
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("dmarc@{}", d.domain));
-    let ips: Vec<std::net::IpAddr> = config
-        .ip_pool
-        .iter()
-        .flat_map(|p| p.address.iter().map(|a| a.ip))
-        .collect();
-    let setup = DomainSetup {
-        domain: &d.domain,
-        selector: &d.selector,
-        keys: &keys,
-        mail_host: &config.server.hostname,
-        source_ips: &ips,
-        return_path_label: &d.return_path,
-        dmarc_rua: &rua,
-    };
-    let records = setup.records();
+    let records = records_for(d, &crate::dns_lookup::publishing(config), report_to);
     serde_json::json!({
         "domain": d.domain,
         "account": d.account,
         "valid": d.verified_at.is_some(),
         "verified_at": d.verified_at.map(postern_core::time::rfc3339),
         "verified_by": d.verified_by,
-        "dkim_selectors": [setup.rsa_selector(), setup.ed25519_selector()],
-        "return_path": setup.return_path_domain(),
+        "dkim_selectors": [format!("{}-rsa", d.selector), format!("{}-ed", d.selector)],
+        "return_path": format!("{}.{}", d.return_path, d.domain),
         "records": records.iter().map(|r| serde_json::json!({
             "name": r.name, "type": r.rtype, "value": r.value,
             "purpose": r.purpose, "required": r.required,
@@ -157,6 +103,7 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     .await
                     .context("key generation")??;
                 let record = DomainRecord {
+                    id: 0,
                     domain: domain.clone(),
                     account: account.clone(),
                     selector,
@@ -243,20 +190,9 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                 }
                 let resolver = postern_delivery::MxResolver::new(&config.dns.nameservers)
                     .map_err(anyhow::Error::msg)?;
-                let setup_records = domain_records(config, &d, report_to.as_deref());
-                let mut checked = Vec::new();
-                for r in setup_records {
-                    let found = if r.rtype == "MX" {
-                        resolver.mx_records(&r.name).await
-                    } else {
-                        resolver.txt(&r.name).await
-                    };
-                    let status = match found {
-                        Ok(values) => postern_mailauth::check::check(&r, &values),
-                        Err(e) => postern_mailauth::check::Status::Wrong(format!("lookup failed: {e}")),
-                    };
-                    checked.push(postern_mailauth::check::Checked { record: r, status });
-                }
+                let lookup = crate::dns_lookup::ResolverLookup(resolver);
+                let records = records_for(&d, &crate::dns_lookup::publishing(config), report_to.as_deref());
+                let checked = postern_mailauth::check::check_all(records, &lookup).await;
                 let ok = postern_mailauth::check::verified(&checked);
                 if ok && d.verified_at.is_none() {
                     store

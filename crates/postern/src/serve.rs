@@ -149,6 +149,12 @@ pub async fn serve(config: Config) -> Result<()> {
         metrics: Some(metrics),
         delivery_wakeup: Some(wakeup.clone()),
         webhooks: Some(webhooks),
+        domains: Some(postern_api::DomainSupport {
+            publishing: crate::dns_lookup::publishing(&config),
+            dns: Arc::new(crate::dns_lookup::ResolverLookup(
+                MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?,
+            )),
+        }),
     };
     let http_task = http.map(|socket| {
         let rx = shutdown_rx.clone();

@@ -11,6 +11,7 @@ mod subusers;
 mod suppression;
 mod totp;
 mod webhooks;
+mod whitelabel;
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,6 +32,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(messages::routes())
         .merge(queue::routes())
         .merge(webhooks::routes())
+        .merge(whitelabel::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.
