@@ -29,4 +29,18 @@ fn main() {
         let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
         println!("{{\"key\":\"{label}\",\"us_per_message\":{us:.1}}}");
     }
+    println!(
+        "{{\"step\":\"parse headers (From)\",\"us_per_message\":{:.1}}}",
+        parse_cost(&body)
+    );
+}
+
+fn parse_cost(body: &[u8]) -> f64 {
+    let n = 20_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let m = mail_auth::AuthenticatedMessage::parse(body).expect("parse");
+        std::hint::black_box(m.from.len());
+    }
+    t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
