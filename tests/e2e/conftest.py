@@ -96,7 +96,7 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"'):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False):
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.ports = {
@@ -141,6 +141,11 @@ tls = "none"
 
 [relay]
 domains = ["relay.test"]
+
+[smtp]
+# Sender verification has its own tests (test_senders.py); elsewhere any
+# sender is allowed, so each test need not set up domains.
+require_verified_senders = {"true" if enforce_senders else "false"}
 
 [queue]
 {queue_config}

@@ -537,6 +537,7 @@ mod tests {
             cram_md5: None,
             max_messages_per_hour: None,
             ip_pool: None,
+            sender_alignment: None,
         };
         store.create_account(acct("acme", None)).await.unwrap();
         store

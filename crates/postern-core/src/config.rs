@@ -297,10 +297,22 @@ pub enum BareLineEndings {
     Normalize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     pub bare_line_endings: BareLineEndings,
+    /// Authenticated senders may use only envelope senders and header From
+    /// addresses in domains verified for their account (550 5.7.1 otherwise).
+    pub require_verified_senders: bool,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            bare_line_endings: BareLineEndings::default(),
+            require_verified_senders: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -854,6 +866,10 @@ mod tests {
         assert_eq!(c.queue.connection_idle, d.queue.connection_idle);
         assert_eq!(c.queue.mta_sts, d.queue.mta_sts);
         assert_eq!(c.dns.dane, d.dns.dane);
+        assert_eq!(
+            c.smtp.require_verified_senders,
+            d.smtp.require_verified_senders
+        );
         assert_eq!(c.webhooks.batch_size, d.webhooks.batch_size);
         assert_eq!(c.webhooks.give_up_after, d.webhooks.give_up_after);
         assert_eq!(

@@ -1014,6 +1014,7 @@ async fn accounts_send_from_their_ip_pool_with_its_ehlo_name() {
         cram_md5: None,
         max_messages_per_hour: None,
         ip_pool: pool.map(Into::into),
+        sender_alignment: None,
     };
     node.store
         .create_account(account("acme", None, Some("dedicated")))

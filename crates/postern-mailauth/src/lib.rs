@@ -7,11 +7,13 @@ pub mod check;
 pub mod intake_signer;
 pub mod keys;
 pub mod records;
+pub mod sender_guard;
 pub mod sign;
 
 pub use intake_signer::IntakeSigner;
 pub use keys::DkimKeys;
 pub use records::{DnsRecord, DomainSetup};
+pub use sender_guard::SenderGuard;
 pub use sign::DomainSigner;
 
 #[derive(Debug, thiserror::Error)]

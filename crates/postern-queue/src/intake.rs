@@ -18,6 +18,8 @@ pub enum IntakeError {
     NoRecipients,
     #[error("queue unavailable: {0}")]
     Store(#[from] StoreError),
+    #[error("sender not allowed: {0}")]
+    SenderRefused(String),
     #[error("the account's limit of {limit} messages per hour is used up")]
     QuotaExceeded {
         limit: u32,
@@ -56,6 +58,18 @@ pub trait MessageSigner: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send + 'a>>;
 }
 
+/// Decides whether an authenticated account may send a message as the
+/// sender it names (envelope and header From). Implemented by
+/// postern-mailauth; Err carries the reason given to the client.
+pub trait SenderPolicy: Send + Sync {
+    fn check<'a>(
+        &'a self,
+        account: &'a str,
+        mail_from: &'a str,
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
 #[derive(Clone)]
 pub struct Intake {
     store: Arc<dyn QueueStore>,
@@ -63,6 +77,7 @@ pub struct Intake {
     wakeup: Arc<Notify>,
     quotas: Option<Quotas>,
     signer: Option<Arc<dyn MessageSigner>>,
+    senders: Option<Arc<dyn SenderPolicy>>,
 }
 
 impl Intake {
@@ -73,7 +88,14 @@ impl Intake {
             wakeup: Arc::new(Notify::new()),
             quotas: None,
             signer: None,
+            senders: None,
         }
+    }
+
+    /// Refuses authenticated mail from senders the account has not verified.
+    pub fn with_sender_policy(mut self, policy: Arc<dyn SenderPolicy>) -> Self {
+        self.senders = Some(policy);
+        self
     }
 
     /// DKIM-signs authenticated accounts' mail for their verified domains.
@@ -171,6 +193,35 @@ impl Intake {
         let account_for_quota = sub.principal.as_ref().map(|p| p.account.clone());
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
+        if let (Some(policy), Some(p)) = (&self.senders, &sub.principal) {
+            if let Err(reason) = policy
+                .check(&p.account, &sub.envelope.mail_from, &sub.body)
+                .await
+            {
+                metrics::counter!("postern_sender_refused_total").increment(1);
+                // Recorded like any message (processed, then dropped for
+                // every recipient with the reason), so the account sees it
+                // in its send log; nothing is queued.
+                let dropped = (0..sub.envelope.recipients.len())
+                    .map(|i| (i, format!("dropped: {reason}")))
+                    .collect();
+                self.store
+                    .enqueue(NewMessage {
+                        id,
+                        received_at: now,
+                        detail: format!(
+                            "from=<{}> refused: {reason} account={} key={}",
+                            sub.envelope.mail_from, p.account, p.key_id
+                        ),
+                        envelope: sub.envelope,
+                        account: Some(p.account.clone()),
+                        body: Vec::new(),
+                        dropped,
+                    })
+                    .await?;
+                return Err(IntakeError::SenderRefused(reason));
+            }
+        }
         let received = self.received_header(&sub, &id, now);
         let signature = match (&self.signer, &sub.principal) {
             (Some(signer), Some(p)) => signer.sign(&p.account, &sub.body).await,

@@ -130,6 +130,7 @@ mod tests {
                     cram_md5: None,
                     max_messages_per_hour: None,
                     ip_pool: None,
+                    sender_alignment: None,
                 })
                 .await
                 .unwrap();

@@ -673,11 +673,12 @@ fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
         cram_md5: r.get(7)?,
         max_messages_per_hour: r.get(8)?,
         ip_pool: r.get(9)?,
+        sender_alignment: r.get(10)?,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour, ip_pool";
+    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour, ip_pool, sender_alignment";
 
 #[async_trait]
 impl AccountStore for EmbeddedStore {
@@ -700,7 +701,7 @@ impl AccountStore for EmbeddedStore {
             }
             conn.execute(
                 &format!(
-                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
                 ),
                 params![
                     a.name,
@@ -712,7 +713,8 @@ impl AccountStore for EmbeddedStore {
                     a.email,
                     a.cram_md5,
                     a.max_messages_per_hour,
-                    a.ip_pool
+                    a.ip_pool,
+                    a.sender_alignment
                 ],
             )?;
             Ok(())
@@ -763,6 +765,12 @@ impl AccountStore for EmbeddedStore {
                 conn.execute(
                     "UPDATE accounts SET allow_password_auth = ?2 WHERE name = ?1",
                     params![name, p],
+                )?;
+            }
+            if let Some(a) = u.sender_alignment {
+                conn.execute(
+                    "UPDATE accounts SET sender_alignment = ?2 WHERE name = ?1",
+                    params![name, a],
                 )?;
             }
             if let Some(p) = u.ip_pool {
@@ -2068,6 +2076,7 @@ mod tests {
             cram_md5: None,
             max_messages_per_hour: None,
             ip_pool: None,
+            sender_alignment: None,
         }
     }
 

@@ -191,6 +191,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX domains_by_account ON domains(account);
     "#,
+    // 14: per-account sender alignment rule.
+    r#"
+    ALTER TABLE accounts ADD COLUMN sender_alignment TEXT;
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

@@ -207,6 +207,9 @@ pub struct AccountRecord {
     /// The IP pool its mail leaves from (a subuser without one uses its
     /// parent's; then `queue.default_ip_pool`).
     pub ip_pool: Option<String>,
+    /// Envelope/header alignment: None or "strict" (same domain), or
+    /// "relaxed" (each merely verified).
+    pub sender_alignment: Option<String>,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -218,6 +221,7 @@ pub struct AccountUpdate {
     pub cram_md5: Option<Option<Vec<u8>>>,
     pub max_messages_per_hour: Option<Option<u32>>,
     pub ip_pool: Option<Option<String>>,
+    pub sender_alignment: Option<Option<String>>,
 }
 
 /// What happened, by whom, to whom, from where.

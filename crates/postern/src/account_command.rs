@@ -49,6 +49,7 @@ fn account_json(a: &AccountRecord) -> serde_json::Value {
         "has_password": a.password_hash.is_some(),
         "max_messages_per_hour": a.max_messages_per_hour,
         "ip_pool": a.ip_pool,
+        "sender_alignment": a.sender_alignment.as_deref().unwrap_or("strict"),
         "created_at": postern_core::time::rfc3339(a.created_at),
     })
 }
@@ -99,6 +100,7 @@ async fn create(
         cram_md5: None,
         max_messages_per_hour: None,
         ip_pool: None,
+        sender_alignment: None,
     };
     match store.create_account(record.clone()).await {
         Ok(()) => {}
@@ -235,6 +237,21 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
                 Some(n) => println!("{name} may send {n} messages per hour"),
                 None => println!("{name} has no hourly limit"),
             }
+        }
+        AccountCommand::SenderAlignment { name, rule } => {
+            let u = AccountUpdate {
+                sender_alignment: Some(Some(rule.clone())),
+                ..Default::default()
+            };
+            update_account(
+                &store,
+                &name,
+                u,
+                "account.sender_alignment",
+                format!("rule={rule}"),
+            )
+            .await?;
+            println!("{name}: sender alignment {rule}");
         }
         AccountCommand::IpPool { name, pool } => {
             let pool = match pool.as_str() {

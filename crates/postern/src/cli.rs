@@ -139,6 +139,14 @@ pub enum AccountCommand {
         #[arg(long, value_name = "N|none")]
         messages_per_hour: String,
     },
+    /// How the envelope sender and the header From must relate: `strict`
+    /// (the default: the same verified domain) or `relaxed` (each in a
+    /// verified domain of the account).
+    SenderAlignment {
+        name: String,
+        #[arg(value_parser = ["strict", "relaxed"])]
+        rule: String,
+    },
     /// Bind an account (or subuser) to an [[ip_pool]]: its mail leaves from
     /// the pool's addresses with their EHLO names. `none` falls back to the
     /// parent's pool, then queue.default_ip_pool.

@@ -91,6 +91,7 @@ async fn create(
         cram_md5: None,
         max_messages_per_hour: None,
         ip_pool: None,
+        sender_alignment: None,
     };
     match state.store.create_account(record).await {
         Ok(()) => {}

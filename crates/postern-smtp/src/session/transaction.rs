@@ -72,6 +72,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 tracing::info!(peer = %self.peer, id = %id, nrcpt, "message queued");
                 self.reply(Reply::new(250, (2, 0, 0), format!("OK queued as {id}")));
             }
+            Err(postern_queue::IntakeError::SenderRefused(reason)) => {
+                metrics::counter!("postern_smtp_rejected_total", "reason" => "sender").increment(1);
+                tracing::info!(peer = %self.peer, %reason, "sender refused");
+                // RFC 3463 5.7.1: delivery not authorized, message refused.
+                self.reply(Reply::new(550, (5, 7, 1), reason));
+            }
             Err(postern_queue::IntakeError::QuotaExceeded { limit, .. }) => {
                 metrics::counter!("postern_smtp_rejected_total", "reason" => "quota").increment(1);
                 self.reply(Reply::new(
