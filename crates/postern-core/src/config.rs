@@ -51,6 +51,9 @@ pub struct Config {
     /// Pools of source addresses outbound connections are bound to.
     pub ip_pool: Vec<IpPoolConfig>,
     pub webhooks: WebhooksConfig,
+    /// Sender authentication: DKIM key rotation and single sender
+    /// verification.
+    pub senders: SendersConfig,
     pub auth: AuthConfig,
     /// Issuers whose JWT access tokens are accepted by XOAUTH2 and
     /// OAUTHBEARER (RFC 7628).
@@ -105,6 +108,7 @@ impl Default for Config {
             destination: Vec::new(),
             ip_pool: Vec::new(),
             webhooks: WebhooksConfig::default(),
+            senders: SendersConfig::default(),
             auth: AuthConfig::default(),
             oauth_issuer: Vec::new(),
         }
@@ -218,12 +222,28 @@ fn default_listeners() -> Vec<ListenerConfig> {
 pub struct HttpConfig {
     /// Serves `/metrics` (Prometheus) and `/healthz`.
     pub address: Option<SocketAddr>,
+    /// How users reach the HTTP listener (links in verification mails);
+    /// default: `http://<address>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             address: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
+            public_url: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The base URL for links, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        match (&self.public_url, self.address) {
+            (Some(u), _) => u.trim_end_matches('/').to_owned(),
+            (None, Some(a)) => format!("http://{a}"),
+            (None, None) => "http://localhost".to_owned(),
         }
     }
 }
@@ -503,6 +523,39 @@ impl Default for WebhooksConfig {
     }
 }
 
+/// Sender authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendersConfig {
+    /// After a DKIM key rotation, how long the replaced selector stays
+    /// published (mail signed with it may still be in queues).
+    #[serde(with = "crate::duration")]
+    pub dkim_rotation_overlap: Duration,
+    /// How long a single sender's verification link works.
+    #[serde(with = "crate::duration")]
+    pub verification_token_ttl: Duration,
+    /// Least time between two verification mails to one address.
+    #[serde(with = "crate::duration")]
+    pub verification_resend_interval: Duration,
+    /// Most verification mails to one address per day.
+    pub verification_mails_per_day: u32,
+    /// From address of verification mails; default `no-reply@<server.hostname>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_from: Option<String>,
+}
+
+impl Default for SendersConfig {
+    fn default() -> Self {
+        SendersConfig {
+            dkim_rotation_overlap: Duration::from_secs(7 * 86_400),
+            verification_token_ttl: Duration::from_secs(86_400),
+            verification_resend_interval: Duration::from_secs(60),
+            verification_mails_per_day: 5,
+            verification_from: None,
+        }
+    }
+}
+
 /// Brute-force defence. Failures are counted per client IP, per network
 /// (/24 for IPv4, /64 for IPv6), per account and across all accounts, within
 /// `failure_window`.
@@ -747,6 +800,23 @@ impl Config {
                 ));
             }
         }
+        if self.senders.verification_mails_per_day == 0 {
+            return Err(invalid(
+                "senders.verification_mails_per_day",
+                "must be at least 1",
+            ));
+        }
+        if self.senders.verification_token_ttl.is_zero() {
+            return Err(invalid("senders.verification_token_ttl", "must not be 0"));
+        }
+        if let Some(u) = &self.http.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid(
+                    "http.public_url",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
         if !(1..=10_000).contains(&self.webhooks.batch_size) {
             return Err(invalid("webhooks.batch_size", "must be 1 to 10000"));
         }
@@ -871,6 +941,22 @@ mod tests {
             d.smtp.require_verified_senders
         );
         assert_eq!(c.webhooks.batch_size, d.webhooks.batch_size);
+        assert_eq!(
+            c.senders.dkim_rotation_overlap,
+            d.senders.dkim_rotation_overlap
+        );
+        assert_eq!(
+            c.senders.verification_token_ttl,
+            d.senders.verification_token_ttl
+        );
+        assert_eq!(
+            c.senders.verification_resend_interval,
+            d.senders.verification_resend_interval
+        );
+        assert_eq!(
+            c.senders.verification_mails_per_day,
+            d.senders.verification_mails_per_day
+        );
         assert_eq!(c.webhooks.give_up_after, d.webhooks.give_up_after);
         assert_eq!(
             c.webhooks.allow_private_destinations,

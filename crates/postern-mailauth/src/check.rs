@@ -71,6 +71,13 @@ pub fn check(expected: &DnsRecord, found: &[String]) -> Status {
             Some(_) => Status::Wrong("no p= policy".into()),
             None => Status::Missing,
         }
+    } else if value.starts_with("v=STSv1") {
+        // RFC 8461 §3.1: any id will do; it is the owner's to change.
+        if found.iter().any(|f| f.starts_with("v=STSv1")) {
+            Status::Found
+        } else {
+            Status::Missing
+        }
     } else if value.starts_with("v=TLSRPTv1") {
         if found.iter().any(|f| f.starts_with("v=TLSRPTv1")) {
             Status::Found
@@ -147,6 +154,7 @@ mod tests {
             value: value.into(),
             purpose: "",
             required: true,
+            key: "test",
         }
     }
 

@@ -3,17 +3,15 @@
 //! (RFC 6376, with Ed25519 beside RSA as RFC 8463 allows). Built on
 //! `mail-auth`; what is written here is only the choice of defaults.
 
+pub mod authority;
 pub mod check;
-pub mod intake_signer;
 pub mod keys;
 pub mod records;
-pub mod sender_guard;
 pub mod sign;
 
-pub use intake_signer::IntakeSigner;
+pub use authority::SenderAuthority;
 pub use keys::DkimKeys;
 pub use records::{DnsRecord, DomainSetup};
-pub use sender_guard::SenderGuard;
 pub use sign::DomainSigner;
 
 #[derive(Debug, thiserror::Error)]

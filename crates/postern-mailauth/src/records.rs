@@ -19,8 +19,11 @@ pub struct DnsRecord {
     pub purpose: &'static str,
     /// Verification needs it; optional ones are suggestions.
     pub required: bool,
+    /// Its name in SendGrid's `dns` object (dkim1, mail_server, dmarc…).
+    pub key: &'static str,
 }
 
+#[derive(Clone, Copy)]
 pub struct DomainSetup<'a> {
     pub domain: &'a str,
     /// The selector base: keys are published at `<base>-rsa` and `<base>-ed`.
@@ -75,6 +78,7 @@ impl DomainSetup<'_> {
                 value: format!("v=DKIM1; k=rsa; p={}", b64(&self.keys.rsa_public)),
                 purpose: "DKIM key (RSA-2048)",
                 required: true,
+                key: "dkim1",
             },
             DnsRecord {
                 name: format!("{}._domainkey.{}", self.ed25519_selector(), self.domain),
@@ -83,6 +87,7 @@ impl DomainSetup<'_> {
                 value: format!("v=DKIM1; k=ed25519; p={}", b64(&self.keys.ed25519_public)),
                 purpose: "DKIM key (Ed25519, RFC 8463)",
                 required: true,
+                key: "dkim2",
             },
             DnsRecord {
                 name: self.return_path_domain(),
@@ -90,6 +95,7 @@ impl DomainSetup<'_> {
                 value: format!("10 {}.", self.mail_host),
                 purpose: "return path: bounces come back to Postern",
                 required: true,
+                key: "mail_server",
             },
             DnsRecord {
                 name: self.return_path_domain(),
@@ -97,6 +103,7 @@ impl DomainSetup<'_> {
                 value: self.spf("-all"),
                 purpose: "SPF for the return path (the envelope sender's domain)",
                 required: true,
+                key: "subdomain_spf",
             },
             DnsRecord {
                 name: self.domain.to_owned(),
@@ -105,6 +112,7 @@ impl DomainSetup<'_> {
                 purpose:
                     "SPF for the domain itself (merge into an existing v=spf1 record: one per name)",
                 required: false,
+                key: "domain_spf",
             },
             DnsRecord {
                 name: format!("_dmarc.{}", self.domain),
@@ -112,6 +120,7 @@ impl DomainSetup<'_> {
                 value: format!("v=DMARC1; p=none; rua=mailto:{}", self.dmarc_rua),
                 purpose: "DMARC, monitoring only to start with",
                 required: true,
+                key: "dmarc",
             },
             DnsRecord {
                 name: format!("_smtp._tls.{}", self.domain),
@@ -119,6 +128,16 @@ impl DomainSetup<'_> {
                 value: format!("v=TLSRPTv1; rua=mailto:{}", self.dmarc_rua),
                 purpose: "TLS-RPT reports (RFC 8460), optional",
                 required: false,
+                key: "tls_rpt",
+            },
+            DnsRecord {
+                name: format!("_mta-sts.{}", self.domain),
+                rtype: "TXT",
+                // RFC 8461 §3.1: the id changes whenever the policy does.
+                value: "v=STSv1; id=1".to_owned(),
+                purpose: "MTA-STS (RFC 8461) for mail *to* the domain, optional: publish only with a policy at https://mta-sts.<domain>/.well-known/mta-sts.txt listing your inbound MX hosts",
+                required: false,
+                key: "mta_sts",
             },
         ]
     }
@@ -162,7 +181,10 @@ pub struct Publishing {
     pub source_ips: Vec<IpAddr>,
 }
 
-/// The records for a stored domain (`report_to` default: dmarc@<domain>).
+/// The records for a stored domain (`report_to` default: dmarc@<domain>):
+/// those of its signing keys, then, during a key rotation, the new
+/// selector's (required: they must be found before the new keys sign) and
+/// the replaced selector's (kept published until the overlap ends).
 pub fn records_for(
     d: &postern_store::DomainRecord,
     publishing: &Publishing,
@@ -177,7 +199,7 @@ pub fn records_for(
     let rua = report_to
         .map(str::to_owned)
         .unwrap_or_else(|| format!("dmarc@{}", d.domain));
-    DomainSetup {
+    let setup = DomainSetup {
         domain: &d.domain,
         selector: &d.selector,
         keys: &keys,
@@ -185,8 +207,46 @@ pub fn records_for(
         source_ips: &publishing.source_ips,
         return_path_label: &d.return_path,
         dmarc_rua: &rua,
+    };
+    let mut records = setup.records();
+    if let Some(next) = &d.next {
+        let keys = DkimKeys {
+            rsa_private: Vec::new(),
+            rsa_public: next.rsa_public.clone(),
+            ed25519_private: Vec::new(),
+            ed25519_public: next.ed25519_public.clone(),
+        };
+        let rotated = DomainSetup {
+            selector: &next.selector,
+            keys: &keys,
+            ..setup
+        };
+        for (mut r, key) in rotated.records().into_iter().take(2).zip(["next_dkim1", "next_dkim2"]) {
+            r.purpose = "DKIM key rotation: the new selector; it signs once found in DNS";
+            r.key = key;
+            records.push(r);
+        }
     }
-    .records()
+    if let Some(previous) = &d.previous {
+        let keys = DkimKeys {
+            rsa_private: Vec::new(),
+            rsa_public: previous.rsa_public.clone(),
+            ed25519_private: Vec::new(),
+            ed25519_public: previous.ed25519_public.clone(),
+        };
+        let replaced = DomainSetup {
+            selector: &previous.selector,
+            keys: &keys,
+            ..setup
+        };
+        for (mut r, key) in replaced.records().into_iter().take(2).zip(["previous_dkim1", "previous_dkim2"]) {
+            r.purpose = "DKIM key rotation: the replaced selector; keep it published until the overlap ends (postern domain show), then remove it";
+            r.required = false;
+            r.key = key;
+            records.push(r);
+        }
+    }
+    records
 }
 
 #[cfg(test)]

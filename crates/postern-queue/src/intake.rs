@@ -47,27 +47,25 @@ pub struct Submission {
     pub body: Vec<u8>,
 }
 
-/// Signs an authenticated account's outgoing message (DKIM), returning the
-/// header fields to put in front of it, or None to send it unsigned.
-/// Implemented by postern-mailauth; the intake only calls it.
-pub trait MessageSigner: Send + Sync {
-    fn sign<'a>(
-        &'a self,
-        account: &'a str,
-        message: &'a [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send + 'a>>;
+/// What the sender authority decided for an accepted message.
+#[derive(Debug, Clone, Default)]
+pub struct Authorized {
+    /// `DKIM-Signature` header fields to put in front of the message
+    /// (empty: sent unsigned).
+    pub dkim_headers: Vec<u8>,
 }
 
 /// Decides whether an authenticated account may send a message as the
-/// sender it names (envelope and header From). Implemented by
-/// postern-mailauth; Err carries the reason given to the client.
-pub trait SenderPolicy: Send + Sync {
-    fn check<'a>(
+/// sender it names (envelope and header From), and signs what it may send.
+/// Implemented by postern-mailauth; one call per message, so the message
+/// is parsed once for both. Err carries the reason given to the client.
+pub trait SenderAuthority: Send + Sync {
+    fn authorize<'a>(
         &'a self,
         account: &'a str,
         mail_from: &'a str,
         message: &'a [u8],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Authorized, String>> + Send + 'a>>;
 }
 
 #[derive(Clone)]
@@ -76,8 +74,7 @@ pub struct Intake {
     hostname: String,
     wakeup: Arc<Notify>,
     quotas: Option<Quotas>,
-    signer: Option<Arc<dyn MessageSigner>>,
-    senders: Option<Arc<dyn SenderPolicy>>,
+    senders: Option<Arc<dyn SenderAuthority>>,
 }
 
 impl Intake {
@@ -87,20 +84,15 @@ impl Intake {
             hostname,
             wakeup: Arc::new(Notify::new()),
             quotas: None,
-            signer: None,
             senders: None,
         }
     }
 
-    /// Refuses authenticated mail from senders the account has not verified.
-    pub fn with_sender_policy(mut self, policy: Arc<dyn SenderPolicy>) -> Self {
-        self.senders = Some(policy);
-        self
-    }
-
-    /// DKIM-signs authenticated accounts' mail for their verified domains.
-    pub fn with_signer(mut self, signer: Arc<dyn MessageSigner>) -> Self {
-        self.signer = Some(signer);
+    /// Checks and signs authenticated accounts' mail: refuses senders the
+    /// account has not verified (when the authority enforces), DKIM-signs
+    /// for its verified domains.
+    pub fn with_sender_authority(mut self, authority: Arc<dyn SenderAuthority>) -> Self {
+        self.senders = Some(authority);
         self
     }
 
@@ -193,41 +185,40 @@ impl Intake {
         let account_for_quota = sub.principal.as_ref().map(|p| p.account.clone());
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
-        if let (Some(policy), Some(p)) = (&self.senders, &sub.principal) {
-            if let Err(reason) = policy
-                .check(&p.account, &sub.envelope.mail_from, &sub.body)
+        let mut signature = Vec::new();
+        if let (Some(authority), Some(p)) = (&self.senders, &sub.principal) {
+            match authority
+                .authorize(&p.account, &sub.envelope.mail_from, &sub.body)
                 .await
             {
-                metrics::counter!("postern_sender_refused_total").increment(1);
-                // Recorded like any message (processed, then dropped for
-                // every recipient with the reason), so the account sees it
-                // in its send log; nothing is queued.
-                let dropped = (0..sub.envelope.recipients.len())
-                    .map(|i| (i, format!("dropped: {reason}")))
-                    .collect();
-                self.store
-                    .enqueue(NewMessage {
-                        id,
-                        received_at: now,
-                        detail: format!(
-                            "from=<{}> refused: {reason} account={} key={}",
-                            sub.envelope.mail_from, p.account, p.key_id
-                        ),
-                        envelope: sub.envelope,
-                        account: Some(p.account.clone()),
-                        body: Vec::new(),
-                        dropped,
-                    })
-                    .await?;
-                return Err(IntakeError::SenderRefused(reason));
+                Ok(authorized) => signature = authorized.dkim_headers,
+                Err(reason) => {
+                    metrics::counter!("postern_sender_refused_total").increment(1);
+                    // Recorded like any message (processed, then dropped for
+                    // every recipient with the reason), so the account sees it
+                    // in its send log; nothing is queued.
+                    let dropped = (0..sub.envelope.recipients.len())
+                        .map(|i| (i, format!("dropped: {reason}")))
+                        .collect();
+                    self.store
+                        .enqueue(NewMessage {
+                            id,
+                            received_at: now,
+                            detail: format!(
+                                "from=<{}> refused: {reason} account={} key={}",
+                                sub.envelope.mail_from, p.account, p.key_id
+                            ),
+                            envelope: sub.envelope,
+                            account: Some(p.account.clone()),
+                            body: Vec::new(),
+                            dropped,
+                        })
+                        .await?;
+                    return Err(IntakeError::SenderRefused(reason));
+                }
             }
         }
         let received = self.received_header(&sub, &id, now);
-        let signature = match (&self.signer, &sub.principal) {
-            (Some(signer), Some(p)) => signer.sign(&p.account, &sub.body).await,
-            _ => None,
-        };
-        let signature = signature.unwrap_or_default();
         let mut body = Vec::with_capacity(received.len() + signature.len() + sub.body.len());
         body.extend_from_slice(received.as_bytes());
         body.extend_from_slice(&signature);

@@ -7,6 +7,6 @@ pub mod intake;
 pub mod quota;
 pub mod retry;
 
-pub use intake::{ClientInfo, Intake, IntakeError, MessageSigner, SenderPolicy, Submission};
+pub use intake::{Authorized, ClientInfo, Intake, IntakeError, SenderAuthority, Submission};
 pub use quota::{QuotaCheck, Quotas};
 pub use retry::RetrySchedule;

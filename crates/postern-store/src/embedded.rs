@@ -1322,7 +1322,9 @@ fn webhook_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRecord> {
 
 const WEBHOOK_COLUMNS: &str = "account, url, enabled, kinds, signing_key, cursor, created_at, updated_at, last_success_at, last_error, last_error_at";
 
-const DOMAIN_COLUMNS: &str = "domain, account, selector, rsa_private, rsa_public, ed25519_private, ed25519_public, return_path, created_at, verified_at, verified_by";
+const DOMAIN_COLUMNS: &str = "domain, account, selector, rsa_private, rsa_public, ed25519_private, ed25519_public, return_path, created_at, verified_at, verified_by, \
+     next_selector, next_rsa_private, next_rsa_public, next_ed25519_private, next_ed25519_public, next_created_at, \
+     previous_selector, previous_rsa_public, previous_ed25519_public, previous_retire_at";
 
 /// Selects `rowid` first: the domain's id in the API.
 fn domain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRecord> {
@@ -1339,7 +1341,218 @@ fn domain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRecord> {
         created_at: r.get(9)?,
         verified_at: r.get(10)?,
         verified_by: r.get(11)?,
+        next: match r.get::<_, Option<String>>(12)? {
+            Some(selector) => Some(NextKeys {
+                selector,
+                rsa_private: r.get(13)?,
+                rsa_public: r.get(14)?,
+                ed25519_private: r.get(15)?,
+                ed25519_public: r.get(16)?,
+                created_at: r.get(17)?,
+            }),
+            None => None,
+        },
+        previous: match r.get::<_, Option<String>>(18)? {
+            Some(selector) => Some(PreviousKeys {
+                selector,
+                rsa_public: r.get(19)?,
+                ed25519_public: r.get(20)?,
+                retire_at: r.get(21)?,
+            }),
+            None => None,
+        },
     })
+}
+
+const SENDER_COLUMNS: &str = "id, account, address, nickname, from_name, reply_to, reply_to_name, details, created_at, verified_at, \
+     token_hash, token_expires_at, last_sent_at, window_start, window_sends";
+
+fn sender_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SenderRecord> {
+    Ok(SenderRecord {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        address: r.get(2)?,
+        nickname: r.get(3)?,
+        from_name: r.get(4)?,
+        reply_to: r.get(5)?,
+        reply_to_name: r.get(6)?,
+        details: r.get(7)?,
+        created_at: r.get(8)?,
+        verified_at: r.get(9)?,
+        token_hash: r.get(10)?,
+        token_expires_at: r.get(11)?,
+        last_sent_at: r.get(12)?,
+        window_start: r.get(13)?,
+        window_sends: r.get(14)?,
+    })
+}
+
+#[async_trait]
+impl SenderStore for EmbeddedStore {
+    async fn add_sender(&self, s: SenderRecord) -> Result<i64> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO verified_senders (account, address, nickname, from_name, reply_to, reply_to_name, details, \
+                 created_at, verified_at, token_hash, token_expires_at, last_sent_at, window_start, window_sends) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                s.account,
+                s.address.to_lowercase(),
+                s.nickname,
+                s.from_name,
+                s.reply_to,
+                s.reply_to_name,
+                s.details,
+                s.created_at,
+                s.verified_at,
+                s.token_hash,
+                s.token_expires_at,
+                s.last_sent_at,
+                s.window_start,
+                s.window_sends
+            ])?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn get_sender(&self, id: i64) -> Result<Option<SenderRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {SENDER_COLUMNS} FROM verified_senders WHERE id = ?1"
+                ))?
+                .query_row([id], sender_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_senders(&self, account: Option<String>) -> Result<Vec<SenderRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {SENDER_COLUMNS} FROM verified_senders WHERE (?1 IS NULL OR account = ?1) ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([account], sender_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn update_sender(&self, s: SenderRecord) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "UPDATE verified_senders SET nickname = ?2, from_name = ?3, reply_to = ?4, reply_to_name = ?5, details = ?6 \
+                     WHERE id = ?1",
+                )?
+                .execute(params![s.id, s.nickname, s.from_name, s.reply_to, s.reply_to_name, s.details])?
+                == 1)
+        })
+        .await
+    }
+
+    async fn issue_sender_token(
+        &self,
+        id: i64,
+        hash: Vec<u8>,
+        expires_at: i64,
+        now: i64,
+        limits: SendLimits,
+    ) -> Result<TokenIssue> {
+        self.write(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT verified_at, last_sent_at, window_start, window_sends FROM verified_senders WHERE id = ?1",
+                )?
+                .query_row([id], |r| {
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?;
+            let Some((verified_at, last_sent, window_start, window_sends)) = row else {
+                return Ok(TokenIssue::NotFound);
+            };
+            if verified_at.is_some() {
+                return Ok(TokenIssue::AlreadyVerified);
+            }
+            if let Some(last) = last_sent {
+                if now - last < limits.min_interval_millis {
+                    return Ok(TokenIssue::TooSoon {
+                        retry_at: last + limits.min_interval_millis,
+                    });
+                }
+            }
+            let (window_start, window_sends) =
+                if window_sends == 0 || now - window_start >= limits.window_millis {
+                (now, 0)
+            } else {
+                (window_start, window_sends)
+            };
+            if window_sends >= limits.per_window {
+                return Ok(TokenIssue::TooSoon {
+                    retry_at: window_start + limits.window_millis,
+                });
+            }
+            conn.prepare_cached(
+                "UPDATE verified_senders SET token_hash = ?2, token_expires_at = ?3, last_sent_at = ?4, \
+                 window_start = ?5, window_sends = ?6 WHERE id = ?1",
+            )?
+            .execute(params![id, hash, expires_at, now, window_start, window_sends + 1])?;
+            Ok(TokenIssue::Issued)
+        })
+        .await
+    }
+
+    async fn use_sender_token(&self, hash: Vec<u8>, now: i64) -> Result<TokenUse> {
+        self.write(move |conn| {
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {SENDER_COLUMNS} FROM verified_senders WHERE token_hash = ?1"
+                ))?
+                .query_row([&hash], sender_from_row)
+                .optional()?;
+            let Some(mut sender) = found else {
+                return Ok(TokenUse::Unknown);
+            };
+            if sender.token_expires_at.is_none_or(|t| t <= now) {
+                return Ok(TokenUse::Expired);
+            }
+            // Single use: the token is cleared in the same write that
+            // verifies, so a second presentation finds nothing.
+            conn.prepare_cached(
+                "UPDATE verified_senders SET verified_at = ?2, token_hash = NULL, token_expires_at = NULL WHERE id = ?1",
+            )?
+            .execute(params![sender.id, now])?;
+            sender.verified_at = Some(now);
+            sender.token_hash = None;
+            sender.token_expires_at = None;
+            Ok(TokenUse::Verified(sender))
+        })
+        .await
+    }
+
+    async fn mark_sender_verified(&self, id: i64, at: i64) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE verified_senders SET verified_at = ?2, token_hash = NULL, token_expires_at = NULL WHERE id = ?1",
+                params![id, at],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn delete_sender(&self, id: i64) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM verified_senders WHERE id = ?1", [id])? == 1)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -1353,7 +1566,8 @@ impl DomainStore for EmbeddedStore {
                 return Err(StoreError::Conflict);
             }
             conn.prepare_cached(&format!(
-                "INSERT INTO domains ({DOMAIN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                "INSERT INTO domains ({DOMAIN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
             ))?
             .execute(params![
                 d.domain,
@@ -1366,7 +1580,17 @@ impl DomainStore for EmbeddedStore {
                 d.return_path,
                 d.created_at,
                 d.verified_at,
-                d.verified_by
+                d.verified_by,
+                d.next.as_ref().map(|n| n.selector.clone()),
+                d.next.as_ref().map(|n| n.rsa_private.clone()),
+                d.next.as_ref().map(|n| n.rsa_public.clone()),
+                d.next.as_ref().map(|n| n.ed25519_private.clone()),
+                d.next.as_ref().map(|n| n.ed25519_public.clone()),
+                d.next.as_ref().map(|n| n.created_at),
+                d.previous.as_ref().map(|p| p.selector.clone()),
+                d.previous.as_ref().map(|p| p.rsa_public.clone()),
+                d.previous.as_ref().map(|p| p.ed25519_public.clone()),
+                d.previous.as_ref().map(|p| p.retire_at)
             ])?;
             Ok(())
         })
@@ -1421,6 +1645,54 @@ impl DomainStore for EmbeddedStore {
     async fn delete_domain(&self, domain: String) -> Result<bool> {
         self.write(move |conn| {
             Ok(conn.execute("DELETE FROM domains WHERE domain = ?1", [domain])? == 1)
+        })
+        .await
+    }
+
+    async fn start_rotation(&self, domain: String, next: NextKeys) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE domains SET next_selector = ?2, next_rsa_private = ?3, next_rsa_public = ?4, \
+                 next_ed25519_private = ?5, next_ed25519_public = ?6, next_created_at = ?7 WHERE domain = ?1",
+                params![
+                    domain,
+                    next.selector,
+                    next.rsa_private,
+                    next.rsa_public,
+                    next.ed25519_private,
+                    next.ed25519_public,
+                    next.created_at
+                ],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn promote_rotation(&self, domain: String, retire_at: i64) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE domains SET previous_selector = selector, previous_rsa_public = rsa_public, \
+                 previous_ed25519_public = ed25519_public, previous_retire_at = ?2, \
+                 selector = next_selector, rsa_private = next_rsa_private, rsa_public = next_rsa_public, \
+                 ed25519_private = next_ed25519_private, ed25519_public = next_ed25519_public, \
+                 next_selector = NULL, next_rsa_private = NULL, next_rsa_public = NULL, \
+                 next_ed25519_private = NULL, next_ed25519_public = NULL, next_created_at = NULL \
+                 WHERE domain = ?1 AND next_selector IS NOT NULL",
+                params![domain, retire_at],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn retire_previous(&self, now: i64) -> Result<Vec<String>> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE domains SET previous_selector = NULL, previous_rsa_public = NULL, \
+                 previous_ed25519_public = NULL, previous_retire_at = NULL \
+                 WHERE previous_retire_at IS NOT NULL AND previous_retire_at <= ?1 RETURNING domain",
+            )?;
+            let rows = stmt.query_map([now], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
         })
         .await
     }
@@ -1866,6 +2138,8 @@ mod tests {
             created_at: 5,
             verified_at: None,
             verified_by: None,
+            next: None,
+            previous: None,
         };
         store.add_domain(d.clone()).await.unwrap();
         assert!(matches!(
@@ -1900,6 +2174,181 @@ mod tests {
             .is_empty());
         assert!(store.delete_domain("example.com".into()).await.unwrap());
         assert!(store.get_domain_by_id(got.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rotation_promotes_and_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let d = DomainRecord {
+            id: 0,
+            domain: "example.com".into(),
+            account: "admin".into(),
+            selector: "pst1".into(),
+            rsa_private: vec![1],
+            rsa_public: vec![2],
+            ed25519_private: vec![3],
+            ed25519_public: vec![4],
+            return_path: "pst-bounces".into(),
+            created_at: 5,
+            verified_at: Some(6),
+            verified_by: Some("dns".into()),
+            next: None,
+            previous: None,
+        };
+        store.add_domain(d).await.unwrap();
+        assert!(!store
+            .promote_rotation("example.com".into(), 100)
+            .await
+            .unwrap());
+        let next = NextKeys {
+            selector: "pst2".into(),
+            rsa_private: vec![11],
+            rsa_public: vec![12],
+            ed25519_private: vec![13],
+            ed25519_public: vec![14],
+            created_at: 50,
+        };
+        assert!(store
+            .start_rotation("example.com".into(), next.clone())
+            .await
+            .unwrap());
+        let got = store
+            .get_domain("example.com".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.next, Some(next));
+        assert_eq!(got.selector, "pst1", "the old keys sign until promotion");
+        assert!(store
+            .promote_rotation("example.com".into(), 1_000)
+            .await
+            .unwrap());
+        let got = store
+            .get_domain("example.com".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.selector, "pst2");
+        assert_eq!(got.rsa_private, vec![11]);
+        assert!(got.next.is_none());
+        let prev = got.previous.unwrap();
+        assert_eq!(
+            (prev.selector.as_str(), prev.rsa_public, prev.retire_at),
+            ("pst1", vec![2], 1_000)
+        );
+        assert!(store.retire_previous(999).await.unwrap().is_empty());
+        assert_eq!(
+            store.retire_previous(1_000).await.unwrap(),
+            vec!["example.com".to_string()]
+        );
+        let got = store
+            .get_domain("example.com".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got.previous.is_none());
+    }
+
+    #[tokio::test]
+    async fn sender_tokens_are_single_use_expiring_and_rate_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let sender = SenderRecord {
+            id: 0,
+            account: "admin".into(),
+            address: "Alice@Example.COM".into(),
+            nickname: "alice".into(),
+            from_name: "Alice".into(),
+            reply_to: String::new(),
+            reply_to_name: String::new(),
+            details: "{}".into(),
+            created_at: 1,
+            verified_at: None,
+            token_hash: None,
+            token_expires_at: None,
+            last_sent_at: None,
+            window_start: 0,
+            window_sends: 0,
+        };
+        let id = store.add_sender(sender.clone()).await.unwrap();
+        assert!(matches!(
+            store.add_sender(sender).await,
+            Err(StoreError::Conflict)
+        ));
+        let got = store.get_sender(id).await.unwrap().unwrap();
+        assert_eq!(got.address, "alice@example.com");
+        let limits = SendLimits {
+            min_interval_millis: 60_000,
+            window_millis: 86_400_000,
+            per_window: 2,
+        };
+        let issue = |hash: &[u8], now| {
+            store.issue_sender_token(id, hash.to_vec(), now + 1_000, now, limits)
+        };
+        assert_eq!(issue(b"t1", 10_000).await.unwrap(), TokenIssue::Issued);
+        assert_eq!(
+            issue(b"t2", 20_000).await.unwrap(),
+            TokenIssue::TooSoon { retry_at: 70_000 }
+        );
+        assert_eq!(issue(b"t2", 70_000).await.unwrap(), TokenIssue::Issued);
+        assert_eq!(
+            issue(b"t3", 200_000).await.unwrap(),
+            TokenIssue::TooSoon {
+                retry_at: 10_000 + 86_400_000
+            }
+        );
+        // The replaced token is gone; the newest one has expired by 80_000.
+        assert_eq!(
+            store
+                .use_sender_token(b"t1".to_vec(), 70_500)
+                .await
+                .unwrap(),
+            TokenUse::Unknown
+        );
+        assert_eq!(
+            store
+                .use_sender_token(b"t2".to_vec(), 80_000)
+                .await
+                .unwrap(),
+            TokenUse::Expired
+        );
+        // A new day's window allows a fresh token, which verifies once.
+        assert_eq!(issue(b"t4", 86_500_000).await.unwrap(), TokenIssue::Issued);
+        match store
+            .use_sender_token(b"t4".to_vec(), 86_500_500)
+            .await
+            .unwrap()
+        {
+            TokenUse::Verified(s) => assert_eq!(s.verified_at, Some(86_500_500)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            store
+                .use_sender_token(b"t4".to_vec(), 86_500_600)
+                .await
+                .unwrap(),
+            TokenUse::Unknown
+        );
+        assert_eq!(
+            issue(b"t5", 90_000_000).await.unwrap(),
+            TokenIssue::AlreadyVerified
+        );
+        assert_eq!(
+            store
+                .list_senders(Some("admin".into()))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store
+            .list_senders(Some("other".into()))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.delete_sender(id).await.unwrap());
+        assert!(store.get_sender(id).await.unwrap().is_none());
     }
 
     #[tokio::test]

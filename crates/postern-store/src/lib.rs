@@ -103,6 +103,61 @@ pub trait DomainStore: Send + Sync {
     /// Marks a domain verified (`by`: "dns" or "operator:<who>").
     async fn verify_domain(&self, domain: String, at: i64, by: String) -> Result<bool>;
     async fn delete_domain(&self, domain: String) -> Result<bool>;
+    /// Stores a rotation's new keys (replacing any earlier unfinished
+    /// rotation); false when no such domain.
+    async fn start_rotation(&self, domain: String, next: NextKeys) -> Result<bool>;
+    /// The next keys become the signing keys; the replaced ones are kept
+    /// as `previous` until `retire_at`. False when no rotation is pending.
+    async fn promote_rotation(&self, domain: String, retire_at: i64) -> Result<bool>;
+    /// Forgets replaced keys whose overlap has ended; returns their domains.
+    async fn retire_previous(&self, now: i64) -> Result<Vec<String>>;
+}
+
+/// How often a verification mail may be sent for one sender.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimits {
+    pub min_interval_millis: i64,
+    pub window_millis: i64,
+    pub per_window: i64,
+}
+
+/// What asking for a new verification token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenIssue {
+    Issued,
+    NotFound,
+    AlreadyVerified,
+    /// The rate limit: no new mail before `retry_at`.
+    TooSoon {
+        retry_at: i64,
+    },
+}
+
+/// Single verified senders and their one-time verification tokens.
+#[async_trait]
+pub trait SenderStore: Send + Sync {
+    /// Adds a sender; returns its id. Conflict when the account has it.
+    async fn add_sender(&self, sender: SenderRecord) -> Result<i64>;
+    async fn get_sender(&self, id: i64) -> Result<Option<SenderRecord>>;
+    /// All senders, or one account's.
+    async fn list_senders(&self, account: Option<String>) -> Result<Vec<SenderRecord>>;
+    /// Replaces the descriptive fields (names, reply-to, details).
+    async fn update_sender(&self, sender: SenderRecord) -> Result<bool>;
+    /// Stores a new token (replacing the outstanding one) if the rate
+    /// limit allows another verification mail now.
+    async fn issue_sender_token(
+        &self,
+        id: i64,
+        hash: Vec<u8>,
+        expires_at: i64,
+        now: i64,
+        limits: SendLimits,
+    ) -> Result<TokenIssue>;
+    /// Verifies the sender holding this token, once.
+    async fn use_sender_token(&self, hash: Vec<u8>, now: i64) -> Result<TokenUse>;
+    /// Verifies without a token (an operator).
+    async fn mark_sender_verified(&self, id: i64, at: i64) -> Result<bool>;
+    async fn delete_sender(&self, id: i64) -> Result<bool>;
 }
 
 /// Per-account suppression of hard-bounced addresses.
@@ -230,6 +285,7 @@ pub trait Store:
     + SuppressionStore
     + TlsPolicyStore
     + DomainStore
+    + SenderStore
 {
 }
 impl<
@@ -241,7 +297,8 @@ impl<
             + TotpStore
             + SuppressionStore
             + TlsPolicyStore
-            + DomainStore,
+            + DomainStore
+            + SenderStore,
     > Store for T
 {
 }

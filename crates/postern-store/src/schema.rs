@@ -195,6 +195,40 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE accounts ADD COLUMN sender_alignment TEXT;
     "#,
+    // 15: DKIM key rotation (the next keys, and the replaced ones until retired).
+    r#"
+    ALTER TABLE domains ADD COLUMN next_selector TEXT;
+    ALTER TABLE domains ADD COLUMN next_rsa_private BLOB;
+    ALTER TABLE domains ADD COLUMN next_rsa_public BLOB;
+    ALTER TABLE domains ADD COLUMN next_ed25519_private BLOB;
+    ALTER TABLE domains ADD COLUMN next_ed25519_public BLOB;
+    ALTER TABLE domains ADD COLUMN next_created_at INTEGER;
+    ALTER TABLE domains ADD COLUMN previous_selector TEXT;
+    ALTER TABLE domains ADD COLUMN previous_rsa_public BLOB;
+    ALTER TABLE domains ADD COLUMN previous_ed25519_public BLOB;
+    ALTER TABLE domains ADD COLUMN previous_retire_at INTEGER;
+    "#,
+    // 16: single verified senders.
+    r#"
+    CREATE TABLE verified_senders (
+        id               INTEGER PRIMARY KEY,
+        account          TEXT NOT NULL,
+        address          TEXT NOT NULL,
+        nickname         TEXT NOT NULL,
+        from_name        TEXT NOT NULL,
+        reply_to         TEXT NOT NULL,
+        reply_to_name    TEXT NOT NULL,
+        details          TEXT NOT NULL,
+        created_at       INTEGER NOT NULL,
+        verified_at      INTEGER,
+        token_hash       BLOB UNIQUE,
+        token_expires_at INTEGER,
+        last_sent_at     INTEGER,
+        window_start     INTEGER NOT NULL,
+        window_sends     INTEGER NOT NULL,
+        UNIQUE (account, address)
+    );
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

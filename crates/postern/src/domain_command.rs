@@ -115,6 +115,8 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     created_at: postern_core::time::now_millis(),
                     verified_at: None,
                     verified_by: None,
+                    next: None,
+                    previous: None,
                 };
                 match store.add_domain(record.clone()).await {
                     Err(StoreError::Conflict) => bail!("{domain} is already added"),

@@ -112,12 +112,10 @@ pub async fn serve(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
         .with_quotas(postern_queue::Quotas::new(store.clone()))
-        .with_signer(Arc::new(postern_mailauth::IntakeSigner::new(store.clone())));
-    let intake = if config.smtp.require_verified_senders {
-        intake.with_sender_policy(Arc::new(postern_mailauth::SenderGuard::new(store.clone())))
-    } else {
-        intake
-    };
+        .with_sender_authority(Arc::new(postern_mailauth::SenderAuthority::new(
+            store.clone(),
+            config.smtp.require_verified_senders,
+        )));
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
     let limiter = ConnectionLimiter::new(

@@ -25,25 +25,6 @@ pub fn routes() -> Router<ApiState> {
         .route("/v3/whitelabel/domains/{id}/validate", post(validate))
 }
 
-/// SendGrid's names for the records, in the order Postern prints them.
-fn dns_key(domain: &str, name: &str, rtype: &str) -> &'static str {
-    if name.contains("-rsa._domainkey.") {
-        "dkim1"
-    } else if name.contains("-ed._domainkey.") {
-        "dkim2"
-    } else if rtype == "MX" {
-        "mail_server"
-    } else if name.starts_with("_dmarc.") {
-        "dmarc"
-    } else if name.starts_with("_smtp._tls.") {
-        "tls_rpt"
-    } else if name == domain {
-        "domain_spf"
-    } else {
-        "subdomain_spf"
-    }
-}
-
 fn domain_json(state: &ApiState, d: &DomainRecord, checks: Option<&[Status]>) -> Value {
     let publishing = state
         .domains
@@ -57,7 +38,7 @@ fn domain_json(state: &ApiState, d: &DomainRecord, checks: Option<&[Status]>) ->
             None => d.verified_at.is_some(),
         };
         dns.insert(
-            dns_key(&d.domain, &r.name, r.rtype).to_owned(),
+            r.key.to_owned(),
             json!({"valid": valid, "type": r.rtype.to_ascii_lowercase(), "host": r.name, "data": r.value, "required": r.required}),
         );
     }
@@ -139,6 +120,8 @@ async fn create(
         created_at: postern_core::time::now_millis(),
         verified_at: None,
         verified_by: None,
+        next: None,
+        previous: None,
     };
     match state.store.add_domain(record).await {
         Err(StoreError::Conflict) => {
@@ -240,7 +223,7 @@ async fn validate(
             Status::Wrong(w) => (false, json!(w)),
         };
         results.insert(
-            dns_key(&d.domain, &c.record.name, c.record.rtype).to_owned(),
+            c.record.key.to_owned(),
             json!({"valid": valid, "reason": reason, "required": c.record.required}),
         );
     }

@@ -1,0 +1,374 @@
+//! The intake's sender authority: decides whether an authenticated account
+//! may send as the senders a message names, and DKIM-signs what it may send.
+//!
+//! Anti-spoofing: the envelope sender and every header From address must be
+//! in a verified domain of the account (a subuser may use its parent's), or
+//! be one of its verified single senders; the envelope may also be in a
+//! verified domain's return-path subdomain. Under the account's alignment
+//! rule "strict" (the default) the envelope must also match the From: the
+//! same domain (or its return path), or the same single sender address, as
+//! DMARC alignment wants.
+//!
+//! Domains are compared as ASCII after lower-casing: a lookalike domain (an
+//! IDN homograph such as "exаmple.org" with a Cyrillic "а") is a different
+//! domain and is refused unless itself verified.
+//!
+//! Signing: a message is signed for the domain of its first header From
+//! when that domain is verified for the account or its parent.
+//!
+//! The account's verified senders are cached for a short while
+//! ([`CACHE_TTL`]): reading them from the store for every message cost more
+//! than the rest of the intake. A refusal is never decided from the cache
+//! alone — it is re-checked against the store — so a domain or sender
+//! verified a moment ago is usable at once; a removal takes effect within
+//! the TTL.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mail_auth::AuthenticatedMessage;
+use postern_queue::{Authorized, SenderAuthority as AuthorityTrait};
+use postern_store::{
+    AccountStore, AuditEntry, AuditStore, DomainRecord, DomainStore, SenderStore,
+};
+
+use crate::sign::DomainSigner;
+
+/// How long an account's verified senders are reused without a store read.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+
+pub trait AuthorityStore: AccountStore + DomainStore + SenderStore + AuditStore {}
+impl<T: AccountStore + DomainStore + SenderStore + AuditStore> AuthorityStore for T {}
+
+/// What an account may send as, read from the store.
+struct AccountSenders {
+    strict: bool,
+    /// Verified domains of the account and of its parent.
+    domains: Vec<DomainRecord>,
+    /// Verified single sender addresses (lower-cased), the account's and
+    /// its parent's.
+    addresses: Vec<String>,
+}
+
+pub struct SenderAuthority {
+    store: Arc<dyn AuthorityStore>,
+    /// Refuse unverified senders (`smtp.require_verified_senders`); when
+    /// false, mail is only signed.
+    enforce: bool,
+    cache: Mutex<HashMap<String, (Instant, Arc<AccountSenders>)>>,
+    /// Loaded signers by domain and selector (a new selector after a key
+    /// rotation loads afresh).
+    signers: Mutex<HashMap<(String, String), Arc<DomainSigner>>>,
+}
+
+/// The lower-cased domain of an address, without brackets or a final dot.
+pub fn domain_of(address: &str) -> Option<String> {
+    let address = bare(address);
+    let (_, domain) = address.rsplit_once('@')?;
+    Some(domain.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn bare(address: &str) -> &str {
+    address.trim().trim_start_matches('<').trim_end_matches('>')
+}
+
+/// The verified domain that covers `domain`: the domain itself, or (for the
+/// envelope only) its return-path subdomain.
+fn covering<'a>(
+    domain: &str,
+    verified: &'a [DomainRecord],
+    envelope: bool,
+) -> Option<&'a DomainRecord> {
+    verified.iter().find(|d| {
+        d.domain == domain
+            || (envelope
+                && domain
+                    .strip_suffix(d.domain.as_str())
+                    .and_then(|l| l.strip_suffix('.'))
+                    == Some(d.return_path.as_str()))
+    })
+}
+
+impl AccountSenders {
+    fn single(&self, address: &str) -> bool {
+        let a = bare(address).to_ascii_lowercase();
+        self.addresses.iter().any(|s| *s == a)
+    }
+
+    /// Ok, or the reason the senders are refused.
+    fn decide(&self, mail_from: &str, from: &[String]) -> Result<(), String> {
+        let envelope_domain = if mail_from.is_empty() {
+            None
+        } else {
+            let d = domain_of(mail_from).ok_or("the envelope sender has no domain")?;
+            if covering(&d, &self.domains, true).is_none() && !self.single(mail_from) {
+                return Err(format!(
+                    "the envelope sender domain {d} is not verified for this account (postern domain add / verify, or a verified single sender)"
+                ));
+            }
+            Some(d)
+        };
+        for address in from {
+            let d = domain_of(address).unwrap_or_default();
+            if covering(&d, &self.domains, false).is_none() && !self.single(address) {
+                return Err(format!(
+                    "the From header domain {d} is not verified for this account"
+                ));
+            }
+        }
+        if let (true, Some(env), Some(header)) = (self.strict, &envelope_domain, from.first()) {
+            let header_domain = domain_of(header).unwrap_or_default();
+            let aligned = covering(env, &self.domains, true)
+                .is_some_and(|d| d.domain == header_domain)
+                || bare(mail_from).eq_ignore_ascii_case(bare(header));
+            if !aligned {
+                return Err(format!(
+                    "the envelope sender domain {env} and the From domain {header_domain} differ (alignment is strict for this account)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SenderAuthority {
+    pub fn new(store: Arc<dyn AuthorityStore>, enforce: bool) -> Self {
+        SenderAuthority {
+            store,
+            enforce,
+            cache: Mutex::new(HashMap::new()),
+            signers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn load(&self, account: &str) -> Result<Arc<AccountSenders>, String> {
+        let me = self
+            .store
+            .get_account(account.to_owned())
+            .await
+            .map_err(|e| format!("account lookup failed: {e}"))?
+            .ok_or_else(|| "unknown account".to_owned())?;
+        let mut domains = Vec::new();
+        let mut addresses = Vec::new();
+        for owner in std::iter::once(me.name.clone()).chain(me.parent.clone()) {
+            let list = self
+                .store
+                .list_domains(Some(owner.clone()))
+                .await
+                .map_err(|e| format!("domain lookup failed: {e}"))?;
+            domains.extend(list.into_iter().filter(|d| d.verified_at.is_some()));
+            let senders = self
+                .store
+                .list_senders(Some(owner))
+                .await
+                .map_err(|e| format!("sender lookup failed: {e}"))?;
+            addresses.extend(
+                senders
+                    .into_iter()
+                    .filter(|s| s.verified_at.is_some())
+                    .map(|s| s.address),
+            );
+        }
+        let senders = Arc::new(AccountSenders {
+            strict: me.sender_alignment.as_deref() != Some("relaxed"),
+            domains,
+            addresses,
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(account.to_owned(), (Instant::now(), senders.clone()));
+        Ok(senders)
+    }
+
+    fn cached(&self, account: &str) -> Option<Arc<AccountSenders>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(account)
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, s)| s.clone())
+    }
+
+    async fn authorize_message(
+        &self,
+        account: &str,
+        mail_from: &str,
+        message: &[u8],
+    ) -> Result<Authorized, String> {
+        // The header From addresses (RFC 5322 §3.6.2), parsed once for both
+        // the check and the signature.
+        let from: Vec<String> = AuthenticatedMessage::parse(message)
+            .map(|m| m.from.clone())
+            .unwrap_or_default();
+        let (senders, fresh) = match self.cached(account) {
+            Some(s) => (s, false),
+            None => (self.load(account).await?, true),
+        };
+        let senders = if self.enforce {
+            match senders.decide(mail_from, &from) {
+                Ok(()) => senders,
+                Err(_) if !fresh => {
+                    let reloaded = self.load(account).await?;
+                    if let Err(reason) = reloaded.decide(mail_from, &from) {
+                        self.refused(account, mail_from, &reason).await;
+                        return Err(reason);
+                    }
+                    reloaded
+                }
+                Err(reason) => {
+                    self.refused(account, mail_from, &reason).await;
+                    return Err(reason);
+                }
+            }
+        } else {
+            senders
+        };
+        Ok(Authorized {
+            dkim_headers: self.sign(&senders, &from, message).unwrap_or_default(),
+        })
+    }
+
+    async fn refused(&self, account: &str, mail_from: &str, reason: &str) {
+        let entry = AuditEntry {
+            at: postern_core::time::now_millis(),
+            kind: "sender.refused".into(),
+            actor: account.to_owned(),
+            account: Some(account.to_owned()),
+            client_ip: None,
+            detail: format!("mail_from=<{mail_from}> {reason}"),
+        };
+        if let Err(e) = self.store.append_audit(entry).await {
+            tracing::error!(error = %e, "audit append failed");
+        }
+    }
+
+    fn sign(&self, senders: &AccountSenders, from: &[String], message: &[u8]) -> Option<Vec<u8>> {
+        let domain = domain_of(from.first()?)?;
+        let record = senders.domains.iter().find(|d| d.domain == domain)?;
+        let key = (domain.clone(), record.selector.clone());
+        let cached = self
+            .signers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let signer = match cached {
+            Some(s) => s,
+            None => {
+                let rsa_selector = format!("{}-rsa", record.selector);
+                let ed_selector = format!("{}-ed", record.selector);
+                let signer = match DomainSigner::new(
+                    &domain,
+                    Some((&rsa_selector, &record.rsa_private)),
+                    Some((&ed_selector, &record.ed25519_private)),
+                ) {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        tracing::error!(%domain, error = %e, "DKIM keys unusable; sending unsigned");
+                        return None;
+                    }
+                };
+                self.signers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, signer.clone());
+                signer
+            }
+        };
+        match signer.sign(message) {
+            Ok(headers) => {
+                metrics::counter!("postern_dkim_signed_total", "selector" => record.selector.clone())
+                    .increment(1);
+                Some(headers)
+            }
+            Err(e) => {
+                tracing::error!(%domain, error = %e, "DKIM signing failed; sending unsigned");
+                None
+            }
+        }
+    }
+}
+
+impl AuthorityTrait for SenderAuthority {
+    fn authorize<'a>(
+        &'a self,
+        account: &'a str,
+        mail_from: &'a str,
+        message: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Result<Authorized, String>> + Send + 'a>> {
+        Box::pin(self.authorize_message(account, mail_from, message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domain(name: &str) -> DomainRecord {
+        DomainRecord {
+            id: 1,
+            domain: name.into(),
+            account: "a".into(),
+            selector: "pst1".into(),
+            rsa_private: vec![],
+            rsa_public: vec![],
+            ed25519_private: vec![],
+            ed25519_public: vec![],
+            return_path: "pst-bounces".into(),
+            created_at: 0,
+            verified_at: Some(1),
+            verified_by: Some("dns".into()),
+            next: None,
+            previous: None,
+        }
+    }
+
+    fn senders(strict: bool) -> AccountSenders {
+        AccountSenders {
+            strict,
+            domains: vec![domain("example.org")],
+            addresses: vec!["alice@gmail.example".into()],
+        }
+    }
+
+    #[test]
+    fn verified_domains_and_single_senders() {
+        let s = senders(true);
+        let from = |a: &str| vec![a.to_owned()];
+        assert!(s.decide("x@example.org", &from("y@example.org")).is_ok());
+        assert!(s
+            .decide("b@pst-bounces.example.org", &from("y@example.org"))
+            .is_ok());
+        assert!(s.decide("", &from("y@example.org")).is_ok());
+        // A single sender: that address only, not its domain.
+        assert!(s
+            .decide("Alice@Gmail.Example", &from("<alice@gmail.example>"))
+            .is_ok());
+        let e = s
+            .decide("bob@gmail.example", &from("bob@gmail.example"))
+            .unwrap_err();
+        assert!(e.contains("envelope sender domain gmail.example"), "{e}");
+        let e = s
+            .decide("x@example.org", &from("bob@gmail.example"))
+            .unwrap_err();
+        assert!(e.contains("From header domain gmail.example"), "{e}");
+        // The return path label must be the domain's own, whole.
+        assert!(s
+            .decide("b@xpst-bounces.example.org", &from("y@example.org"))
+            .is_err());
+        // A lookalike (Cyrillic а) is another domain.
+        assert!(s.decide("x@exаmple.org", &from("y@exаmple.org")).is_err());
+    }
+
+    #[test]
+    fn strict_alignment_and_relaxed() {
+        let strict = senders(true);
+        let from = vec!["y@example.org".to_owned()];
+        let e = strict.decide("alice@gmail.example", &from).unwrap_err();
+        assert!(e.contains("alignment is strict"), "{e}");
+        assert!(senders(false).decide("alice@gmail.example", &from).is_ok());
+    }
+}
