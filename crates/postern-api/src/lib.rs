@@ -37,6 +37,8 @@ pub struct ApiState {
     pub webhooks: Option<Arc<webhook::WebhookDispatcher>>,
     /// What sending domains' records depend on, and where they are looked up.
     pub domains: Option<DomainSupport>,
+    /// Mails single senders their verification links.
+    pub senders: Option<postern_mailauth::single_sender::SenderVerification>,
 }
 
 #[derive(Clone)]

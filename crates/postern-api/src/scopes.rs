@@ -30,6 +30,10 @@ pub const ALL: &[&str] = &[
     "whitelabel.read",
     "whitelabel.update",
     "whitelabel.delete",
+    "verified_senders.create",
+    "verified_senders.read",
+    "verified_senders.update",
+    "verified_senders.delete",
 ];
 
 pub fn is_known(scope: &str) -> bool {

@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 
 use mail_auth::AuthenticatedMessage;
 use postern_queue::{Authorized, SenderAuthority as AuthorityTrait};
-use postern_store::{
-    AccountStore, AuditEntry, AuditStore, DomainRecord, DomainStore, SenderStore,
-};
+use postern_store::{AccountStore, AuditEntry, AuditStore, DomainRecord, DomainStore, SenderStore};
 
 use crate::sign::DomainSigner;
 

@@ -8,6 +8,7 @@ pub mod check;
 pub mod keys;
 pub mod records;
 pub mod sign;
+pub mod single_sender;
 
 pub use authority::SenderAuthority;
 pub use keys::DkimKeys;

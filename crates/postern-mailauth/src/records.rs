@@ -221,7 +221,12 @@ pub fn records_for(
             keys: &keys,
             ..setup
         };
-        for (mut r, key) in rotated.records().into_iter().take(2).zip(["next_dkim1", "next_dkim2"]) {
+        for (mut r, key) in rotated
+            .records()
+            .into_iter()
+            .take(2)
+            .zip(["next_dkim1", "next_dkim2"])
+        {
             r.purpose = "DKIM key rotation: the new selector; it signs once found in DNS";
             r.key = key;
             records.push(r);
@@ -239,7 +244,12 @@ pub fn records_for(
             keys: &keys,
             ..setup
         };
-        for (mut r, key) in replaced.records().into_iter().take(2).zip(["previous_dkim1", "previous_dkim2"]) {
+        for (mut r, key) in replaced
+            .records()
+            .into_iter()
+            .take(2)
+            .zip(["previous_dkim1", "previous_dkim2"])
+        {
             r.purpose = "DKIM key rotation: the replaced selector; keep it published until the overlap ends (postern domain show), then remove it";
             r.required = false;
             r.key = key;

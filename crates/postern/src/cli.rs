@@ -89,6 +89,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::domain_command::DomainCommand,
     },
+    /// Single verified senders: add (mails a link), list, confirm, resend, remove.
+    Sender {
+        #[command(subcommand)]
+        command: crate::sender_command::SenderCommand,
+    },
     /// An account's event webhook: set, show.
     Webhook {
         #[command(subcommand)]
@@ -345,6 +350,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Domain { command } => {
             let config = load_config(&cli.global)?;
             crate::domain_command::run(&config, command).await
+        }
+        Command::Sender { command } => {
+            let config = load_config(&cli.global)?;
+            crate::sender_command::run(&config, command).await
         }
         Command::Webhook { command } => {
             let config = load_config(&cli.global)?;

@@ -10,6 +10,7 @@ mod domain_command;
 mod events_command;
 mod key_command;
 mod queue_command;
+mod sender_command;
 mod serve;
 mod totp_command;
 mod webhook_command;

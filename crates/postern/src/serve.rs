@@ -118,6 +118,7 @@ pub async fn serve(config: Config) -> Result<()> {
         )));
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
+    let senders = crate::sender_command::verification(&config, store.clone(), intake.clone());
     let limiter = ConnectionLimiter::new(
         config.limits.max_connections,
         config.limits.max_connections_per_ip,
@@ -158,6 +159,7 @@ pub async fn serve(config: Config) -> Result<()> {
                 MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?,
             )),
         }),
+        senders: Some(senders),
     };
     let http_task = http.map(|socket| {
         let rx = shutdown_rx.clone();

@@ -10,6 +10,7 @@ mod queue;
 mod subusers;
 mod suppression;
 mod totp;
+mod verified_senders;
 mod webhooks;
 mod whitelabel;
 
@@ -33,6 +34,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(queue::routes())
         .merge(webhooks::routes())
         .merge(whitelabel::routes())
+        .merge(verified_senders::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.
