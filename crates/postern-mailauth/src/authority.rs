@@ -93,7 +93,7 @@ fn covering<'a>(
 impl AccountSenders {
     fn single(&self, address: &str) -> bool {
         let a = bare(address).to_ascii_lowercase();
-        self.addresses.iter().any(|s| *s == a)
+        self.addresses.contains(&a)
     }
 
     /// Ok, or the reason the senders are refused.

@@ -199,7 +199,7 @@ impl SenderVerification {
         };
         metrics::counter!("postern_sender_verification_total", "outcome" => label).increment(1);
         match outcome {
-            TokenUse::Verified(s) => Ok(s),
+            TokenUse::Verified(s) => Ok(*s),
             TokenUse::Expired => Err(SenderError::Expired),
             TokenUse::Unknown => Err(SenderError::UnknownToken),
         }

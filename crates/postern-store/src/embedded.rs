@@ -1537,7 +1537,7 @@ impl SenderStore for EmbeddedStore {
             sender.verified_at = Some(now);
             sender.token_hash = None;
             sender.token_expires_at = None;
-            Ok(TokenUse::Verified(sender))
+            Ok(TokenUse::Verified(Box::new(sender)))
         })
         .await
     }

@@ -435,7 +435,7 @@ impl std::fmt::Debug for SenderRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenUse {
     /// The sender is now verified (the token is used up).
-    Verified(SenderRecord),
+    Verified(Box<SenderRecord>),
     /// The token was right but has expired.
     Expired,
     /// No sender has this token (never issued, already used, or replaced).
