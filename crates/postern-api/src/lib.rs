@@ -39,6 +39,16 @@ pub struct ApiState {
     pub domains: Option<DomainSupport>,
     /// Mails single senders their verification links.
     pub senders: Option<postern_mailauth::single_sender::SenderVerification>,
+    /// The intake `/v3/mail/send` queues through.
+    pub mail: Option<MailSupport>,
+}
+
+/// What `/v3/mail/send` needs from the node.
+#[derive(Clone)]
+pub struct MailSupport {
+    pub intake: postern_queue::Intake,
+    /// `limits.max_message_size`, applied to each built message.
+    pub max_message_size: usize,
 }
 
 #[derive(Clone)]

@@ -119,6 +119,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
     let senders = crate::sender_command::verification(&config, store.clone(), intake.clone());
+    let mail_intake = intake.clone();
     let limiter = ConnectionLimiter::new(
         config.limits.max_connections,
         config.limits.max_connections_per_ip,
@@ -160,6 +161,10 @@ pub async fn serve(config: Config) -> Result<()> {
             )),
         }),
         senders: Some(senders),
+        mail: Some(postern_api::MailSupport {
+            intake: mail_intake,
+            max_message_size: config.limits.max_message_size,
+        }),
     };
     let http_task = http.map(|socket| {
         let rx = shutdown_rx.clone();

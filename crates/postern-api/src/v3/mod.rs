@@ -5,6 +5,7 @@
 mod access_settings;
 mod api_keys;
 mod audit;
+mod mail_send;
 mod messages;
 mod queue;
 mod subusers;
@@ -35,6 +36,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(webhooks::routes())
         .merge(whitelabel::routes())
         .merge(verified_senders::routes())
+        .merge(mail_send::routes())
 }
 
 /// GET /v3/scopes: the calling key's scopes.

@@ -1,0 +1,549 @@
+//! `POST /v3/mail/send` in SendGrid's shape: each personalization becomes
+//! one message, built with mail-builder and handed to the same intake as
+//! SMTP (sender checks, DKIM signing, durable queueing before the reply).
+//! 202 with `X-Message-Id` when queued; SendGrid's error shape otherwise,
+//! 403 when the sender is not verified for the account.
+//!
+//! Not supported yet (refused with 400 rather than ignored, so nobody
+//! believes they happened): `template_id`, `send_at`/`batch_id`
+//! (scheduling), substitutions. `categories`, `custom_args`, `asm`,
+//! `tracking_settings` are accepted and not acted on.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use mail_builder::headers::address::Address as MimeAddress;
+use mail_builder::headers::text::Text;
+use mail_builder::MessageBuilder;
+use postern_core::address::Address;
+use postern_core::{Envelope, Recipient};
+use postern_queue::{ClientInfo, IntakeError, Submission};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::caller::Caller;
+use crate::{ApiError, ApiState};
+
+/// SendGrid's limit: 1,000 recipients (to + cc + bcc) per request.
+const MAX_RECIPIENTS: usize = 1000;
+
+/// Largest request body: a message at SendGrid's 30 MB with its base64
+/// expansion. The built message is then held to `limits.max_message_size`.
+const BODY_LIMIT: usize = 42 * 1024 * 1024;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v3/mail/send", post(send))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+#[derive(Deserialize, Clone)]
+struct EmailObject {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Personalization {
+    #[serde(default)]
+    to: Vec<EmailObject>,
+    #[serde(default)]
+    cc: Vec<EmailObject>,
+    #[serde(default)]
+    bcc: Vec<EmailObject>,
+    from: Option<EmailObject>,
+    subject: Option<String>,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    #[serde(default)]
+    substitutions: Map<String, Value>,
+    #[serde(default)]
+    dynamic_template_data: Option<Value>,
+    send_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct Attachment {
+    content: String,
+    filename: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    disposition: Option<String>,
+    content_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MailSend {
+    #[serde(default)]
+    personalizations: Vec<Personalization>,
+    from: Option<EmailObject>,
+    reply_to: Option<EmailObject>,
+    #[serde(default)]
+    reply_to_list: Vec<EmailObject>,
+    subject: Option<String>,
+    #[serde(default)]
+    content: Vec<Content>,
+    #[serde(default)]
+    attachments: Vec<Attachment>,
+    template_id: Option<String>,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    send_at: Option<i64>,
+    batch_id: Option<String>,
+    #[serde(default)]
+    mail_settings: Value,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::field(StatusCode::BAD_REQUEST, field, message)
+}
+
+/// An address as SMTP will carry it (dot-atom local part, a domain; UTF-8
+/// allowed, which makes the message SMTPUTF8).
+fn checked(field: &'static str, e: &EmailObject) -> Result<Address, ApiError> {
+    Address::parse(e.email.trim(), true).map_err(|err| {
+        bad(
+            field,
+            format!("{:?} is not a valid email address ({err})", e.email),
+        )
+    })
+}
+
+fn mime_address(e: &EmailObject) -> MimeAddress<'static> {
+    match e.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => (name.to_owned(), e.email.trim().to_owned()).into(),
+        None => e.email.trim().to_owned().into(),
+    }
+}
+
+/// Header fields the caller may not set: those the message is built from,
+/// and trace/authentication fields that only servers add.
+const RESERVED_HEADERS: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "reply-to",
+    "sender",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "received",
+    "return-path",
+    "dkim-signature",
+    "authentication-results",
+    "arc-seal",
+    "arc-message-signature",
+    "arc-authentication-results",
+];
+
+/// RFC 5322 §2.2: a field name is printable ASCII except ':'; the value
+/// must not break out of its field (no CR or LF).
+fn header_pairs(
+    global: &Map<String, Value>,
+    own: &Map<String, Value>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for (name, value) in global.iter().chain(own.iter()) {
+        let Some(value) = value.as_str() else {
+            return Err(bad(
+                "headers",
+                format!("the value of header {name:?} must be a string"),
+            ));
+        };
+        if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+            return Err(bad(
+                "headers",
+                format!("{name:?} is not a valid header name"),
+            ));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(bad(
+                "headers",
+                format!(
+                    "the {name} header cannot be set through headers; use the request's own field"
+                ),
+            ));
+        }
+        if value.contains(['\r', '\n']) {
+            return Err(bad(
+                "headers",
+                format!("the value of header {name:?} contains a line break"),
+            ));
+        }
+        out.retain(|(n, _): &(String, String)| !n.eq_ignore_ascii_case(name));
+        out.push((name.clone(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+fn recipient(a: &Address) -> Recipient {
+    Recipient {
+        address: format!("{}@{}", a.local(), a.domain()),
+        domain: a.domain().to_owned(),
+        notify: Vec::new(),
+        orcpt: None,
+    }
+}
+
+/// One message ready for the intake.
+struct Built {
+    envelope: Envelope,
+    body: Vec<u8>,
+}
+
+fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, ApiError> {
+    let from = p.from.as_ref().or(req.from.as_ref()).ok_or_else(|| {
+        bad(
+            "from.email",
+            "the from object must be provided for every email send",
+        )
+    })?;
+    let from_addr = checked("from.email", from)?;
+    if p.to.is_empty() {
+        return Err(bad(
+            "personalizations.to",
+            "each personalization needs at least one to address",
+        ));
+    }
+    let subject = p
+        .subject
+        .as_deref()
+        .or(req.subject.as_deref())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            bad(
+                "subject",
+                "the subject is required (globally or per personalization)",
+            )
+        })?;
+    if subject.contains(['\r', '\n']) {
+        return Err(bad("subject", "the subject contains a line break"));
+    }
+    let mut recipients: Vec<Recipient> = Vec::new();
+    for (field, list) in [
+        ("personalizations.to", &p.to),
+        ("personalizations.cc", &p.cc),
+        ("personalizations.bcc", &p.bcc),
+    ] {
+        for e in list {
+            let a = checked(field, e)?;
+            let r = recipient(&a);
+            // SendGrid refuses duplicates across to/cc/bcc of one
+            // personalization; one delivery per address is what is meant.
+            if recipients
+                .iter()
+                .any(|x| x.address.eq_ignore_ascii_case(&r.address))
+            {
+                return Err(bad(
+                    field,
+                    format!("{} appears more than once in a personalization", r.address),
+                ));
+            }
+            recipients.push(r);
+        }
+    }
+    let message_id = format!("{}@{hostname}", postern_core::MessageId::generate());
+    let mut builder = MessageBuilder::new()
+        .from(mime_address(from))
+        .to(p.to.iter().map(mime_address).collect::<Vec<_>>())
+        .subject(subject.to_owned())
+        .message_id(message_id)
+        .date(postern_core::time::now_millis() / 1000);
+    if !p.cc.is_empty() {
+        builder = builder.cc(p.cc.iter().map(mime_address).collect::<Vec<_>>());
+    }
+    let mut reply_to: Vec<&EmailObject> = req.reply_to.iter().collect();
+    reply_to.extend(req.reply_to_list.iter());
+    if !reply_to.is_empty() {
+        for r in &reply_to {
+            checked("reply_to.email", r)?;
+        }
+        builder = builder.reply_to(reply_to.iter().map(|r| mime_address(r)).collect::<Vec<_>>());
+    }
+    for (name, value) in header_pairs(&req.headers, &p.headers)? {
+        builder = builder.header(name, Text::new(value));
+    }
+    let mut has_body = false;
+    for c in &req.content {
+        if c.value.is_empty() {
+            return Err(bad("content.value", "content values must not be empty"));
+        }
+        match c.kind.to_ascii_lowercase().as_str() {
+            "text/plain" => builder = builder.text_body(c.value.clone()),
+            "text/html" => builder = builder.html_body(c.value.clone()),
+            other => {
+                return Err(bad(
+                    "content.type",
+                    format!(
+                        "content type {other:?} is not supported (text/plain and text/html are)"
+                    ),
+                ))
+            }
+        }
+        has_body = true;
+    }
+    if !has_body {
+        return Err(bad(
+            "content",
+            "at least one content object (text/plain or text/html) is required",
+        ));
+    }
+    for a in &req.attachments {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(a.content.trim())
+            .map_err(|_| {
+                bad(
+                    "attachments.content",
+                    format!("the content of {:?} is not base64", a.filename),
+                )
+            })?;
+        if a.filename.is_empty() || a.filename.contains(['\r', '\n', '"']) {
+            return Err(bad(
+                "attachments.filename",
+                "a file name is required, without quotes or line breaks",
+            ));
+        }
+        let kind = a
+            .kind
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        if kind.contains(['\r', '\n', ';']) || !kind.contains('/') {
+            return Err(bad(
+                "attachments.type",
+                format!("{kind:?} is not a MIME type"),
+            ));
+        }
+        builder = match (a.disposition.as_deref(), &a.content_id) {
+            (Some("inline"), Some(cid)) => builder.inline(kind, cid.clone(), data),
+            (Some("inline"), None) => {
+                return Err(bad(
+                    "attachments.content_id",
+                    "inline attachments need a content_id",
+                ))
+            }
+            _ => builder.attachment(kind, a.filename.clone(), data),
+        };
+    }
+    let body = builder
+        .write_to_vec()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let smtputf8 = !from.email.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
+    Ok(Built {
+        envelope: Envelope {
+            mail_from: format!("{}@{}", from_addr.local(), from_addr.domain()),
+            recipients,
+            body_type: postern_core::envelope::BodyType::EightBitMime,
+            smtputf8,
+            envid: None,
+            ret: None,
+        },
+        body,
+    })
+}
+
+fn unsupported(req: &MailSend) -> Result<(), ApiError> {
+    if req.template_id.is_some() {
+        return Err(bad(
+            "template_id",
+            "templates are not supported by this server",
+        ));
+    }
+    if req.send_at.is_some()
+        || req.batch_id.is_some()
+        || req.personalizations.iter().any(|p| p.send_at.is_some())
+    {
+        return Err(bad(
+            "send_at",
+            "scheduled sending is not supported by this server",
+        ));
+    }
+    if req
+        .personalizations
+        .iter()
+        .any(|p| !p.substitutions.is_empty() || p.dynamic_template_data.is_some())
+    {
+        return Err(bad(
+            "personalizations.substitutions",
+            "substitutions and dynamic template data are not supported by this server",
+        ));
+    }
+    Ok(())
+}
+
+async fn send(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<MailSend>,
+) -> Result<Response, ApiError> {
+    caller.require("mail.send")?;
+    let Some(mail) = &state.mail else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mail sending is not available on this node",
+        ));
+    };
+    if req.personalizations.is_empty() || req.personalizations.len() > MAX_RECIPIENTS {
+        return Err(bad(
+            "personalizations",
+            "between 1 and 1000 personalizations are required",
+        ));
+    }
+    unsupported(&req)?;
+    let total: usize = req
+        .personalizations
+        .iter()
+        .map(|p| p.to.len() + p.cc.len() + p.bcc.len())
+        .sum();
+    if total > MAX_RECIPIENTS {
+        return Err(bad(
+            "personalizations",
+            "at most 1000 recipients (to, cc and bcc) per request",
+        ));
+    }
+    // Everything is built (and so validated) before anything is queued:
+    // a request is queued whole or not at all, as far as validation goes.
+    let mut built = Vec::with_capacity(req.personalizations.len());
+    for p in &req.personalizations {
+        let b = build(&req, p, mail.intake.hostname())?;
+        if b.body.len() > mail.max_message_size {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the message is {} bytes; this server accepts at most {}",
+                    b.body.len(),
+                    mail.max_message_size
+                ),
+            ));
+        }
+        built.push(b);
+    }
+    if req
+        .mail_settings
+        .pointer("/sandbox_mode/enable")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        // SendGrid's sandbox: validated, not sent.
+        return Ok(StatusCode::OK.into_response());
+    }
+    let mut first_id = None;
+    for b in built {
+        let sub = Submission {
+            envelope: b.envelope,
+            principal: Some(caller.principal.clone()),
+            client: ClientInfo {
+                ip: caller.ip,
+                helo: "api".into(),
+                protocol: "HTTP",
+                tls: None,
+            },
+            body: b.body,
+        };
+        match mail.intake.submit(sub).await {
+            Ok(id) => {
+                first_id.get_or_insert(id);
+            }
+            Err(IntakeError::SenderRefused(reason)) => {
+                return Err(ApiError::field(
+                    StatusCode::FORBIDDEN,
+                    "from",
+                    format!(
+                        "The from address does not match a verified Sender Identity: {reason}. Verify the domain (/v3/whitelabel/domains) or the address (/v3/verified_senders)."
+                    ),
+                ))
+            }
+            Err(e @ IntakeError::QuotaExceeded { .. }) => {
+                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
+            }
+            Err(e @ IntakeError::NoRecipients) => return Err(bad("personalizations", e.to_string())),
+            Err(e @ IntakeError::Store(_)) => {
+                tracing::error!(error = %e, "mail/send: intake failed");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the message could not be queued; try again",
+                ));
+            }
+        }
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(id) = first_id {
+        if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+            headers.insert("x-message-id", v);
+        }
+    }
+    Ok((StatusCode::ACCEPTED, headers).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(v: Value) -> MailSend {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn builds_one_message_per_personalization() {
+        let req = request(serde_json::json!({
+            "personalizations": [{"to": [{"email": "a@example.net", "name": "Ann"}], "bcc": [{"email": "b@example.net"}]}],
+            "from": {"email": "me@example.org", "name": "Me"},
+            "subject": "Hello",
+            "content": [{"type": "text/plain", "value": "hi"}, {"type": "text/html", "value": "<p>hi</p>"}],
+            "headers": {"X-Campaign": "c1"},
+            "attachments": [{"content": "aGVsbG8=", "filename": "h.txt", "type": "text/plain"}]
+        }));
+        let b = build(&req, &req.personalizations[0], "relay.test").unwrap();
+        let text = String::from_utf8(b.body).unwrap();
+        assert_eq!(b.envelope.mail_from, "me@example.org");
+        assert_eq!(b.envelope.recipients.len(), 2, "to and bcc");
+        assert!(text.contains("Subject: Hello\r\n"));
+        assert!(text.contains("X-Campaign: c1\r\n"));
+        assert!(
+            !text.to_ascii_lowercase().contains("b@example.net"),
+            "bcc stays out of the headers"
+        );
+        assert!(text.contains("h.txt"));
+    }
+
+    #[test]
+    fn refuses_injection_and_reserved_headers() {
+        let base = serde_json::json!({
+            "personalizations": [{"to": [{"email": "a@example.net"}]}],
+            "from": {"email": "me@example.org"},
+            "subject": "Hello",
+            "content": [{"type": "text/plain", "value": "hi"}]
+        });
+        let mut v = base.clone();
+        v["headers"] = serde_json::json!({"X-A": "x\r\nBcc: evil@example.com"});
+        let req = request(v);
+        assert!(build(&req, &req.personalizations[0], "h").is_err());
+        let mut v = base.clone();
+        v["headers"] = serde_json::json!({"DKIM-Signature": "v=1"});
+        let req = request(v);
+        assert!(build(&req, &req.personalizations[0], "h").is_err());
+        let mut v = base.clone();
+        v["subject"] = serde_json::json!("a\r\nBcc: evil@example.com");
+        let req = request(v);
+        assert!(build(&req, &req.personalizations[0], "h").is_err());
+        let mut v = base;
+        v["personalizations"][0]["to"][0]["email"] =
+            serde_json::json!("a@example.net>, evil@example.com");
+        let req = request(v);
+        assert!(build(&req, &req.personalizations[0], "h").is_err());
+    }
+}
