@@ -278,3 +278,74 @@ def test_domain_authentication_api_with_the_sendgrid_library(sink):
         finally:
             p.stop()
             server.stop()
+
+
+def selectors_of(msg):
+    import re
+    return sorted(re.findall(rb"\bs=([a-z0-9-]+);", msg))
+
+
+def test_key_rotation_with_overlap(sink):
+    import tempfile
+    import time
+    from conftest import Postern
+
+    zone = MutableZone()
+    port = free_port()
+    server = DNSServer(zone, port=port, address="127.0.0.1")
+    server.start_thread()
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, extra_config=(
+            f'[dns]\nnameservers = ["127.0.0.1:{port}"]\n[senders]\ndkim_rotation_overlap = "3s"\n')).start()
+        try:
+            p.read_admin_key()
+            out = json.loads(p.cli("domain", "add", "example.org", "--account", "admin", "--json").stdout)
+            for rec in out["records"]:
+                if rec["required"]:
+                    zone.publish(rec)
+            assert "example.org: verified" in p.cli("domain", "verify", "example.org").stdout
+            dnsfunc = txt_from_loopback(port)
+            body = b"From: s@example.org\r\nTo: rcpt@example.net\r\nSubject: k\r\n\r\nkey %d\r\n"
+
+            send(p, body % 1)
+            first = sink.wait_for(1)[0]["data"]
+            assert selectors_of(first) == [b"pst1-ed", b"pst1-rsa"]
+
+            # Rotate: new keys printed, not signing until published.
+            r = p.cli("domain", "rotate", "example.org")
+            assert "pst2-rsa._domainkey.example.org" in r.stdout and "pst2-ed._domainkey.example.org" in r.stdout
+            shown = json.loads(p.cli("domain", "show", "example.org", "--json").stdout)
+            assert shown["rotation"]["next_selector"] == "pst2"
+            new = [x for x in shown["records"] if x["name"].startswith("pst2-")]
+            assert len(new) == 2 and all(x["required"] for x in new)
+            r = p.cli("domain", "verify", "example.org")
+            assert r.returncode == 0 and "pst2 is not published yet; pst1 keeps signing" in r.stdout
+            send(p, body % 2)
+            assert selectors_of(sink.wait_for(2)[1]["data"]) == [b"pst1-ed", b"pst1-rsa"]
+
+            # Published: the next check promotes it.
+            for x in new:
+                zone.publish(x)
+            r = p.cli("domain", "verify", "example.org")
+            assert "pst2 signs from now on; keep pst1 published" in r.stdout
+            send(p, body % 3)
+            third = sink.wait_for(3)[2]["data"]
+            assert selectors_of(third) == [b"pst2-ed", b"pst2-rsa"]
+            assert passes(third, 0, dnsfunc) and passes(third, 1, dnsfunc)
+            # Mail signed before the rotation still verifies (old keys published).
+            assert passes(first, 0, dnsfunc) and passes(first, 1, dnsfunc)
+            shown = json.loads(p.cli("domain", "show", "example.org", "--json").stdout)
+            assert shown["rotation"]["previous_selector"] == "pst1" and shown["rotation"]["previous_retire_at"]
+            old = [x for x in shown["records"] if x["name"].startswith("pst1-")]
+            assert len(old) == 2 and not any(x["required"] for x in old)
+            audit = json.loads(p.cli("audit", "--kind", "domain.rotate", "--json").stdout)
+            assert audit and any("selector=pst2" in e["detail"] for e in audit)
+
+            # After the overlap the old selector is retired.
+            time.sleep(3.2)
+            shown = json.loads(p.cli("domain", "show", "example.org", "--json").stdout)
+            assert shown["rotation"]["previous_selector"] is None
+            assert not [x for x in shown["records"] if x["name"].startswith("pst1-")]
+        finally:
+            p.stop()
+            server.stop()

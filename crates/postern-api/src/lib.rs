@@ -55,6 +55,8 @@ pub struct MailSupport {
 pub struct DomainSupport {
     pub publishing: postern_mailauth::records::Publishing,
     pub dns: Arc<dyn postern_mailauth::check::RecordLookup>,
+    /// How long a rotated-out DKIM selector stays published.
+    pub rotation_overlap: std::time::Duration,
 }
 
 impl ApiState {

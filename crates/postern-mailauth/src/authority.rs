@@ -16,27 +16,23 @@
 //! Signing: a message is signed for the domain of its first header From
 //! when that domain is verified for the account or its parent.
 //!
-//! The account's verified senders are cached for a short while
-//! ([`CACHE_TTL`]): reading them from the store for every message cost more
-//! than the rest of the intake. A refusal is never decided from the cache
-//! alone — it is re-checked against the store — so a domain or sender
-//! verified a moment ago is usable at once; a removal takes effect within
-//! the TTL.
+//! The account's verified senders (domains with their keys, addresses) are
+//! cached: reading them from the store for every message cost more than the
+//! rest of the intake. The cache is keyed on the store's senders version,
+//! which every change bumps (from the server or the CLI), so one cheap read
+//! per message keeps it exact: a domain verified, rotated or removed a
+//! moment ago is seen by the next message.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use mail_auth::AuthenticatedMessage;
 use postern_queue::{Authorized, SenderAuthority as AuthorityTrait};
 use postern_store::{AccountStore, AuditEntry, AuditStore, DomainRecord, DomainStore, SenderStore};
 
 use crate::sign::DomainSigner;
-
-/// How long an account's verified senders are reused without a store read.
-pub const CACHE_TTL: Duration = Duration::from_secs(2);
 
 pub trait AuthorityStore: AccountStore + DomainStore + SenderStore + AuditStore {}
 impl<T: AccountStore + DomainStore + SenderStore + AuditStore> AuthorityStore for T {}
@@ -56,7 +52,8 @@ pub struct SenderAuthority {
     /// Refuse unverified senders (`smtp.require_verified_senders`); when
     /// false, mail is only signed.
     enforce: bool,
-    cache: Mutex<HashMap<String, (Instant, Arc<AccountSenders>)>>,
+    /// By account, with the senders version they were read at.
+    cache: Mutex<HashMap<String, (i64, Arc<AccountSenders>)>>,
     /// Loaded signers by domain and selector (a new selector after a key
     /// rotation loads afresh).
     signers: Mutex<HashMap<(String, String), Arc<DomainSigner>>>,
@@ -142,7 +139,7 @@ impl SenderAuthority {
         }
     }
 
-    async fn load(&self, account: &str) -> Result<Arc<AccountSenders>, String> {
+    async fn load(&self, account: &str, version: i64) -> Result<Arc<AccountSenders>, String> {
         let me = self
             .store
             .get_account(account.to_owned())
@@ -178,16 +175,27 @@ impl SenderAuthority {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(account.to_owned(), (Instant::now(), senders.clone()));
+            .insert(account.to_owned(), (version, senders.clone()));
         Ok(senders)
     }
 
-    fn cached(&self, account: &str) -> Option<Arc<AccountSenders>> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
+    async fn senders(&self, account: &str) -> Result<Arc<AccountSenders>, String> {
+        let version = self
+            .store
+            .senders_version()
+            .await
+            .map_err(|e| format!("sender lookup failed: {e}"))?;
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(account)
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, s)| s.clone())
+            .filter(|(v, _)| *v == version)
+            .map(|(_, s)| s.clone());
+        match cached {
+            Some(s) => Ok(s),
+            None => self.load(account, version).await,
+        }
     }
 
     async fn authorize_message(
@@ -201,29 +209,13 @@ impl SenderAuthority {
         let from: Vec<String> = AuthenticatedMessage::parse(message)
             .map(|m| m.from.clone())
             .unwrap_or_default();
-        let (senders, fresh) = match self.cached(account) {
-            Some(s) => (s, false),
-            None => (self.load(account).await?, true),
-        };
-        let senders = if self.enforce {
-            match senders.decide(mail_from, &from) {
-                Ok(()) => senders,
-                Err(_) if !fresh => {
-                    let reloaded = self.load(account).await?;
-                    if let Err(reason) = reloaded.decide(mail_from, &from) {
-                        self.refused(account, mail_from, &reason).await;
-                        return Err(reason);
-                    }
-                    reloaded
-                }
-                Err(reason) => {
-                    self.refused(account, mail_from, &reason).await;
-                    return Err(reason);
-                }
+        let senders = self.senders(account).await?;
+        if self.enforce {
+            if let Err(reason) = senders.decide(mail_from, &from) {
+                self.refused(account, mail_from, &reason).await;
+                return Err(reason);
             }
-        } else {
-            senders
-        };
+        }
         Ok(Authorized {
             dkim_headers: self.sign(&senders, &from, message).unwrap_or_default(),
         })

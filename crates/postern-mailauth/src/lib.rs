@@ -5,6 +5,7 @@
 
 pub mod authority;
 pub mod check;
+pub mod domain_check;
 pub mod keys;
 pub mod records;
 pub mod sign;

@@ -1689,6 +1689,15 @@ impl DomainStore for EmbeddedStore {
         .await
     }
 
+    async fn senders_version(&self) -> Result<i64> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT version FROM sender_config_version WHERE id = 1")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+
     async fn retire_previous(&self, now: i64) -> Result<Vec<String>> {
         self.write(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -2201,7 +2210,10 @@ mod tests {
             next: None,
             previous: None,
         };
+        let v0 = store.senders_version().await.unwrap();
         store.add_domain(d).await.unwrap();
+        let v1 = store.senders_version().await.unwrap();
+        assert!(v1 > v0, "adding a domain changes the version");
         assert!(!store
             .promote_rotation("example.com".into(), 100)
             .await

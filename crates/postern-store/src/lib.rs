@@ -111,6 +111,9 @@ pub trait DomainStore: Send + Sync {
     async fn promote_rotation(&self, domain: String, retire_at: i64) -> Result<bool>;
     /// Forgets replaced keys whose overlap has ended; returns their domains.
     async fn retire_previous(&self, now: i64) -> Result<Vec<String>>;
+    /// Changes whenever a domain, a single sender or an account's sender
+    /// rules change (by any process): a cache keyed on it is never stale.
+    async fn senders_version(&self) -> Result<i64>;
 }
 
 /// How often a verification mail may be sent for one sender.

@@ -229,6 +229,32 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (account, address)
     );
     "#,
+    // 17: a version of everything that decides who may send as whom and
+    // with which keys, bumped by triggers on every change from any process
+    // (server, CLI), so the intake can cache it and still see changes at once.
+    r#"
+    CREATE TABLE sender_config_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO sender_config_version (id, version) VALUES (1, 0);
+    CREATE TRIGGER domains_ins AFTER INSERT ON domains BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER domains_upd AFTER UPDATE ON domains BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER domains_del AFTER DELETE ON domains BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER senders_ins AFTER INSERT ON verified_senders BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER senders_upd AFTER UPDATE OF verified_at, address, account ON verified_senders BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER senders_del AFTER DELETE ON verified_senders BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER accounts_senders_upd AFTER UPDATE OF sender_alignment, parent ON accounts BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER accounts_del AFTER DELETE ON accounts BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    "#,
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

@@ -53,8 +53,28 @@ pub enum DomainCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate a domain's DKIM keys: new keys under a new selector, printed
+    /// to publish beside the current ones. They sign once `postern domain
+    /// verify` finds them; the old selector stays published for
+    /// `senders.dkim_rotation_overlap`, then is retired.
+    Rotate {
+        domain: String,
+        /// The new selector base (default: the current one counted up).
+        #[arg(long)]
+        selector: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a domain and its keys.
     Remove { domain: String },
+}
+
+fn valid_selector(selector: &str) -> bool {
+    !selector.is_empty()
+        && selector.len() <= 60
+        && selector
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn records_json(config: &Config, d: &DomainRecord, report_to: Option<&str>) -> serde_json::Value {
@@ -66,6 +86,11 @@ fn records_json(config: &Config, d: &DomainRecord, report_to: Option<&str>) -> s
         "verified_at": d.verified_at.map(postern_core::time::rfc3339),
         "verified_by": d.verified_by,
         "dkim_selectors": [format!("{}-rsa", d.selector), format!("{}-ed", d.selector)],
+        "rotation": {
+            "next_selector": d.next.as_ref().map(|n| n.selector.clone()),
+            "previous_selector": d.previous.as_ref().map(|p| p.selector.clone()),
+            "previous_retire_at": d.previous.as_ref().map(|p| postern_core::time::rfc3339(p.retire_at)),
+        },
         "return_path": format!("{}.{}", d.return_path, d.domain),
         "records": records.iter().map(|r| serde_json::json!({
             "name": r.name, "type": r.rtype, "value": r.value,
@@ -77,6 +102,11 @@ fn records_json(config: &Config, d: &DomainRecord, report_to: Option<&str>) -> s
 
 pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
     let store = crate::bootstrap::open_store(config)?;
+    // Replaced keys whose overlap has ended are forgotten (the server does
+    // this hourly too), so the records printed below no longer list them.
+    store
+        .retire_previous(postern_core::time::now_millis())
+        .await?;
     let result = async {
         match command {
             DomainCommand::Add {
@@ -88,11 +118,7 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
             } => {
                 let domain = postern_core::address::normalize_domain(&domain)
                     .map_err(|_| anyhow::anyhow!("{domain:?} is not a domain name"))?;
-                if !selector
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    || selector.is_empty()
-                {
+                if !valid_selector(&selector) {
                     bail!("--selector: letters, digits and '-' only");
                 }
                 if store.get_account(account.clone()).await?.is_none() {
@@ -193,14 +219,22 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                 let resolver = postern_delivery::MxResolver::new(&config.dns.nameservers)
                     .map_err(anyhow::Error::msg)?;
                 let lookup = crate::dns_lookup::ResolverLookup(resolver);
-                let records = records_for(&d, &crate::dns_lookup::publishing(config), report_to.as_deref());
-                let checked = postern_mailauth::check::check_all(records, &lookup).await;
-                let ok = postern_mailauth::check::verified(&checked);
-                if ok && d.verified_at.is_none() {
-                    store
-                        .verify_domain(domain.clone(), postern_core::time::now_millis(), "dns".into())
-                        .await?;
+                let result = postern_mailauth::domain_check::check_domain(
+                    store.as_ref(),
+                    &d,
+                    &crate::dns_lookup::publishing(config),
+                    report_to.as_deref(),
+                    &lookup,
+                    config.senders.dkim_rotation_overlap,
+                )
+                .await?;
+                let checked = result.checked;
+                let ok = result.valid;
+                if result.newly_verified {
                     crate::account_command::audit(&store, "domain.verify", Some(&d.account), format!("domain={domain} by=dns")).await?;
+                }
+                if let Some(selector) = &result.promoted {
+                    crate::account_command::audit(&store, "domain.rotate.promote", Some(&d.account), format!("domain={domain} selector={selector} previous={}", d.selector)).await?;
                 }
                 if json {
                     let items: Vec<_> = checked
@@ -218,7 +252,10 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                             })
                         })
                         .collect();
-                    println!("{}", serde_json::json!({"domain": domain, "valid": ok, "records": items}));
+                    println!("{}", serde_json::json!({
+                        "domain": domain, "valid": ok, "records": items,
+                        "rotation_promoted": result.promoted, "rotation_pending": result.rotation_pending,
+                    }));
                 } else {
                     for c in &checked {
                         let status = match &c.status {
@@ -238,9 +275,69 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                         "{domain}: {}",
                         if ok { "verified" } else { "not verified yet" }
                     );
+                    if let Some(selector) = &result.promoted {
+                        println!(
+                            "key rotation: {selector} signs from now on; keep {} published for {} more, then remove it",
+                            d.selector,
+                            postern_core::duration::format(config.senders.dkim_rotation_overlap)
+                        );
+                    }
+                    if let Some(selector) = &result.rotation_pending {
+                        println!("key rotation: {selector} is not published yet; {} keeps signing", d.selector);
+                    }
                 }
                 if !ok {
                     std::process::exit(1);
+                }
+            }
+            DomainCommand::Rotate {
+                domain,
+                selector,
+                json,
+            } => {
+                let domain = domain.to_ascii_lowercase();
+                let Some(d) = store.get_domain(domain.clone()).await? else {
+                    bail!("no domain {domain}");
+                };
+                let mut taken = vec![d.selector.as_str()];
+                if let Some(p) = &d.previous {
+                    taken.push(p.selector.as_str());
+                }
+                let selector = match selector {
+                    Some(s) if !valid_selector(&s) => bail!("--selector: letters, digits and '-' only"),
+                    Some(s) if taken.contains(&s.as_str()) => {
+                        bail!("selector {s} is in use (current or still published)")
+                    }
+                    Some(s) => s,
+                    None => postern_mailauth::domain_check::next_selector(&d.selector, &taken),
+                };
+                let keys = tokio::task::spawn_blocking(DkimKeys::generate)
+                    .await
+                    .context("key generation")??;
+                let next = postern_store::NextKeys {
+                    selector: selector.clone(),
+                    rsa_private: keys.rsa_private,
+                    rsa_public: keys.rsa_public,
+                    ed25519_private: keys.ed25519_private,
+                    ed25519_public: keys.ed25519_public,
+                    created_at: postern_core::time::now_millis(),
+                };
+                store.start_rotation(domain.clone(), next).await?;
+                crate::account_command::audit(&store, "domain.rotate", Some(&d.account), format!("domain={domain} selector={selector}")).await?;
+                let Some(d) = store.get_domain(domain.clone()).await? else {
+                    bail!("no domain {domain}");
+                };
+                let v = records_json(config, &d, None);
+                if json {
+                    println!("{v}");
+                } else {
+                    println!(
+                        "New keys under selector {selector}. Publish these two records beside the current ones, then run `postern domain verify {domain}`; {} signs until then:\n",
+                        d.selector
+                    );
+                    let records = records_for(&d, &crate::dns_lookup::publishing(config), None);
+                    let new: Vec<_> = records.into_iter().filter(|r| r.key.starts_with("next_")).collect();
+                    print!("{}", zone_snippet(&new));
                 }
             }
             DomainCommand::Remove { domain } => {

@@ -148,6 +148,28 @@ pub async fn serve(config: Config) -> Result<()> {
             .map_err(anyhow::Error::msg)?,
     );
     let webhook_task = tokio::spawn(webhooks.clone().run(shutdown_rx.clone()));
+    // DKIM selectors replaced by a rotation are forgotten once their
+    // overlap ends (the records printed for the domain stop listing them).
+    let retire_store = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match postern_store::DomainStore::retire_previous(
+                retire_store.as_ref(),
+                postern_core::time::now_millis(),
+            )
+            .await
+            {
+                Ok(domains) => {
+                    for domain in domains {
+                        tracing::info!(%domain, "DKIM rotation: the replaced selector is retired; its records can be removed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "retiring replaced DKIM selectors failed"),
+            }
+        }
+    });
     let api_state = postern_api::ApiState {
         store: store.clone(),
         authenticator: ctx.authenticator.clone(),
@@ -159,6 +181,7 @@ pub async fn serve(config: Config) -> Result<()> {
             dns: Arc::new(crate::dns_lookup::ResolverLookup(
                 MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?,
             )),
+            rotation_overlap: config.senders.dkim_rotation_overlap,
         }),
         senders: Some(senders),
         mail: Some(postern_api::MailSupport {

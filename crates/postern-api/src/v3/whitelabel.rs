@@ -8,7 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use postern_mailauth::check::{check_all, verified, Status};
+use postern_mailauth::check::Status;
+use postern_mailauth::domain_check::check_domain;
 use postern_mailauth::records::records_for;
 use postern_mailauth::DkimKeys;
 use postern_store::{DomainRecord, StoreError};
@@ -191,24 +192,33 @@ async fn validate(
             "DNS checks are not available on this node",
         ));
     };
-    let records = records_for(&d, &domains.publishing, None);
-    let checked = check_all(records, domains.dns.as_ref()).await;
-    let ok = verified(&checked);
-    if ok && d.verified_at.is_none() {
-        state
-            .store
-            .verify_domain(
-                d.domain.clone(),
-                postern_core::time::now_millis(),
-                "dns".into(),
-            )
-            .await?;
+    let result = check_domain(
+        state.store.as_ref(),
+        &d,
+        &domains.publishing,
+        None,
+        domains.dns.as_ref(),
+        domains.rotation_overlap,
+    )
+    .await?;
+    if result.newly_verified {
         caller.audit(
             &state,
             "domain.verify",
             format!("domain={} by=dns", d.domain),
         );
     }
+    if let Some(selector) = &result.promoted {
+        caller.audit(
+            &state,
+            "domain.rotate.promote",
+            format!(
+                "domain={} selector={selector} previous={}",
+                d.domain, d.selector
+            ),
+        );
+    }
+    let (checked, ok) = (result.checked, result.valid);
     let mut results = Map::new();
     for c in &checked {
         let (valid, reason) = match &c.status {
