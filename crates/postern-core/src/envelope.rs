@@ -27,6 +27,11 @@ pub struct Envelope {
     /// RFC 3461 §4.4 ENVID.
     pub envid: Option<String>,
     pub ret: Option<DsnReturn>,
+    /// The verified return-path domain (`pst-bounces.example.com`) the
+    /// envelope sender is rewritten into per recipient at delivery
+    /// (crate::verp); None: sent with `mail_from` as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ pub mod id;
 pub mod network;
 pub mod principal;
 pub mod time;
+pub mod verp;
 
 pub use address::{Address, AddressError};
 pub use config::{Config, ConfigError};

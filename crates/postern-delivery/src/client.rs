@@ -166,6 +166,8 @@ pub struct SmtpClient {
     webpki: Arc<ClientConfig>,
     webpki_verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     mta_sts: Option<crate::mta_sts::MtaSts>,
+    /// Rewrites envelope senders into verified return paths (VERP).
+    verp: Option<Arc<postern_core::verp::Verp>>,
 }
 
 /// Why a host was given up on (the next one is tried).
@@ -199,7 +201,26 @@ impl SmtpClient {
             webpki,
             webpki_verifier,
             mta_sts,
+            verp: None,
         })
+    }
+
+    /// Envelope senders of jobs with a return path become VERP addresses
+    /// tagged with this secret (postern_core::verp).
+    pub fn with_verp(mut self, verp: Arc<postern_core::verp::Verp>) -> Self {
+        self.verp = Some(verp);
+        self
+    }
+
+    /// The MAIL FROM of a job: its VERP return path (one recipient per
+    /// such job), else the sender as submitted.
+    fn envelope_sender(&self, job: &DeliveryJob) -> String {
+        match (&job.return_path, &self.verp, job.recipients.as_slice()) {
+            (Some(domain), Some(verp), [only]) => {
+                verp.address(job.message_id.as_str(), &only.address, domain)
+            }
+            _ => job.mail_from.clone(),
+        }
     }
 
     /// The most preferred MX host of a domain (from the resolver's cache
@@ -750,7 +771,7 @@ impl SmtpClient {
                 n
             ]);
         }
-        let mut mail = format!("MAIL FROM:<{}>", job.mail_from);
+        let mut mail = format!("MAIL FROM:<{}>", self.envelope_sender(job));
         if job.eight_bit && caps.eight_bit_mime {
             mail.push_str(" BODY=8BITMIME");
         }

@@ -216,8 +216,14 @@ impl SenderAuthority {
                 return Err(reason);
             }
         }
+        // The return path: the envelope sender's verified domain (or the
+        // return-path subdomain it already uses), when it has one.
+        let return_path = domain_of(mail_from)
+            .and_then(|d| covering(&d, &senders.domains, true))
+            .map(|d| format!("{}.{}", d.return_path, d.domain));
         Ok(Authorized {
             dkim_headers: self.sign(&senders, &from, message).unwrap_or_default(),
+            return_path,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod check;
 pub mod domain_check;
 pub mod keys;
 pub mod records;
+pub mod return_path;
 pub mod sign;
 pub mod single_sender;
 

@@ -20,6 +20,8 @@ pub enum IntakeError {
     Store(#[from] StoreError),
     #[error("sender not allowed: {0}")]
     SenderRefused(String),
+    #[error("bounce not accepted: {0}")]
+    BounceRefused(String),
     #[error("the account's limit of {limit} messages per hour is used up")]
     QuotaExceeded {
         limit: u32,
@@ -53,6 +55,9 @@ pub struct Authorized {
     /// `DKIM-Signature` header fields to put in front of the message
     /// (empty: sent unsigned).
     pub dkim_headers: Vec<u8>,
+    /// The verified return-path domain to rewrite the envelope sender
+    /// into (VERP, per recipient, at delivery).
+    pub return_path: Option<String>,
 }
 
 /// Decides whether an authenticated account may send a message as the
@@ -68,6 +73,24 @@ pub trait SenderAuthority: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Authorized, String>> + Send + 'a>>;
 }
 
+/// Takes bounces that come back to VERP return paths (postern-mailauth
+/// implements it): unauthenticated mail to those addresses is consumed
+/// here, recorded as events, never queued.
+pub trait BounceReceiver: Send + Sync {
+    /// Whether `address` is a return-path address of this server.
+    fn is_return_path<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+    /// Processes a message for return-path recipients; Err: the reason it
+    /// is refused.
+    fn receive<'a>(
+        &'a self,
+        recipients: &'a [String],
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
 #[derive(Clone)]
 pub struct Intake {
     store: Arc<dyn QueueStore>,
@@ -75,6 +98,7 @@ pub struct Intake {
     wakeup: Arc<Notify>,
     quotas: Option<Quotas>,
     senders: Option<Arc<dyn SenderAuthority>>,
+    bounces: Option<Arc<dyn BounceReceiver>>,
 }
 
 impl Intake {
@@ -85,6 +109,7 @@ impl Intake {
             wakeup: Arc::new(Notify::new()),
             quotas: None,
             senders: None,
+            bounces: None,
         }
     }
 
@@ -94,6 +119,52 @@ impl Intake {
     pub fn with_sender_authority(mut self, authority: Arc<dyn SenderAuthority>) -> Self {
         self.senders = Some(authority);
         self
+    }
+
+    /// Consumes bounces sent to VERP return paths.
+    pub fn with_bounce_receiver(mut self, receiver: Arc<dyn BounceReceiver>) -> Self {
+        self.bounces = Some(receiver);
+        self
+    }
+
+    /// Whether `address` is one of this server's return paths (its mail is
+    /// accepted on `mx` listeners without a relay domain).
+    pub async fn is_return_path(&self, address: &str) -> bool {
+        match &self.bounces {
+            Some(b) => b.is_return_path(address).await,
+            None => false,
+        }
+    }
+
+    /// Takes the recipients of an unauthenticated message that are return
+    /// paths out of `envelope` and hands the message to the bounce
+    /// receiver for them (recorded, never queued). Returns how many were
+    /// taken; the rest, if any, go to `submit`.
+    pub async fn take_returned(
+        &self,
+        envelope: &mut Envelope,
+        body: &[u8],
+    ) -> Result<usize, IntakeError> {
+        let Some(receiver) = &self.bounces else {
+            return Ok(0);
+        };
+        let mut returned = Vec::new();
+        let mut rest = Vec::new();
+        for r in std::mem::take(&mut envelope.recipients) {
+            if receiver.is_return_path(&r.address).await {
+                returned.push(r.address);
+            } else {
+                rest.push(r);
+            }
+        }
+        envelope.recipients = rest;
+        if !returned.is_empty() {
+            receiver
+                .receive(&returned, body)
+                .await
+                .map_err(IntakeError::BounceRefused)?;
+        }
+        Ok(returned.len())
     }
 
     /// Enforces each account's own sending limit.
@@ -175,7 +246,18 @@ impl Intake {
 
     /// Queues a message. Returns only once it is durable: the caller may
     /// acknowledge it to the client.
-    pub async fn submit(&self, sub: Submission) -> Result<MessageId, IntakeError> {
+    pub async fn submit(&self, mut sub: Submission) -> Result<MessageId, IntakeError> {
+        if sub.principal.is_none() && self.bounces.is_some() {
+            // Unauthenticated doors hand return-path recipients to
+            // `take_returned` first; none may be queued.
+            for r in &sub.envelope.recipients {
+                if self.is_return_path(&r.address).await {
+                    return Err(IntakeError::BounceRefused(
+                        "return-path recipients are not queued".into(),
+                    ));
+                }
+            }
+        }
         if sub.envelope.recipients.is_empty() {
             return Err(IntakeError::NoRecipients);
         }
@@ -191,7 +273,10 @@ impl Intake {
                 .authorize(&p.account, &sub.envelope.mail_from, &sub.body)
                 .await
             {
-                Ok(authorized) => signature = authorized.dkim_headers,
+                Ok(authorized) => {
+                    signature = authorized.dkim_headers;
+                    sub.envelope.return_path = authorized.return_path;
+                }
                 Err(reason) => {
                     metrics::counter!("postern_sender_refused_total").increment(1);
                     // Recorded like any message (processed, then dropped for

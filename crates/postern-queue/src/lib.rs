@@ -7,6 +7,8 @@ pub mod intake;
 pub mod quota;
 pub mod retry;
 
-pub use intake::{Authorized, ClientInfo, Intake, IntakeError, SenderAuthority, Submission};
+pub use intake::{
+    Authorized, BounceReceiver, ClientInfo, Intake, IntakeError, SenderAuthority, Submission,
+};
 pub use quota::{QuotaCheck, Quotas};
 pub use retry::RetrySchedule;

@@ -384,11 +384,11 @@ impl QueueStore for EmbeddedStore {
                     return Err(StoreError::Backend(format!("corrupt message id {message_id:?}")));
                 };
                 recipients.sort_by_key(|r| r.index);
-                jobs.push(DeliveryJob {
-                    message_id: id,
+                let job = |recipients| DeliveryJob {
+                    message_id: id.clone(),
                     received_at: m.received_at,
                     mail_from: m.mail_from.clone(),
-                    domain,
+                    domain: domain.clone(),
                     recipients,
                     body: m.body.clone(),
                     smtputf8: m.smtputf8,
@@ -396,7 +396,14 @@ impl QueueStore for EmbeddedStore {
                     envid: m.envelope.envid.clone(),
                     ret: m.envelope.ret,
                     account: m.account.clone(),
-                });
+                    return_path: m.envelope.return_path.clone(),
+                };
+                if m.envelope.return_path.is_some() {
+                    // A VERP sender names one recipient: one transaction each.
+                    jobs.extend(recipients.into_iter().map(|r| job(vec![r])));
+                } else {
+                    jobs.push(job(recipients));
+                }
             }
             Ok(jobs)
         })
@@ -1134,6 +1141,34 @@ impl SuppressionStore for EmbeddedStore {
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
+    async fn append_event(&self, e: postern_core::Event) -> Result<()> {
+        self.write(move |conn| {
+            let info = if e.info.is_empty() {
+                None
+            } else {
+                Some(
+                    serde_json::to_string(&e.info)
+                        .map_err(|x| StoreError::Backend(x.to_string()))?,
+                )
+            };
+            conn.prepare_cached(
+                "INSERT INTO events (at, message_id, kind, recipient, detail, account, info)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                e.at_millis,
+                e.message_id,
+                e.kind.as_str(),
+                e.recipient,
+                e.detail,
+                e.account,
+                info
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn events(&self, filter: EventFilter) -> Result<Vec<Event>> {
         self.read(move |conn| {
             // Only the clauses asked for are in the statement, so SQLite

@@ -242,6 +242,10 @@ pub trait AuditStore: Send + Sync {
 pub trait EventStore: Send + Sync {
     async fn events(&self, filter: EventFilter) -> Result<Vec<postern_core::Event>>;
 
+    /// Records an event that arrives after the message left the queue (a
+    /// bounce reported later by the receiving side); `seq` is assigned.
+    async fn append_event(&self, event: postern_core::Event) -> Result<()>;
+
     /// The position of the latest event (0 when there is none).
     async fn last_event_seq(&self) -> Result<i64>;
 

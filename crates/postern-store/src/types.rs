@@ -39,6 +39,9 @@ pub struct DeliveryJob {
     pub ret: Option<postern_core::envelope::DsnReturn>,
     /// The account that sent it, if any (for its suppression list).
     pub account: Option<String>,
+    /// The return-path domain of a VERP-rewritten envelope sender; such a
+    /// job has exactly one recipient, since the sender differs per recipient.
+    pub return_path: Option<String>,
 }
 
 #[derive(Debug, Clone)]

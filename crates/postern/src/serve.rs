@@ -110,11 +110,20 @@ pub async fn serve(config: Config) -> Result<()> {
     };
 
     let config = Arc::new(config);
+    // The key of the return-path tags (VERP); the same on every start, so
+    // bounces of mail sent before a restart are still recognised.
+    let verp = Arc::new(postern_core::verp::Verp::new(
+        &postern_store::CredentialStore::secret(store.as_ref(), "verp", 32).await?,
+    ));
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
         .with_quotas(postern_queue::Quotas::new(store.clone()))
         .with_sender_authority(Arc::new(postern_mailauth::SenderAuthority::new(
             store.clone(),
             config.smtp.require_verified_senders,
+        )))
+        .with_bounce_receiver(Arc::new(postern_mailauth::return_path::ReturnPaths::new(
+            store.clone(),
+            verp.clone(),
         )));
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
@@ -219,7 +228,8 @@ pub async fn serve(config: Config) -> Result<()> {
         resolver,
         Some(store.clone()),
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .with_verp(verp.clone());
     let scheduler = Scheduler {
         store: store.clone() as Arc<dyn QueueStore>,
         client: Arc::new(client),

@@ -351,6 +351,7 @@ fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, A
             smtputf8,
             envid: None,
             ret: None,
+            return_path: None,
         },
         body,
     })
@@ -471,7 +472,7 @@ async fn send(
                 return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
             }
             Err(e @ IntakeError::NoRecipients) => return Err(bad("personalizations", e.to_string())),
-            Err(e @ IntakeError::Store(_)) => {
+            Err(e @ (IntakeError::Store(_) | IntakeError::BounceRefused(_))) => {
                 tracing::error!(error = %e, "mail/send: intake failed");
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

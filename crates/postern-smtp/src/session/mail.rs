@@ -128,6 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 smtputf8,
                 envid: from.env_id,
                 ret,
+                return_path: None,
             },
             body: Vec::new(),
             failed: None,

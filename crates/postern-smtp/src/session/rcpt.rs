@@ -48,7 +48,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.listener.role == ListenerRole::Mx && self.conn.principal.is_none() {
             // Never an open relay (DESIGN §4): unauthenticated mail only for
             // relay domains, and never with routing tricks in the local part.
-            let relay = self.ctx.relay_domains.contains(address.domain());
+            let relay = self.ctx.relay_domains.contains(address.domain())
+                || self.ctx.intake.is_return_path(&address.to_string()).await;
             if !relay || address.check_no_routing().is_err() {
                 tracing::info!(peer = %self.peer, rcpt = %to.address, "relay denied");
                 return self

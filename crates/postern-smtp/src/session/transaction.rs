@@ -52,9 +52,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             body
         };
-        let nrcpt = txn.envelope.recipients.len();
+        let mut envelope = txn.envelope;
+        if self.conn.principal.is_none() {
+            // Bounces to VERP return paths are recorded, not queued.
+            match self.ctx.intake.take_returned(&mut envelope, &body).await {
+                Ok(0) => {}
+                Ok(n) if envelope.recipients.is_empty() => {
+                    tracing::info!(peer = %self.peer, returned = n, "report to a return path taken");
+                    self.reply(Reply::new(250, (2, 0, 0), "OK, report received"));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "bounce")
+                        .increment(1);
+                    tracing::info!(peer = %self.peer, reason = %e, "bounce refused");
+                    // RFC 3463 5.1.1: no such (return-path) mailbox.
+                    self.reply(Reply::new(550, (5, 1, 1), e.to_string()));
+                    return;
+                }
+            }
+        }
+        let nrcpt = envelope.recipients.len();
         let submission = Submission {
-            envelope: txn.envelope,
+            envelope,
             principal: self.conn.principal.clone(),
             client: ClientInfo {
                 ip: self.peer.ip(),
