@@ -24,8 +24,11 @@ use crate::*;
 
 /// Requests taken into one commit at most; bounds the latency of the first.
 const MAX_BATCH: usize = 1024;
-/// Read connections kept open.
-const READ_POOL: usize = 4;
+/// Read connections kept open, and reads running at once. Reads beyond it
+/// wait for a connection: opening one per read under load (as an unbounded
+/// pool did) cost a schema parse and pragmas each time, which showed in
+/// profiles.
+const READ_POOL: usize = 8;
 /// A CLI command holding the write lock makes the server wait, not fail.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,6 +38,7 @@ type WriteJob = Box<dyn FnOnce(&Connection) -> Completion + Send>;
 pub struct EmbeddedStore {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    read_permits: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
 }
 
@@ -56,6 +60,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
             path,
         })
     }
@@ -102,7 +107,14 @@ impl EmbeddedStore {
     {
         let readers = self.readers.clone();
         let path = self.path.clone();
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().ok().and_then(|mut p| p.pop());
             let conn = match pooled {
                 Some(c) => c,
@@ -149,10 +161,11 @@ fn open_connection(path: &Path) -> Result<Connection> {
 }
 
 fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-    conn.execute_batch("SAVEPOINT op")?;
+    // Cached statements: parsing these per operation showed in profiles.
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
     match f(conn) {
         Ok(r) => {
-            conn.execute_batch("RELEASE op")?;
+            conn.prepare_cached("RELEASE op")?.execute([])?;
             Ok(r)
         }
         Err(e) => {
@@ -173,7 +186,8 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
             }
         }
         let begin = conn
-            .execute_batch("BEGIN IMMEDIATE")
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
             .map_err(StoreError::from);
         if let Err(e) = begin {
             tracing::error!(error = %e, "store: cannot begin a write transaction");
@@ -186,7 +200,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
         }
         let size = batch.len();
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(&conn)).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let commit = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(StoreError::from);
         if let Err(e) = &commit {
             tracing::error!(error = %e, "store: commit failed");
             let _ = conn.execute_batch("ROLLBACK");
