@@ -285,6 +285,11 @@ main() {
   if [ "${ONLY:-}" = attack ]; then attack_scenario; return; fi
   if [ "${ONLY:-}" = domains ]; then domains_scenario; return; fi
   if [ "${ONLY:-}" = signing ]; then signing_scenario; return; fi
+  if [ "${ONLY:-}" = idle ]; then
+    stop_postern; setup_postern; idle_memory 10000 plain
+    stop_postern; setup_postern; idle_memory 1000 starttls
+    return
+  fi
   # 50 concurrent clients; each repeats its connection REPS times so a run
   # lasts long enough to measure (50x10: 5,000 messages; 50x1: 2,000).
   scenario 50 10 "${REPS_10:-10}"

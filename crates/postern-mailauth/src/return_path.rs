@@ -83,7 +83,7 @@ pub fn parse_delivery_status(text: &str) -> Vec<RecipientReport> {
 }
 
 /// The delivery-status part of a report, if the message is one.
-fn delivery_status(message: &[u8]) -> Option<Vec<RecipientReport>> {
+pub fn delivery_report(message: &[u8]) -> Option<Vec<RecipientReport>> {
     use mail_parser::MimeHeaders;
     let parsed = mail_parser::MessageParser::default().parse(message)?;
     parsed.parts.iter().find_map(|part| {
@@ -143,7 +143,7 @@ impl ReturnPaths {
             return Err("no such return path".into());
         };
         let recipient = sent.recipient.clone().unwrap_or_default();
-        let Some(reports) = delivery_status(message) else {
+        let Some(reports) = delivery_report(message) else {
             // An auto-reply or a report in no standard form: taken, not
             // recorded (nothing says the address failed).
             metrics::counter!("postern_returned_bounces_total", "outcome" => "not_a_report")
@@ -262,8 +262,8 @@ mod tests {
             Reporting-MTA: dns; mx.example.net\r\n\r\n\
             Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.2.2\r\n\r\n\
             --B--\r\n";
-        let r = delivery_status(msg).expect("a report");
+        let r = delivery_report(msg).expect("a report");
         assert_eq!(r[0].status.as_deref(), Some("5.2.2"));
-        assert!(delivery_status(b"Subject: out of office\r\n\r\nback monday\r\n").is_none());
+        assert!(delivery_report(b"Subject: out of office\r\n\r\nback monday\r\n").is_none());
     }
 }
