@@ -218,6 +218,18 @@ def test_dns_verification_reports_each_record(sink):
             assert spf.check2(i="127.0.0.2", s="x@example.com", h="postern.test")[0] in ("pass", "none")
             dmarc = [b"".join(rd.strings).decode() for rd in res.resolve("_dmarc.example.com", "TXT")]
             assert dmarc[0].startswith("v=DMARC1;") and "p=none" in dmarc[0]
+
+            # checkdmarc, through the same DNS server, finds both valid.
+            import checkdmarc.dmarc
+            import checkdmarc.spf
+
+            spf_check = checkdmarc.spf.check_spf(rp, resolver=res)
+            assert spf_check["valid"] is True, spf_check
+            assert spf_check["record"] == "v=spf1 ip4:127.0.0.2 -all"
+            dmarc_check = checkdmarc.dmarc.check_dmarc("example.com", resolver=res)
+            assert dmarc_check["valid"] is True, dmarc_check
+            assert dmarc_check["tags"]["p"]["value"] == "none"
+            assert dmarc_check["tags"]["rua"]["value"][0]["address"] == "dmarc@example.com"
         finally:
             p.stop()
             server.stop()
