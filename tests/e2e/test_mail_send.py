@@ -87,6 +87,15 @@ def test_mail_send_with_the_sendgrid_library(strict, sink):
     names = [part.get_filename() for part in msg.walk() if part.get_filename()]
     assert names == ["report.txt"]
 
+    # On behalf of a subuser: its message (in its send log), sent as its
+    # parent's verified domain.
+    p.cli("subuser", "create", "news-sub", "--account", "admin")
+    sg_sub = SendGridAPIClient(api_key=p.admin_key, host=f"http://127.0.0.1:{p.ports['http']}",
+                               impersonate_subuser="news-sub")
+    sub_id = sg_sub.send(message()).headers["X-Message-Id"]
+    sub_events = json.loads(p.cli("events", "--account", "news-sub", "--json").stdout)
+    assert {e["message_id"] for e in sub_events} == {sub_id}, sub_events
+
     # The send log finds it by the id the API returned.
     shown = json.loads(p.cli("events", "--message", message_id, "--json").stdout)
     assert {ev["event"] for ev in shown} >= {"processed"}, shown

@@ -442,11 +442,15 @@ async fn send(
         // SendGrid's sandbox: validated, not sent.
         return Ok(StatusCode::OK.into_response());
     }
+    // With On-Behalf-Of, the message is the subuser's: its senders, its
+    // send log, its quota.
+    let mut principal = caller.principal.clone();
+    principal.account = caller.account.clone();
     let mut first_id = None;
     for b in built {
         let sub = Submission {
             envelope: b.envelope,
-            principal: Some(caller.principal.clone()),
+            principal: Some(principal.clone()),
             client: ClientInfo {
                 ip: caller.ip,
                 helo: "api".into(),
