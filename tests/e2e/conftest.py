@@ -3,7 +3,9 @@ SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
 
 import os
 import signal
+import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -215,6 +217,30 @@ def sink():
     s = Sink()
     yield s
     s.stop()
+
+
+@pytest.fixture
+def strict(sink):
+    """A Postern that enforces verified senders (the default outside tests)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, enforce_senders=True).start()
+        p.read_admin_key()
+        yield p
+        p.stop()
+
+
+def send_as(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
+    """Submits a small message over STARTTLS + AUTH; (code, text) of the
+    final reply."""
+    body = f"From: {header_from}\r\nTo: {rcpt}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    with smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30) as s:
+        s.starttls(context=ssl.create_default_context(cafile=p.cert))
+        s.login("apikey", key)
+        try:
+            s.sendmail(mail_from, [rcpt], body)
+            return 250, ""
+        except smtplib.SMTPDataError as e:
+            return e.smtp_code, e.smtp_error.decode()
 
 
 @pytest.fixture

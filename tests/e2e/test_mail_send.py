@@ -7,7 +7,6 @@ the sink; an unverified sender gets 403 with a clear message and a
 import base64
 import email
 import json
-import tempfile
 
 import pytest
 from python_http_client.exceptions import HTTPError
@@ -17,16 +16,6 @@ from sendgrid.helpers.mail import (
     Mail, MailSettings, SandBoxMode, To,
 )
 
-from conftest import Postern
-
-
-@pytest.fixture
-def strict(sink):
-    with tempfile.TemporaryDirectory() as d:
-        p = Postern(d, sink.port, enforce_senders=True).start()
-        p.read_admin_key()
-        yield p
-        p.stop()
 
 
 def client(p, key):

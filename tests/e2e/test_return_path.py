@@ -8,21 +8,9 @@ exist. Forged or unknown return paths are refused."""
 import json
 import smtplib
 import ssl
-import tempfile
 import urllib.request
 
-import pytest
 
-from conftest import Postern
-
-
-@pytest.fixture
-def strict(sink):
-    with tempfile.TemporaryDirectory() as d:
-        p = Postern(d, sink.port, enforce_senders=True).start()
-        p.read_admin_key()
-        yield p
-        p.stop()
 
 
 def report(to, recipient, status, diagnostic):

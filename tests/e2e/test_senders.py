@@ -6,35 +6,9 @@ account; refusals are 550 5.7.1, recorded as `dropped` with the reason and
 in the audit log."""
 
 import json
-import smtplib
-import ssl
-import tempfile
-
-import pytest
-
-from conftest import Postern
 
 
-@pytest.fixture
-def strict(sink):
-    with tempfile.TemporaryDirectory() as d:
-        p = Postern(d, sink.port, enforce_senders=True).start()
-        p.read_admin_key()
-        yield p
-        p.stop()
-
-
-def send(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
-    """(code, text) of the final reply."""
-    body = f"From: {header_from}\r\nTo: {rcpt}\r\nSubject: s\r\n\r\nbody\r\n".encode()
-    with smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30) as s:
-        s.starttls(context=ssl.create_default_context(cafile=p.cert))
-        s.login("apikey", key)
-        try:
-            s.sendmail(mail_from, [rcpt], body)
-            return 250, ""
-        except smtplib.SMTPDataError as e:
-            return e.smtp_code, e.smtp_error.decode()
+from conftest import send_as
 
 
 def key_for(p, account):
@@ -50,21 +24,21 @@ def test_only_verified_senders(strict, sink):
     p = strict
     admin = p.admin_key
     # Nothing verified yet: refused.
-    code, text = send(p, admin, "sender@example.org", "sender@example.org")
+    code, text = send_as(p, admin, "sender@example.org", "sender@example.org")
     assert code == 550 and "5.7.1" in text and "example.org" in text
 
     verified_domain(p, "example.org", "admin")
-    assert send(p, admin, "sender@example.org", "Sender <sender@example.org>")[0] == 250
+    assert send_as(p, admin, "sender@example.org", "Sender <sender@example.org>")[0] == 250
     # The return-path subdomain is the same sender.
-    assert send(p, admin, "bounce@pst-bounces.example.org", "sender@example.org")[0] == 250
+    assert send_as(p, admin, "bounce@pst-bounces.example.org", "sender@example.org")[0] == 250
 
     # Unverified envelope, or an unverified header From: refused.
-    code, text = send(p, admin, "x@evil.example", "sender@example.org")
+    code, text = send_as(p, admin, "x@evil.example", "sender@example.org")
     assert code == 550 and "envelope sender domain evil.example" in text
-    code, text = send(p, admin, "sender@example.org", "CEO <ceo@evil.example>")
+    code, text = send_as(p, admin, "sender@example.org", "CEO <ceo@evil.example>")
     assert code == 550 and "From header domain evil.example" in text
     # A lookalike: "exаmple.org" with a Cyrillic "а".
-    code, text = send(p, admin, "sender@example.org", "ceo@ex\u0430mple.org")
+    code, text = send_as(p, admin, "sender@example.org", "ceo@ex\u0430mple.org")
     assert code == 550 and "From header domain" in text
 
     # Subusers use their parent's domains, never another account's.
@@ -72,16 +46,16 @@ def test_only_verified_senders(strict, sink):
     p.cli("subuser", "create", "acme-news", "--account", "acme")
     verified_domain(p, "acme.example", "acme")
     news = key_for(p, "acme-news")
-    assert send(p, news, "news@acme.example", "news@acme.example")[0] == 250
-    code, text = send(p, news, "sender@example.org", "sender@example.org")
+    assert send_as(p, news, "news@acme.example", "news@acme.example")[0] == 250
+    code, text = send_as(p, news, "sender@example.org", "sender@example.org")
     assert code == 550 and "not verified for this account" in text
 
     # Strict alignment by default; relaxed on request.
     verified_domain(p, "example.com", "admin")
-    code, text = send(p, admin, "a@example.com", "b@example.org")
+    code, text = send_as(p, admin, "a@example.com", "b@example.org")
     assert code == 550 and "alignment is strict" in text
     p.cli("account", "sender-alignment", "admin", "relaxed")
-    assert send(p, admin, "a@example.com", "b@example.org")[0] == 250
+    assert send_as(p, admin, "a@example.com", "b@example.org")[0] == 250
 
     # What was refused is in the send log and the audit log.
     events = json.loads(p.cli("events", "--kind", "dropped", "--json").stdout)

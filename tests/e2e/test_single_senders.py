@@ -7,8 +7,6 @@ expire, work once, and verification mails are rate-limited."""
 import email
 import json
 import re
-import smtplib
-import ssl
 import tempfile
 import time
 import urllib.error
@@ -18,19 +16,7 @@ import pytest
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from conftest import Postern
-
-
-def send(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
-    body = f"From: {header_from}\r\nTo: {rcpt}\r\nSubject: s\r\n\r\nbody\r\n".encode()
-    with smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30) as s:
-        s.starttls(context=ssl.create_default_context(cafile=p.cert))
-        s.login("apikey", key)
-        try:
-            s.sendmail(mail_from, [rcpt], body)
-            return 250, ""
-        except smtplib.SMTPDataError as e:
-            return e.smtp_code, e.smtp_error.decode()
+from conftest import Postern, send_as
 
 
 def link_in(sink, address, count):
@@ -57,15 +43,6 @@ def get(url):
         return e.code, json.loads(e.read())
 
 
-@pytest.fixture
-def strict(sink):
-    with tempfile.TemporaryDirectory() as d:
-        p = Postern(d, sink.port, enforce_senders=True).start()
-        p.read_admin_key()
-        yield p
-        p.stop()
-
-
 def test_single_sender_verification(strict, sink):
     p = strict
     sg = SendGridAPIClient(api_key=p.admin_key, host=f"http://127.0.0.1:{p.ports['http']}")
@@ -79,7 +56,7 @@ def test_single_sender_verification(strict, sink):
     assert created["verified"] is False and created["city"] == "Springfield"
 
     # Not yet verified: refused.
-    code, text = send(p, p.admin_key, "alice@gmail.example", "Alice <alice@gmail.example>")
+    code, text = send_as(p, p.admin_key, "alice@gmail.example", "Alice <alice@gmail.example>")
     assert code == 550 and "5.7.1" in text
 
     link = link_in(sink, "alice@gmail.example", 1)
@@ -97,10 +74,10 @@ def test_single_sender_verification(strict, sink):
     assert [s["verified"] for s in listed] == [True]
 
     # That address, envelope and From; not another one at its domain.
-    assert send(p, p.admin_key, "alice@gmail.example", "Alice <alice@gmail.example>")[0] == 250
-    code, text = send(p, p.admin_key, "bob@gmail.example", "bob@gmail.example")
+    assert send_as(p, p.admin_key, "alice@gmail.example", "Alice <alice@gmail.example>")[0] == 250
+    code, text = send_as(p, p.admin_key, "bob@gmail.example", "bob@gmail.example")
     assert code == 550 and "gmail.example" in text
-    code, _ = send(p, p.admin_key, "alice@gmail.example", "bob@gmail.example")
+    code, _ = send_as(p, p.admin_key, "alice@gmail.example", "bob@gmail.example")
     assert code == 550
 
     # Rate limit: a second mail right away is refused with 429.
@@ -120,13 +97,13 @@ def test_single_sender_verification(strict, sink):
         sg_acme.client.verified_senders._(bob).delete()
     assert e.value.status_code == 404
     # ... nor send as Alice.
-    assert send(p, acme, "alice@gmail.example", "alice@gmail.example")[0] == 550
+    assert send_as(p, acme, "alice@gmail.example", "alice@gmail.example")[0] == 550
     assert other
 
     # Deleting a sender ends its use.
     alice = created["id"]
     assert sg.client.verified_senders._(alice).delete().status_code == 204
-    assert send(p, p.admin_key, "alice@gmail.example", "alice@gmail.example")[0] == 550
+    assert send_as(p, p.admin_key, "alice@gmail.example", "alice@gmail.example")[0] == 550
 
     audit = p.cli("audit", "--json").stdout
     assert "sender.verify" in audit and "sender.add" in audit
@@ -151,6 +128,6 @@ def test_links_expire_and_cli(sink):
             assert "carol@example.com is now a verified sender" in confirmed.stdout
             listed = json.loads(p.cli("sender", "list", "--json").stdout)
             assert listed[0]["verified"] is True
-            assert send(p, p.admin_key, "carol@example.com", "carol@example.com")[0] == 250
+            assert send_as(p, p.admin_key, "carol@example.com", "carol@example.com")[0] == 250
         finally:
             p.stop()

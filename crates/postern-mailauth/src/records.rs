@@ -209,47 +209,40 @@ pub fn records_for(
         dmarc_rua: &rua,
     };
     let mut records = setup.records();
-    if let Some(next) = &d.next {
+    // The two DKIM records of another selector (a rotation's), from the
+    // same setup.
+    let dkim_of = |selector: &str, rsa_public: &[u8], ed25519_public: &[u8]| {
         let keys = DkimKeys {
             rsa_private: Vec::new(),
-            rsa_public: next.rsa_public.clone(),
+            rsa_public: rsa_public.to_vec(),
             ed25519_private: Vec::new(),
-            ed25519_public: next.ed25519_public.clone(),
+            ed25519_public: ed25519_public.to_vec(),
         };
-        let rotated = DomainSetup {
-            selector: &next.selector,
+        DomainSetup {
+            selector,
             keys: &keys,
             ..setup
-        };
-        for (mut r, key) in rotated
-            .records()
-            .into_iter()
-            .take(2)
-            .zip(["next_dkim1", "next_dkim2"])
-        {
+        }
+        .records()
+        .into_iter()
+        .take(2)
+        .collect::<Vec<_>>()
+    };
+    if let Some(next) = &d.next {
+        let new = dkim_of(&next.selector, &next.rsa_public, &next.ed25519_public);
+        for (mut r, key) in new.into_iter().zip(["next_dkim1", "next_dkim2"]) {
             r.purpose = "DKIM key rotation: the new selector; it signs once found in DNS";
             r.key = key;
             records.push(r);
         }
     }
     if let Some(previous) = &d.previous {
-        let keys = DkimKeys {
-            rsa_private: Vec::new(),
-            rsa_public: previous.rsa_public.clone(),
-            ed25519_private: Vec::new(),
-            ed25519_public: previous.ed25519_public.clone(),
-        };
-        let replaced = DomainSetup {
-            selector: &previous.selector,
-            keys: &keys,
-            ..setup
-        };
-        for (mut r, key) in replaced
-            .records()
-            .into_iter()
-            .take(2)
-            .zip(["previous_dkim1", "previous_dkim2"])
-        {
+        let old = dkim_of(
+            &previous.selector,
+            &previous.rsa_public,
+            &previous.ed25519_public,
+        );
+        for (mut r, key) in old.into_iter().zip(["previous_dkim1", "previous_dkim2"]) {
             r.purpose = "DKIM key rotation: the replaced selector; keep it published until the overlap ends (postern domain show), then remove it";
             r.required = false;
             r.key = key;

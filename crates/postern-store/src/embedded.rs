@@ -133,6 +133,47 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// One row of `sql`, mapped; None when there is none.
+    async fn read_optional<T, P>(
+        &self,
+        sql: String,
+        params: P,
+        map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>>
+    where
+        T: Send + 'static,
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(params, map)
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Every row of `sql`, mapped.
+    async fn read_all<T, P>(
+        &self,
+        sql: String,
+        params: P,
+        map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params, map)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         self.close();
@@ -1476,25 +1517,20 @@ impl SenderStore for EmbeddedStore {
     }
 
     async fn get_sender(&self, id: i64) -> Result<Option<SenderRecord>> {
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached(&format!(
-                    "SELECT {SENDER_COLUMNS} FROM verified_senders WHERE id = ?1"
-                ))?
-                .query_row([id], sender_from_row)
-                .optional()?)
-        })
+        self.read_optional(
+            format!("SELECT {SENDER_COLUMNS} FROM verified_senders WHERE id = ?1"),
+            [id],
+            sender_from_row,
+        )
         .await
     }
 
     async fn list_senders(&self, account: Option<String>) -> Result<Vec<SenderRecord>> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {SENDER_COLUMNS} FROM verified_senders WHERE (?1 IS NULL OR account = ?1) ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([account], sender_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+        self.read_all(
+            format!("SELECT {SENDER_COLUMNS} FROM verified_senders WHERE (?1 IS NULL OR account = ?1) ORDER BY id"),
+            [account],
+            sender_from_row,
+        )
         .await
     }
 
@@ -1656,37 +1692,29 @@ impl DomainStore for EmbeddedStore {
     }
 
     async fn get_domain(&self, domain: String) -> Result<Option<DomainRecord>> {
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached(&format!(
-                    "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1"
-                ))?
-                .query_row([domain], domain_from_row)
-                .optional()?)
-        })
+        self.read_optional(
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1"),
+            [domain],
+            domain_from_row,
+        )
         .await
     }
 
     async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>> {
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE (?1 IS NULL OR account = ?1) ORDER BY domain"
-            ))?;
-            let rows = stmt.query_map([account], domain_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+        self.read_all(
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE (?1 IS NULL OR account = ?1) ORDER BY domain"),
+            [account],
+            domain_from_row,
+        )
         .await
     }
 
     async fn get_domain_by_id(&self, id: i64) -> Result<Option<DomainRecord>> {
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached(&format!(
-                    "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE rowid = ?1"
-                ))?
-                .query_row([id], domain_from_row)
-                .optional()?)
-        })
+        self.read_optional(
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE rowid = ?1"),
+            [id],
+            domain_from_row,
+        )
         .await
     }
 
