@@ -11,8 +11,6 @@ import ssl
 import urllib.request
 
 
-
-
 def report(to, recipient, status, diagnostic):
     """A delivery status notification (RFC 3464) as a receiving MTA sends it."""
     return (
