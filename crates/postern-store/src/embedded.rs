@@ -39,6 +39,11 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_permits: Arc<tokio::sync::Semaphore>,
+    /// For single-row reads made for every message (the senders version):
+    /// run on the caller's thread, since a WAL read of one row takes
+    /// microseconds and a hop to the blocking pool cost more (two thread
+    /// wake-ups per message) than the query.
+    inline_reader: Mutex<Option<Connection>>,
     path: PathBuf,
 }
 
@@ -61,6 +66,7 @@ impl EmbeddedStore {
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
+            inline_reader: Mutex::new(None),
             path,
         })
     }
@@ -1771,12 +1777,15 @@ impl DomainStore for EmbeddedStore {
     }
 
     async fn senders_version(&self) -> Result<i64> {
-        self.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT version FROM sender_config_version WHERE id = 1")?
-                .query_row([], |r| r.get(0))?)
-        })
-        .await
+        let mut guard = self.inline_reader.lock().map_err(|_| StoreError::Closed)?;
+        if guard.is_none() {
+            *guard = Some(open_connection(&self.path)?);
+        }
+        let conn = guard.as_ref().ok_or(StoreError::Closed)?;
+        let version: i64 = conn
+            .prepare_cached("SELECT version FROM sender_config_version WHERE id = 1")?
+            .query_row([], |r| r.get(0))?;
+        Ok(version)
     }
 
     async fn retire_previous(&self, now: i64) -> Result<Vec<String>> {
