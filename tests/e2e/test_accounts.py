@@ -248,3 +248,35 @@ def test_each_subuser_has_its_own_hourly_limit(postern, sink):
     assert b"limit of 2 messages per hour" in results["newsletter"][2][1]
     assert [c for c, _ in results["receipts"]] == [250, 250, 250], "a sibling's limit does not touch this stream"
     sink.wait_for(5)
+
+
+def test_hourly_limit_holds_under_concurrent_sends(postern, sink):
+    """Twenty clients racing against a limit of 3: exactly 3 messages are
+    accepted (the limit is reserved atomically, not checked then counted)."""
+    import threading
+
+    postern.cli("account", "create", "racer")
+    postern.cli("account", "limit", "racer", "--messages-per-hour", "3")
+    key = cli_json(postern, "key", "create", "--account", "racer", "--scopes", "mail.send")["key"]
+    ready = threading.Barrier(20)
+    codes = []
+
+    def one():
+        with smtp(postern) as s:
+            s.login("apikey", key)
+            # MAIL's early check passes for everyone before anything is
+            # counted; DATA is where the reservation is made.
+            s.mail("from@example.org")
+            s.rcpt("to@example.net")
+            ready.wait()
+            code, _ = s.data(b"Subject: race\r\n\r\nx\r\n")
+            codes.append(code)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(codes) == 20
+    assert codes.count(250) == 3, codes
+    assert all(c in (250, 450, 452) for c in codes), codes

@@ -140,3 +140,116 @@ mod tests {
         assert_eq!(keys.hash(&a.secret), a.record.hash);
     }
 }
+
+/// Why a key may not be made with the restrictions asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NarrowingError {
+    #[error("network {0} is outside the networks of the key that creates it")]
+    NetworkOutside(String),
+    #[error("the new key cannot outlive the key that creates it")]
+    ExpiresLater,
+}
+
+/// A key is never more powerful than the key that made it: its networks
+/// lie within the creator's (and are the creator's when none are asked
+/// for), and it expires no later than the creator (and when the creator
+/// does, if no expiry is asked for). Scopes are checked by the caller
+/// against the creator's the same way. Returns the networks and expiry the
+/// new key gets.
+pub fn narrow_to_creator(
+    creator: &ApiKeyRecord,
+    networks: Vec<postern_core::network::IpNet>,
+    expires_at: Option<i64>,
+) -> Result<(Vec<String>, Option<i64>), NarrowingError> {
+    let bounds: Vec<_> = creator
+        .networks
+        .iter()
+        .filter_map(|n| postern_core::network::parse_network(n))
+        .collect();
+    let networks = if bounds.is_empty() {
+        networks
+    } else if networks.is_empty() {
+        bounds
+    } else {
+        for n in &networks {
+            if !bounds.iter().any(|b| b.contains(n)) {
+                return Err(NarrowingError::NetworkOutside(n.to_string()));
+            }
+        }
+        networks
+    };
+    let expires_at = match (creator.expires_at, expires_at) {
+        (Some(limit), Some(asked)) if asked > limit => return Err(NarrowingError::ExpiresLater),
+        (Some(limit), None) => Some(limit),
+        (_, asked) => asked,
+    };
+    Ok((networks.iter().map(|n| n.to_string()).collect(), expires_at))
+}
+
+#[cfg(test)]
+mod narrowing_tests {
+    use super::*;
+    use postern_core::network::parse_network;
+
+    fn creator(networks: &[&str], expires_at: Option<i64>) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: "k".into(),
+            account: "a".into(),
+            name: "k".into(),
+            hash: vec![],
+            scopes: vec![],
+            created_at: 0,
+            expires_at,
+            revoked_at: None,
+            networks: networks.iter().map(|s| s.to_string()).collect(),
+            last_used_at: None,
+        }
+    }
+
+    fn nets(s: &[&str]) -> Vec<postern_core::network::IpNet> {
+        s.iter().map(|n| parse_network(n).unwrap()).collect()
+    }
+
+    #[test]
+    fn children_inherit_networks_and_expiry() {
+        let c = creator(&["10.1.0.0/16"], Some(1_000));
+        assert_eq!(
+            narrow_to_creator(&c, vec![], None),
+            Ok((vec!["10.1.0.0/16".to_owned()], Some(1_000)))
+        );
+    }
+
+    #[test]
+    fn children_stay_inside_the_creator() {
+        let c = creator(&["10.1.0.0/16", "2001:db8::/32"], Some(1_000));
+        assert_eq!(
+            narrow_to_creator(&c, nets(&["10.1.2.0/24", "2001:db8:1::1"]), Some(900)),
+            Ok((
+                vec!["10.1.2.0/24".to_owned(), "2001:db8:1::1/128".to_owned()],
+                Some(900)
+            ))
+        );
+        for wider in ["10.0.0.0/8", "10.2.0.1", "0.0.0.0/0", "::/0"] {
+            assert_eq!(
+                narrow_to_creator(&c, nets(&[wider]), None),
+                Err(NarrowingError::NetworkOutside(
+                    parse_network(wider).unwrap().to_string()
+                )),
+                "{wider}"
+            );
+        }
+        assert_eq!(
+            narrow_to_creator(&c, vec![], Some(1_001)),
+            Err(NarrowingError::ExpiresLater)
+        );
+    }
+
+    #[test]
+    fn an_unrestricted_creator_passes_requests_through() {
+        let c = creator(&[], None);
+        assert_eq!(
+            narrow_to_creator(&c, nets(&["192.0.2.0/24"]), Some(5)),
+            Ok((vec!["192.0.2.0/24".to_owned()], Some(5)))
+        );
+    }
+}

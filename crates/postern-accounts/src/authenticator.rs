@@ -67,6 +67,16 @@ pub enum Rejection {
     Temporary(String),
 }
 
+/// Why an `On-Behalf-Of` was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnBehalfRefusal {
+    /// Not a subuser of the caller, disabled, or not from an allowed
+    /// address (the reason, as in the audit log).
+    NotPermitted(&'static str),
+    /// The store could not answer.
+    Temporary(String),
+}
+
 enum CheckFailure {
     Invalid(&'static str),
     Temporary(String),
@@ -368,6 +378,31 @@ impl Authenticator {
         }
     }
 
+    /// SendGrid's `On-Behalf-Of` over HTTP: the same rule as an SMTP
+    /// authzid (`acting_for`): `account` may act only for one of its own
+    /// subusers, which must be enabled (and its parent too) and allow the
+    /// client's address. Returns the subuser's name, or why not.
+    pub async fn on_behalf_of(
+        &self,
+        account: &str,
+        subuser: &str,
+        ip: IpAddr,
+    ) -> Result<String, OnBehalfRefusal> {
+        let parent = match self.store.get_account(account.to_owned()).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted")),
+            Err(e) => return Err(OnBehalfRefusal::Temporary(e.to_string())),
+        };
+        if subuser == parent.name {
+            return Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted"));
+        }
+        match self.acting_for(&parent, subuser, "", ip).await {
+            Ok(name) => Ok(name),
+            Err(CheckFailure::Invalid(reason)) => Err(OnBehalfRefusal::NotPermitted(reason)),
+            Err(CheckFailure::Temporary(e)) => Err(OnBehalfRefusal::Temporary(e)),
+        }
+    }
+
     /// Records when a key was last used, at most once a minute per key so a
     /// busy key does not cost a write per login.
     fn touch(&self, record: &postern_store::ApiKeyRecord) {
@@ -527,6 +562,7 @@ mod tests {
     async fn subusers_ip_allowlists_and_passwords() {
         let (_d, store, auth) = setup().await;
         let acct = |name: &str, parent: Option<&str>| AccountRecord {
+            id: 0,
             name: name.into(),
             parent: parent.map(Into::into),
             disabled: false,

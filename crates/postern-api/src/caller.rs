@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use postern_accounts::authenticator::OnBehalfRefusal;
 use postern_accounts::sasl::Credentials;
 use postern_accounts::{LoginAttempt, Rejection};
 use postern_core::Principal;
@@ -117,16 +118,29 @@ impl FromRequestParts<ApiState> for Caller {
             .get("on-behalf-of")
             .and_then(|v| v.to_str().ok())
         {
-            let sub = state.store.get_account(subuser.to_owned()).await?;
-            match sub {
-                Some(s) if s.parent.as_deref() == Some(principal.account.as_str()) => {
-                    account = s.name
-                }
-                _ => {
+            // The same checks as an SMTP authzid: a subuser of the caller's,
+            // enabled (parent too), and inside its IP allowlist.
+            match state
+                .authenticator
+                .on_behalf_of(&principal.account, subuser, ip)
+                .await
+            {
+                Ok(name) => account = name,
+                Err(OnBehalfRefusal::NotPermitted(reason)) => {
+                    tracing::info!(%ip, subuser, reason, "On-Behalf-Of refused");
+                    metrics::counter!("postern_on_behalf_of_refused_total", "reason" => reason)
+                        .increment(1);
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
-                        "On-Behalf-Of names no subuser of this account",
-                    ))
+                        "On-Behalf-Of names no subuser this key may act for from this address",
+                    ));
+                }
+                Err(OnBehalfRefusal::Temporary(e)) => {
+                    tracing::warn!(error = %e, "On-Behalf-Of check failed");
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "try again later",
+                    ));
                 }
             }
         }

@@ -1004,6 +1004,7 @@ async fn accounts_send_from_their_ip_pool_with_its_ehlo_name() {
     )
     .await;
     let account = |name: &str, parent: Option<&str>, pool: Option<&str>| AccountRecord {
+        id: 0,
         name: name.into(),
         parent: parent.map(Into::into),
         disabled: false,

@@ -10,7 +10,7 @@ use postern_store::{NewMessage, QueueStore, StoreError};
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::quota::{QuotaCheck, Quotas};
+use crate::quota::{QuotaCheck, Quotas, Reserve};
 
 #[derive(Debug, Error)]
 pub enum IntakeError {
@@ -261,10 +261,18 @@ impl Intake {
         if sub.envelope.recipients.is_empty() {
             return Err(IntakeError::NoRecipients);
         }
-        if let Some(p) = &sub.principal {
-            self.quota_check(&p.account).await?;
-        }
-        let account_for_quota = sub.principal.as_ref().map(|p| p.account.clone());
+        // Counted now, atomically with the check; given back if the message
+        // is not queued after all (dropped on any early return below).
+        let reservation = match (&self.quotas, &sub.principal) {
+            (Some(q), Some(p)) => match q.reserve(&p.account, 1).await? {
+                Reserve::Granted(r) => Some(r),
+                Reserve::Exceeded { limit, retry_after } => {
+                    metrics::counter!("postern_quota_exceeded_total").increment(1);
+                    return Err(IntakeError::QuotaExceeded { limit, retry_after });
+                }
+            },
+            _ => None,
+        };
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
         let mut signature = Vec::new();
@@ -332,8 +340,8 @@ impl Intake {
                 dropped: Vec::new(),
             })
             .await?;
-        if let (Some(q), Some(account)) = (&self.quotas, account_for_quota) {
-            q.record(&account, 1);
+        if let Some(r) = reservation {
+            r.commit();
         }
         metrics::counter!("postern_messages_queued_total", "protocol" => sub.client.protocol)
             .increment(1);

@@ -10,5 +10,5 @@ pub mod retry;
 pub use intake::{
     Authorized, BounceReceiver, ClientInfo, Intake, IntakeError, SenderAuthority, Submission,
 };
-pub use quota::{QuotaCheck, Quotas};
+pub use quota::{QuotaCheck, Quotas, Reservation, Reserve};
 pub use retry::RetrySchedule;

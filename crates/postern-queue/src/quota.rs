@@ -30,14 +30,56 @@ struct Usage {
     count: u32,
 }
 
-/// When each account's limit was read, and what it was.
-type LimitCache = HashMap<String, (Instant, Option<u32>)>;
+/// When each account's limit was read, and what it was (with the account's
+/// immutable id, which keys the usage: a deleted account's usage never
+/// counts against a new account that takes its name).
+type LimitCache = HashMap<String, (Instant, Option<(i64, u32)>)>;
 
 #[derive(Clone)]
 pub struct Quotas {
     store: Arc<dyn AccountStore>,
     limits: Arc<Mutex<LimitCache>>,
-    usage: Arc<Mutex<HashMap<String, Usage>>>,
+    usage: Arc<Mutex<UsageTable>>,
+}
+
+/// Messages counted per account id in the current window.
+type UsageTable = HashMap<i64, Usage>;
+
+/// Messages counted against an account's limit before they are queued.
+/// Dropped without `commit` (the message was refused or the store failed),
+/// it gives them back; so concurrent submissions can never all pass a check
+/// that each made before any of them was counted.
+#[must_use = "a reservation is released when dropped; commit it once the message is queued"]
+pub struct Reservation {
+    /// The table, the account id, the window it was counted in, how many.
+    held: Option<(Arc<Mutex<UsageTable>>, i64, Instant, u32)>,
+}
+
+impl Reservation {
+    /// The messages were queued: they stay counted.
+    pub fn commit(mut self) {
+        self.held = None;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some((usage, id, window_start, n)) = self.held.take() {
+            let mut usage = usage.lock().unwrap_or_else(|e| e.into_inner());
+            // Only from the window it was taken in: a new window starts at 0.
+            if let Some(u) = usage.get_mut(&id) {
+                if u.window_start == window_start {
+                    u.count = u.count.saturating_sub(n);
+                }
+            }
+        }
+    }
+}
+
+/// What asking for a reservation gave.
+pub enum Reserve {
+    Granted(Reservation),
+    Exceeded { limit: u32, retry_after: Duration },
 }
 
 impl Quotas {
@@ -49,7 +91,8 @@ impl Quotas {
         }
     }
 
-    async fn limit(&self, account: &str) -> Result<Option<u32>, StoreError> {
+    /// The account's id and hourly limit, if it has one.
+    async fn limit(&self, account: &str) -> Result<Option<(i64, u32)>, StoreError> {
         let now = Instant::now();
         if let Some((at, limit)) = self
             .limits
@@ -65,7 +108,7 @@ impl Quotas {
             .store
             .get_account(account.to_owned())
             .await?
-            .and_then(|a| a.max_messages_per_hour);
+            .and_then(|a| a.max_messages_per_hour.map(|m| (a.id, m)));
         self.limits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -73,14 +116,15 @@ impl Quotas {
         Ok(limit)
     }
 
-    /// Whether `account` may send `n` more messages now (nothing is counted).
+    /// Whether `account` may send `n` more messages now (nothing is
+    /// counted): an early answer for a client, before it sends the body.
     pub async fn check(&self, account: &str, n: u32) -> Result<QuotaCheck, StoreError> {
-        let Some(limit) = self.limit(account).await? else {
+        let Some((id, limit)) = self.limit(account).await? else {
             return Ok(QuotaCheck::Allowed);
         };
         let now = Instant::now();
         let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let (used, retry_after) = match usage.get(account) {
+        let (used, retry_after) = match usage.get(&id) {
             Some(u) if now.duration_since(u.window_start) < WINDOW => {
                 (u.count, WINDOW - now.duration_since(u.window_start))
             }
@@ -92,11 +136,15 @@ impl Quotas {
         Ok(QuotaCheck::Allowed)
     }
 
-    /// Counts `n` messages accepted for `account`.
-    pub fn record(&self, account: &str, n: u32) {
+    /// Checks and counts `n` messages in one step under one lock, so that
+    /// the limit holds however many submissions race.
+    pub async fn reserve(&self, account: &str, n: u32) -> Result<Reserve, StoreError> {
+        let Some((id, limit)) = self.limit(account).await? else {
+            return Ok(Reserve::Granted(Reservation { held: None }));
+        };
         let now = Instant::now();
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let u = usage.entry(account.to_owned()).or_insert(Usage {
+        let u = usage.entry(id).or_insert(Usage {
             window_start: now,
             count: 0,
         });
@@ -104,7 +152,14 @@ impl Quotas {
             u.window_start = now;
             u.count = 0;
         }
-        u.count = u.count.saturating_add(n);
+        if u.count.saturating_add(n) > limit {
+            let retry_after = WINDOW.saturating_sub(now.duration_since(u.window_start));
+            return Ok(Reserve::Exceeded { limit, retry_after });
+        }
+        u.count += n;
+        Ok(Reserve::Granted(Reservation {
+            held: Some((self.usage.clone(), id, u.window_start, n)),
+        }))
     }
 }
 
@@ -113,6 +168,77 @@ mod tests {
     use super::*;
     use postern_store::{AccountRecord, AccountUpdate, EmbeddedStore};
 
+    async fn granted(q: &Quotas, account: &str) -> Reservation {
+        match q.reserve(account, 1).await.unwrap() {
+            Reserve::Granted(r) => r,
+            Reserve::Exceeded { .. } => panic!("{account}: over its limit"),
+        }
+    }
+
+    async fn store_with_limit(limit: u32) -> Arc<EmbeddedStore> {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
+        store
+            .create_account(AccountRecord {
+                id: 0,
+                name: "a".into(),
+                parent: None,
+                disabled: false,
+                allow_password_auth: false,
+                password_hash: None,
+                created_at: 0,
+                email: None,
+                cram_md5: None,
+                max_messages_per_hour: Some(limit),
+                ip_pool: None,
+                sender_alignment: None,
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    /// Twenty submissions racing against a limit of 3: exactly 3 pass.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reservations_never_exceed_the_limit() {
+        let q = Quotas::new(store_with_limit(3).await);
+        let barrier = Arc::new(tokio::sync::Barrier::new(20));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (q, barrier) = (q.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    match q.reserve("a", 1).await.unwrap() {
+                        Reserve::Granted(r) => {
+                            tokio::task::yield_now().await;
+                            r.commit();
+                            true
+                        }
+                        Reserve::Exceeded { .. } => false,
+                    }
+                })
+            })
+            .collect();
+        let mut passed = 0;
+        for t in tasks {
+            passed += t.await.unwrap() as u32;
+        }
+        assert_eq!(passed, 3);
+    }
+
+    /// A reservation dropped without commit (the message was refused)
+    /// gives its place back.
+    #[tokio::test]
+    async fn a_dropped_reservation_is_released() {
+        let q = Quotas::new(store_with_limit(1).await);
+        drop(granted(&q, "a").await);
+        granted(&q, "a").await.commit();
+        assert!(matches!(
+            q.reserve("a", 1).await.unwrap(),
+            Reserve::Exceeded { limit: 1, .. }
+        ));
+    }
+
     #[tokio::test]
     async fn each_account_has_its_own_limit() {
         let dir = tempfile::tempdir().unwrap();
@@ -120,6 +246,7 @@ mod tests {
         for name in ["a", "b"] {
             store
                 .create_account(AccountRecord {
+                    id: 0,
                     name: name.into(),
                     parent: None,
                     disabled: false,
@@ -148,14 +275,18 @@ mod tests {
         let q = Quotas::new(store);
         for _ in 0..2 {
             assert_eq!(q.check("a", 1).await.unwrap(), QuotaCheck::Allowed);
-            q.record("a", 1);
+            granted(&q, "a").await.commit();
         }
         assert!(matches!(
             q.check("a", 1).await.unwrap(),
             QuotaCheck::Exceeded { limit: 2, .. }
         ));
+        assert!(matches!(
+            q.reserve("a", 1).await.unwrap(),
+            Reserve::Exceeded { limit: 2, .. }
+        ));
         for _ in 0..100 {
-            q.record("b", 1);
+            granted(&q, "b").await.commit();
         }
         assert_eq!(
             q.check("b", 1).await.unwrap(),

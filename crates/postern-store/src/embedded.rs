@@ -292,8 +292,9 @@ fn insert_event(
     // The account comes from the message, which is still queued whenever an
     // event is written for it.
     conn.prepare_cached(
-        "INSERT INTO events (at, message_id, kind, recipient, detail, account, info)
-         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT account FROM messages WHERE id = ?2), ?6)",
+        "INSERT INTO events (at, message_id, kind, recipient, detail, account, account_id, info)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT account FROM messages WHERE id = ?2),
+                 (SELECT account_id FROM messages WHERE id = ?2), ?6)",
     )?
     .execute(params![
         at,
@@ -312,9 +313,15 @@ impl QueueStore for EmbeddedStore {
         self.write(move |conn| {
             let envelope = serde_json::to_string(&msg.envelope)
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
+            // The sending account's id, looked up once: the message, its
+            // events and the suppression check all go by it.
+            let account_id: Option<i64> = match &msg.account {
+                Some(name) => account_id_of(conn, name)?,
+                None => None,
+            };
             conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, mail_from, envelope, account, smtputf8, eight_bit, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO messages (id, received_at, mail_from, envelope, account, smtputf8, eight_bit, body, account_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 msg.id.as_str(),
@@ -325,6 +332,7 @@ impl QueueStore for EmbeddedStore {
                 msg.envelope.smtputf8,
                 msg.envelope.body_type == postern_core::BodyType::EightBitMime,
                 msg.body,
+                account_id,
             ])?;
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO recipients (message_id, idx, address, domain, notify, orcpt, status, next_attempt)
@@ -334,9 +342,9 @@ impl QueueStore for EmbeddedStore {
             // dropped here, inside the same commit: no extra round trip per
             // message, and no window between the check and the queueing.
             let mut dropped = msg.dropped.clone();
-            if let Some(account) = &msg.account {
+            if let Some(account) = account_id {
                 let mut suppressed = conn.prepare_cached(
-                    "SELECT 1 FROM suppressions WHERE account = ?1 AND address = lower(?2)",
+                    "SELECT 1 FROM suppressions WHERE account_id = ?1 AND address = lower(?2)",
                 )?;
                 for (i, r) in msg.envelope.recipients.iter().enumerate() {
                     if !dropped.iter().any(|(d, _)| *d == i) && suppressed.exists(params![account, r.address])? {
@@ -614,15 +622,12 @@ const KEY_COLUMNS: &str =
 impl CredentialStore for EmbeddedStore {
     async fn insert_api_key(&self, key: ApiKeyRecord) -> Result<()> {
         self.write(move |conn| {
-            let exists = conn.query_row("SELECT COUNT(*) FROM accounts WHERE name = ?1", [&key.account], |r| {
-                r.get::<_, i64>(0)
-            })?;
-            if exists == 0 {
+            let Some(account_id) = account_id_of(conn, &key.account)? else {
                 return Err(StoreError::NotFound);
-            }
+            };
             conn.execute(
-                "INSERT INTO api_keys (id, account, name, hash, scopes, created_at, expires_at, revoked_at, networks)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO api_keys (id, account, name, hash, scopes, created_at, expires_at, revoked_at, networks, account_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     key.id,
                     key.account,
@@ -632,7 +637,8 @@ impl CredentialStore for EmbeddedStore {
                     key.created_at,
                     key.expires_at,
                     key.revoked_at,
-                    join_list(&key.networks)
+                    join_list(&key.networks),
+                    account_id
                 ],
             )?;
             Ok(())
@@ -644,7 +650,7 @@ impl CredentialStore for EmbeddedStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND {LIVE}"
                 ))?
                 .query_row([hash], key_from_row)
                 .optional()?)
@@ -665,7 +671,7 @@ impl CredentialStore for EmbeddedStore {
     async fn list_api_keys(&self, account: Option<String>) -> Result<Vec<ApiKeyRecord>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR account = ?1 ORDER BY created_at, id"
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE {LIVE} AND (?1 IS NULL OR account_id = {ID_OF_1}) ORDER BY created_at, id"
             ))?;
             let rows = stmt.query_map([account], key_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -738,8 +744,27 @@ fn rand_fill(buf: &mut [u8]) -> Result<()> {
         .map_err(|e| StoreError::Backend(format!("OS random source: {e}")))
 }
 
+/// A row is live while the account it was written for exists: its id
+/// names a current account (ids are never handed out twice).
+const LIVE: &str = "account_id IN (SELECT id FROM accounts)";
+/// The opposite of LIVE (NULL-safe: a row written for no existing account
+/// has a NULL id).
+const DEAD: &str = "(account_id IS NULL OR account_id NOT IN (SELECT id FROM accounts))";
+/// The current id of the account named by parameter 1 (NULL when there is
+/// none, which matches no row).
+const ID_OF_1: &str = "(SELECT id FROM accounts WHERE name = ?1)";
+
+/// The id of the account with this name, if it exists.
+fn account_id_of(conn: &Connection, name: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM accounts WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
 fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
     Ok(AccountRecord {
+        id: r.get(11)?,
         name: r.get(0)?,
         parent: r.get(1)?,
         disabled: r.get(2)?,
@@ -755,7 +780,7 @@ fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour, ip_pool, sender_alignment";
+    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour, ip_pool, sender_alignment, id";
 
 #[async_trait]
 impl AccountStore for EmbeddedStore {
@@ -776,9 +801,15 @@ impl AccountStore for EmbeddedStore {
                     Some(None) => {}
                 }
             }
+            if account_id_of(conn, &a.name)?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            // A fresh id, higher than any ever issued (the caller's is ignored).
+            conn.execute("INSERT INTO account_ids DEFAULT VALUES", [])?;
+            let id = conn.last_insert_rowid();
             conn.execute(
                 &format!(
-                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                 ),
                 params![
                     a.name,
@@ -791,7 +822,8 @@ impl AccountStore for EmbeddedStore {
                     a.cram_md5,
                     a.max_messages_per_hour,
                     a.ip_pool,
-                    a.sender_alignment
+                    a.sender_alignment,
+                    id
                 ],
             )?;
             Ok(())
@@ -882,17 +914,12 @@ impl AccountStore for EmbeddedStore {
     async fn add_ip_rule(&self, account: String, cidr: String) -> Result<()> {
         let now = postern_core::time::now_millis();
         self.write(move |conn| {
-            let exists = conn.query_row(
-                "SELECT COUNT(*) FROM accounts WHERE name = ?1",
-                [&account],
-                |r| r.get::<_, i64>(0),
-            )?;
-            if exists == 0 {
+            let Some(account_id) = account_id_of(conn, &account)? else {
                 return Err(StoreError::NotFound);
-            }
+            };
             conn.execute(
-                "INSERT INTO ip_access (account, cidr, created_at) VALUES (?1, ?2, ?3)",
-                params![account, cidr, now],
+                "INSERT INTO ip_access (account, cidr, created_at, account_id) VALUES (?1, ?2, ?3, ?4)",
+                params![account, cidr, now, account_id],
             )?;
             Ok(())
         })
@@ -902,7 +929,7 @@ impl AccountStore for EmbeddedStore {
     async fn remove_ip_rule(&self, account: String, cidr: String) -> Result<bool> {
         self.write(move |conn| {
             Ok(conn.execute(
-                "DELETE FROM ip_access WHERE account = ?1 AND cidr = ?2",
+                &format!("DELETE FROM ip_access WHERE account_id = {ID_OF_1} AND cidr = ?2"),
                 params![account, cidr],
             )? == 1)
         })
@@ -912,7 +939,7 @@ impl AccountStore for EmbeddedStore {
     async fn remove_ip_rule_by_id(&self, account: String, id: i64) -> Result<bool> {
         self.write(move |conn| {
             Ok(conn.execute(
-                "DELETE FROM ip_access WHERE account = ?1 AND rowid = ?2",
+                &format!("DELETE FROM ip_access WHERE account_id = {ID_OF_1} AND rowid = ?2"),
                 params![account, id],
             )? == 1)
         })
@@ -921,9 +948,9 @@ impl AccountStore for EmbeddedStore {
 
     async fn ip_rules(&self, account: String) -> Result<Vec<IpRule>> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT rowid, cidr, created_at FROM ip_access WHERE account = ?1 ORDER BY rowid",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT rowid, cidr, created_at FROM ip_access WHERE account_id = {ID_OF_1} ORDER BY rowid"
+            ))?;
             let rows = stmt.query_map([account], |r| {
                 Ok(IpRule {
                     id: r.get(0)?,
@@ -936,7 +963,7 @@ impl AccountStore for EmbeddedStore {
         .await
     }
 
-    async fn delete_account(&self, name: String) -> Result<bool> {
+    async fn delete_account(&self, name: String) -> Result<Option<BTreeMap<String, u64>>> {
         self.write(move |conn| {
             let children: i64 = conn.query_row(
                 "SELECT COUNT(*) FROM accounts WHERE parent = ?1",
@@ -946,8 +973,22 @@ impl AccountStore for EmbeddedStore {
             if children > 0 {
                 return Err(StoreError::Conflict);
             }
-            conn.execute("DELETE FROM api_keys WHERE account = ?1", [&name])?;
-            Ok(conn.execute("DELETE FROM accounts WHERE name = ?1", [&name])? == 1)
+            let Some(id) = account_id_of(conn, &name)? else {
+                return Ok(None);
+            };
+            // Everything the account owns goes with it, in the same commit:
+            // by id, and by name for rows that lost the race with an
+            // earlier deletion of the same name (their id is dead anyway).
+            let mut removed = BTreeMap::new();
+            for table in crate::schema::ACCOUNT_OWNED_TABLES {
+                let n = conn.execute(
+                    &format!("DELETE FROM {table} WHERE account_id = ?1 OR account = ?2"),
+                    params![id, name],
+                )?;
+                removed.insert((*table).to_owned(), n as u64);
+            }
+            conn.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
+            Ok(Some(removed))
         })
         .await
     }
@@ -1014,9 +1055,14 @@ impl AuditStore for EmbeddedStore {
         self.read(move |conn| {
             let kind_prefix = f.kind.as_ref().filter(|k| k.ends_with('.')).cloned();
             let kind_exact = f.kind.as_ref().filter(|k| !k.ends_with('.')).cloned();
+            // An account's view of the log starts when it was created: the
+            // entries of an earlier, deleted account of the same name are
+            // not its history (the operator still sees them unfiltered, or
+            // by name once no account has it).
             let mut stmt = conn.prepare(&format!(
                 "SELECT {AUDIT_COLUMNS} FROM audit
-                 WHERE (?1 IS NULL OR account = ?1)
+                 WHERE (?1 IS NULL OR (account = ?1
+                        AND at >= COALESCE((SELECT created_at FROM accounts WHERE name = ?1), 0)))
                    AND (?2 IS NULL OR kind = ?2)
                    AND (?3 IS NULL OR substr(kind, 1, length(?3)) = ?3)
                    AND (?4 IS NULL OR at >= ?4)
@@ -1065,16 +1111,13 @@ impl AuditStore for EmbeddedStore {
 impl TotpStore for EmbeddedStore {
     async fn put_totp(&self, r: TotpRecord) -> Result<()> {
         self.write(move |conn| {
-            let exists = conn.query_row("SELECT COUNT(*) FROM accounts WHERE name = ?1", [&r.account], |row| {
-                row.get::<_, i64>(0)
-            })?;
-            if exists == 0 {
+            let Some(account_id) = account_id_of(conn, &r.account)? else {
                 return Err(StoreError::NotFound);
-            }
+            };
             conn.execute(
-                "INSERT OR REPLACE INTO totp (account, secret, confirmed, last_step, recovery_codes, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![r.account, r.secret, r.confirmed, r.last_step, join_list(&r.recovery_hashes), r.created_at],
+                "INSERT OR REPLACE INTO totp (account, secret, confirmed, last_step, recovery_codes, created_at, account_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.account, r.secret, r.confirmed, r.last_step, join_list(&r.recovery_hashes), r.created_at, account_id],
             )?;
             Ok(())
         })
@@ -1085,7 +1128,7 @@ impl TotpStore for EmbeddedStore {
         self.read(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT account, secret, confirmed, last_step, recovery_codes, created_at FROM totp WHERE account = ?1",
+                    &format!("SELECT account, secret, confirmed, last_step, recovery_codes, created_at FROM totp WHERE account_id = {ID_OF_1}"),
                     [account],
                     |r| {
                         Ok(TotpRecord {
@@ -1106,7 +1149,7 @@ impl TotpStore for EmbeddedStore {
     async fn accept_totp_step(&self, account: String, step: i64) -> Result<bool> {
         self.write(move |conn| {
             Ok(conn.execute(
-                "UPDATE totp SET last_step = ?2, confirmed = 1 WHERE account = ?1 AND last_step < ?2",
+                &format!("UPDATE totp SET last_step = ?2, confirmed = 1 WHERE account_id = {ID_OF_1} AND last_step < ?2"),
                 params![account, step],
             )? == 1)
         })
@@ -1117,7 +1160,7 @@ impl TotpStore for EmbeddedStore {
         self.write(move |conn| {
             let codes: Option<String> = conn
                 .query_row(
-                    "SELECT recovery_codes FROM totp WHERE account = ?1",
+                    &format!("SELECT recovery_codes FROM totp WHERE account_id = {ID_OF_1}"),
                     [&account],
                     |r| r.get(0),
                 )
@@ -1129,7 +1172,7 @@ impl TotpStore for EmbeddedStore {
             };
             list.remove(pos);
             conn.execute(
-                "UPDATE totp SET recovery_codes = ?2 WHERE account = ?1",
+                &format!("UPDATE totp SET recovery_codes = ?2 WHERE account_id = {ID_OF_1}"),
                 params![account, join_list(&list)],
             )?;
             Ok(true)
@@ -1139,7 +1182,10 @@ impl TotpStore for EmbeddedStore {
 
     async fn delete_totp(&self, account: String) -> Result<bool> {
         self.write(move |conn| {
-            Ok(conn.execute("DELETE FROM totp WHERE account = ?1", [account])? == 1)
+            Ok(conn.execute(
+                &format!("DELETE FROM totp WHERE account_id = {ID_OF_1}"),
+                [account],
+            )? == 1)
         })
         .await
     }
@@ -1150,8 +1196,10 @@ impl SuppressionStore for EmbeddedStore {
     async fn suppress(&self, account: String, e: Suppression) -> Result<()> {
         self.write(move |conn| {
             conn.execute(
-                "INSERT OR REPLACE INTO suppressions (account, address, status, reason, created_at)
-                 VALUES (?1, lower(?2), ?3, ?4, ?5)",
+                &format!(
+                    "INSERT OR REPLACE INTO suppressions (account, address, status, reason, created_at, account_id)
+                     VALUES (?1, lower(?2), ?3, ?4, ?5, {ID_OF_1})"
+                ),
                 params![account, e.address, e.status, e.reason, e.created_at],
             )?;
             Ok(())
@@ -1161,9 +1209,9 @@ impl SuppressionStore for EmbeddedStore {
 
     async fn suppressed(&self, account: String, addresses: Vec<String>) -> Result<Vec<String>> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT 1 FROM suppressions WHERE account = ?1 AND address = lower(?2)",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT 1 FROM suppressions WHERE account_id = {ID_OF_1} AND address = lower(?2)"
+            ))?;
             let mut out = Vec::new();
             for a in addresses {
                 if stmt.exists(params![account, a])? {
@@ -1177,9 +1225,9 @@ impl SuppressionStore for EmbeddedStore {
 
     async fn suppressions(&self, account: String) -> Result<Vec<Suppression>> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT address, status, reason, created_at FROM suppressions WHERE account = ?1 ORDER BY created_at, address",
-            )?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT address, status, reason, created_at FROM suppressions WHERE account_id = {ID_OF_1} ORDER BY created_at, address"
+            ))?;
             let rows = stmt.query_map([account], |r| {
                 Ok(Suppression {
                     address: r.get(0)?,
@@ -1196,7 +1244,7 @@ impl SuppressionStore for EmbeddedStore {
     async fn unsuppress(&self, account: String, address: Option<String>) -> Result<u64> {
         self.write(move |conn| {
             Ok(conn.execute(
-                "DELETE FROM suppressions WHERE account = ?1 AND (?2 IS NULL OR address = lower(?2))",
+                &format!("DELETE FROM suppressions WHERE account_id = {ID_OF_1} AND (?2 IS NULL OR address = lower(?2))"),
                 params![account, address],
             )? as u64)
         })
@@ -1217,8 +1265,8 @@ impl EventStore for EmbeddedStore {
                 )
             };
             conn.prepare_cached(
-                "INSERT INTO events (at, message_id, kind, recipient, detail, account, info)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (at, message_id, kind, recipient, detail, account, info, account_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT id FROM accounts WHERE name = ?6))",
             )?
             .execute(params![
                 e.at_millis,
@@ -1255,11 +1303,14 @@ impl EventStore for EmbeddedStore {
                 if filter.include_subusers {
                     // Both placeholders become the same numbered one.
                     bind(
-                        "account IN (SELECT name FROM accounts WHERE name = ? OR parent = ?)",
+                        "account_id IN (SELECT id FROM accounts WHERE name = ? OR parent = ?)",
                         a.clone().into(),
                     );
                 } else {
-                    bind("account = ?", a.clone().into());
+                    bind(
+                        "account_id = (SELECT id FROM accounts WHERE name = ?)",
+                        a.clone().into(),
+                    );
                 }
             }
             if let Some(t) = filter.since {
@@ -1346,10 +1397,12 @@ impl EventStore for EmbeddedStore {
                 .map(|k| k.as_str().to_owned())
                 .collect::<Vec<_>>();
             conn.prepare_cached(
-                "INSERT INTO event_webhooks (account, url, enabled, kinds, signing_key, cursor, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) FROM events), ?6, ?6)
-                 ON CONFLICT (account) DO UPDATE SET url = ?2, enabled = ?3, kinds = ?4,
-                    signing_key = ?5, updated_at = ?6",
+                &format!(
+                    "INSERT INTO event_webhooks (account, url, enabled, kinds, signing_key, cursor, created_at, updated_at, account_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(seq), 0) FROM events), ?6, ?6, {ID_OF_1})
+                     ON CONFLICT (account) DO UPDATE SET url = ?2, enabled = ?3, kinds = ?4,
+                        signing_key = ?5, updated_at = ?6"
+                ),
             )?
             .execute(params![w.account, w.url, w.enabled, join_list(&kinds), w.signing_key, w.updated_at])?;
             Ok(())
@@ -1361,7 +1414,7 @@ impl EventStore for EmbeddedStore {
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(&format!(
-                    "SELECT {WEBHOOK_COLUMNS} FROM event_webhooks WHERE account = ?1"
+                    "SELECT {WEBHOOK_COLUMNS} FROM event_webhooks WHERE account_id = {ID_OF_1}"
                 ))?
                 .query_row([account], webhook_from_row)
                 .optional()?)
@@ -1372,7 +1425,7 @@ impl EventStore for EmbeddedStore {
     async fn list_webhooks(&self) -> Result<Vec<WebhookRecord>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {WEBHOOK_COLUMNS} FROM event_webhooks ORDER BY account"
+                "SELECT {WEBHOOK_COLUMNS} FROM event_webhooks WHERE {LIVE} ORDER BY account"
             ))?;
             let rows = stmt.query_map([], webhook_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -1383,10 +1436,10 @@ impl EventStore for EmbeddedStore {
     async fn advance_webhook(&self, account: String, cursor: i64, at: i64) -> Result<()> {
         self.write(move |conn| {
             // Never backwards: a late writer cannot make events go out twice.
-            conn.prepare_cached(
+            conn.prepare_cached(&format!(
                 "UPDATE event_webhooks SET cursor = MAX(cursor, ?2), last_success_at = ?3
-                 WHERE account = ?1",
-            )?
+                 WHERE account_id = {ID_OF_1}"
+            ))?
             .execute(params![account, cursor, at])?;
             Ok(())
         })
@@ -1395,9 +1448,9 @@ impl EventStore for EmbeddedStore {
 
     async fn webhook_failed(&self, account: String, error: String, at: i64) -> Result<()> {
         self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE event_webhooks SET last_error = ?2, last_error_at = ?3 WHERE account = ?1",
-            )?
+            conn.prepare_cached(&format!(
+                "UPDATE event_webhooks SET last_error = ?2, last_error_at = ?3 WHERE account_id = {ID_OF_1}"
+            ))?
             .execute(params![account, error, at])?;
             Ok(())
         })
@@ -1496,10 +1549,19 @@ fn sender_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SenderRecord> {
 impl SenderStore for EmbeddedStore {
     async fn add_sender(&self, s: SenderRecord) -> Result<i64> {
         self.write(move |conn| {
+            if account_id_of(conn, &s.account)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            conn.execute(
+                &format!("DELETE FROM verified_senders WHERE account = ?1 AND address = ?2 AND {DEAD}"),
+                params![s.account, s.address.to_lowercase()],
+            )?;
             conn.prepare_cached(
-                "INSERT INTO verified_senders (account, address, nickname, from_name, reply_to, reply_to_name, details, \
-                 created_at, verified_at, token_hash, token_expires_at, last_sent_at, window_start, window_sends) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                &format!(
+                    "INSERT INTO verified_senders (account, address, nickname, from_name, reply_to, reply_to_name, details, \
+                     created_at, verified_at, token_hash, token_expires_at, last_sent_at, window_start, window_sends, account_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, {ID_OF_1})"
+                ),
             )?
             .execute(params![
                 s.account,
@@ -1524,7 +1586,7 @@ impl SenderStore for EmbeddedStore {
 
     async fn get_sender(&self, id: i64) -> Result<Option<SenderRecord>> {
         self.read_optional(
-            format!("SELECT {SENDER_COLUMNS} FROM verified_senders WHERE id = ?1"),
+            format!("SELECT {SENDER_COLUMNS} FROM verified_senders WHERE id = ?1 AND {LIVE}"),
             [id],
             sender_from_row,
         )
@@ -1533,7 +1595,7 @@ impl SenderStore for EmbeddedStore {
 
     async fn list_senders(&self, account: Option<String>) -> Result<Vec<SenderRecord>> {
         self.read_all(
-            format!("SELECT {SENDER_COLUMNS} FROM verified_senders WHERE (?1 IS NULL OR account = ?1) ORDER BY id"),
+            format!("SELECT {SENDER_COLUMNS} FROM verified_senders WHERE {LIVE} AND (?1 IS NULL OR account_id = {ID_OF_1}) ORDER BY id"),
             [account],
             sender_from_row,
         )
@@ -1613,7 +1675,7 @@ impl SenderStore for EmbeddedStore {
         self.write(move |conn| {
             let found = conn
                 .prepare_cached(&format!(
-                    "SELECT {SENDER_COLUMNS} FROM verified_senders WHERE token_hash = ?1"
+                    "SELECT {SENDER_COLUMNS} FROM verified_senders WHERE token_hash = ?1 AND {LIVE}"
                 ))?
                 .query_row([&hash], sender_from_row)
                 .optional()?;
@@ -1659,6 +1721,11 @@ impl SenderStore for EmbeddedStore {
 impl DomainStore for EmbeddedStore {
     async fn add_domain(&self, d: DomainRecord) -> Result<()> {
         self.write(move |conn| {
+            if account_id_of(conn, &d.account)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            // A row left by a deleted account is no claim on the domain.
+            conn.execute(&format!("DELETE FROM domains WHERE domain = ?1 AND {DEAD}"), [&d.domain])?;
             let exists = conn
                 .prepare_cached("SELECT 1 FROM domains WHERE domain = ?1")?
                 .exists([&d.domain])?;
@@ -1666,8 +1733,8 @@ impl DomainStore for EmbeddedStore {
                 return Err(StoreError::Conflict);
             }
             conn.prepare_cached(&format!(
-                "INSERT INTO domains ({DOMAIN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+                "INSERT INTO domains ({DOMAIN_COLUMNS}, account_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, (SELECT id FROM accounts WHERE name = ?2))"
             ))?
             .execute(params![
                 d.domain,
@@ -1699,7 +1766,7 @@ impl DomainStore for EmbeddedStore {
 
     async fn get_domain(&self, domain: String) -> Result<Option<DomainRecord>> {
         self.read_optional(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1 AND {LIVE}"),
             [domain],
             domain_from_row,
         )
@@ -1708,7 +1775,7 @@ impl DomainStore for EmbeddedStore {
 
     async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>> {
         self.read_all(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE (?1 IS NULL OR account = ?1) ORDER BY domain"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE {LIVE} AND (?1 IS NULL OR account_id = {ID_OF_1}) ORDER BY domain"),
             [account],
             domain_from_row,
         )
@@ -1717,7 +1784,7 @@ impl DomainStore for EmbeddedStore {
 
     async fn get_domain_by_id(&self, id: i64) -> Result<Option<DomainRecord>> {
         self.read_optional(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE rowid = ?1"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE rowid = ?1 AND {LIVE}"),
             [id],
             domain_from_row,
         )
@@ -1896,7 +1963,7 @@ fn load_queued(conn: &Connection, id: &str, now: i64) -> Result<Option<QueuedMes
 fn queued_ids(conn: &Connection, f: &QueueFilter) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM messages m
-         WHERE (?1 IS NULL OR m.account = ?1)
+         WHERE (?1 IS NULL OR m.account_id = (SELECT id FROM accounts WHERE name = ?1))
            AND (?2 IS NULL OR EXISTS (SELECT 1 FROM recipients r
                 WHERE r.message_id = m.id AND r.status = 0 AND r.domain = lower(?2)))
          ORDER BY received_at LIMIT ?3",
@@ -2622,6 +2689,7 @@ mod tests {
 
     fn account(name: &str, parent: Option<&str>) -> AccountRecord {
         AccountRecord {
+            id: 0,
             name: name.into(),
             parent: parent.map(Into::into),
             disabled: false,
@@ -2730,8 +2798,12 @@ mod tests {
             store.delete_account("acme".into()).await,
             Err(StoreError::Conflict)
         ));
-        assert!(store.delete_account("marketing".into()).await.unwrap());
-        assert!(store.delete_account("acme".into()).await.unwrap());
+        assert!(store
+            .delete_account("marketing".into())
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store.delete_account("acme".into()).await.unwrap().is_some());
         assert!(store.get_account("acme".into()).await.unwrap().is_none());
     }
 

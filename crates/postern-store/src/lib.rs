@@ -10,6 +10,11 @@ mod embedded;
 mod schema;
 mod types;
 
+#[cfg(test)]
+mod account_isolation_tests;
+
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use postern_core::MessageId;
 use thiserror::Error;
@@ -209,9 +214,12 @@ pub trait AccountStore: Send + Sync {
     async fn remove_ip_rule(&self, account: String, cidr: String) -> Result<bool>;
     async fn remove_ip_rule_by_id(&self, account: String, id: i64) -> Result<bool>;
     async fn ip_rules(&self, account: String) -> Result<Vec<IpRule>>;
-    /// Deletes an account with its keys and rules. Conflict while it still
-    /// has subusers.
-    async fn delete_account(&self, name: String) -> Result<bool>;
+    /// Deletes an account and everything it owns (keys, IP rules, TOTP,
+    /// domains with their DKIM keys, single senders, suppressions, webhook,
+    /// queued messages, events), in one commit. Returns how many rows went
+    /// from each table, or None when there is no such account. Conflict
+    /// while it still has subusers. The audit log is append-only and stays.
+    async fn delete_account(&self, name: String) -> Result<Option<BTreeMap<String, u64>>>;
 }
 
 /// TOTP second factors.

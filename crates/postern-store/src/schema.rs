@@ -255,6 +255,64 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER accounts_del AFTER DELETE ON accounts BEGIN
         UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
     "#,
+    // 18: every account gets an immutable internal id, and everything an
+    // account owns references that id, not the name. Names are labels that a
+    // later account may take again; an id is never handed out twice
+    // (AUTOINCREMENT keeps the highest id ever issued), so rows left behind
+    // by a deleted account, or written for it in a race with its deletion,
+    // can never bind to whoever takes the name next.
+    r#"
+    CREATE TABLE account_ids (id INTEGER PRIMARY KEY AUTOINCREMENT);
+    ALTER TABLE accounts ADD COLUMN id INTEGER;
+    UPDATE accounts SET id = rowid;
+    INSERT INTO account_ids (id) SELECT id FROM accounts;
+    CREATE UNIQUE INDEX accounts_by_id ON accounts(id);
+
+    ALTER TABLE api_keys ADD COLUMN account_id INTEGER;
+    ALTER TABLE ip_access ADD COLUMN account_id INTEGER;
+    ALTER TABLE totp ADD COLUMN account_id INTEGER;
+    ALTER TABLE suppressions ADD COLUMN account_id INTEGER;
+    ALTER TABLE event_webhooks ADD COLUMN account_id INTEGER;
+    ALTER TABLE domains ADD COLUMN account_id INTEGER;
+    ALTER TABLE verified_senders ADD COLUMN account_id INTEGER;
+    ALTER TABLE messages ADD COLUMN account_id INTEGER;
+    ALTER TABLE events ADD COLUMN account_id INTEGER;
+    UPDATE api_keys SET account_id = (SELECT id FROM accounts WHERE name = api_keys.account);
+    UPDATE ip_access SET account_id = (SELECT id FROM accounts WHERE name = ip_access.account);
+    UPDATE totp SET account_id = (SELECT id FROM accounts WHERE name = totp.account);
+    UPDATE suppressions SET account_id = (SELECT id FROM accounts WHERE name = suppressions.account);
+    UPDATE event_webhooks SET account_id = (SELECT id FROM accounts WHERE name = event_webhooks.account);
+    UPDATE domains SET account_id = (SELECT id FROM accounts WHERE name = domains.account);
+    UPDATE verified_senders SET account_id = (SELECT id FROM accounts WHERE name = verified_senders.account);
+    UPDATE messages SET account_id = (SELECT id FROM accounts WHERE name = messages.account);
+    UPDATE events SET account_id = (SELECT id FROM accounts WHERE name = events.account);
+    CREATE INDEX api_keys_by_account_id ON api_keys(account_id);
+    CREATE INDEX suppressions_by_account_id ON suppressions(account_id, address);
+    CREATE INDEX domains_by_account_id ON domains(account_id);
+    CREATE INDEX senders_by_account_id ON verified_senders(account_id);
+    CREATE INDEX messages_by_account_id ON messages(account_id, received_at);
+    CREATE INDEX events_by_account_id ON events(account_id, seq);
+    DROP INDEX events_by_account;
+    DROP INDEX messages_by_account;
+    DROP INDEX domains_by_account;
+    "#,
+];
+
+/// Tables that hold rows owned by an account: each has `account` (the
+/// name when the row was written, for display) and `account_id` (what
+/// every lookup and every deletion goes by). Deleting an account deletes
+/// its rows in all of them; a test checks that this list names every
+/// table with an `account` column except the append-only audit log.
+pub const ACCOUNT_OWNED_TABLES: &[&str] = &[
+    "api_keys",
+    "ip_access",
+    "totp",
+    "suppressions",
+    "event_webhooks",
+    "domains",
+    "verified_senders",
+    "messages",
+    "events",
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

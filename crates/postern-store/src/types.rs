@@ -191,6 +191,10 @@ pub struct QueueFilter {
 /// credentials, events and limits; disabling a parent disables its subusers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRecord {
+    /// Immutable internal id, assigned by the store when the account is
+    /// created (the value given to `create_account` is ignored) and never
+    /// given to another account. Everything the account owns goes by it.
+    pub id: i64,
     pub name: String,
     pub parent: Option<String>,
     pub disabled: bool,

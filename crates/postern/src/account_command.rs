@@ -90,6 +90,7 @@ async fn create(
 ) -> Result<AccountRecord> {
     valid_name(name)?;
     let record = AccountRecord {
+        id: 0,
         name: name.to_owned(),
         parent: parent.clone(),
         disabled: false,

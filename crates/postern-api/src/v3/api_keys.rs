@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::caller::Caller;
 use crate::{scopes, ApiError, ApiState};
+use postern_accounts::api_key::narrow_to_creator;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -87,8 +88,21 @@ async fn create(
                 format!("{ip:?} is not an IP address or network"),
             )
         })?;
-        networks.push(net.to_string());
+        networks.push(net);
     }
+    // The new key gets no network or lifetime its creator lacks.
+    let creator = state
+        .store
+        .list_api_keys(Some(caller.principal.account.clone()))
+        .await?
+        .into_iter()
+        .find(|k| k.id == caller.principal.key_id);
+    let (networks, expires_at) = match &creator {
+        Some(c) => narrow_to_creator(c, networks, None)
+            .map_err(|e| ApiError::field(StatusCode::FORBIDDEN, "allowed_ips", e.to_string()))?,
+        // Not a stored key (a password login): nothing to narrow to.
+        None => (networks.iter().map(|n| n.to_string()).collect(), None),
+    };
     let issued = state
         .authenticator
         .api_keys()
@@ -97,7 +111,7 @@ async fn create(
             &caller.account,
             &name,
             requested,
-            None,
+            expires_at,
             networks,
         )
         .await?;

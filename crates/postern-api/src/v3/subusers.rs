@@ -80,6 +80,7 @@ async fn create(
         None => None,
     };
     let record = AccountRecord {
+        id: 0,
         name: username.clone(),
         parent: Some(parent.name.clone()),
         disabled: false,
@@ -198,7 +199,20 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     caller.require("subusers.delete")?;
     own_subuser(&state, &caller, &name).await?;
-    state.store.delete_account(name.clone()).await?;
-    caller.audit(&state, "subuser.delete", format!("subuser={name}"));
+    let Some(removed) = state.store.delete_account(name.clone()).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "subuser not found"));
+    };
+    // What went with it (keys, domains and their DKIM keys, senders,
+    // queued mail, events, ...), so the audit log says what was retired.
+    let removed: Vec<String> = removed
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(table, n)| format!("{table}:{n}"))
+        .collect();
+    caller.audit(
+        &state,
+        "subuser.delete",
+        format!("subuser={name} removed={}", removed.join(",")),
+    );
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,61 @@
+"""A key is never more powerful than the key that made it, and On-Behalf-Of
+over HTTP is checked as an SMTP authzid is: a disabled subuser, or one
+whose IP allowlist leaves the client out, cannot be acted for."""
+
+import json
+
+from test_account_identity import api
+
+
+def cli_json(p, *args):
+    return json.loads(p.cli(*args, "--json").stdout)
+
+
+def test_child_keys_inherit_networks_and_expiry_and_cannot_widen_them(postern):
+    p = postern
+    parent = cli_json(p, "key", "create", "--account", "admin", "--allow-ip", "127.0.0.0/8", "--expires-in", "1h")
+    status, child = api(p, parent["key"], "POST", "/v3/api_keys", {"name": "child"})
+    assert status == 201, child
+    assert child["allowed_ips"] == ["127.0.0.0/8"], "networks are inherited when not given"
+    listed = {k["id"]: k for k in cli_json(p, "key", "list")}
+    assert listed[child["api_key_id"]]["expires_at"] == listed[parent["id"]]["expires_at"], "expiry is inherited"
+
+    status, narrower = api(p, parent["key"], "POST", "/v3/api_keys", {"name": "n", "allowed_ips": ["127.0.0.1"]})
+    assert status == 201 and narrower["allowed_ips"] == ["127.0.0.1/32"], narrower
+    for wider in (["0.0.0.0/0"], ["10.0.0.1"], ["127.0.0.0/8", "::/0"]):
+        status, body = api(p, parent["key"], "POST", "/v3/api_keys", {"name": "w", "allowed_ips": wider})
+        assert status == 403, (wider, status, body)
+        assert body["errors"][0]["field"] == "allowed_ips"
+    # A child of the child is bound the same way.
+    status, grandchild = api(p, child["api_key"], "POST", "/v3/api_keys", {"name": "gc", "allowed_ips": ["0.0.0.0/0"]})
+    assert status == 403, grandchild
+
+
+def test_on_behalf_of_refuses_disabled_subusers_and_ip_allowlists(postern):
+    p = postern
+    p.cli("account", "create", "acme")
+    p.cli("subuser", "create", "news", "--account", "acme")
+    p.cli("subuser", "create", "billing", "--account", "acme")
+    key = cli_json(p, "key", "create", "--account", "acme")["key"]
+
+    def as_subuser(name):
+        import urllib.request
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{p.ports['http']}/v3/api_keys",
+            headers={"Authorization": f"Bearer {key}", "On-Behalf-Of": name},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert as_subuser("news") == 200
+    assert as_subuser("billing") == 200
+    p.cli("account", "disable", "news")
+    assert as_subuser("news") == 403, "a disabled subuser cannot be acted for"
+    p.cli("ip-access", "add", "billing", "192.0.2.0/24")
+    assert as_subuser("billing") == 403, "the subuser's IP allowlist applies"
+    p.cli("ip-access", "remove", "billing", "192.0.2.0/24")
+    assert as_subuser("billing") == 200
+    assert as_subuser("admin") == 403, "not a subuser of acme"
