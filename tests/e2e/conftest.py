@@ -98,7 +98,7 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config=""):
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.ports = {
@@ -135,6 +135,7 @@ auth_mechanisms = ["CRAM-MD5", "PLAIN", "LOGIN"]
 
 [http]
 address = "127.0.0.1:{self.ports['http']}"
+{http_config}
 
 [[route]]
 domain = "*"

@@ -2,6 +2,7 @@
 //! caller reports without saying which part was wrong. Every outcome is
 //! counted, audited, and fed to the brute-force defence.
 
+use postern_core::printable::{has_control, Printable};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,7 +161,7 @@ impl Authenticator {
                 for d in &outcome.detections {
                     metrics::counter!("postern_auth_detections_total", "kind" => d.kind())
                         .increment(1);
-                    tracing::warn!(ip = %attempt.ip, user, detection = ?d, "brute-force defence");
+                    tracing::warn!(ip = %attempt.ip, user = %Printable(user), detection = ?d, "brute-force defence");
                     self.audit(attempt, d.kind(), None, format!("{d:?}"));
                 }
                 self.audit(
@@ -195,6 +196,8 @@ impl Authenticator {
         let entry = AuditEntry {
             at: postern_core::time::now_millis(),
             kind: kind.to_owned(),
+            // The attempted user name is the peer's text, bounded like the
+            // SASL field itself; readers escape it when they show it.
             actor: attempt.creds.username.chars().take(255).collect(),
             account,
             client_ip: Some(attempt.ip.to_string()),
@@ -210,6 +213,12 @@ impl Authenticator {
 
     async fn check(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, CheckFailure> {
         let creds = attempt.creds;
+        // RFC 4013 §2.3 (SASLprep, which RFC 4616 applies to authcid and
+        // authzid): control characters are prohibited. No account or key
+        // name has them, so such a name is refused before any lookup.
+        if has_control(&creds.username) || has_control(&creds.authzid) {
+            return Err(CheckFailure::Invalid("malformed_username"));
+        }
         match attempt.proof {
             Proof::CramMd5 { challenge } => return self.check_cram_md5(attempt, challenge).await,
             Proof::BearerToken => return self.check_bearer(attempt).await,
@@ -382,11 +391,16 @@ impl Authenticator {
     /// authzid (`acting_for`): `account` may act only for one of its own
     /// subusers, which must be enabled (and its parent too) and allow the
     /// client's address. Returns the subuser's name, or why not.
+    /// `manage_allowlist`: the call edits the subuser's IP allowlist itself,
+    /// which its parent must be able to do from anywhere its own key is
+    /// allowed (or one mistaken rule would lock the parent out for good);
+    /// the subuser must still be enabled.
     pub async fn on_behalf_of(
         &self,
         account: &str,
         subuser: &str,
         ip: IpAddr,
+        manage_allowlist: bool,
     ) -> Result<String, OnBehalfRefusal> {
         let parent = match self.store.get_account(account.to_owned()).await {
             Ok(Some(a)) => a,
@@ -395,6 +409,19 @@ impl Authenticator {
         };
         if subuser == parent.name {
             return Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted"));
+        }
+        if manage_allowlist {
+            return match self.store.get_account(subuser.to_owned()).await {
+                Ok(Some(sub)) if sub.parent.as_deref() == Some(parent.name.as_str()) => {
+                    if sub.disabled || parent.disabled {
+                        Err(OnBehalfRefusal::NotPermitted("account_disabled"))
+                    } else {
+                        Ok(sub.name)
+                    }
+                }
+                Ok(_) => Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted")),
+                Err(e) => Err(OnBehalfRefusal::Temporary(e.to_string())),
+            };
         }
         match self.acting_for(&parent, subuser, "", ip).await {
             Ok(name) => Ok(name),

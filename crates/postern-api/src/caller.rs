@@ -16,6 +16,9 @@ use postern_store::AuditEntry;
 
 use crate::{ApiError, ApiState};
 
+/// The routes that edit an IP allowlist (see `Authenticator::on_behalf_of`).
+const ALLOWLIST_ROUTES: &str = "/v3/access_settings/whitelist";
+
 pub struct Caller {
     pub principal: Principal,
     /// The account the call acts on: the caller's, or the subuser named by
@@ -122,7 +125,12 @@ impl FromRequestParts<ApiState> for Caller {
             // enabled (parent too), and inside its IP allowlist.
             match state
                 .authenticator
-                .on_behalf_of(&principal.account, subuser, ip)
+                .on_behalf_of(
+                    &principal.account,
+                    subuser,
+                    ip,
+                    parts.uri.path().starts_with(ALLOWLIST_ROUTES),
+                )
                 .await
             {
                 Ok(name) => account = name,

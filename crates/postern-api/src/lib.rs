@@ -4,6 +4,7 @@
 
 mod caller;
 mod error;
+pub mod http_listener;
 pub mod scopes;
 mod v3;
 pub mod webhook;
@@ -67,12 +68,25 @@ impl ApiState {
     }
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The API, `/healthz`, the OpenAPI document, and `/metrics` unless it has
+/// a listener of its own.
+pub fn router(state: ApiState, with_metrics: bool) -> Router {
+    let mut r = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v3/openapi.json", get(openapi))
+        .merge(v3::routes());
+    if with_metrics {
+        r = r.route("/metrics", get(render_metrics));
+    }
+    r.with_state(state)
+}
+
+/// `/metrics` alone, for `http.metrics_address` (a listener that only the
+/// monitoring network can reach).
+pub fn metrics_router(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/v3/openapi.json", get(openapi))
-        .merge(v3::routes())
         .with_state(state)
 }
 
@@ -92,20 +106,14 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves `app` until `shutdown` turns true, within `limits`.
 pub async fn serve(
     listener: TcpListener,
-    state: ApiState,
-    mut shutdown: watch::Receiver<bool>,
+    app: Router,
+    limits: http_listener::HttpLimits,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(address = ?addr, "HTTP listening (/v3, /metrics, /healthz)");
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    })
-    .await
+    tracing::info!(address = ?addr, ?limits, "HTTP listening");
+    http_listener::serve_connections(listener, app, limits, shutdown).await
 }

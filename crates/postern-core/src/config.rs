@@ -226,6 +226,21 @@ pub struct HttpConfig {
     /// default: `http://<address>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// Serve `/metrics` only here (and not on `address`): a listener that
+    /// only the monitoring network reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<SocketAddr>,
+    /// For a request's line and headers, and for an idle kept-alive
+    /// connection to begin its next request; then the connection closes.
+    #[serde(with = "crate::duration")]
+    pub header_timeout: Duration,
+    /// For a whole request (body upload and handling); 408 past it.
+    #[serde(with = "crate::duration")]
+    pub request_timeout: Duration,
+    /// Open connections in all; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -233,6 +248,12 @@ impl Default for HttpConfig {
         HttpConfig {
             address: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
             public_url: None,
+            metrics_address: None,
+            header_timeout: Duration::from_secs(10),
+            // A 30 MB `/v3/mail/send` body at 1 Mbit/s takes about 4 minutes.
+            request_timeout: Duration::from_secs(300),
+            max_connections: 1024,
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -936,6 +957,11 @@ mod tests {
         assert_eq!(c.queue.connection_idle, d.queue.connection_idle);
         assert_eq!(c.queue.mta_sts, d.queue.mta_sts);
         assert_eq!(c.dns.dane, d.dns.dane);
+        assert_eq!(c.http.header_timeout, d.http.header_timeout);
+        assert_eq!(c.http.request_timeout, d.http.request_timeout);
+        assert_eq!(c.http.max_connections, d.http.max_connections);
+        assert_eq!(c.http.max_connections_per_ip, d.http.max_connections_per_ip);
+        assert_eq!(c.http.metrics_address, d.http.metrics_address);
         assert_eq!(
             c.smtp.require_verified_senders,
             d.smtp.require_verified_senders

@@ -12,6 +12,7 @@ pub mod event;
 pub mod id;
 pub mod network;
 pub mod principal;
+pub mod printable;
 pub mod time;
 pub mod verp;
 

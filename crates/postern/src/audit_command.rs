@@ -37,18 +37,21 @@ pub async fn run(config: &Config, q: Query) -> Result<()> {
         .await?;
     if q.json {
         let items: Vec<_> = records.iter().map(|r| r.to_json()).collect();
-        println!("{}", serde_json::Value::Array(items));
+        println!(
+            "{}",
+            crate::terminal::json(&serde_json::Value::Array(items))
+        );
     } else {
         for r in &records {
             println!(
                 "{:>6}  {}  {:<28} actor={} account={} ip={}  {}",
                 r.seq,
                 postern_core::time::rfc3339(r.entry.at),
-                r.entry.kind,
-                r.entry.actor,
-                r.entry.account.as_deref().unwrap_or("-"),
-                r.entry.client_ip.as_deref().unwrap_or("-"),
-                r.entry.detail
+                postern_core::printable::Printable(&r.entry.kind).to_string(),
+                postern_core::printable::Printable(&r.entry.actor),
+                postern_core::printable::Printable(r.entry.account.as_deref().unwrap_or("-")),
+                postern_core::printable::Printable(r.entry.client_ip.as_deref().unwrap_or("-")),
+                postern_core::printable::Printable(&r.entry.detail)
             );
         }
     }

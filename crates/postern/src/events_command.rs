@@ -68,7 +68,10 @@ pub async fn run(config: &Config, q: Query) -> Result<()> {
     let events = store.events(filter).await?;
     if q.json {
         let items: Vec<_> = events.iter().map(|e| e.to_json()).collect();
-        println!("{}", serde_json::Value::Array(items));
+        println!(
+            "{}",
+            crate::terminal::json(&serde_json::Value::Array(items))
+        );
     } else {
         for e in &events {
             let mut extra = String::new();
@@ -83,9 +86,9 @@ pub async fn run(config: &Config, q: Query) -> Result<()> {
                 postern_core::time::rfc3339(e.at_millis),
                 e.message_id,
                 e.kind.as_str(),
-                e.recipient.as_deref().unwrap_or("-"),
-                e.detail,
-                extra
+                postern_core::printable::Printable(e.recipient.as_deref().unwrap_or("-")),
+                postern_core::printable::Printable(&e.detail),
+                postern_core::printable::Printable(&extra)
             );
         }
     }

@@ -122,7 +122,10 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(items));
+                println!(
+                    "{}",
+                    crate::terminal::json(&serde_json::Value::Array(items))
+                );
             } else {
                 for k in keys {
                     let state = if k.revoked_at.is_some() {
@@ -135,7 +138,7 @@ pub async fn run(config: &Config, command: KeyCommand) -> Result<()> {
                         k.id,
                         state,
                         k.account,
-                        k.name,
+                        postern_core::printable::printable(&k.name),
                         k.scopes.join(",")
                     );
                 }

@@ -12,6 +12,7 @@ mod key_command;
 mod queue_command;
 mod sender_command;
 mod serve;
+mod terminal;
 mod totp_command;
 mod webhook_command;
 

@@ -53,7 +53,7 @@ fn print_message(m: &QueuedMessage) {
         "{}  {}  from=<{}> account={} size={}",
         postern_core::time::rfc3339(m.received_at),
         m.id,
-        m.mail_from,
+        postern_core::printable::Printable(&m.mail_from),
         m.account.as_deref().unwrap_or("-"),
         m.size
     );
@@ -68,10 +68,10 @@ fn print_message(m: &QueuedMessage) {
         println!(
             "    {:<9} {}  attempts={} {}  {}",
             r.status,
-            r.address,
+            postern_core::printable::Printable(&r.address),
             r.attempts,
             when,
-            r.last_reply.as_deref().unwrap_or("")
+            postern_core::printable::Printable(r.last_reply.as_deref().unwrap_or(""))
         );
     }
 }
@@ -96,7 +96,7 @@ pub async fn run(config: &Config, command: QueueCommand) -> Result<()> {
                     .await?;
                 if json {
                     let items: Vec<_> = messages.iter().map(QueuedMessage::to_json).collect();
-                    println!("{}", serde_json::Value::Array(items));
+                    println!("{}", crate::terminal::json(&serde_json::Value::Array(items)));
                 } else {
                     for m in &messages {
                         print_message(m);
@@ -109,7 +109,7 @@ pub async fn run(config: &Config, command: QueueCommand) -> Result<()> {
                     bail!("no queued message {id} (delivered, bounced and deleted messages leave the queue; see `postern events --message {id}`)");
                 };
                 if json {
-                    println!("{}", m.to_json());
+                    println!("{}", crate::terminal::json(&m.to_json()));
                 } else {
                     print_message(&m);
                 }

@@ -109,7 +109,7 @@ pub async fn run(config: &Config, command: SenderCommand) -> Result<()> {
                     .await?;
                 crate::account_command::audit(&store, "sender.add", Some(&account), format!("sender={} id={}", s.address, s.id)).await?;
                 if json {
-                    println!("{}", sender_json(&s));
+                    println!("{}", crate::terminal::json(&sender_json(&s)));
                 } else {
                     println!(
                         "sender {} added (id {}); a verification link was mailed to it",
@@ -120,13 +120,13 @@ pub async fn run(config: &Config, command: SenderCommand) -> Result<()> {
             SenderCommand::List { account, json } => {
                 let list = store.list_senders(account).await?;
                 if json {
-                    println!("{}", serde_json::Value::Array(list.iter().map(sender_json).collect()));
+                    println!("{}", crate::terminal::json(&serde_json::Value::Array(list.iter().map(sender_json).collect())));
                 } else {
                     for s in &list {
                         println!(
                             "{:<6} {}  account={}  {}",
                             s.id,
-                            s.address,
+                            postern_core::printable::Printable(&s.address),
                             s.account,
                             if s.verified_at.is_some() { "verified" } else { "not verified" }
                         );

@@ -108,6 +108,14 @@ pub async fn serve(config: Config) -> Result<()> {
         ),
         None => None,
     };
+    let metrics_http = match config.http.metrics_address {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("http.metrics_address: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let config = Arc::new(config);
     // The key of the return-path tags (VERP); the same on every start, so
@@ -198,14 +206,26 @@ pub async fn serve(config: Config) -> Result<()> {
             max_message_size: config.limits.max_message_size,
         }),
     };
-    let http_task = http.map(|socket| {
-        let rx = shutdown_rx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = postern_api::serve(socket, api_state, rx).await {
-                tracing::error!(error = %e, "HTTP listener failed");
-            }
+    let http_limits = postern_api::http_listener::HttpLimits::from_config(&config.http);
+    let mut http_apps = Vec::new();
+    if let Some(socket) = metrics_http {
+        http_apps.push((socket, postern_api::metrics_router(api_state.clone())));
+    }
+    if let Some(socket) = http {
+        let with_metrics = config.http.metrics_address.is_none();
+        http_apps.push((socket, postern_api::router(api_state, with_metrics)));
+    }
+    let http_tasks: Vec<_> = http_apps
+        .into_iter()
+        .map(|(socket, app)| {
+            let rx = shutdown_rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = postern_api::serve(socket, app, http_limits, rx).await {
+                    tracing::error!(error = %e, "HTTP listener failed");
+                }
+            })
         })
-    });
+        .collect();
 
     let resolver = Arc::new(
         if config.dns.dane {
@@ -262,7 +282,7 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let _ = scheduler_task.await;
     let _ = webhook_task.await;
-    if let Some(t) = http_task {
+    for t in http_tasks {
         let _ = t.await;
     }
     store.close();
@@ -288,8 +308,13 @@ async fn wait_for_signal() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journal gets plain text,
+    // and the only escape sequences in it would be a peer's (which the
+    // formatter escapes, and the fields that carry peer text escape too).
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

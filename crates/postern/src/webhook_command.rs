@@ -141,7 +141,7 @@ pub async fn run(config: &Config, command: WebhookCommand) -> Result<()> {
                 if json {
                     println!("{v}");
                 } else {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    println!("{}", crate::terminal::json_pretty(&v));
                 }
             }
         }

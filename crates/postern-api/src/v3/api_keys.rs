@@ -58,11 +58,17 @@ fn check_scopes(caller: &Caller, requested: &[String]) -> Result<(), ApiError> {
 
 fn valid_name(name: Option<String>) -> Result<String, ApiError> {
     match name {
-        Some(n) if !n.trim().is_empty() && n.len() <= 100 => Ok(n),
+        Some(n)
+            if !n.trim().is_empty()
+                && n.len() <= 100
+                && !postern_core::printable::has_control(&n) =>
+        {
+            Ok(n)
+        }
         _ => Err(ApiError::field(
             StatusCode::BAD_REQUEST,
             "name",
-            "a name of 1 to 100 characters is required",
+            "a name of 1 to 100 characters, without control characters, is required",
         )),
     }
 }

@@ -309,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(())
             }
             Err(Rejection::Invalid { reason, delay }) => {
-                tracing::info!(peer = %self.peer, username = %creds.username, reason, "AUTH failed");
+                tracing::info!(peer = %self.peer, username = %postern_core::printable::Printable(&creds.username), reason, "AUTH failed");
                 if !delay.is_zero() {
                     // Slow the guesser down; this session waits, nothing else does.
                     self.flush_quietly().await;
