@@ -82,3 +82,40 @@ fn refused_vectors() {
     }
     assert!(files.len() >= 20, "only {} vectors found", files.len());
 }
+
+/// What `/v3/mail/send` builds (mail-builder, from a display name the API
+/// checked only for controls and length) is read back by the strict
+/// parser: quotes, backslashes, specials, UTF-8 and long (folded) names.
+#[test]
+fn names_written_by_mail_builder_are_accepted() {
+    use mail_builder::headers::address::Address;
+    use mail_builder::MessageBuilder;
+    let names = [
+        "Plain Name",
+        "Jane \"JD\" Doe",
+        "back\\slash",
+        "Doe, Jane <ceo@bank.example>",
+        "John Q. Public (x) [y]: z;",
+        "Jörg Müller",
+        "\"",
+        "\\",
+        "=?utf-8?q?not_really?=",
+        "\ta\tb",
+        &"Long Name ".repeat(20),
+        &"ü".repeat(120),
+    ];
+    for name in names {
+        let body = MessageBuilder::new()
+            .from(Address::new_address(Some(name), "me@good.example"))
+            .to("rcpt@example.net")
+            .subject("s")
+            .text_body("x")
+            .write_to_vec()
+            .unwrap();
+        let from = header_from(&body)
+            .unwrap_or_else(|e| panic!("{name:?}: {e}\n{}", String::from_utf8_lossy(&body)))
+            .unwrap();
+        assert_eq!(from.len(), 1, "{name:?}");
+        assert_eq!(from[0].address, "me@good.example", "{name:?}");
+    }
+}
