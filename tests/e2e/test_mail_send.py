@@ -130,3 +130,56 @@ def test_mail_send_errors(strict, sink):
         client(p, "pst_not_a_key").send(message())
     assert e.value.status_code == 401
     assert sink.messages == []
+
+
+def test_header_fields_are_validated(strict, sink):
+    """Issue 10 item 10: every request field that is written into a header
+    is checked; a line break (or a bracket that ends the Content-ID) is a
+    400 naming the field, and nothing is queued."""
+    p = strict
+    sg = client(p, p.admin_key)
+    p.cli("domain", "add", "example.org", "--account", "admin")
+    p.cli("domain", "verify", "example.org", "--operator")
+
+    def request(**changes):
+        body = {
+            "personalizations": [{"to": [{"email": "reader@example.net", "name": "Reader"}]}],
+            "from": {"email": "news@example.org", "name": "Example News"},
+            "subject": "s",
+            "content": [{"type": "text/html", "value": '<img src="cid:logo">'}],
+            "attachments": [{
+                "content": base64.b64encode(b"png").decode(), "filename": "logo.png",
+                "type": "image/png", "disposition": "inline", "content_id": "logo",
+            }],
+        }
+        for path, value in changes.items():
+            target = body
+            keys = path.split(".")
+            for k in keys[:-1]:
+                target = target[int(k)] if k.isdigit() else target[k]
+            target[keys[-1]] = value
+        return body
+
+    inj = "x\r\nBcc: victim@example.com"
+    cases = [
+        ({"attachments.0.content_id": inj}, "attachments.content_id"),
+        ({"attachments.0.content_id": "logo>\r\nX-Evil: 1"}, "attachments.content_id"),
+        ({"attachments.0.content_id": "logo><evil"}, "attachments.content_id"),
+        ({"from.name": inj}, "from.name"),
+        ({"personalizations.0.to.0.name": inj}, "personalizations.to.name"),
+        ({"attachments.0.filename": "a\r\nb.png"}, "attachments.filename"),
+        ({"attachments.0.type": "image/png\r\nX-Evil: 1"}, "attachments.type"),
+        ({"personalizations.0.subject": inj}, "personalizations.subject"),
+        ({"reply_to": {"email": "news@example.org", "name": inj}}, "reply_to.name"),
+    ]
+    for changes, field in cases:
+        with pytest.raises(HTTPError) as e:
+            sg.client.mail.send.post(request_body=request(**changes))
+        assert e.value.status_code == 400, (changes, e.value.body)
+        errors = json.loads(e.value.body)["errors"]
+        assert errors[0]["field"] == field, (changes, errors)
+    # Nothing was queued: no message in the send log, none delivered.
+    assert json.loads(p.cli("events", "--json").stdout) == []
+    # The same request without the injection is sent (the setup is sound).
+    assert sg.client.mail.send.post(request_body=request()).status_code == 202
+    assert len(sink.wait_for(1)) == 1

@@ -28,10 +28,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use mail_auth::AuthenticatedMessage;
 use postern_queue::{Authorized, SenderAuthority as AuthorityTrait};
 use postern_store::{AccountStore, AuditEntry, AuditStore, DomainRecord, DomainStore, SenderStore};
 
+use crate::header_from::header_from;
 use crate::sign::DomainSigner;
 
 pub trait AuthorityStore: AccountStore + DomainStore + SenderStore + AuditStore {}
@@ -205,10 +205,27 @@ impl SenderAuthority {
         message: &[u8],
     ) -> Result<Authorized, String> {
         // The header From addresses (RFC 5322 §3.6.2), parsed once for both
-        // the check and the signature.
-        let from: Vec<String> = AuthenticatedMessage::parse(message)
-            .map(|m| m.from.clone())
-            .unwrap_or_default();
+        // the check and the signature, strictly (see header_from): a From
+        // that is not exactly one mailbox-list field is refused, since
+        // readers disagree on what it says. A message without From (which
+        // RFC 5322 §3.6 requires, but which this server has always passed
+        // on as submitted) is checked on its envelope sender alone and
+        // goes unsigned: it claims no sender that the envelope does not.
+        let from: Vec<String> = match header_from(message) {
+            Ok(list) => list
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| m.address)
+                .collect(),
+            Err(e) if self.enforce => {
+                let reason = e.to_string();
+                self.refused(account, mail_from, &reason).await;
+                return Err(reason);
+            }
+            // Not enforcing: sent as it is, but never signed for whatever a
+            // lenient reading would find in it.
+            Err(_) => Vec::new(),
+        };
         let senders = self.senders(account).await?;
         if self.enforce {
             if let Err(reason) = senders.decide(mail_from, &from) {

@@ -6,6 +6,7 @@
 pub mod authority;
 pub mod check;
 pub mod domain_check;
+pub mod header_from;
 pub mod keys;
 pub mod records;
 pub mod return_path;

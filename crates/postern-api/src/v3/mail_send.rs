@@ -24,6 +24,7 @@ use postern_queue::{ClientInfo, IntakeError, Submission};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::mail_fields as fields;
 use crate::caller::Caller;
 use crate::{ApiError, ApiState};
 
@@ -109,15 +110,17 @@ fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::field(StatusCode::BAD_REQUEST, field, message)
 }
 
-/// An address as SMTP will carry it (dot-atom local part, a domain; UTF-8
-/// allowed, which makes the message SMTPUTF8).
-fn checked(field: &'static str, e: &EmailObject) -> Result<Address, ApiError> {
-    Address::parse(e.email.trim(), true).map_err(|err| {
-        bad(
-            field,
-            format!("{:?} is not a valid email address ({err})", e.email),
-        )
-    })
+/// An email object as it goes into a header: the address as SMTP will
+/// carry it (dot-atom local part, a domain; UTF-8 allowed, which makes the
+/// message SMTPUTF8) and its display name (see mail_fields).
+fn checked(
+    (email_field, name_field): (&'static str, &'static str),
+    e: &EmailObject,
+) -> Result<Address, ApiError> {
+    if let Some(name) = &e.name {
+        fields::display_name(name_field, name)?;
+    }
+    fields::email(email_field, &e.email)
 }
 
 fn mime_address(e: &EmailObject) -> MimeAddress<'static> {
@@ -165,12 +168,7 @@ fn header_pairs(
                 format!("the value of header {name:?} must be a string"),
             ));
         };
-        if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
-            return Err(bad(
-                "headers",
-                format!("{name:?} is not a valid header name"),
-            ));
-        }
+        fields::header_name("headers", name)?;
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
             return Err(bad(
                 "headers",
@@ -179,12 +177,7 @@ fn header_pairs(
                 ),
             ));
         }
-        if value.contains(['\r', '\n']) {
-            return Err(bad(
-                "headers",
-                format!("the value of header {name:?} contains a line break"),
-            ));
-        }
+        fields::text("headers", value)?;
         out.retain(|(n, _): &(String, String)| !n.eq_ignore_ascii_case(name));
         out.push((name.clone(), value.to_owned()));
     }
@@ -213,12 +206,30 @@ fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, A
             "the from object must be provided for every email send",
         )
     })?;
-    let from_addr = checked("from.email", from)?;
+    // Both from objects are checked, whichever is used (as the subjects).
+    if let Some(f) = &req.from {
+        checked(("from.email", "from.name"), f)?;
+    }
+    if let Some(f) = &p.from {
+        checked(
+            ("personalizations.from.email", "personalizations.from.name"),
+            f,
+        )?;
+    }
+    let from_addr = checked(("from.email", "from.name"), from)?;
     if p.to.is_empty() {
         return Err(bad(
             "personalizations.to",
             "each personalization needs at least one to address",
         ));
+    }
+    // Both subjects are checked, whichever is used: a request is refused
+    // for any field that could break a header, not only the one written.
+    if let Some(s) = &req.subject {
+        fields::text("subject", s)?;
+    }
+    if let Some(s) = &p.subject {
+        fields::text("personalizations.subject", s)?;
     }
     let subject = p
         .subject
@@ -231,17 +242,14 @@ fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, A
                 "the subject is required (globally or per personalization)",
             )
         })?;
-    if subject.contains(['\r', '\n']) {
-        return Err(bad("subject", "the subject contains a line break"));
-    }
     let mut recipients: Vec<Recipient> = Vec::new();
-    for (field, list) in [
-        ("personalizations.to", &p.to),
-        ("personalizations.cc", &p.cc),
-        ("personalizations.bcc", &p.bcc),
+    for (field, name_field, list) in [
+        ("personalizations.to", "personalizations.to.name", &p.to),
+        ("personalizations.cc", "personalizations.cc.name", &p.cc),
+        ("personalizations.bcc", "personalizations.bcc.name", &p.bcc),
     ] {
         for e in list {
-            let a = checked(field, e)?;
+            let a = checked((field, name_field), e)?;
             let r = recipient(&a);
             // SendGrid refuses duplicates across to/cc/bcc of one
             // personalization; one delivery per address is what is meant.
@@ -270,8 +278,11 @@ fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, A
     let mut reply_to: Vec<&EmailObject> = req.reply_to.iter().collect();
     reply_to.extend(req.reply_to_list.iter());
     if !reply_to.is_empty() {
-        for r in &reply_to {
-            checked("reply_to.email", r)?;
+        if let Some(r) = &req.reply_to {
+            checked(("reply_to.email", "reply_to.name"), r)?;
+        }
+        for r in &req.reply_to_list {
+            checked(("reply_to_list.email", "reply_to_list.name"), r)?;
         }
         builder = builder.reply_to(reply_to.iter().map(|r| mime_address(r)).collect::<Vec<_>>());
     }
@@ -312,21 +323,19 @@ fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, A
                     format!("the content of {:?} is not base64", a.filename),
                 )
             })?;
-        if a.filename.is_empty() || a.filename.contains(['\r', '\n', '"']) {
-            return Err(bad(
-                "attachments.filename",
-                "a file name is required, without quotes or line breaks",
-            ));
-        }
+        fields::filename("attachments.filename", &a.filename)?;
         let kind = a
             .kind
             .clone()
             .unwrap_or_else(|| "application/octet-stream".into());
-        if kind.contains(['\r', '\n', ';']) || !kind.contains('/') {
-            return Err(bad(
-                "attachments.type",
-                format!("{kind:?} is not a MIME type"),
-            ));
+        fields::mime_type("attachments.type", &kind)?;
+        if let Some(d) = &a.disposition {
+            fields::disposition("attachments.disposition", d)?;
+        }
+        // Checked whether or not the part is inline: a content id is
+        // never carried unchecked, whatever the builder does with it.
+        if let Some(cid) = &a.content_id {
+            fields::content_id("attachments.content_id", cid)?;
         }
         builder = match (a.disposition.as_deref(), &a.content_id) {
             (Some("inline"), Some(cid)) => builder.inline(kind, cid.clone(), data),
@@ -550,5 +559,108 @@ mod tests {
             serde_json::json!("a@example.net>, evil@example.com");
         let req = request(v);
         assert!(build(&req, &req.personalizations[0], "h").is_err());
+    }
+
+    /// The field named in the 400 for `v` (None: built).
+    fn refused_field(v: Value) -> Option<&'static str> {
+        let req = request(v);
+        build(&req, &req.personalizations[0], "h").err().map(|e| {
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            e.field.unwrap_or("-")
+        })
+    }
+
+    #[test]
+    fn every_header_field_is_validated() {
+        let base = serde_json::json!({
+            "personalizations": [{"to": [{"email": "a@example.net", "name": "A"}]}],
+            "from": {"email": "me@example.org", "name": "Me"},
+            "subject": "Hello",
+            "content": [{"type": "text/plain", "value": "hi"}],
+            "attachments": [{"content": "aGVsbG8=", "filename": "logo.png", "type": "image/png",
+                             "disposition": "inline", "content_id": "logo"}]
+        });
+        assert_eq!(refused_field(base.clone()), None);
+        let inj = "x\r\nBcc: evil@example.com";
+        let cases: &[(&str, &str)] = &[
+            ("/attachments/0/content_id", "attachments.content_id"),
+            ("/attachments/0/filename", "attachments.filename"),
+            ("/attachments/0/type", "attachments.type"),
+            ("/attachments/0/disposition", "attachments.disposition"),
+            ("/from/name", "from.name"),
+            ("/from/email", "from.email"),
+            ("/subject", "subject"),
+            ("/personalizations/0/to/0/name", "personalizations.to.name"),
+            ("/personalizations/0/to/0/email", "personalizations.to"),
+        ];
+        for (pointer, field) in cases {
+            let mut v = base.clone();
+            *v.pointer_mut(pointer).unwrap() = Value::String(inj.into());
+            assert_eq!(refused_field(v), Some(*field), "{pointer}");
+        }
+        // Fields that are absent from the base request.
+        let added: &[(&str, Value, &str)] = &[
+            (
+                "/personalizations/0/subject",
+                inj.into(),
+                "personalizations.subject",
+            ),
+            (
+                "/personalizations/0/cc",
+                serde_json::json!([{"email": "c@example.net", "name": inj}]),
+                "personalizations.cc.name",
+            ),
+            (
+                "/personalizations/0/bcc",
+                serde_json::json!([{"email": "b@example.net\r\n"}]),
+                "personalizations.bcc",
+            ),
+            (
+                "/personalizations/0/from",
+                serde_json::json!({"email": "me@example.org", "name": inj}),
+                "personalizations.from.name",
+            ),
+            (
+                "/personalizations/0/headers",
+                serde_json::json!({"X-A": "a\u{0}b"}),
+                "headers",
+            ),
+            (
+                "/headers",
+                serde_json::json!({"X-A": "a\u{85}b"}),
+                "headers",
+            ),
+            (
+                "/reply_to",
+                serde_json::json!({"email": "r@example.org", "name": inj}),
+                "reply_to.name",
+            ),
+            (
+                "/reply_to_list",
+                serde_json::json!([{"email": "r@example.org\n"}]),
+                "reply_to_list.email",
+            ),
+        ];
+        for (pointer, value, field) in added {
+            let mut v = base.clone();
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            v.pointer_mut(if parent.is_empty() { "" } else { parent })
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .insert(key.to_owned(), value.clone());
+            assert_eq!(refused_field(v), Some(*field), "{pointer}");
+        }
+        // Content ids that would break out of `<...>` without a line break.
+        for cid in ["logo>, <x", "<logo>", "a b"] {
+            let mut v = base.clone();
+            v["attachments"][0]["content_id"] = cid.into();
+            assert_eq!(refused_field(v), Some("attachments.content_id"), "{cid}");
+        }
+        // And a content id on a non-inline attachment is checked too.
+        let mut v = base;
+        v["attachments"][0]["disposition"] = "attachment".into();
+        v["attachments"][0]["content_id"] = inj.into();
+        assert_eq!(refused_field(v), Some("attachments.content_id"));
     }
 }

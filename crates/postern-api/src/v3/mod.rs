@@ -5,6 +5,7 @@
 mod access_settings;
 mod api_keys;
 mod audit;
+mod mail_fields;
 mod mail_send;
 mod messages;
 mod queue;
