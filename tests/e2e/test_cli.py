@@ -59,6 +59,34 @@ def test_check_config_names_the_key(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+def test_check_config_probes_dane_on_the_configured_resolver(tmp_path):
+    """Through a resolver that serves no DNSSEC data (an unsigned server on
+    loopback), DANE would be inactive, and `--probe-dns` says so."""
+    from dnslib.server import BaseResolver, DNSServer
+    from conftest import free_port
+
+    class Unsigned(BaseResolver):
+        def resolve(self, request, handler):
+            return request.reply()
+
+    port = free_port()
+    server = DNSServer(Unsigned(), port=port, address="127.0.0.1")
+    server.start_thread()
+    try:
+        cfg = tmp_path / "p.toml"
+        cfg.write_text(f'[dns]\nnameservers = ["127.0.0.1:{port}"]\n')
+        out = subprocess.run([str(BIN), "check-config", "--config", str(cfg), "--probe-dns"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "DANE: would be inactive" in out.stdout, out.stdout
+        cfg.write_text(f'[dns]\nnameservers = ["127.0.0.1:{port}"]\ndane_required = true\n')
+        out = subprocess.run([str(BIN), "check-config", "--config", str(cfg), "--probe-dns"],
+                             capture_output=True, text=True, timeout=60)
+        assert "MX mail would be deferred" in out.stdout, out.stdout
+    finally:
+        server.stop()
+
+
 def test_version_and_help():
     out = subprocess.run([str(BIN), "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("postern ")
@@ -69,11 +97,16 @@ def test_version_and_help():
 def test_metrics_and_health(postern):
     import urllib.request
     base = f"http://127.0.0.1:{postern.ports['http']}"
-    assert urllib.request.urlopen(base + "/healthz", timeout=10).read() == b"ok\n"
+    health = urllib.request.urlopen(base + "/healthz", timeout=10).read()
+    assert health.startswith(b"ok\n"), health
+    # The harness routes every domain to the sink: no MX, so no DANE probe
+    # (and no DNS traffic for one).
+    assert b"dane: not used" in health, health
     login(postern, postern.admin_key)
     time.sleep(0.1)
     text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
     assert "postern_auth_attempts_total" in text, text[:2000]
+    assert "postern_dane_active 0" in text, text[:2000]
 
 
 def test_delivery_metrics(postern, sink):

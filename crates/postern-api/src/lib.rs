@@ -42,6 +42,20 @@ pub struct ApiState {
     pub senders: Option<postern_mailauth::single_sender::SenderVerification>,
     /// The intake `/v3/mail/send` queues through.
     pub mail: Option<MailSupport>,
+    /// Subsystems `/healthz` reports on, a line each after its first.
+    pub health: Vec<Arc<dyn HealthDetail>>,
+}
+
+/// A subsystem's state for `/healthz`.
+pub trait HealthDetail: Send + Sync {
+    /// One line, e.g. "dane: active".
+    fn line(&self) -> String;
+    /// Whether the node is not doing work it should (mail held back): the
+    /// first line then says "degraded" instead of "ok". The status stays
+    /// 200: the process is alive, and restarting it would not help.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 /// What `/v3/mail/send` needs from the node.
@@ -72,7 +86,7 @@ impl ApiState {
 /// a listener of its own.
 pub fn router(state: ApiState, with_metrics: bool) -> Router {
     let mut r = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/v3/openapi.json", get(openapi))
         .merge(v3::routes());
     if with_metrics {
@@ -86,7 +100,7 @@ pub fn router(state: ApiState, with_metrics: bool) -> Router {
 pub fn metrics_router(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .with_state(state)
 }
 
@@ -97,6 +111,17 @@ async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
         .map(|h| h.render())
         .unwrap_or_default();
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// "ok" (or "degraded"), then a line per subsystem.
+async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
+    let degraded = state.health.iter().any(|h| h.degraded());
+    let mut body = String::from(if degraded { "degraded\n" } else { "ok\n" });
+    for h in &state.health {
+        body.push_str(&h.line());
+        body.push('\n');
+    }
+    ([(CONTENT_TYPE, "text/plain; charset=utf-8")], body)
 }
 
 async fn openapi() -> impl IntoResponse {

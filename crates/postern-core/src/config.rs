@@ -307,8 +307,14 @@ pub struct DnsConfig {
     /// Name servers for MX lookups; empty means the system's resolver.
     pub nameservers: Vec<SocketAddr>,
     /// Validate DNSSEC (from the root trust anchors, not trusting the
-    /// upstream's AD bit) and honour DANE TLSA records (RFC 7672).
+    /// upstream's AD bit) and honour DANE TLSA records (RFC 7672). DANE is
+    /// in force once the resolver path is seen to supply DNSSEC data that
+    /// validates (probed at start and every 10 minutes); until then mail
+    /// takes the usual TLS policy.
     pub dane: bool,
+    /// Defer MX mail while DANE is not in force (the resolver path does not
+    /// validate), instead of sending it under the usual TLS policy.
+    pub dane_required: bool,
 }
 
 impl Default for DnsConfig {
@@ -316,6 +322,7 @@ impl Default for DnsConfig {
         DnsConfig {
             nameservers: Vec::new(),
             dane: true,
+            dane_required: false,
         }
     }
 }
@@ -668,6 +675,12 @@ impl Config {
         if self.listener.is_empty() {
             return Err(invalid("listener", "at least one [[listener]] is needed"));
         }
+        if self.dns.dane_required && !self.dns.dane {
+            return Err(invalid(
+                "dns.dane_required",
+                "needs dns.dane = true (DANE cannot be required while it is off)",
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, l) in self.listener.iter().enumerate() {
             if !seen.insert(l.address) {
@@ -935,6 +948,14 @@ mod tests {
     }
 
     #[test]
+    fn dane_required_needs_dane() {
+        let e = Config::parse("[dns]\ndane = false\ndane_required = true\n").unwrap_err();
+        assert!(e.to_string().contains("dns.dane_required"), "{e}");
+        let c = Config::parse("[dns]\ndane_required = true\n").unwrap();
+        assert!(c.dns.dane && c.dns.dane_required);
+    }
+
+    #[test]
     fn the_example_file_parses_and_matches_the_defaults() {
         let text = include_str!("../../../postern.example.toml");
         let c = Config::parse(text).expect("postern.example.toml must be valid");
@@ -962,6 +983,7 @@ mod tests {
         assert_eq!(c.http.max_connections, d.http.max_connections);
         assert_eq!(c.http.max_connections_per_ip, d.http.max_connections_per_ip);
         assert_eq!(c.http.metrics_address, d.http.metrics_address);
+        assert_eq!(c.dns.dane_required, d.dns.dane_required);
         assert_eq!(
             c.smtp.require_verified_senders,
             d.smtp.require_verified_senders

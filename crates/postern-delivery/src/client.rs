@@ -307,9 +307,21 @@ impl SmtpClient {
         domain: &str,
         hosts: &[String],
     ) -> Result<Option<Vec<Candidate>>, Outcome> {
+        use crate::dnssec_probe::DaneState;
         use crate::mx::Dnssec;
-        if !self.resolver.dnssec_enabled() {
+        let Some(probe) = self.resolver.dane_probe() else {
             return Ok(None);
+        };
+        // The operator asked for DANE outright (`dns.dane_required`): a
+        // path that does not validate stops MX mail, loudly, instead of
+        // falling back to the usual TLS policy.
+        if self.resolver.dane_required() && probe.current().await != DaneState::Active {
+            metrics::counter!("postern_dane_total", "result" => "required_inactive").increment(1);
+            tracing::warn!(%domain, "DANE required (dns.dane_required) but inactive: the resolver path does not supply DNSSEC data that validates; deferring");
+            return Err(Outcome::Transient(format!(
+                "DANE required (dns.dane_required) but inactive: the resolver path does not \
+                 supply DNSSEC data that validates; {domain} deferred"
+            )));
         }
         match self.resolver.secure_mx(domain).await {
             Dnssec::Secure(_) => {}

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod dane;
+pub mod dnssec_probe;
 pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
@@ -15,7 +16,8 @@ pub mod shaping;
 pub mod tls;
 
 pub use client::{ClientSettings, KeptConnection, SmtpClient, Source};
-pub use mx::MxResolver;
+pub use dnssec_probe::{DaneState, DnssecProbe};
+pub use mx::{MxResolver, TrustAnchor};
 pub use outcome::Outcome;
 pub use route::{Destination, Router};
 pub use scheduler::Scheduler;

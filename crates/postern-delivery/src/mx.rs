@@ -2,13 +2,18 @@
 //! address when there is no MX, and null MX (RFC 7505) as a permanent failure.
 
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::dnssec::{Algorithm, PublicKeyBuf, TrustAnchors};
+use hickory_resolver::proto::rr::Name;
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use rand::seq::SliceRandom;
 
+use crate::dnssec_probe::DnssecProbe;
 use crate::outcome::Outcome;
 
 /// RFC 5321 §5.1 leaves the cap to us; more than this many MX hosts never
@@ -17,9 +22,27 @@ const MAX_MX_HOSTS: usize = 5;
 
 pub struct MxResolver {
     resolver: TokioResolver,
-    /// A second resolver that validates DNSSEC itself (it does not trust an
-    /// upstream AD bit), for DANE; None when DANE is off.
-    secure: Option<TokioResolver>,
+    /// DNSSEC validation for DANE; None when DANE is off.
+    secure: Option<SecureDns>,
+}
+
+/// The validating side: a resolver that validates DNSSEC itself (it does
+/// not trust an upstream AD bit), and the probe deciding whether what it
+/// says counts (crate::dnssec_probe).
+struct SecureDns {
+    resolver: TokioResolver,
+    probe: Arc<DnssecProbe>,
+    /// `dns.dane_required`: defer MX mail while DANE is not active.
+    required: bool,
+}
+
+/// Trust anchors other than the built-in root keys (tests sign their own
+/// zone): the DNSKEY public keys, and the zone they are the keys of (the
+/// DNSSEC probe asks for that zone's SOA).
+#[derive(Debug, Clone)]
+pub struct TrustAnchor {
+    pub zone: String,
+    pub keys: Vec<(Vec<u8>, Algorithm)>,
 }
 
 /// What DNSSEC says about an answer.
@@ -43,61 +66,94 @@ pub struct Tlsa {
     pub data: Vec<u8>,
 }
 
+/// A resolver builder for `nameservers`, or the system's configuration
+/// when there are none.
+fn builder(nameservers: &[SocketAddr]) -> Result<ResolverBuilder<TokioConnectionProvider>, String> {
+    let provider = TokioConnectionProvider::default();
+    if nameservers.is_empty() {
+        return TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"));
+    }
+    let mut config = ResolverConfig::new();
+    for ns in nameservers {
+        config.add_name_server(NameServerConfig::new(*ns, Protocol::Udp));
+        config.add_name_server(NameServerConfig::new(*ns, Protocol::Tcp));
+    }
+    Ok(TokioResolver::builder_with_config(config, provider))
+}
+
+/// A resolver that validates DNSSEC from `anchor`'s keys, else from the
+/// built-in root anchors.
+fn validating(
+    nameservers: &[SocketAddr],
+    anchor: Option<&TrustAnchor>,
+) -> Result<TokioResolver, String> {
+    let mut builder = builder(nameservers)?;
+    builder.options_mut().validate = true;
+    if let Some(anchor) = anchor {
+        let mut ta = TrustAnchors::empty();
+        for (bytes, algorithm) in &anchor.keys {
+            ta.insert(&PublicKeyBuf::new(bytes.clone(), *algorithm));
+        }
+        builder = builder.with_trust_anchor(Arc::new(ta));
+    }
+    Ok(builder.build())
+}
+
 impl MxResolver {
     /// Uses `nameservers` when given (tests point this at a DNS server on
     /// loopback), else the system's resolver configuration.
     pub fn new(nameservers: &[SocketAddr]) -> Result<Self, String> {
-        let provider = TokioConnectionProvider::default();
-        let builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?
-        } else {
-            let mut config = ResolverConfig::new();
-            for ns in nameservers {
-                config.add_name_server(NameServerConfig::new(*ns, Protocol::Udp));
-                config.add_name_server(NameServerConfig::new(*ns, Protocol::Tcp));
-            }
-            TokioResolver::builder_with_config(config, provider)
-        };
         Ok(MxResolver {
-            resolver: builder.build(),
+            resolver: builder(nameservers)?.build(),
             secure: None,
         })
     }
 
     /// Also validates DNSSEC for DANE, from the built-in root anchors or
-    /// from `anchors` (DNSKEY public keys; tests use their own zone's key).
+    /// from `anchor` (tests use their own zone's key). DANE is in force
+    /// only once the path has been seen to validate (crate::dnssec_probe).
     pub fn with_dnssec(
         nameservers: &[SocketAddr],
-        anchors: Option<Vec<(Vec<u8>, hickory_resolver::proto::dnssec::Algorithm)>>,
+        anchor: Option<TrustAnchor>,
     ) -> Result<Self, String> {
         let mut this = Self::new(nameservers)?;
-        let provider = TokioConnectionProvider::default();
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| format!("system resolver: {e}"))?
-        } else {
-            let mut config = ResolverConfig::new();
-            for ns in nameservers {
-                config.add_name_server(NameServerConfig::new(*ns, Protocol::Udp));
-                config.add_name_server(NameServerConfig::new(*ns, Protocol::Tcp));
-            }
-            TokioResolver::builder_with_config(config, provider)
+        // The probe asks for the anchor's zone; the built-in anchors are
+        // the root's.
+        let zone = match &anchor {
+            Some(a) => Name::from_str(&a.zone)
+                .map_err(|e| format!("trust anchor zone {:?}: {e}", a.zone))?,
+            None => Name::root(),
         };
-        builder.options_mut().validate = true;
-        if let Some(keys) = anchors {
-            let mut ta = hickory_resolver::proto::dnssec::TrustAnchors::empty();
-            for (bytes, algorithm) in keys {
-                ta.insert(&hickory_resolver::proto::dnssec::PublicKeyBuf::new(
-                    bytes, algorithm,
-                ));
-            }
-            builder = builder.with_trust_anchor(std::sync::Arc::new(ta));
-        }
-        this.secure = Some(builder.build());
+        let probe = DnssecProbe::new(validating(nameservers, anchor.as_ref())?, zone);
+        this.secure = Some(SecureDns {
+            resolver: validating(nameservers, anchor.as_ref())?,
+            probe: Arc::new(probe),
+            required: false,
+        });
         Ok(this)
+    }
+
+    /// `dns.dane_required`: while DANE is not active, MX mail is deferred
+    /// rather than sent under the usual TLS policy. No effect without DNSSEC.
+    pub fn require_dane(mut self, required: bool) -> Self {
+        if let Some(s) = &mut self.secure {
+            s.required = required;
+        }
+        self
     }
 
     pub fn dnssec_enabled(&self) -> bool {
         self.secure.is_some()
+    }
+
+    pub fn dane_required(&self) -> bool {
+        self.secure.as_ref().is_some_and(|s| s.required)
+    }
+
+    /// The probe deciding whether DANE is in force (for the periodic task
+    /// and health reports); None when DANE is off.
+    pub fn dane_probe(&self) -> Option<Arc<DnssecProbe>> {
+        self.secure.as_ref().map(|s| s.probe.clone())
     }
 
     /// The domain's MX host names, if DNSSEC proves them (RFC 7672 §2.2.1:
@@ -106,7 +162,8 @@ impl MxResolver {
         let Some(secure) = &self.secure else {
             return Dnssec::Insecure;
         };
-        match secure.mx_lookup(domain).await {
+        secure.probe.current().await;
+        let answer = match secure.resolver.mx_lookup(domain).await {
             Ok(lookup) => {
                 let records = lookup.as_lookup().records();
                 let mx: Vec<&hickory_resolver::proto::rr::Record> = records
@@ -126,7 +183,8 @@ impl MxResolver {
                 tracing::debug!(%domain, error = %e, "validated MX lookup gave no answer; no DANE");
                 Dnssec::Insecure
             }
-        }
+        };
+        secure.probe.admit(answer, domain)
     }
 
     /// TLSA records at `_<port>._tcp.<host>` (RFC 7672 §2.2.2).
@@ -134,8 +192,9 @@ impl MxResolver {
         let Some(secure) = &self.secure else {
             return Dnssec::Insecure;
         };
+        secure.probe.current().await;
         let name = format!("_{port}._tcp.{host}.");
-        match secure.tlsa_lookup(name.as_str()).await {
+        let answer = match secure.resolver.tlsa_lookup(name.as_str()).await {
             Ok(lookup) => {
                 let records = lookup.as_lookup().records();
                 let tlsa: Vec<&hickory_resolver::proto::rr::Record> = records
@@ -159,7 +218,8 @@ impl MxResolver {
             // RFC 7672 §2.1.1: a failed TLSA lookup makes the host unusable,
             // not DANE-free (or stripping the answer would downgrade).
             Err(e) => Dnssec::Bogus(format!("TLSA lookup for {name}: {e}")),
-        }
+        };
+        secure.probe.admit(answer, &name)
     }
 
     /// Host names to try, best first; equal preferences in random order

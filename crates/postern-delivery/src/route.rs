@@ -52,6 +52,12 @@ impl Router {
         Router { exact, wildcard }
     }
 
+    /// Whether a `"*"` route sends every domain to a fixed next hop (so
+    /// nothing is delivered through MX, and DANE never applies).
+    pub fn routes_every_domain(&self) -> bool {
+        self.wildcard.is_some()
+    }
+
     pub fn route(&self, domain: &str) -> Destination {
         match self.exact.get(domain).or(self.wildcard.as_ref()) {
             Some(r) => Destination::Static(r.clone()),

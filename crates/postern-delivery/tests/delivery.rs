@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,10 @@ use hickory_proto::rr::rdata::{A, MX};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use postern_core::config::{RouteConfig, RouteTls};
 use postern_core::{Envelope, EventKind, Recipient};
-use postern_delivery::{ClientSettings, MxResolver, Router, Scheduler, Shaping, SmtpClient};
+use postern_delivery::dnssec_probe::ProbeResult;
+use postern_delivery::{
+    ClientSettings, DaneState, MxResolver, Router, Scheduler, Shaping, SmtpClient, TrustAnchor,
+};
 use postern_queue::{ClientInfo, Intake, RetrySchedule, Submission};
 use postern_store::{EmbeddedStore, EventFilter, EventStore, QueueStore};
 use rustls_pki_types::PrivateKeyDer;
@@ -1581,6 +1584,18 @@ async fn start_signed_dns(
     records: Vec<(&'static str, RData)>,
     forged: &'static [&'static str],
 ) -> (SocketAddr, Vec<u8>) {
+    start_signed_dns_strippable(zone, records, forged, Arc::new(AtomicBool::new(false))).await
+}
+
+/// As `start_signed_dns`; while `strip` is true, answers lose their RRSIGs
+/// and denials their NSEC records (an on-path attacker, or a resolver that
+/// drops DNSSEC data).
+async fn start_signed_dns_strippable(
+    zone: &'static str,
+    records: Vec<(&'static str, RData)>,
+    forged: &'static [&'static str],
+    strip: Arc<AtomicBool>,
+) -> (SocketAddr, Vec<u8>) {
     use hickory_proto::dnssec::crypto::EcdsaSigningKey;
     use hickory_proto::dnssec::rdata::{DNSSECRData, DNSKEY, NSEC, RRSIG};
     use hickory_proto::dnssec::{Algorithm, SigSigner, SigningKey, TBS};
@@ -1687,25 +1702,29 @@ async fn start_signed_dns(
                 e.set_max_payload(1232);
                 resp.set_edns(e);
             }
+            let stripped = strip.load(Ordering::SeqCst);
+            let keep = |r: &Record| {
+                !stripped || !matches!(r.record_type(), RecordType::RRSIG | RecordType::NSEC)
+            };
             for q in req.queries() {
                 resp.add_query(q.clone());
                 let name = q.name().clone();
                 match table.get(&(name.clone(), q.query_type())) {
                     Some(rdatas) => {
-                        for r in signed(&signer, &name, rdatas) {
+                        for r in signed(&signer, &name, rdatas).into_iter().filter(keep) {
                             resp.add_answer(r);
                         }
                     }
                     None => {
                         let soa = &table[&(zone_name.clone(), RecordType::SOA)];
-                        for r in signed(&signer, &zone_name, soa) {
+                        for r in signed(&signer, &zone_name, soa).into_iter().filter(keep) {
                             resp.add_name_server(r);
                         }
                         let nsec = RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(
                             Name::from_str(&format!("\\000.{name}")).unwrap_or(name.clone()),
                             [RecordType::RRSIG, RecordType::NSEC],
                         )));
-                        for r in signed(&signer, &name, &[nsec]) {
+                        for r in signed(&signer, &name, &[nsec]).into_iter().filter(keep) {
                             resp.add_name_server(r);
                         }
                     }
@@ -1814,16 +1833,8 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
         &["_25._tcp.mx.forged.test."],
     )
     .await;
-    let resolver = Arc::new(
-        MxResolver::with_dnssec(
-            &[dns],
-            Some(vec![(
-                anchor,
-                hickory_proto::dnssec::Algorithm::ECDSAP256SHA256,
-            )]),
-        )
-        .unwrap(),
-    );
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let probe = resolver.dane_probe().unwrap();
     let node = start_node_with_resolver(resolver, port).await;
     let send = |rcpt: &'static str| {
         let node = &node;
@@ -1871,6 +1882,16 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
         "never in plaintext to a host with TLSA records"
     );
     assert_eq!(other.mail_commands.load(Ordering::SeqCst), 0);
+    // The probe validated through the same anchors: DANE was in force.
+    assert_eq!(probe.state(), DaneState::Active);
+}
+
+/// The trust anchor of `start_signed_dns`'s zone "test.".
+fn test_anchor(key: Vec<u8>) -> TrustAnchor {
+    TrustAnchor {
+        zone: "test.".into(),
+        keys: vec![(key, hickory_proto::dnssec::Algorithm::ECDSAP256SHA256)],
+    }
 }
 
 #[tokio::test]
@@ -1906,4 +1927,126 @@ async fn ipv6_only_mx_hosts_are_reached_over_aaaa() {
         assert_eq!(d.info.remote_ip.as_deref(), Some("::1"), "{d:?}");
     }
     assert_eq!(sink.received.lock().unwrap().len(), 2);
+}
+
+/// Issue 10 item 13: with DANE on (the default, built-in root anchors) and
+/// a resolver that serves no DNSSEC data at all, mail is delivered with the
+/// usual TLS policy instead of being deferred as "bogus" until it expires.
+#[tokio::test]
+async fn dane_on_with_an_unsigned_resolver_still_delivers() {
+    let listener = TcpListener::bind("127.0.0.31:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = start_sink_on(listener, SinkOptions::default());
+    let dns = start_dns(vec![
+        (
+            "plain.example.",
+            RData::MX(MX::new(10, Name::from_str("mx.plain.example.").unwrap())),
+        ),
+        (
+            "mx.plain.example.",
+            RData::A(A(Ipv4Addr::new(127, 0, 0, 31))),
+        ),
+    ])
+    .await;
+    // As `postern serve` builds it with `dns.dane = true`: the built-in
+    // root trust anchors, queried through the configured (loopback) server.
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], None).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    let node = start_node_with_resolver(resolver, port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@plain.example"],
+            b"Subject: p\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
+    assert_eq!(sink.received.lock().unwrap().len(), 1);
+    assert_eq!(probe.state(), DaneState::Inactive);
+    let status = probe.status();
+    assert_eq!(status.zone, ".");
+    assert!(
+        matches!(status.last, Some(ref r) if r.result.label() == "not_validated"),
+        "{status:?}"
+    );
+
+    // `dns.dane_required`: the same path defers MX mail instead.
+    let resolver = Arc::new(
+        MxResolver::with_dnssec(&[dns], None)
+            .unwrap()
+            .require_dane(true),
+    );
+    let node = start_node_with_resolver(resolver, port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@plain.example"],
+            b"Subject: p\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Deferred).await;
+    assert!(e.detail.contains("DANE required"), "{}", e.detail);
+    assert_eq!(sink.received.lock().unwrap().len(), 1);
+}
+
+/// RFC 7672 §2.1.1: once the path has validated, DANE stays on. An
+/// on-path attacker who strips the signatures later makes the probe fail,
+/// but answers that fail validation still defer; they are not read as
+/// "this resolver has no DNSSEC".
+#[tokio::test]
+async fn dane_stays_active_when_signatures_vanish_later() {
+    let listener = TcpListener::bind("127.0.0.32:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = start_sink_on(listener, SinkOptions::default());
+    let strip = Arc::new(AtomicBool::new(false));
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let (dns, anchor) = start_signed_dns_strippable(
+        "test.",
+        vec![
+            ("mx.sticky.test.", RData::A(A(Ipv4Addr::new(127, 0, 0, 32)))),
+            ("before.test.", mx("mx.sticky.test.")),
+            ("after.test.", mx("mx.sticky.test.")),
+        ],
+        &[],
+        strip.clone(),
+    )
+    .await;
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    assert_eq!(probe.probe().await, ProbeResult::Secure);
+    assert_eq!(probe.state(), DaneState::Active);
+    let node = start_node_with_resolver(resolver, port).await;
+
+    // Signed MX, no TLSA (proven absent): delivered as usual.
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@before.test"],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    node.wait_kind(&id, EventKind::Delivered).await;
+
+    strip.store(true, Ordering::SeqCst);
+    assert!(matches!(probe.probe().await, ProbeResult::NotValidated(_)));
+    assert_eq!(probe.state(), DaneState::Active, "Active is sticky");
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@after.test"],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Deferred).await;
+    assert!(e.detail.contains("DNSSEC"), "{}", e.detail);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rcpts: Vec<String> = sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.rcpts.clone())
+        .collect();
+    assert_eq!(rcpts, ["u@before.test"]);
 }

@@ -35,7 +35,12 @@ pub enum Command {
     /// Run the server.
     Serve,
     /// Check a configuration file and report the first problem, naming the key.
-    CheckConfig,
+    CheckConfig {
+        /// Also ask the configured resolver (once) whether it supplies DNSSEC
+        /// data that validates, and say whether DANE would be active.
+        #[arg(long)]
+        probe_dns: bool,
+    },
     /// Manage API keys.
     Key {
         #[command(subcommand)]
@@ -292,14 +297,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             let config = load_config(&cli.global)?;
             crate::serve::serve(config).await
         }
-        Command::CheckConfig => {
+        Command::CheckConfig { probe_dns } => {
             let path = cli
                 .global
                 .config
                 .as_ref()
                 .context("check-config needs --config FILE")?;
-            Config::load(path).map_err(anyhow::Error::new)?;
+            let config = Config::load(path).map_err(anyhow::Error::new)?;
             println!("{}: OK", path.display());
+            if probe_dns {
+                println!("{}", crate::dane_status::probe_for_check(&config).await?);
+            }
             Ok(())
         }
         Command::Key { command } => {

@@ -5,6 +5,7 @@ mod account_command;
 mod audit_command;
 mod bootstrap;
 mod cli;
+mod dane_status;
 mod dns_lookup;
 mod domain_command;
 mod events_command;

@@ -187,6 +187,41 @@ pub async fn serve(config: Config) -> Result<()> {
             }
         }
     });
+    let resolver = Arc::new(
+        if config.dns.dane {
+            MxResolver::with_dnssec(&config.dns.nameservers, None)
+                .map(|r| r.require_dane(config.dns.dane_required))
+        } else {
+            MxResolver::new(&config.dns.nameservers)
+        }
+        .map_err(anyhow::Error::msg)?,
+    );
+    let router = Arc::new(Router::new(&config.route));
+    let dane_unused = if !config.dns.dane {
+        Some(crate::dane_status::Unused::Off)
+    } else if router.routes_every_domain() {
+        Some(crate::dane_status::Unused::AllRouted)
+    } else {
+        None
+    };
+    match (resolver.dane_probe(), dane_unused) {
+        // Whether DANE is in force is probed at start and every
+        // PROBE_INTERVAL (postern_delivery::dnssec_probe). With a "*"
+        // route no mail goes through MX: nothing to probe, and no DNS
+        // traffic for it.
+        (Some(probe), None) => {
+            tokio::spawn(probe.run(shutdown_rx.clone()));
+        }
+        (Some(_), Some(_)) => {
+            tracing::info!("DANE not probed: a \"*\" route sends every domain to a fixed next hop")
+        }
+        (None, _) => tracing::info!("DANE off (dns.dane = false)"),
+    }
+    let dane_health = Arc::new(crate::dane_status::DaneHealth {
+        probe: resolver.dane_probe(),
+        unused: dane_unused,
+        required: config.dns.dane_required,
+    });
     let api_state = postern_api::ApiState {
         store: store.clone(),
         authenticator: ctx.authenticator.clone(),
@@ -205,6 +240,7 @@ pub async fn serve(config: Config) -> Result<()> {
             intake: mail_intake,
             max_message_size: config.limits.max_message_size,
         }),
+        health: vec![dane_health],
     };
     let http_limits = postern_api::http_listener::HttpLimits::from_config(&config.http);
     let mut http_apps = Vec::new();
@@ -227,14 +263,6 @@ pub async fn serve(config: Config) -> Result<()> {
         })
         .collect();
 
-    let resolver = Arc::new(
-        if config.dns.dane {
-            MxResolver::with_dnssec(&config.dns.nameservers, None)
-        } else {
-            MxResolver::new(&config.dns.nameservers)
-        }
-        .map_err(anyhow::Error::msg)?,
-    );
     let client = SmtpClient::with_policy_store(
         ClientSettings {
             ehlo_name: config.server.hostname.clone(),
@@ -253,7 +281,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let scheduler = Scheduler {
         store: store.clone() as Arc<dyn QueueStore>,
         client: Arc::new(client),
-        router: Arc::new(Router::new(&config.route)),
+        router,
         retry: RetrySchedule {
             initial: config.queue.retry_initial,
             max: config.queue.retry_max,
