@@ -73,10 +73,17 @@ def test_verp_return_path_and_late_bounces(strict, sink):
     suppressed = [x["email"] for x in json.loads(urllib.request.urlopen(req, timeout=10).read())]
     assert suppressed == ["alice@example.net"]
 
-    # A forged tag: accepted at RCPT (the domain is ours), refused at DATA.
+    # A forged tag is refused at RCPT, before any body can be sent (the
+    # domain is ours, but the tag names no recipient of that message).
     local, domain = alice_rp.rsplit("@", 1)
     forged = local[:-12] + "0" * 12 + "@" + domain
-    assert to_mx(forged, report(forged, "carol@example.net", "5.1.1", "550 no")) == 550
+    with smtplib.SMTP("127.0.0.1", p.ports["mx"], timeout=30) as s:
+        s.ehlo("mx.example.net")
+        s.mail("")
+        code, _ = s.rcpt(forged)
+        assert code == 550, "a forged return path must not reach DATA"
+        code, _ = s.rcpt(alice_rp)
+        assert code == 250, "the genuine one still passes"
     # Not a return-path address, or another domain's: relaying denied.
     assert to_mx("someone@pst-bounces.example.org", b"Subject: x\r\n\r\nx\r\n") == 550
     assert to_mx(local + "@pst-bounces.other.example", b"Subject: x\r\n\r\nx\r\n") == 550

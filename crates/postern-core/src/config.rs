@@ -387,6 +387,10 @@ pub struct LimitsConfig {
     pub tls_handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Message bytes held in memory by all transactions and API requests
+    /// together (each body until it is stored); past it new transactions
+    /// get `452 4.3.1` (SMTP) or 503 (HTTP). At least `max_message_size`.
+    pub body_memory_budget: usize,
 }
 
 impl Default for LimitsConfig {
@@ -402,6 +406,8 @@ impl Default for LimitsConfig {
             tls_handshake_timeout: Duration::from_secs(30),
             max_connections: 20_000,
             max_connections_per_ip: 200,
+            // Ten bodies of the largest size, or thousands of typical ones.
+            body_memory_budget: 256 * 1024 * 1024,
         }
     }
 }
@@ -774,6 +780,12 @@ impl Config {
         if l.max_message_size < 1024 {
             return Err(invalid("limits.max_message_size", "must be at least 1024"));
         }
+        if l.body_memory_budget < l.max_message_size {
+            return Err(invalid(
+                "limits.body_memory_budget",
+                "must be at least limits.max_message_size, or no message of the largest size could ever be taken",
+            ));
+        }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
@@ -963,6 +975,7 @@ mod tests {
         // The example shows every default; a drift here means the docs lie.
         assert_eq!(c.limits.max_message_size, d.limits.max_message_size);
         assert_eq!(c.limits.command_timeout, d.limits.command_timeout);
+        assert_eq!(c.limits.body_memory_budget, d.limits.body_memory_budget);
         assert_eq!(c.queue.retry_max, d.queue.retry_max);
         assert_eq!(c.queue.max_age, d.queue.max_age);
         assert_eq!(c.server.hostname, d.server.hostname);

@@ -120,7 +120,29 @@ impl ReturnPaths {
         )
     }
 
-    async fn take(&self, address: &str, message: &[u8]) -> Result<(), String> {
+    /// A return path of ours whose tag names a recipient of the message it
+    /// names: what RCPT accepts, so a forged or guessed return path is
+    /// refused before the client may send a body.
+    async fn valid(&self, address: &str) -> bool {
+        if !self.owns(address).await {
+            return false;
+        }
+        match self.sent_event(address).await {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                metrics::counter!("postern_returned_bounces_total", "outcome" => "unknown")
+                    .increment(1);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "return-path check failed");
+                false
+            }
+        }
+    }
+
+    /// The `processed` event of the recipient a return path's tag names.
+    async fn sent_event(&self, address: &str) -> Result<Option<Event>, String> {
         let (local, _) = address.rsplit_once('@').ok_or("no domain")?;
         let parsed = verp::parse_local(local).ok_or("not a return-path address")?;
         let events = self
@@ -133,11 +155,17 @@ impl ReturnPaths {
             .await
             .map_err(|e| format!("event lookup failed: {e}"))?;
         // The tag names the recipient among the message's own.
-        let Some(sent) = events.iter().find(|e| {
+        Ok(events.into_iter().find(|e| {
             e.recipient
                 .as_deref()
                 .is_some_and(|r| self.verp.matches(&parsed, r))
-        }) else {
+        }))
+    }
+
+    async fn take(&self, address: &str, message: &[u8]) -> Result<(), String> {
+        let (local, _) = address.rsplit_once('@').ok_or("no domain")?;
+        let parsed = verp::parse_local(local).ok_or("not a return-path address")?;
+        let Some(sent) = self.sent_event(address).await? else {
             metrics::counter!("postern_returned_bounces_total", "outcome" => "unknown")
                 .increment(1);
             return Err("no such return path".into());
@@ -215,7 +243,7 @@ impl BounceReceiver for ReturnPaths {
         &'a self,
         address: &'a str,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        Box::pin(self.owns(address))
+        Box::pin(self.valid(address))
     }
 
     fn receive<'a>(

@@ -10,6 +10,7 @@ use postern_store::{NewMessage, QueueStore, StoreError};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use crate::body_budget::BodyBudget;
 use crate::quota::{QuotaCheck, Quotas, Reserve};
 
 #[derive(Debug, Error)]
@@ -99,6 +100,7 @@ pub struct Intake {
     quotas: Option<Quotas>,
     senders: Option<Arc<dyn SenderAuthority>>,
     bounces: Option<Arc<dyn BounceReceiver>>,
+    budget: BodyBudget,
 }
 
 impl Intake {
@@ -110,7 +112,19 @@ impl Intake {
             quotas: None,
             senders: None,
             bounces: None,
+            // Unbounded until the node sets `limits.body_memory_budget`.
+            budget: BodyBudget::new(usize::MAX / 2),
         }
+    }
+
+    /// The memory budget every door's message bodies are leased from.
+    pub fn with_body_budget(mut self, budget: BodyBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    pub fn body_budget(&self) -> &BodyBudget {
+        &self.budget
     }
 
     /// Checks and signs authenticated accounts' mail: refuses senders the
@@ -201,6 +215,7 @@ impl Intake {
         full.extend_from_slice(&body);
         self.store
             .enqueue(NewMessage {
+                head: Vec::new(),
                 id: id.clone(),
                 received_at: now,
                 envelope: Envelope {
@@ -295,6 +310,7 @@ impl Intake {
                         .collect();
                     self.store
                         .enqueue(NewMessage {
+                            head: Vec::new(),
                             id,
                             received_at: now,
                             detail: format!(
@@ -312,11 +328,13 @@ impl Intake {
             }
         }
         let received = self.received_header(&sub, &id, now);
-        let mut body = Vec::with_capacity(received.len() + signature.len() + sub.body.len());
-        body.extend_from_slice(received.as_bytes());
-        body.extend_from_slice(&signature);
-        body.extend_from_slice(&sub.body);
-        let size = body.len();
+        // The headers go in front of the body in the store, not by copying
+        // the body here: a second copy of every large message would double
+        // what the memory budget lets the doors hold.
+        let mut head = Vec::with_capacity(received.len() + signature.len());
+        head.extend_from_slice(received.as_bytes());
+        head.extend_from_slice(&signature);
+        let size = head.len() + sub.body.len();
         let detail = format!(
             "from=<{}> size={} nrcpt={} client={} proto={}{}",
             sub.envelope.mail_from,
@@ -331,11 +349,12 @@ impl Intake {
         );
         self.store
             .enqueue(NewMessage {
+                head,
                 id: id.clone(),
                 received_at: now,
                 envelope: sub.envelope,
                 account: sub.principal.map(|p| p.account),
-                body,
+                body: sub.body,
                 detail,
                 dropped: Vec::new(),
             })

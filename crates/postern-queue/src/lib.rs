@@ -2,11 +2,13 @@
 //! which a message enters the queue, whether it came over SMTP or HTTP) and
 //! the retry schedule the delivery scheduler follows.
 
+pub mod body_budget;
 pub mod dsn;
 pub mod intake;
 pub mod quota;
 pub mod retry;
 
+pub use body_budget::{BodyBudget, BodyLease};
 pub use intake::{
     Authorized, BounceReceiver, ClientInfo, Intake, IntakeError, SenderAuthority, Submission,
 };

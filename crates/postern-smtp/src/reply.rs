@@ -56,6 +56,16 @@ pub mod common {
         )
     }
 
+    /// The shared memory budget for message bodies is spent (RFC 5321
+    /// §4.2.2 452; RFC 3463 4.3.1 "mail system full"): a client retries later.
+    pub fn insufficient_storage() -> Reply {
+        Reply::new(
+            452,
+            (4, 3, 1),
+            "Insufficient system storage: too many messages in progress, try again later",
+        )
+    }
+
     pub fn shutting_down(host: &str) -> Reply {
         Reply::new(
             421,

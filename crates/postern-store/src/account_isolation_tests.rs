@@ -25,6 +25,7 @@ fn account(name: &str, parent: Option<&str>) -> AccountRecord {
 
 fn message(account: &str) -> NewMessage {
     NewMessage {
+        head: Vec::new(),
         id: MessageId::generate(),
         received_at: postern_core::time::now_millis(),
         envelope: Envelope {

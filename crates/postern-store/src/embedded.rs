@@ -307,6 +307,52 @@ fn insert_event(
     Ok(())
 }
 
+/// Small messages are joined and bound at once; past this size the row is
+/// inserted with a zero-filled blob and `head` and `body` are written into
+/// it in place, so a large body is never copied to be joined.
+const JOIN_BELOW: usize = 64 * 1024;
+
+fn insert_message_row(
+    conn: &Connection,
+    msg: &NewMessage,
+    envelope: &str,
+    account_id: Option<i64>,
+) -> Result<()> {
+    let len = msg.head.len() + msg.body.len();
+    let joined;
+    let value: rusqlite::types::Value = if len < JOIN_BELOW {
+        joined = [msg.head.as_slice(), msg.body.as_slice()].concat();
+        rusqlite::types::Value::Blob(joined)
+    } else {
+        rusqlite::types::Value::Null
+    };
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO messages (id, received_at, mail_from, envelope, account, smtputf8, eight_bit, body, account_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, COALESCE(?8, zeroblob(?10)), ?9)",
+    )?;
+    stmt.execute(params![
+        msg.id.as_str(),
+        msg.received_at,
+        msg.envelope.mail_from,
+        envelope,
+        msg.account,
+        msg.envelope.smtputf8,
+        msg.envelope.body_type == postern_core::BodyType::EightBitMime,
+        value,
+        account_id,
+        len as i64,
+    ])?;
+    if len >= JOIN_BELOW {
+        use std::io::Write;
+        let rowid = conn.last_insert_rowid();
+        let mut blob = conn.blob_open(rusqlite::MAIN_DB, "messages", "body", rowid, false)?;
+        blob.write_all(&msg.head)
+            .and_then(|_| blob.write_all(&msg.body))
+            .map_err(|e| StoreError::Backend(format!("writing the message body: {e}")))?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl QueueStore for EmbeddedStore {
     async fn enqueue(&self, msg: NewMessage) -> Result<()> {
@@ -319,21 +365,7 @@ impl QueueStore for EmbeddedStore {
                 Some(name) => account_id_of(conn, name)?,
                 None => None,
             };
-            conn.prepare_cached(
-                "INSERT INTO messages (id, received_at, mail_from, envelope, account, smtputf8, eight_bit, body, account_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                msg.id.as_str(),
-                msg.received_at,
-                msg.envelope.mail_from,
-                envelope,
-                msg.account,
-                msg.envelope.smtputf8,
-                msg.envelope.body_type == postern_core::BodyType::EightBitMime,
-                msg.body,
-                account_id,
-            ])?;
+            insert_message_row(conn, &msg, &envelope, account_id)?;
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO recipients (message_id, idx, address, domain, notify, orcpt, status, next_attempt)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)",
@@ -2064,6 +2096,7 @@ mod tests {
 
     fn message(rcpts: &[&str]) -> NewMessage {
         NewMessage {
+            head: Vec::new(),
             id: MessageId::generate(),
             received_at: 1_000,
             envelope: Envelope {
@@ -2235,6 +2268,38 @@ mod tests {
         })
         .await;
         assert!(others.is_empty());
+    }
+
+    /// Head and body are stored as one message, whether joined in memory
+    /// (small) or written into the row in place (large).
+    #[tokio::test]
+    async fn head_and_body_are_stored_as_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for size in [10, JOIN_BELOW - 20, JOIN_BELOW, 3 * JOIN_BELOW + 7] {
+            let mut m = message(&["x@one.example"]);
+            m.head = b"Received: from test\r\n".to_vec();
+            m.body = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+            let expected = [m.head.clone(), m.body.clone()].concat();
+            store.enqueue(m).await.unwrap();
+            let jobs = store.claim_due(i64::MAX / 4, 10, 60_000).await.unwrap();
+            assert_eq!(jobs.len(), 1, "{size}");
+            assert_eq!(jobs[0].body.as_slice(), expected.as_slice(), "{size}");
+            let outcomes = jobs[0]
+                .recipients
+                .iter()
+                .map(|r| RecipientOutcome {
+                    message_id: jobs[0].message_id.clone(),
+                    index: r.index,
+                    recipient: r.address.clone(),
+                    settlement: Settlement::Delivered,
+                    detail: "ok".into(),
+                    at: 2,
+                    info: Default::default(),
+                })
+                .collect();
+            store.settle(outcomes).await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -12,7 +12,11 @@ pub struct NewMessage {
     pub envelope: Envelope,
     /// The authenticated account, when there was one.
     pub account: Option<String>,
-    /// The message as it will be delivered (trace headers already prepended).
+    /// Stored before `body`: trace and signature headers. Kept apart so
+    /// the intake never copies a large body just to prepend them; the store
+    /// writes both into one row.
+    pub head: Vec<u8>,
+    /// The message as the client sent it; delivered as `head` + `body`.
     pub body: Vec<u8>,
     /// Recipients (by index) not to deliver to, with the reason: they are
     /// recorded as `dropped` at once. The store adds those on the sending

@@ -124,6 +124,9 @@ pub async fn serve(config: Config) -> Result<()> {
         &postern_store::CredentialStore::secret(store.as_ref(), "verp", 32).await?,
     ));
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
+        .with_body_budget(postern_queue::BodyBudget::new(
+            config.limits.body_memory_budget,
+        ))
         .with_quotas(postern_queue::Quotas::new(store.clone()))
         .with_sender_authority(Arc::new(postern_mailauth::SenderAuthority::new(
             store.clone(),

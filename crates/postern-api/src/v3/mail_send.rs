@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use base64::Engine;
 use mail_builder::headers::address::Address as MimeAddress;
 use mail_builder::headers::text::Text;
@@ -31,14 +31,15 @@ use crate::{ApiError, ApiState};
 /// SendGrid's limit: 1,000 recipients (to + cc + bcc) per request.
 const MAX_RECIPIENTS: usize = 1000;
 
-/// Largest request body: a message at SendGrid's 30 MB with its base64
-/// expansion. The built message is then held to `limits.max_message_size`.
-const BODY_LIMIT: usize = 42 * 1024 * 1024;
+/// Largest request body: SendGrid's 30 MB. The built message is then held
+/// to `limits.max_message_size`.
+const BODY_LIMIT: usize = 30 * 1024 * 1024;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
+        // The body is read by the handler itself, within BODY_LIMIT and
+        // the shared memory budget (see `read_body`).
         .route("/v3/mail/send", post(send))
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
 }
 
 #[derive(Deserialize, Clone)]
@@ -199,7 +200,65 @@ struct Built {
     body: Vec<u8>,
 }
 
-fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, ApiError> {
+/// An attachment checked and decoded once per request, then shared by the
+/// message of every personalization.
+struct Decoded {
+    kind: String,
+    filename: String,
+    disposition: Option<String>,
+    content_id: Option<String>,
+    data: Vec<u8>,
+}
+
+/// Checks every attachment's fields and decodes its content, once.
+fn decode_attachments(req: &MailSend) -> Result<Vec<Decoded>, ApiError> {
+    let mut out = Vec::with_capacity(req.attachments.len());
+    for a in &req.attachments {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(a.content.trim())
+            .map_err(|_| {
+                bad(
+                    "attachments.content",
+                    format!("the content of {:?} is not base64", a.filename),
+                )
+            })?;
+        fields::filename("attachments.filename", &a.filename)?;
+        let kind = a
+            .kind
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        fields::mime_type("attachments.type", &kind)?;
+        if let Some(d) = &a.disposition {
+            fields::disposition("attachments.disposition", d)?;
+        }
+        // Checked whether or not the part is inline: a content id is
+        // never carried unchecked, whatever the builder does with it.
+        if let Some(cid) = &a.content_id {
+            fields::content_id("attachments.content_id", cid)?;
+        }
+        if a.disposition.as_deref() == Some("inline") && a.content_id.is_none() {
+            return Err(bad(
+                "attachments.content_id",
+                "inline attachments need a content_id",
+            ));
+        }
+        out.push(Decoded {
+            kind,
+            filename: a.filename.clone(),
+            disposition: a.disposition.clone(),
+            content_id: a.content_id.clone(),
+            data,
+        });
+    }
+    Ok(out)
+}
+
+fn build<'r>(
+    req: &'r MailSend,
+    p: &'r Personalization,
+    attachments: &'r [Decoded],
+    hostname: &str,
+) -> Result<Built, ApiError> {
     let from = p.from.as_ref().or(req.from.as_ref()).ok_or_else(|| {
         bad(
             "from.email",
@@ -295,8 +354,8 @@ fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, A
             return Err(bad("content.value", "content values must not be empty"));
         }
         match c.kind.to_ascii_lowercase().as_str() {
-            "text/plain" => builder = builder.text_body(c.value.clone()),
-            "text/html" => builder = builder.html_body(c.value.clone()),
+            "text/plain" => builder = builder.text_body(c.value.as_str()),
+            "text/html" => builder = builder.html_body(c.value.as_str()),
             other => {
                 return Err(bad(
                     "content.type",
@@ -314,38 +373,12 @@ fn build(req: &MailSend, p: &Personalization, hostname: &str) -> Result<Built, A
             "at least one content object (text/plain or text/html) is required",
         ));
     }
-    for a in &req.attachments {
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(a.content.trim())
-            .map_err(|_| {
-                bad(
-                    "attachments.content",
-                    format!("the content of {:?} is not base64", a.filename),
-                )
-            })?;
-        fields::filename("attachments.filename", &a.filename)?;
-        let kind = a
-            .kind
-            .clone()
-            .unwrap_or_else(|| "application/octet-stream".into());
-        fields::mime_type("attachments.type", &kind)?;
-        if let Some(d) = &a.disposition {
-            fields::disposition("attachments.disposition", d)?;
-        }
-        // Checked whether or not the part is inline: a content id is
-        // never carried unchecked, whatever the builder does with it.
-        if let Some(cid) = &a.content_id {
-            fields::content_id("attachments.content_id", cid)?;
-        }
+    for a in attachments {
         builder = match (a.disposition.as_deref(), &a.content_id) {
-            (Some("inline"), Some(cid)) => builder.inline(kind, cid.clone(), data),
-            (Some("inline"), None) => {
-                return Err(bad(
-                    "attachments.content_id",
-                    "inline attachments need a content_id",
-                ))
+            (Some("inline"), Some(cid)) => {
+                builder.inline(a.kind.as_str(), cid.as_str(), a.data.as_slice())
             }
-            _ => builder.attachment(kind, a.filename.clone(), data),
+            _ => builder.attachment(a.kind.as_str(), a.filename.as_str(), a.data.as_slice()),
         };
     }
     let body = builder
@@ -395,10 +428,67 @@ fn unsupported(req: &MailSend) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The shared body budget is spent: the client should retry shortly.
+fn budget_spent() -> ApiError {
+    metrics::counter!("postern_api_rejected_total", "reason" => "memory_budget").increment(1);
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many messages are in progress on this server; try again shortly",
+    )
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request is larger than {BODY_LIMIT} bytes (SendGrid's 30 MB limit)"),
+    )
+}
+
+/// Reads the request body within `BODY_LIMIT`, covering it with `lease`
+/// as it arrives (the declared length first, when there is one), so the
+/// bytes of all requests in memory stay within the shared budget.
+async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    lease: &mut postern_queue::BodyLease,
+) -> Result<Vec<u8>, ApiError> {
+    use http_body_util::BodyExt;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared {
+        if n > BODY_LIMIT {
+            return Err(too_large());
+        }
+        if !lease.cover(n) {
+            return Err(budget_spent());
+        }
+    }
+    let mut body = body;
+    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("reading the request: {e}"))
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > BODY_LIMIT {
+                return Err(too_large());
+            }
+            if !lease.cover(out.len() + data.len()) {
+                return Err(budget_spent());
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
 async fn send(
     State(state): State<ApiState>,
     caller: Caller,
-    Json(req): Json<MailSend>,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     caller.require("mail.send")?;
     let Some(mail) = &state.mail else {
@@ -407,6 +497,19 @@ async fn send(
             "mail sending is not available on this node",
         ));
     };
+    // What this request holds in memory, all of it leased from the budget
+    // every door shares: the JSON (then the parsed request, about as big),
+    // the decoded attachments, and one built message at a time.
+    let budget = mail.intake.body_budget();
+    let mut request_lease = budget.lease();
+    let raw = read_body(&headers, body, &mut request_lease).await?;
+    let req: MailSend = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not valid mail/send JSON: {e}"),
+        )
+    })?;
+    drop(raw);
     if req.personalizations.is_empty() || req.personalizations.len() > MAX_RECIPIENTS {
         return Err(bad(
             "personalizations",
@@ -425,11 +528,17 @@ async fn send(
             "at most 1000 recipients (to, cc and bcc) per request",
         ));
     }
-    // Everything is built (and so validated) before anything is queued:
-    // a request is queued whole or not at all, as far as validation goes.
-    let mut built = Vec::with_capacity(req.personalizations.len());
+    let attachments = decode_attachments(&req)?;
+    let mut attachments_lease = budget.lease();
+    if !attachments_lease.cover(attachments.iter().map(|a| a.data.len()).sum()) {
+        return Err(budget_spent());
+    }
+    // Everything is built (and so validated) before anything is queued, so
+    // a request is queued whole or not at all as far as validation goes;
+    // each message is dropped once measured, so only one is in memory.
+    let mut largest = 0;
     for p in &req.personalizations {
-        let b = build(&req, p, mail.intake.hostname())?;
+        let b = build(&req, p, &attachments, mail.intake.hostname())?;
         if b.body.len() > mail.max_message_size {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -440,7 +549,7 @@ async fn send(
                 ),
             ));
         }
-        built.push(b);
+        largest = largest.max(b.body.len());
     }
     if req
         .mail_settings
@@ -455,8 +564,15 @@ async fn send(
     // send log, its quota.
     let mut principal = caller.principal.clone();
     principal.account = caller.account.clone();
+    // Room for the largest message, taken before the first is queued: the
+    // request never stops half-way for want of memory.
+    let mut message_lease = budget.lease();
+    if !message_lease.cover(largest) {
+        return Err(budget_spent());
+    }
     let mut first_id = None;
-    for b in built {
+    for p in &req.personalizations {
+        let b = build(&req, p, &attachments, mail.intake.hostname())?;
         let sub = Submission {
             envelope: b.envelope,
             principal: Some(principal.clone()),
@@ -507,6 +623,12 @@ async fn send(
 mod tests {
     use super::*;
 
+    /// What the route does for the first personalization.
+    fn build_first(req: &MailSend, hostname: &str) -> Result<Built, ApiError> {
+        let attachments = decode_attachments(req)?;
+        build(req, &req.personalizations[0], &attachments, hostname)
+    }
+
     fn request(v: Value) -> MailSend {
         serde_json::from_value(v).unwrap()
     }
@@ -521,7 +643,7 @@ mod tests {
             "headers": {"X-Campaign": "c1"},
             "attachments": [{"content": "aGVsbG8=", "filename": "h.txt", "type": "text/plain"}]
         }));
-        let b = build(&req, &req.personalizations[0], "relay.test").unwrap();
+        let b = build_first(&req, "relay.test").unwrap();
         let text = String::from_utf8(b.body).unwrap();
         assert_eq!(b.envelope.mail_from, "me@example.org");
         assert_eq!(b.envelope.recipients.len(), 2, "to and bcc");
@@ -545,26 +667,26 @@ mod tests {
         let mut v = base.clone();
         v["headers"] = serde_json::json!({"X-A": "x\r\nBcc: evil@example.com"});
         let req = request(v);
-        assert!(build(&req, &req.personalizations[0], "h").is_err());
+        assert!(build_first(&req, "h").is_err());
         let mut v = base.clone();
         v["headers"] = serde_json::json!({"DKIM-Signature": "v=1"});
         let req = request(v);
-        assert!(build(&req, &req.personalizations[0], "h").is_err());
+        assert!(build_first(&req, "h").is_err());
         let mut v = base.clone();
         v["subject"] = serde_json::json!("a\r\nBcc: evil@example.com");
         let req = request(v);
-        assert!(build(&req, &req.personalizations[0], "h").is_err());
+        assert!(build_first(&req, "h").is_err());
         let mut v = base;
         v["personalizations"][0]["to"][0]["email"] =
             serde_json::json!("a@example.net>, evil@example.com");
         let req = request(v);
-        assert!(build(&req, &req.personalizations[0], "h").is_err());
+        assert!(build_first(&req, "h").is_err());
     }
 
     /// The field named in the 400 for `v` (None: built).
     fn refused_field(v: Value) -> Option<&'static str> {
         let req = request(v);
-        build(&req, &req.personalizations[0], "h").err().map(|e| {
+        build_first(&req, "h").err().map(|e| {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             e.field.unwrap_or("-")
         })

@@ -33,15 +33,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(Close::Policy("BDAT too large"));
         }
 
+        // The chunk's bytes go straight into the transaction's body when it
+        // can take them: a valid transaction, nothing failed yet, and room
+        // in the shared memory budget (claimed before reading, since the
+        // size is declared). Otherwise they are read and dropped as they
+        // arrive: bytes without a valid transaction (BDAT before MAIL or
+        // AUTH) are counted, never buffered.
+        let keep = precheck.is_none()
+            && match self.txn.as_mut() {
+                Some(t) if t.failed.is_none() => {
+                    if t.lease.cover(t.body.len().saturating_add(chunk_size)) {
+                        // Exactly the declared chunk: no doubling slack
+                        // beyond what the lease covers.
+                        t.body.reserve_exact(chunk_size);
+                        true
+                    } else {
+                        metrics::counter!("postern_smtp_rejected_total", "reason" => "memory_budget")
+                            .increment(1);
+                        t.failed = Some(common::insufficient_storage());
+                        t.body = Vec::new();
+                        t.lease.release();
+                        false
+                    }
+                }
+                _ => false,
+            };
+        let start = self.txn.as_ref().map_or(0, |t| t.body.len());
+        let mut sink = Vec::new();
         // RFC 3030 §2: the chunk is read whatever the reply will be.
-        let mut chunk = Vec::with_capacity(chunk_size.min(1 << 20));
         let mut receiver = BdatReceiver::new(chunk_size, is_last);
         loop {
             let mut iter = self.inbuf.iter();
             let before = iter.len();
-            let done = receiver.ingest(&mut iter, &mut chunk);
+            let out = match self.txn.as_mut() {
+                Some(t) if keep => &mut t.body,
+                _ => &mut sink,
+            };
+            let done = receiver.ingest(&mut iter, out);
             let consumed = before - iter.len();
             self.inbuf.drain(..consumed);
+            if !sink.is_empty() {
+                metrics::counter!("postern_smtp_discarded_bytes_total")
+                    .increment(sink.len() as u64);
+                sink.clear();
+            }
             if done {
                 break;
             }
@@ -55,7 +90,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(());
         };
         txn.used_bdat = true;
-        txn.bare_scanner.scan(&chunk);
+        if keep {
+            let chunk = &txn.body[start..];
+            txn.bare_scanner.scan(chunk);
+        }
         let bare = if is_last {
             txn.bare_scanner.finish()
         } else {
@@ -73,6 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "Message contains a bare CR or LF; lines must end with CRLF",
             ));
             txn.body = Vec::new();
+            txn.lease.release();
         }
         if let Some(failed) = txn.failed.clone() {
             if is_last {
@@ -80,7 +119,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             return self.error(failed);
         }
-        txn.body.extend_from_slice(&chunk);
         if !is_last {
             self.reply(Reply::new(
                 250,

@@ -9,6 +9,9 @@ use super::{Close, Session};
 use crate::body::BareLineEndingScanner;
 use crate::reply::{common, Reply};
 
+/// The scratch buffer a refused body is read through.
+const READ_SCRATCH: usize = 16 * 1024;
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(crate) async fn data(&mut self) -> Result<(), Close> {
         let Some(txn) = &self.txn else {
@@ -34,8 +37,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
         let mut scanner = BareLineEndingScanner::default();
         let mut body = Vec::new();
+        // Set once the memory budget could not cover the body: the rest is
+        // read (to stay in step with the client) and thrown away.
+        let mut over_budget = false;
+        let mut discarded = 0usize;
         loop {
             if !self.inbuf.is_empty() {
+                // Grown by a quarter at a time, not doubled: the lease
+                // covers the capacity, so what is counted is what is held.
+                let need = self.inbuf.len();
+                if !over_budget && body.capacity() - body.len() < need {
+                    body.reserve_exact(need.max(body.len() / 4));
+                }
                 let mut iter = self.inbuf.iter();
                 let before = iter.len();
                 let done = receiver.ingest(&mut iter, &mut body);
@@ -58,7 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     ));
                     return Err(Close::Policy("bare CR/LF in DATA"));
                 }
-                if body.len() > max {
+                if discarded.saturating_add(body.len()) > max {
                     self.txn = None;
                     metrics::counter!("postern_smtp_rejected_total", "reason" => "size")
                         .increment(1);
@@ -69,11 +82,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     ));
                     return Err(Close::Policy("message too large"));
                 }
+                if !over_budget {
+                    if let Some(txn) = self.txn.as_mut() {
+                        if !txn.lease.cover(body.capacity()) {
+                            over_budget = true;
+                            txn.lease.release();
+                            discarded = body.len();
+                            metrics::counter!("postern_smtp_discarded_bytes_total")
+                                .increment(body.len() as u64);
+                            // From here on `body` is a scratch buffer of
+                            // about one read, emptied after each.
+                            body = Vec::with_capacity(READ_SCRATCH);
+                        }
+                    }
+                }
+                if over_budget {
+                    metrics::counter!("postern_smtp_discarded_bytes_total")
+                        .increment(body.len() as u64);
+                    discarded += body.len();
+                    // Cleared, not replaced: a fresh allocation per read
+                    // (freed on whichever thread the task runs next) left
+                    // the allocator holding pages for the whole body.
+                    body.clear();
+                }
                 if done {
                     break;
                 }
             }
             self.read_more(false).await?;
+        }
+        if over_budget {
+            self.txn = None;
+            metrics::counter!("postern_smtp_rejected_total", "reason" => "memory_budget")
+                .increment(1);
+            tracing::info!(peer = %self.peer, "memory budget for bodies spent; message refused for now");
+            self.reply(common::insufficient_storage());
+            return Ok(());
         }
         self.finish_body(body, scanner.found()).await;
         Ok(())

@@ -109,6 +109,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ));
             return Ok(());
         }
+        // The body will need memory from the shared budget: with none left,
+        // the transaction is refused now, before the client sends the body
+        // (RFC 5321 §4.2.2 452, RFC 3463 4.3.1 mail system full).
+        let budget = self.ctx.intake.body_budget();
+        if !budget.has_room(if from.size != 0 { from.size } else { 1 }) {
+            metrics::counter!("postern_smtp_rejected_total", "reason" => "memory_budget")
+                .increment(1);
+            self.reply(common::insufficient_storage());
+            return Ok(());
+        }
+        let lease = budget.lease();
         let ret = if from.flags & MAIL_RET_FULL != 0 {
             Some(DsnReturn::Full)
         } else if from.flags & MAIL_RET_HDRS != 0 {
@@ -131,6 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return_path: None,
             },
             body: Vec::new(),
+            lease,
             failed: None,
             bare_scanner: Default::default(),
             used_bdat: false,

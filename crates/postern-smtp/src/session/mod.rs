@@ -71,6 +71,8 @@ pub(crate) struct ConnectionState {
 pub(crate) struct Transaction {
     envelope: Envelope,
     body: Vec<u8>,
+    /// What the body holds of the shared memory budget (grown with it).
+    lease: postern_queue::BodyLease,
     /// BDAT: a failure already decided; later chunks are read and dropped.
     failed: Option<Reply>,
     bare_scanner: crate::body::BareLineEndingScanner,

@@ -54,6 +54,9 @@ pub async fn start(mut config: Config) -> Server {
     let ctx = Arc::new(SmtpContext {
         relay_domains: config.relay_domains().into_iter().collect(),
         intake: Intake::new(store.clone(), config.server.hostname.clone())
+            .with_body_budget(postern_queue::BodyBudget::new(
+                config.limits.body_memory_budget,
+            ))
             .with_quotas(postern_queue::Quotas::new(store.clone())),
         authenticator,
         limiter,

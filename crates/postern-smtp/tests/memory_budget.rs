@@ -1,0 +1,121 @@
+//! Message bodies share one memory budget: a transaction that cannot be
+//! covered is refused with 452 4.3.1 (at MAIL when the SIZE does not fit,
+//! or at the end of DATA/BDAT when the budget ran out mid-body), the session
+//! stays usable, and bytes sent without a transaction are never kept.
+
+mod harness;
+
+use harness::{connect, start};
+use postern_core::Config;
+
+const KIB: usize = 1024;
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.limits.max_message_size = 256 * KIB;
+    c.limits.body_memory_budget = 320 * KIB;
+    c
+}
+
+fn body(size: usize) -> Vec<u8> {
+    let mut b = b"Subject: big\r\n\r\n".to_vec();
+    while b.len() < size {
+        b.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+        );
+    }
+    b
+}
+
+async fn open_transaction(server: &harness::Server) -> harness::Client<tokio::net::TcpStream> {
+    let mut c = connect(server.mx).await;
+    c.reply().await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<x@relay.example>").await.starts_with("250"));
+    c
+}
+
+#[tokio::test]
+async fn transactions_past_the_budget_get_452_and_the_session_goes_on() {
+    let server = start(config()).await;
+    // A holds 200 KiB of the 320 KiB budget while it is still sending.
+    let mut a = open_transaction(&server).await;
+    assert!(a.cmd("DATA").await.starts_with("354"));
+    let big = body(200 * KIB);
+    a.send(&big).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // B declares a size that does not fit: refused at MAIL.
+    let mut b = connect(server.mx).await;
+    b.reply().await;
+    b.cmd("EHLO client.test").await;
+    let r = b.cmd("MAIL FROM:<b@sender.test> SIZE=200000").await;
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    // Without SIZE it may start, but its body cannot be covered: the body
+    // is read to its end and the message refused, and the session goes on.
+    assert!(b.cmd("MAIL FROM:<b@sender.test>").await.starts_with("250"));
+    assert!(b.cmd("RCPT TO:<y@relay.example>").await.starts_with("250"));
+    assert!(b.cmd("DATA").await.starts_with("354"));
+    b.send(&big).await;
+    let r = b.cmd(".").await;
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    assert!(b.cmd("NOOP").await.starts_with("250"));
+
+    // A finishes; its lease goes back, and B's retry fits.
+    assert!(a.cmd(".").await.starts_with("250"));
+    assert!(b.cmd("MAIL FROM:<b@sender.test>").await.starts_with("250"));
+    assert!(b.cmd("RCPT TO:<y@relay.example>").await.starts_with("250"));
+    assert!(b.cmd("DATA").await.starts_with("354"));
+    b.send(&big).await;
+    assert!(b.cmd(".").await.starts_with("250"));
+    assert_eq!(server.queued().await, 2);
+}
+
+#[tokio::test]
+async fn bdat_chunks_past_the_budget_get_452() {
+    let server = start(config()).await;
+    let mut a = open_transaction(&server).await;
+    // A first chunk of 200 KiB is held until the last one.
+    a.send(format!("BDAT {}\r\n", 200 * KIB).as_bytes()).await;
+    a.send(&vec![b'a'; 200 * KIB]).await;
+    assert!(a.reply().await.unwrap().starts_with("250"));
+
+    let mut b = open_transaction(&server).await;
+    b.send(format!("BDAT {} LAST\r\n", 200 * KIB).as_bytes())
+        .await;
+    b.send(&vec![b'b'; 200 * KIB]).await;
+    let r = b.reply().await.unwrap();
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    assert!(b.cmd("NOOP").await.starts_with("250"), "still in step");
+
+    a.send(b"BDAT 2 LAST\r\n\r\n").await;
+    let r = a.reply().await.unwrap();
+    assert!(r.starts_with("250"), "{r}");
+}
+
+#[tokio::test]
+async fn bdat_before_mail_is_read_and_dropped() {
+    let server = start(config()).await;
+    let mut c = connect(server.mx).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    // 250 KiB without a transaction, repeated past the budget many times:
+    // each chunk is refused and none is kept (or the budget would not let
+    // the transaction below through).
+    for _ in 0..8 {
+        c.send(format!("BDAT {} LAST\r\n", 250 * KIB).as_bytes())
+            .await;
+        c.send(&vec![b'z'; 250 * KIB]).await;
+        let r = c.reply().await.unwrap();
+        assert!(r.starts_with("503"), "{r}");
+    }
+    let mut ok = open_transaction(&server).await;
+    ok.send(format!("BDAT {} LAST\r\n", 250 * KIB).as_bytes())
+        .await;
+    let mut msg = body(250 * KIB);
+    msg.truncate(250 * KIB);
+    ok.send(&msg).await;
+    let r = ok.reply().await.unwrap();
+    assert!(r.starts_with("250"), "{r}");
+}
