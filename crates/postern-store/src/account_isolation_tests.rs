@@ -20,6 +20,7 @@ fn account(name: &str, parent: Option<&str>) -> AccountRecord {
         max_messages_per_hour: None,
         ip_pool: None,
         sender_alignment: None,
+        require_2fa_for_credentials: false,
     }
 }
 
@@ -111,6 +112,10 @@ async fn visible(store: &EmbeddedStore, name: &str) -> Vec<(&'static str, usize)
             store.ip_rules(name.into()).await.unwrap().len(),
         ),
         (
+            "totp_failures",
+            store.totp_failures(name.into(), 0).await.unwrap().len(),
+        ),
+        (
             "totp",
             store
                 .get_totp(name.into())
@@ -151,7 +156,7 @@ async fn visible(store: &EmbeddedStore, name: &str) -> Vec<(&'static str, usize)
             "domains",
             store.list_domains(n(name)).await.unwrap().len()
                 + store
-                    .get_domain("shop.example".into())
+                    .verified_domain("shop.example".into())
                     .await
                     .unwrap()
                     .into_iter()
@@ -250,6 +255,10 @@ async fn a_reused_name_inherits_nothing() {
             recovery_hashes: vec!["aa".into()],
             created_at: 1,
         })
+        .await
+        .unwrap();
+    store
+        .record_totp_failure("shop".into(), 2, 0)
         .await
         .unwrap();
     store
