@@ -601,6 +601,7 @@ mod tests {
             max_messages_per_hour: None,
             ip_pool: None,
             sender_alignment: None,
+            require_2fa_for_credentials: false,
         };
         store.create_account(acct("acme", None)).await.unwrap();
         store

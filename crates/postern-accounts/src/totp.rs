@@ -6,9 +6,14 @@
 //! a step once used is never accepted again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use data_encoding::BASE32_NOPAD;
-use postern_store::{StoreError, TotpRecord, TotpStore};
+use postern_core::Principal;
+use postern_store::{AccountRecord, StoreError, TotpRecord, TotpStore};
+use thiserror::Error;
+
+use crate::authenticator::PASSWORD_KEY_ID;
 use rand::RngCore;
 use ring::digest::{digest, SHA256};
 use ring::hmac;
@@ -20,6 +25,14 @@ const SECRET_BYTES: usize = 20;
 const RECOVERY_CODES: usize = 10;
 /// Steps either side of now that are accepted (RFC 6238 §5.2).
 const SKEW_STEPS: i64 = 1;
+/// Failed verifications an account may have within `FAILURE_WINDOW`; the
+/// next attempt is refused unchecked until the oldest of them leaves the
+/// window. RFC 6238 §5.2 asks the verifier to throttle: six digits are a
+/// million codes, three of which are accepted at any moment, so without a
+/// limit a few hundred thousand guesses find one. With 5 per 15 minutes an
+/// attacker gets 480 guesses a day: a 0.14% chance.
+pub const MAX_FAILURES: usize = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone)]
 pub struct Enrollment {
@@ -37,8 +50,50 @@ pub enum TotpOutcome {
     /// The enrolment was pending and is now active.
     Confirmed,
     AcceptedRecoveryCode,
-    Rejected,
+    /// Wrong, replayed or used up; counted. `locked_until` is set when this
+    /// failure used up the allowance (the lockout starts now).
+    Rejected {
+        locked_until: Option<i64>,
+    },
+    /// Too many recent failures: not checked at all (a right code too is
+    /// refused) until `until` (unix milliseconds).
+    Locked {
+        until: i64,
+    },
     NotEnrolled,
+}
+
+impl TotpOutcome {
+    pub fn accepted(&self) -> bool {
+        matches!(
+            self,
+            TotpOutcome::Accepted | TotpOutcome::Confirmed | TotpOutcome::AcceptedRecoveryCode
+        )
+    }
+}
+
+/// Why a credential-minting action was refused for want of a second factor.
+#[derive(Debug, Error)]
+pub enum SecondFactorError {
+    #[error("a second factor is required: this account requires a current TOTP code for actions that create credentials when logged in with a password")]
+    Missing,
+    #[error("a second factor is required, but this account has no active TOTP enrolment")]
+    NotEnrolled,
+    #[error("the TOTP code was rejected")]
+    Rejected { locked_until: Option<i64> },
+    #[error("too many failed TOTP codes; try again later")]
+    Locked { until: i64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Whether an action that mints credentials (API keys, sending domains)
+/// needs a second factor: only when the account asks for it
+/// (`require_2fa_for_credentials`) and the caller logged in with a
+/// password. An API key is itself a credential the account issued, so a
+/// key-authenticated call is not asked again.
+pub fn second_factor_needed(principal: &Principal, account: &AccountRecord) -> bool {
+    account.require_2fa_for_credentials && principal.key_id == PASSWORD_KEY_ID
 }
 
 /// RFC 4226 §5.3 HOTP value for a counter.
@@ -123,7 +178,9 @@ impl Totp {
         })
     }
 
-    /// Checks a 6-digit code (or a recovery code) at `unix_seconds`.
+    /// Checks a 6-digit code (or a recovery code) at `unix_seconds`,
+    /// within the attempt limit: a failure is recorded, a success forgets
+    /// earlier failures, and while the account is locked nothing is checked.
     pub async fn verify_at(
         &self,
         account: &str,
@@ -133,10 +190,42 @@ impl Totp {
         let Some(record) = self.store.get_totp(account.to_owned()).await? else {
             return Ok(TotpOutcome::NotEnrolled);
         };
+        let now_ms = unix_seconds.saturating_mul(1000);
+        let window = FAILURE_WINDOW.as_millis() as i64;
+        let since = now_ms - window;
+        let failures = self.store.totp_failures(account.to_owned(), since).await?;
+        if failures.len() >= MAX_FAILURES {
+            // Locked until enough failures have aged out of the window.
+            let until = failures[failures.len() - MAX_FAILURES] + window;
+            return Ok(TotpOutcome::Locked { until });
+        }
+        let outcome = self.check(account, &record, code, unix_seconds).await?;
+        if outcome.accepted() {
+            self.store.clear_totp_failures(account.to_owned()).await?;
+            return Ok(outcome);
+        }
+        let failures = self
+            .store
+            .record_totp_failure(account.to_owned(), now_ms, since)
+            .await?;
+        let locked_until = (failures.len() >= MAX_FAILURES)
+            .then(|| failures[failures.len() - MAX_FAILURES] + window);
+        Ok(TotpOutcome::Rejected { locked_until })
+    }
+
+    /// The check itself, without the attempt limit.
+    async fn check(
+        &self,
+        account: &str,
+        record: &TotpRecord,
+        code: &str,
+        unix_seconds: i64,
+    ) -> Result<TotpOutcome, StoreError> {
+        let rejected = TotpOutcome::Rejected { locked_until: None };
         let code = code.trim();
         if code.len() == DIGITS as usize && code.bytes().all(|b| b.is_ascii_digit()) {
             let Ok(value) = code.parse::<u32>() else {
-                return Ok(TotpOutcome::Rejected);
+                return Ok(rejected);
             };
             let now = step_at(unix_seconds);
             for step in (now - SKEW_STEPS)..=(now + SKEW_STEPS) {
@@ -146,7 +235,7 @@ impl Totp {
                         .accept_totp_step(account.to_owned(), step)
                         .await?
                     {
-                        return Ok(TotpOutcome::Rejected);
+                        return Ok(rejected);
                     }
                     return Ok(if record.confirmed {
                         TotpOutcome::Accepted
@@ -155,7 +244,7 @@ impl Totp {
                     });
                 }
             }
-            return Ok(TotpOutcome::Rejected);
+            return Ok(rejected);
         }
         // Recovery codes only once the factor is active.
         if record.confirmed
@@ -166,7 +255,43 @@ impl Totp {
         {
             return Ok(TotpOutcome::AcceptedRecoveryCode);
         }
-        Ok(TotpOutcome::Rejected)
+        Ok(rejected)
+    }
+
+    /// Whether the account has an active (confirmed) second factor: then
+    /// removing or replacing it needs a code.
+    pub async fn active(&self, account: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .get_totp(account.to_owned())
+            .await?
+            .is_some_and(|r| r.confirmed))
+    }
+
+    /// Enforces `second_factor_needed` for an action that mints
+    /// credentials: Ok when no second factor is needed or `code` is
+    /// accepted (the attempt counts against the limit like any other).
+    pub async fn require_for_credentials(
+        &self,
+        principal: &Principal,
+        account: &AccountRecord,
+        code: Option<&str>,
+    ) -> Result<(), SecondFactorError> {
+        if !second_factor_needed(principal, account) {
+            return Ok(());
+        }
+        let Some(code) = code else {
+            return Err(SecondFactorError::Missing);
+        };
+        match self.verify(&account.name, code).await? {
+            o if o.accepted() => Ok(()),
+            TotpOutcome::NotEnrolled => Err(SecondFactorError::NotEnrolled),
+            TotpOutcome::Locked { until } => Err(SecondFactorError::Locked { until }),
+            TotpOutcome::Rejected { locked_until } => {
+                Err(SecondFactorError::Rejected { locked_until })
+            }
+            _ => Err(SecondFactorError::Rejected { locked_until: None }),
+        }
     }
 
     pub async fn verify(&self, account: &str, code: &str) -> Result<TotpOutcome, StoreError> {
@@ -214,7 +339,7 @@ mod tests {
             totp.verify_at("admin", &e.recovery_codes[0], t)
                 .await
                 .unwrap(),
-            TotpOutcome::Rejected
+            TotpOutcome::Rejected { locked_until: None }
         );
         assert_eq!(
             totp.verify_at("admin", &code(t), t).await.unwrap(),
@@ -222,7 +347,7 @@ mod tests {
         );
         assert_eq!(
             totp.verify_at("admin", &code(t), t).await.unwrap(),
-            TotpOutcome::Rejected,
+            TotpOutcome::Rejected { locked_until: None },
             "replay"
         );
         assert_eq!(
@@ -232,7 +357,7 @@ mod tests {
         );
         assert_eq!(
             totp.verify_at("admin", &code(t + 300), t).await.unwrap(),
-            TotpOutcome::Rejected
+            TotpOutcome::Rejected { locked_until: None }
         );
         assert_eq!(
             totp.verify_at("admin", "000000", t + 60).await.unwrap() == TotpOutcome::Accepted,
@@ -245,7 +370,7 @@ mod tests {
         );
         assert_eq!(
             totp.verify_at("admin", &rc, t).await.unwrap(),
-            TotpOutcome::Rejected,
+            TotpOutcome::Rejected { locked_until: None },
             "single use"
         );
         assert!(totp.disable("admin").await.unwrap());
@@ -259,5 +384,152 @@ mod tests {
             totp.enroll("nobody").await,
             Err(StoreError::NotFound)
         ));
+    }
+
+    fn code_at(secret: &[u8], t: i64) -> String {
+        format!("{:06}", hotp(secret, step_at(t) as u64))
+    }
+
+    /// A code that is none of those accepted around `t`.
+    fn wrong_at(secret: &[u8], t: i64) -> String {
+        let valid: Vec<String> = (-2..=2).map(|d| code_at(secret, t + 30 * d)).collect();
+        (0..1_000_000)
+            .map(|n| format!("{n:06}"))
+            .find(|c| !valid.contains(c))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn failures_lock_the_account_until_the_window_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let totp = Totp::new(store.clone(), "Postern");
+        let e = totp.enroll("admin").await.unwrap();
+        let secret = BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
+        let t = 1_800_000_000;
+        assert!(totp
+            .verify_at("admin", &code_at(&secret, t), t)
+            .await
+            .unwrap()
+            .accepted());
+        let wrong = wrong_at(&secret, t + 60);
+        for i in 1..MAX_FAILURES {
+            assert_eq!(
+                totp.verify_at("admin", &wrong, t + 60).await.unwrap(),
+                TotpOutcome::Rejected { locked_until: None },
+                "failure {i}"
+            );
+        }
+        let window = FAILURE_WINDOW.as_millis() as i64;
+        let until = (t + 60) * 1000 + window;
+        assert_eq!(
+            totp.verify_at("admin", &wrong, t + 60).await.unwrap(),
+            TotpOutcome::Rejected {
+                locked_until: Some(until)
+            },
+            "the fifth failure locks"
+        );
+        // Locked: even the right code (or a recovery code) is not checked.
+        assert_eq!(
+            totp.verify_at("admin", &code_at(&secret, t + 90), t + 90)
+                .await
+                .unwrap(),
+            TotpOutcome::Locked { until }
+        );
+        assert_eq!(
+            totp.verify_at("admin", &e.recovery_codes[0], t + 90)
+                .await
+                .unwrap(),
+            TotpOutcome::Locked { until }
+        );
+        // The state is in the store: another process sees the same lock.
+        let other = Totp::new(store.clone(), "Postern");
+        assert!(matches!(
+            other.verify_at("admin", &wrong, t + 120).await.unwrap(),
+            TotpOutcome::Locked { .. }
+        ));
+        // Once the window has passed, a right code works and resets the count.
+        let later = until / 1000 + 1;
+        assert_eq!(
+            totp.verify_at("admin", &code_at(&secret, later), later)
+                .await
+                .unwrap(),
+            TotpOutcome::Accepted
+        );
+        assert!(store
+            .totp_failures("admin".into(), 0)
+            .await
+            .unwrap()
+            .is_empty());
+        // Re-enrolling does not reset a count in progress.
+        totp.verify_at("admin", &wrong, later).await.unwrap();
+        totp.enroll("admin").await.unwrap();
+        assert_eq!(
+            store.totp_failures("admin".into(), 0).await.unwrap().len(),
+            1
+        );
+    }
+
+    fn principal(key_id: &str) -> Principal {
+        Principal {
+            account: "admin".into(),
+            key_id: key_id.into(),
+            scopes: vec![postern_core::principal::SCOPE_FULL_ACCESS.into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn credential_minting_needs_a_second_factor_after_a_password_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let totp = Totp::new(store.clone(), "Postern");
+        use postern_store::AccountStore;
+        let mut account = store.get_account("admin".into()).await.unwrap().unwrap();
+        let password = principal(PASSWORD_KEY_ID);
+        let api_key = principal("k1");
+
+        // Off (the default): nothing is asked.
+        assert!(!second_factor_needed(&password, &account));
+        totp.require_for_credentials(&password, &account, None)
+            .await
+            .unwrap();
+
+        account.require_2fa_for_credentials = true;
+        assert!(second_factor_needed(&password, &account));
+        assert!(
+            !second_factor_needed(&api_key, &account),
+            "API keys are not asked"
+        );
+        totp.require_for_credentials(&api_key, &account, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            totp.require_for_credentials(&password, &account, None)
+                .await,
+            Err(SecondFactorError::Missing)
+        ));
+        assert!(matches!(
+            totp.require_for_credentials(&password, &account, Some("123456"))
+                .await,
+            Err(SecondFactorError::NotEnrolled)
+        ));
+
+        let e = totp.enroll("admin").await.unwrap();
+        let secret = BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
+        let now = postern_core::time::now_millis() / 1000;
+        assert!(totp
+            .verify_at("admin", &code_at(&secret, now - 30), now)
+            .await
+            .unwrap()
+            .accepted());
+        let wrong = wrong_at(&secret, now);
+        assert!(matches!(
+            totp.require_for_credentials(&password, &account, Some(&wrong))
+                .await,
+            Err(SecondFactorError::Rejected { .. })
+        ));
+        totp.require_for_credentials(&password, &account, Some(&code_at(&secret, now)))
+            .await
+            .unwrap();
     }
 }

@@ -1019,6 +1019,7 @@ async fn accounts_send_from_their_ip_pool_with_its_ehlo_name() {
         max_messages_per_hour: None,
         ip_pool: pool.map(Into::into),
         sender_alignment: None,
+        require_2fa_for_credentials: false,
     };
     node.store
         .create_account(account("acme", None, Some("dedicated")))

@@ -18,6 +18,9 @@ pub struct DomainCheck {
     pub valid: bool,
     /// It became verified by this check.
     pub newly_verified: bool,
+    /// Other accounts' unverified claims on the same domain, deleted with
+    /// their keys because this check proved ownership.
+    pub retired_claims: Vec<DomainRecord>,
     /// The rotation's new selector, if it started signing with this check.
     pub promoted: Option<String>,
     /// A rotation whose new records are not all found yet.
@@ -43,10 +46,15 @@ pub async fn check_domain(
         .all(|c| !c.record.required || c.status == Status::Found);
     let now = postern_core::time::now_millis();
     let mut newly_verified = false;
+    let mut retired_claims = Vec::new();
     if base_ok && d.verified_at.is_none() {
-        store
-            .verify_domain(d.domain.clone(), now, "dns".into())
-            .await?;
+        // The records are published with this account's keys: ownership
+        // is proven, and competing claims go (Conflict if another account
+        // verified first).
+        retired_claims = store
+            .verify_domain(d.id, now, "dns".into())
+            .await?
+            .ok_or(StoreError::NotFound)?;
         newly_verified = true;
     }
     let valid = base_ok || d.verified_at.is_some();
@@ -59,7 +67,7 @@ pub async fn check_domain(
             .all(|c| c.status == Status::Found);
         if next_ok && valid {
             let retire_at = now + overlap.as_millis() as i64;
-            if store.promote_rotation(d.domain.clone(), retire_at).await? {
+            if store.promote_rotation(d.id, retire_at).await? {
                 metrics::counter!("postern_dkim_rotations_total").increment(1);
                 promoted = Some(next.selector.clone());
             }
@@ -71,6 +79,7 @@ pub async fn check_domain(
         checked,
         valid,
         newly_verified,
+        retired_claims,
         promoted,
         rotation_pending,
     })

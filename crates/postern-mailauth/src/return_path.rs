@@ -115,7 +115,7 @@ impl ReturnPaths {
             return false;
         };
         matches!(
-            self.store.get_domain(parent.to_owned()).await,
+            self.store.verified_domain(parent.to_owned()).await,
             Ok(Some(d)) if d.return_path == label && d.verified_at.is_some()
         )
     }

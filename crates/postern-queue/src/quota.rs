@@ -192,6 +192,7 @@ mod tests {
                 max_messages_per_hour: Some(limit),
                 ip_pool: None,
                 sender_alignment: None,
+                require_2fa_for_credentials: false,
             })
             .await
             .unwrap();
@@ -258,6 +259,7 @@ mod tests {
                     max_messages_per_hour: None,
                     ip_pool: None,
                     sender_alignment: None,
+                    require_2fa_for_credentials: false,
                 })
                 .await
                 .unwrap();

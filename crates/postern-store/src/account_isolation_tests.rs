@@ -20,6 +20,7 @@ fn account(name: &str, parent: Option<&str>) -> AccountRecord {
         max_messages_per_hour: None,
         ip_pool: None,
         sender_alignment: None,
+        require_2fa_for_credentials: false,
     }
 }
 
@@ -112,6 +113,10 @@ async fn visible(store: &EmbeddedStore, name: &str) -> Vec<(&'static str, usize)
             store.ip_rules(name.into()).await.unwrap().len(),
         ),
         (
+            "totp_failures",
+            store.totp_failures(name.into(), 0).await.unwrap().len(),
+        ),
+        (
             "totp",
             store
                 .get_totp(name.into())
@@ -152,7 +157,7 @@ async fn visible(store: &EmbeddedStore, name: &str) -> Vec<(&'static str, usize)
             "domains",
             store.list_domains(n(name)).await.unwrap().len()
                 + store
-                    .get_domain("shop.example".into())
+                    .verified_domain("shop.example".into())
                     .await
                     .unwrap()
                     .into_iter()
@@ -251,6 +256,10 @@ async fn a_reused_name_inherits_nothing() {
             recovery_hashes: vec!["aa".into()],
             created_at: 1,
         })
+        .await
+        .unwrap();
+    store
+        .record_totp_failure("shop".into(), 2, 0)
         .await
         .unwrap();
     store

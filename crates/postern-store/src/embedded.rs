@@ -808,11 +808,12 @@ fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRecord> {
         max_messages_per_hour: r.get(8)?,
         ip_pool: r.get(9)?,
         sender_alignment: r.get(10)?,
+        require_2fa_for_credentials: r.get(12)?,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour, ip_pool, sender_alignment, id";
+    "name, parent, disabled, allow_password_auth, password_hash, created_at, email, cram_md5, max_messages_per_hour, ip_pool, sender_alignment, id, require_2fa_for_credentials";
 
 #[async_trait]
 impl AccountStore for EmbeddedStore {
@@ -841,7 +842,7 @@ impl AccountStore for EmbeddedStore {
             let id = conn.last_insert_rowid();
             conn.execute(
                 &format!(
-                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                 ),
                 params![
                     a.name,
@@ -855,7 +856,8 @@ impl AccountStore for EmbeddedStore {
                     a.max_messages_per_hour,
                     a.ip_pool,
                     a.sender_alignment,
-                    id
+                    id,
+                    a.require_2fa_for_credentials
                 ],
             )?;
             Ok(())
@@ -912,6 +914,12 @@ impl AccountStore for EmbeddedStore {
                 conn.execute(
                     "UPDATE accounts SET sender_alignment = ?2 WHERE name = ?1",
                     params![name, a],
+                )?;
+            }
+            if let Some(r) = u.require_2fa_for_credentials {
+                conn.execute(
+                    "UPDATE accounts SET require_2fa_for_credentials = ?2 WHERE name = ?1",
+                    params![name, r],
                 )?;
             }
             if let Some(p) = u.ip_pool {
@@ -1218,6 +1226,51 @@ impl TotpStore for EmbeddedStore {
                 &format!("DELETE FROM totp WHERE account_id = {ID_OF_1}"),
                 [account],
             )? == 1)
+        })
+        .await
+    }
+
+    async fn totp_failures(&self, account: String, since: i64) -> Result<Vec<i64>> {
+        self.read_all(
+            format!(
+                "SELECT at FROM totp_failures WHERE account_id = {ID_OF_1} AND at > ?2 ORDER BY at"
+            ),
+            (account, since),
+            |r| r.get(0),
+        )
+        .await
+    }
+
+    async fn record_totp_failure(&self, account: String, at: i64, since: i64) -> Result<Vec<i64>> {
+        self.write(move |conn| {
+            let Some(account_id) = account_id_of(conn, &account)? else {
+                return Err(StoreError::NotFound);
+            };
+            // Failures older than the window no longer count: forget them.
+            conn.execute(
+                "DELETE FROM totp_failures WHERE account_id = ?1 AND at <= ?2",
+                params![account_id, since],
+            )?;
+            conn.execute(
+                "INSERT INTO totp_failures (account, account_id, at) VALUES (?1, ?2, ?3)",
+                params![account, account_id, at],
+            )?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT at FROM totp_failures WHERE account_id = ?1 AND at > ?2 ORDER BY at",
+            )?;
+            let rows = stmt.query_map(params![account_id, since], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+        })
+        .await
+    }
+
+    async fn clear_totp_failures(&self, account: String) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                &format!("DELETE FROM totp_failures WHERE account_id = {ID_OF_1}"),
+                [account],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -1751,22 +1804,27 @@ impl SenderStore for EmbeddedStore {
 
 #[async_trait]
 impl DomainStore for EmbeddedStore {
-    async fn add_domain(&self, d: DomainRecord) -> Result<()> {
+    async fn add_domain(&self, d: DomainRecord) -> Result<i64> {
         self.write(move |conn| {
-            if account_id_of(conn, &d.account)?.is_none() {
+            let Some(account_id) = account_id_of(conn, &d.account)? else {
                 return Err(StoreError::NotFound);
-            }
+            };
             // A row left by a deleted account is no claim on the domain.
             conn.execute(&format!("DELETE FROM domains WHERE domain = ?1 AND {DEAD}"), [&d.domain])?;
-            let exists = conn
-                .prepare_cached("SELECT 1 FROM domains WHERE domain = ?1")?
-                .exists([&d.domain])?;
-            if exists {
+            // Another account's unverified claim does not stand in the way
+            // (anyone can type any name; only DNS proves ownership), but a
+            // verified domain is taken, and an account holds one row each.
+            let taken = conn
+                .prepare_cached(
+                    "SELECT 1 FROM domains WHERE domain = ?1 AND (verified_at IS NOT NULL OR account_id = ?2)",
+                )?
+                .exists(params![&d.domain, account_id])?;
+            if taken {
                 return Err(StoreError::Conflict);
             }
             conn.prepare_cached(&format!(
                 "INSERT INTO domains ({DOMAIN_COLUMNS}, account_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, (SELECT id FROM accounts WHERE name = ?2))"
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
             ))?
             .execute(params![
                 d.domain,
@@ -1789,17 +1847,31 @@ impl DomainStore for EmbeddedStore {
                 d.previous.as_ref().map(|p| p.selector.clone()),
                 d.previous.as_ref().map(|p| p.rsa_public.clone()),
                 d.previous.as_ref().map(|p| p.ed25519_public.clone()),
-                d.previous.as_ref().map(|p| p.retire_at)
+                d.previous.as_ref().map(|p| p.retire_at),
+                account_id
             ])?;
-            Ok(())
+            Ok(conn.last_insert_rowid())
         })
         .await
     }
 
-    async fn get_domain(&self, domain: String) -> Result<Option<DomainRecord>> {
+    async fn verified_domain(&self, domain: String) -> Result<Option<DomainRecord>> {
         self.read_optional(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1 AND {LIVE}"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1 AND verified_at IS NOT NULL AND {LIVE}"),
             [domain],
+            domain_from_row,
+        )
+        .await
+    }
+
+    async fn get_domain_for(
+        &self,
+        account: String,
+        domain: String,
+    ) -> Result<Option<DomainRecord>> {
+        self.read_optional(
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?2 AND account_id = {ID_OF_1}"),
+            (account, domain),
             domain_from_row,
         )
         .await
@@ -1807,7 +1879,7 @@ impl DomainStore for EmbeddedStore {
 
     async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>> {
         self.read_all(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE {LIVE} AND (?1 IS NULL OR account_id = {ID_OF_1}) ORDER BY domain"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE {LIVE} AND (?1 IS NULL OR account_id = {ID_OF_1}) ORDER BY domain, rowid"),
             [account],
             domain_from_row,
         )
@@ -1823,30 +1895,56 @@ impl DomainStore for EmbeddedStore {
         .await
     }
 
-    async fn verify_domain(&self, domain: String, at: i64, by: String) -> Result<bool> {
+    async fn verify_domain(
+        &self,
+        id: i64,
+        at: i64,
+        by: String,
+    ) -> Result<Option<Vec<DomainRecord>>> {
         self.write(move |conn| {
-            Ok(conn.execute(
-                "UPDATE domains SET verified_at = ?2, verified_by = ?3 WHERE domain = ?1",
-                params![domain, at, by],
-            )? == 1)
+            let Some(domain) = conn
+                .prepare_cached(&format!("SELECT domain FROM domains WHERE rowid = ?1 AND {LIVE}"))?
+                .query_row([id], |r| r.get::<_, String>(0))
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            // Ownership is proven: every competing claim goes, with its
+            // keys, in the same commit as the verification.
+            let retired = {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1 AND rowid <> ?2 AND verified_at IS NULL"
+                ))?;
+                let rows = stmt.query_map(params![domain, id], domain_from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            conn.execute(
+                "DELETE FROM domains WHERE domain = ?1 AND rowid <> ?2 AND verified_at IS NULL",
+                params![domain, id],
+            )?;
+            // Conflict (the partial unique index) when another account holds
+            // the domain verified already; the savepoint undoes the deletion.
+            conn.execute(
+                "UPDATE domains SET verified_at = ?2, verified_by = ?3 WHERE rowid = ?1",
+                params![id, at, by],
+            )?;
+            Ok(Some(retired))
         })
         .await
     }
 
-    async fn delete_domain(&self, domain: String) -> Result<bool> {
-        self.write(move |conn| {
-            Ok(conn.execute("DELETE FROM domains WHERE domain = ?1", [domain])? == 1)
-        })
-        .await
+    async fn delete_domain(&self, id: i64) -> Result<bool> {
+        self.write(move |conn| Ok(conn.execute("DELETE FROM domains WHERE rowid = ?1", [id])? == 1))
+            .await
     }
 
-    async fn start_rotation(&self, domain: String, next: NextKeys) -> Result<bool> {
+    async fn start_rotation(&self, id: i64, next: NextKeys) -> Result<bool> {
         self.write(move |conn| {
             Ok(conn.execute(
                 "UPDATE domains SET next_selector = ?2, next_rsa_private = ?3, next_rsa_public = ?4, \
-                 next_ed25519_private = ?5, next_ed25519_public = ?6, next_created_at = ?7 WHERE domain = ?1",
+                 next_ed25519_private = ?5, next_ed25519_public = ?6, next_created_at = ?7 WHERE rowid = ?1",
                 params![
-                    domain,
+                    id,
                     next.selector,
                     next.rsa_private,
                     next.rsa_public,
@@ -1859,7 +1957,7 @@ impl DomainStore for EmbeddedStore {
         .await
     }
 
-    async fn promote_rotation(&self, domain: String, retire_at: i64) -> Result<bool> {
+    async fn promote_rotation(&self, id: i64, retire_at: i64) -> Result<bool> {
         self.write(move |conn| {
             Ok(conn.execute(
                 "UPDATE domains SET previous_selector = selector, previous_rsa_public = rsa_public, \
@@ -1868,8 +1966,8 @@ impl DomainStore for EmbeddedStore {
                  ed25519_private = next_ed25519_private, ed25519_public = next_ed25519_public, \
                  next_selector = NULL, next_rsa_private = NULL, next_rsa_public = NULL, \
                  next_ed25519_private = NULL, next_ed25519_public = NULL, next_created_at = NULL \
-                 WHERE domain = ?1 AND next_selector IS NOT NULL",
-                params![domain, retire_at],
+                 WHERE rowid = ?1 AND next_selector IS NOT NULL",
+                params![id, retire_at],
             )? == 1)
         })
         .await
@@ -2377,22 +2475,27 @@ mod tests {
             next: None,
             previous: None,
         };
-        store.add_domain(d.clone()).await.unwrap();
+        let id = store.add_domain(d.clone()).await.unwrap();
         assert!(matches!(
             store.add_domain(d.clone()).await,
             Err(StoreError::Conflict)
         ));
         let got = store
-            .get_domain("example.com".into())
+            .get_domain_for("admin".into(), "example.com".into())
             .await
             .unwrap()
             .unwrap();
-        assert!(got.id > 0);
+        assert_eq!(got.id, id);
         assert_eq!(got.rsa_public, vec![2]);
         assert!(store
-            .verify_domain("example.com".into(), 9, "dns".into())
+            .verified_domain("example.com".into())
             .await
-            .unwrap());
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            store.verify_domain(id, 9, "dns".into()).await.unwrap(),
+            Some(vec![])
+        );
         let by_id = store.get_domain_by_id(got.id).await.unwrap().unwrap();
         assert_eq!(by_id.verified_by.as_deref(), Some("dns"));
         assert_eq!(
@@ -2408,8 +2511,84 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-        assert!(store.delete_domain("example.com".into()).await.unwrap());
+        assert!(store.delete_domain(id).await.unwrap());
         assert!(store.get_domain_by_id(got.id).await.unwrap().is_none());
+    }
+
+    /// Issue 10 item 11: an unverified claim blocks nobody. Another account
+    /// may add the same domain; whoever verifies it owns it, and the
+    /// competing claims (with their keys) are gone; once verified, nobody
+    /// else can add it, and only the verified row is ever looked up for
+    /// signing.
+    #[tokio::test]
+    async fn unverified_claims_do_not_squat_a_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        for name in ["victim", "squatter", "third"] {
+            store.create_account(account(name, None)).await.unwrap();
+        }
+        let claim = |owner: &str, key: u8| DomainRecord {
+            id: 0,
+            domain: "victim.example".into(),
+            account: owner.into(),
+            selector: "pst1".into(),
+            rsa_private: vec![key],
+            rsa_public: vec![key],
+            ed25519_private: vec![key],
+            ed25519_public: vec![key],
+            return_path: "pst-bounces".into(),
+            created_at: 5,
+            verified_at: None,
+            verified_by: None,
+            next: None,
+            previous: None,
+        };
+        let squat = store.add_domain(claim("squatter", 1)).await.unwrap();
+        let third = store.add_domain(claim("third", 3)).await.unwrap();
+        let mine = store.add_domain(claim("victim", 2)).await.unwrap();
+        assert!(matches!(
+            store.add_domain(claim("victim", 2)).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(store
+            .verified_domain("victim.example".into())
+            .await
+            .unwrap()
+            .is_none());
+        let retired = store
+            .verify_domain(mine, 9, "dns".into())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut gone: Vec<_> = retired.iter().map(|d| (d.id, d.account.clone())).collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            vec![(squat, "squatter".to_owned()), (third, "third".to_owned())]
+        );
+        assert!(store.get_domain_by_id(squat).await.unwrap().is_none());
+        assert!(store
+            .get_domain_for("squatter".into(), "victim.example".into())
+            .await
+            .unwrap()
+            .is_none());
+        let verified = store
+            .verified_domain("victim.example".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((verified.id, verified.account.as_str()), (mine, "victim"));
+        assert_eq!(verified.rsa_private, vec![2]);
+        // Verified: taken for everyone else, for good.
+        assert!(matches!(
+            store.add_domain(claim("squatter", 1)).await,
+            Err(StoreError::Conflict)
+        ));
+        assert!(store
+            .list_domains(Some("squatter".into()))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]
@@ -2433,13 +2612,10 @@ mod tests {
             previous: None,
         };
         let v0 = store.senders_version().await.unwrap();
-        store.add_domain(d).await.unwrap();
+        let id = store.add_domain(d).await.unwrap();
         let v1 = store.senders_version().await.unwrap();
         assert!(v1 > v0, "adding a domain changes the version");
-        assert!(!store
-            .promote_rotation("example.com".into(), 100)
-            .await
-            .unwrap());
+        assert!(!store.promote_rotation(id, 100).await.unwrap());
         let next = NextKeys {
             selector: "pst2".into(),
             rsa_private: vec![11],
@@ -2448,23 +2624,17 @@ mod tests {
             ed25519_public: vec![14],
             created_at: 50,
         };
-        assert!(store
-            .start_rotation("example.com".into(), next.clone())
-            .await
-            .unwrap());
+        assert!(store.start_rotation(id, next.clone()).await.unwrap());
         let got = store
-            .get_domain("example.com".into())
+            .verified_domain("example.com".into())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(got.next, Some(next));
         assert_eq!(got.selector, "pst1", "the old keys sign until promotion");
-        assert!(store
-            .promote_rotation("example.com".into(), 1_000)
-            .await
-            .unwrap());
+        assert!(store.promote_rotation(id, 1_000).await.unwrap());
         let got = store
-            .get_domain("example.com".into())
+            .verified_domain("example.com".into())
             .await
             .unwrap()
             .unwrap();
@@ -2482,7 +2652,7 @@ mod tests {
             vec!["example.com".to_string()]
         );
         let got = store
-            .get_domain("example.com".into())
+            .verified_domain("example.com".into())
             .await
             .unwrap()
             .unwrap();
@@ -2766,6 +2936,7 @@ mod tests {
             max_messages_per_hour: None,
             ip_pool: None,
             sender_alignment: None,
+            require_2fa_for_credentials: false,
         }
     }
 

@@ -99,21 +99,37 @@ pub trait QueueStore: Send + Sync {
 /// Sending domains: their DKIM keys and verification state.
 #[async_trait]
 pub trait DomainStore: Send + Sync {
-    /// Adds a domain; `Conflict` when it exists (for any account).
-    async fn add_domain(&self, domain: DomainRecord) -> Result<()>;
-    async fn get_domain(&self, domain: String) -> Result<Option<DomainRecord>>;
+    /// Adds a domain claim for its account and returns its id. Several
+    /// accounts may claim one domain while none has verified it;
+    /// `Conflict` when the account has it already or it is verified (by
+    /// anyone).
+    async fn add_domain(&self, domain: DomainRecord) -> Result<i64>;
+    /// The verified row of a domain: the only one that may ever sign mail
+    /// or take bounces for it.
+    async fn verified_domain(&self, domain: String) -> Result<Option<DomainRecord>>;
+    /// The account's own row for a domain (its claim, or its verified domain).
+    async fn get_domain_for(&self, account: String, domain: String)
+        -> Result<Option<DomainRecord>>;
     async fn get_domain_by_id(&self, id: i64) -> Result<Option<DomainRecord>>;
-    /// All domains, or one account's.
+    /// All domains (claims included), or one account's.
     async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>>;
-    /// Marks a domain verified (`by`: "dns" or "operator:<who>").
-    async fn verify_domain(&self, domain: String, at: i64, by: String) -> Result<bool>;
-    async fn delete_domain(&self, domain: String) -> Result<bool>;
+    /// Marks a domain row verified (`by`: "dns" or "operator:<who>") and
+    /// deletes every other account's unverified claim on the same domain
+    /// (returned, for the audit log). None when no such row; `Conflict`
+    /// when another account holds the domain verified.
+    async fn verify_domain(
+        &self,
+        id: i64,
+        at: i64,
+        by: String,
+    ) -> Result<Option<Vec<DomainRecord>>>;
+    async fn delete_domain(&self, id: i64) -> Result<bool>;
     /// Stores a rotation's new keys (replacing any earlier unfinished
     /// rotation); false when no such domain.
-    async fn start_rotation(&self, domain: String, next: NextKeys) -> Result<bool>;
+    async fn start_rotation(&self, id: i64, next: NextKeys) -> Result<bool>;
     /// The next keys become the signing keys; the replaced ones are kept
     /// as `previous` until `retire_at`. False when no rotation is pending.
-    async fn promote_rotation(&self, domain: String, retire_at: i64) -> Result<bool>;
+    async fn promote_rotation(&self, id: i64, retire_at: i64) -> Result<bool>;
     /// Forgets replaced keys whose overlap has ended; returns their domains.
     async fn retire_previous(&self, now: i64) -> Result<Vec<String>>;
     /// Changes whenever a domain, a single sender or an account's sender
@@ -235,6 +251,14 @@ pub trait TotpStore: Send + Sync {
     /// Uses up a recovery code; false when it is not (or no longer) valid.
     async fn use_recovery_code(&self, account: String, hash: String) -> Result<bool>;
     async fn delete_totp(&self, account: String) -> Result<bool>;
+    /// When the account's failed verifications after `since` happened
+    /// (unix milliseconds, oldest first).
+    async fn totp_failures(&self, account: String, since: i64) -> Result<Vec<i64>>;
+    /// Records a failed verification at `at`, forgets those at or before
+    /// `since`, and returns the ones after it (this one included).
+    async fn record_totp_failure(&self, account: String, at: i64, since: i64) -> Result<Vec<i64>>;
+    /// Forgets the account's failures (after a successful verification).
+    async fn clear_totp_failures(&self, account: String) -> Result<()>;
 }
 
 /// The append-only, hash-chained audit log.

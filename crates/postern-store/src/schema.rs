@@ -296,6 +296,71 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX messages_by_account;
     DROP INDEX domains_by_account;
     "#,
+    // 19: TOTP verification failures, per account, for the attempt limit
+    // (kept apart from `totp` so that re-enrolling or disabling does not
+    // reset the count), and the per-account rule that credential-minting
+    // actions made with a password login need a second factor.
+    r#"
+    CREATE TABLE totp_failures (
+        account    TEXT NOT NULL,
+        account_id INTEGER,
+        at         INTEGER NOT NULL
+    );
+    CREATE INDEX totp_failures_by_account_id ON totp_failures(account_id, at);
+    ALTER TABLE accounts ADD COLUMN require_2fa_for_credentials INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 20: a domain may be claimed (added, unverified) by several accounts at
+    // once; only verification proves ownership, and only one account can
+    // hold a domain verified. Rebuilt with an explicit id (the old rowid, so
+    // the API's domain ids do not change), UNIQUE per account, and a partial
+    // unique index over verified rows. Dropping the old table dropped its
+    // triggers; they are created again on the new one.
+    r#"
+    CREATE TABLE domains_new (
+        id                      INTEGER PRIMARY KEY,
+        domain                  TEXT NOT NULL,
+        account                 TEXT NOT NULL,
+        selector                TEXT NOT NULL,
+        rsa_private             BLOB NOT NULL,
+        rsa_public              BLOB NOT NULL,
+        ed25519_private         BLOB NOT NULL,
+        ed25519_public          BLOB NOT NULL,
+        return_path             TEXT NOT NULL,
+        created_at              INTEGER NOT NULL,
+        verified_at             INTEGER,
+        verified_by             TEXT,
+        next_selector           TEXT,
+        next_rsa_private        BLOB,
+        next_rsa_public         BLOB,
+        next_ed25519_private    BLOB,
+        next_ed25519_public     BLOB,
+        next_created_at         INTEGER,
+        previous_selector       TEXT,
+        previous_rsa_public     BLOB,
+        previous_ed25519_public BLOB,
+        previous_retire_at      INTEGER,
+        account_id              INTEGER,
+        UNIQUE (domain, account_id)
+    );
+    INSERT INTO domains_new (id, domain, account, selector, rsa_private, rsa_public, ed25519_private,
+        ed25519_public, return_path, created_at, verified_at, verified_by, next_selector, next_rsa_private,
+        next_rsa_public, next_ed25519_private, next_ed25519_public, next_created_at, previous_selector,
+        previous_rsa_public, previous_ed25519_public, previous_retire_at, account_id)
+    SELECT rowid, domain, account, selector, rsa_private, rsa_public, ed25519_private,
+        ed25519_public, return_path, created_at, verified_at, verified_by, next_selector, next_rsa_private,
+        next_rsa_public, next_ed25519_private, next_ed25519_public, next_created_at, previous_selector,
+        previous_rsa_public, previous_ed25519_public, previous_retire_at, account_id FROM domains;
+    DROP TABLE domains;
+    ALTER TABLE domains_new RENAME TO domains;
+    CREATE UNIQUE INDEX domains_verified ON domains(domain) WHERE verified_at IS NOT NULL;
+    CREATE INDEX domains_by_account_id ON domains(account_id);
+    CREATE TRIGGER domains_ins AFTER INSERT ON domains BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER domains_upd AFTER UPDATE ON domains BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER domains_del AFTER DELETE ON domains BEGIN
+        UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
+    "#,
 ];
 
 /// Tables that hold rows owned by an account: each has `account` (the
@@ -307,6 +372,7 @@ pub const ACCOUNT_OWNED_TABLES: &[&str] = &[
     "api_keys",
     "ip_access",
     "totp",
+    "totp_failures",
     "suppressions",
     "event_webhooks",
     "domains",

@@ -221,6 +221,9 @@ pub struct AccountRecord {
     /// Envelope/header alignment: None or "strict" (same domain), or
     /// "relaxed" (each merely verified).
     pub sender_alignment: Option<String>,
+    /// Management actions that mint credentials (API keys, sending
+    /// domains) made with a password login need a current TOTP code too.
+    pub require_2fa_for_credentials: bool,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -233,6 +236,7 @@ pub struct AccountUpdate {
     pub max_messages_per_hour: Option<Option<u32>>,
     pub ip_pool: Option<Option<String>>,
     pub sender_alignment: Option<Option<String>>,
+    pub require_2fa_for_credentials: Option<bool>,
 }
 
 /// What happened, by whom, to whom, from where.

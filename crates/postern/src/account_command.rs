@@ -50,6 +50,7 @@ fn account_json(a: &AccountRecord) -> serde_json::Value {
         "max_messages_per_hour": a.max_messages_per_hour,
         "ip_pool": a.ip_pool,
         "sender_alignment": a.sender_alignment.as_deref().unwrap_or("strict"),
+        "require_2fa_for_credentials": a.require_2fa_for_credentials,
         "created_at": postern_core::time::rfc3339(a.created_at),
     })
 }
@@ -102,6 +103,7 @@ async fn create(
         max_messages_per_hour: None,
         ip_pool: None,
         sender_alignment: None,
+        require_2fa_for_credentials: false,
     };
     match store.create_account(record.clone()).await {
         Ok(()) => {}
@@ -238,6 +240,25 @@ pub async fn run_account(config: &Config, command: AccountCommand) -> Result<()>
                 Some(n) => println!("{name} may send {n} messages per hour"),
                 None => println!("{name} has no hourly limit"),
             }
+        }
+        AccountCommand::Require2fa { name, setting } => {
+            let on = setting.is_on();
+            let u = AccountUpdate {
+                require_2fa_for_credentials: Some(on),
+                ..Default::default()
+            };
+            update_account(
+                &store,
+                &name,
+                u,
+                "account.require_2fa",
+                format!("require_2fa_for_credentials={on}"),
+            )
+            .await?;
+            println!(
+                "{name}: a second factor is {} for creating credentials after a password login",
+                if on { "required" } else { "not required" }
+            );
         }
         AccountCommand::SenderAlignment { name, rule } => {
             let u = AccountUpdate {

@@ -172,6 +172,13 @@ pub enum AccountCommand {
         name: String,
         setting: OnOff,
     },
+    /// Require a current TOTP code for actions that create credentials
+    /// (API keys, sending domains) when made after a password login.
+    #[command(name = "require-2fa")]
+    Require2fa {
+        name: String,
+        setting: OnOff,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

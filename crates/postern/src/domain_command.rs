@@ -35,6 +35,10 @@ pub enum DomainCommand {
     /// The DNS records of a domain, as a zone snippet (or JSON).
     Show {
         domain: String,
+        /// The account whose row is meant, when several accounts claim the
+        /// domain unverified (default: the verified row, or the only claim).
+        #[arg(long)]
+        account: Option<String>,
         #[arg(long)]
         report_to: Option<String>,
         #[arg(long)]
@@ -46,6 +50,10 @@ pub enum DomainCommand {
     /// controls (recorded in the audit log).
     Verify {
         domain: String,
+        /// The account whose row is meant, when several accounts claim the
+        /// domain unverified (default: the verified row, or the only claim).
+        #[arg(long)]
+        account: Option<String>,
         #[arg(long)]
         operator: bool,
         #[arg(long)]
@@ -59,6 +67,10 @@ pub enum DomainCommand {
     /// `senders.dkim_rotation_overlap`, then is retired.
     Rotate {
         domain: String,
+        /// The account whose row is meant, when several accounts claim the
+        /// domain unverified (default: the verified row, or the only claim).
+        #[arg(long)]
+        account: Option<String>,
         /// The new selector base (default: the current one counted up).
         #[arg(long)]
         selector: Option<String>,
@@ -66,7 +78,54 @@ pub enum DomainCommand {
         json: bool,
     },
     /// Remove a domain and its keys.
-    Remove { domain: String },
+    Remove {
+        domain: String,
+        /// The account whose row is meant, when several accounts claim the
+        /// domain unverified (default: the verified row, or the only claim).
+        #[arg(long)]
+        account: Option<String>,
+    },
+}
+
+/// The row a command means: the account's own when `--account` is given,
+/// else the verified row, else the only claim. Several accounts may claim
+/// a domain until one verifies it, and guessing among them would let one
+/// tenant's command act on another's claim.
+async fn find_domain(
+    store: &postern_store::EmbeddedStore,
+    domain: &str,
+    account: Option<&str>,
+) -> Result<DomainRecord> {
+    if let Some(a) = account {
+        return match store
+            .get_domain_for(a.to_owned(), domain.to_owned())
+            .await?
+        {
+            Some(d) => Ok(d),
+            None => bail!("{a} has no domain {domain}"),
+        };
+    }
+    if let Some(d) = store.verified_domain(domain.to_owned()).await? {
+        return Ok(d);
+    }
+    let mut claims: Vec<DomainRecord> = store
+        .list_domains(None)
+        .await?
+        .into_iter()
+        .filter(|d| d.domain == domain)
+        .collect();
+    match claims.len() {
+        0 => bail!("no domain {domain}"),
+        1 => Ok(claims.remove(0)),
+        _ => bail!(
+            "{domain} is claimed (unverified) by {}: name one with --account",
+            claims
+                .iter()
+                .map(|d| d.account.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn valid_selector(selector: &str) -> bool {
@@ -145,9 +204,9 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     previous: None,
                 };
                 match store.add_domain(record.clone()).await {
-                    Err(StoreError::Conflict) => bail!("{domain} is already added"),
+                    Err(StoreError::Conflict) => bail!("{domain} is already added (by {account}, or verified by another account)"),
                     other => other?,
-                }
+                };
                 crate::account_command::audit(&store, "domain.add", Some(&account), format!("domain={domain}")).await?;
                 let v = records_json(config, &record, report_to.as_deref());
                 if json {
@@ -184,12 +243,11 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
             }
             DomainCommand::Show {
                 domain,
+                account,
                 report_to,
                 json,
             } => {
-                let Some(d) = store.get_domain(domain.to_ascii_lowercase()).await? else {
-                    bail!("no domain {domain}");
-                };
+                let d = find_domain(&store, &domain.to_ascii_lowercase(), account.as_deref()).await?;
                 let v = records_json(config, &d, report_to.as_deref());
                 if json {
                     println!("{v}");
@@ -199,20 +257,26 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
             }
             DomainCommand::Verify {
                 domain,
+                account,
                 operator,
                 report_to,
                 json,
             } => {
                 let domain = domain.to_ascii_lowercase();
-                let Some(d) = store.get_domain(domain.clone()).await? else {
-                    bail!("no domain {domain}");
-                };
+                let d = find_domain(&store, &domain, account.as_deref()).await?;
                 if operator {
                     let by = format!("operator:{}", crate::account_command::cli_actor());
-                    store
-                        .verify_domain(domain.clone(), postern_core::time::now_millis(), by.clone())
-                        .await?;
-                    crate::account_command::audit(&store, "domain.verify.operator", Some(&d.account), format!("domain={domain} by={by}")).await?;
+                    let retired = match store
+                        .verify_domain(d.id, postern_core::time::now_millis(), by.clone())
+                        .await
+                    {
+                        Ok(Some(r)) => r,
+                        Ok(None) => bail!("no domain {domain}"),
+                        Err(StoreError::Conflict) => bail!("{domain} is verified by another account"),
+                        Err(e) => return Err(e.into()),
+                    };
+                    crate::account_command::audit(&store, "domain.verify.operator", Some(&d.account), format!("domain={domain} id={} by={by}", d.id)).await?;
+                    retire_audit(&store, &d, &retired).await?;
                     println!("{domain} verified by the operator, without a DNS check; mail from it is now DKIM-signed");
                     return Ok(());
                 }
@@ -227,12 +291,17 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     &lookup,
                     config.senders.dkim_rotation_overlap,
                 )
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict => anyhow::anyhow!("{domain} is verified by another account"),
+                    e => e.into(),
+                })?;
                 let checked = result.checked;
                 let ok = result.valid;
                 if result.newly_verified {
-                    crate::account_command::audit(&store, "domain.verify", Some(&d.account), format!("domain={domain} by=dns")).await?;
+                    crate::account_command::audit(&store, "domain.verify", Some(&d.account), format!("domain={domain} id={} by=dns", d.id)).await?;
                 }
+                retire_audit(&store, &d, &result.retired_claims).await?;
                 if let Some(selector) = &result.promoted {
                     crate::account_command::audit(&store, "domain.rotate.promote", Some(&d.account), format!("domain={domain} selector={selector} previous={}", d.selector)).await?;
                 }
@@ -292,13 +361,12 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
             }
             DomainCommand::Rotate {
                 domain,
+                account,
                 selector,
                 json,
             } => {
                 let domain = domain.to_ascii_lowercase();
-                let Some(d) = store.get_domain(domain.clone()).await? else {
-                    bail!("no domain {domain}");
-                };
+                let d = find_domain(&store, &domain, account.as_deref()).await?;
                 let mut taken = vec![d.selector.as_str()];
                 if let Some(p) = &d.previous {
                     taken.push(p.selector.as_str());
@@ -322,9 +390,9 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     ed25519_public: keys.ed25519_public,
                     created_at: postern_core::time::now_millis(),
                 };
-                store.start_rotation(domain.clone(), next).await?;
+                store.start_rotation(d.id, next).await?;
                 crate::account_command::audit(&store, "domain.rotate", Some(&d.account), format!("domain={domain} selector={selector}")).await?;
-                let Some(d) = store.get_domain(domain.clone()).await? else {
+                let Some(d) = store.get_domain_by_id(d.id).await? else {
                     bail!("no domain {domain}");
                 };
                 let v = records_json(config, &d, None);
@@ -340,12 +408,10 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     print!("{}", zone_snippet(&new));
                 }
             }
-            DomainCommand::Remove { domain } => {
+            DomainCommand::Remove { domain, account } => {
                 let domain = domain.to_ascii_lowercase();
-                let Some(d) = store.get_domain(domain.clone()).await? else {
-                    bail!("no domain {domain}");
-                };
-                store.delete_domain(domain.clone()).await?;
+                let d = find_domain(&store, &domain, account.as_deref()).await?;
+                store.delete_domain(d.id).await?;
                 crate::account_command::audit(&store, "domain.remove", Some(&d.account), format!("domain={domain}")).await?;
                 println!("{domain} removed");
             }
@@ -355,4 +421,25 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
     .await;
     store.close();
     result
+}
+
+/// Audits the claims a verification retired, each under its own account.
+async fn retire_audit(
+    store: &postern_store::EmbeddedStore,
+    winner: &DomainRecord,
+    retired: &[DomainRecord],
+) -> Result<()> {
+    for r in retired {
+        crate::account_command::audit(
+            store,
+            "domain.claim.retired",
+            Some(&r.account),
+            format!(
+                "domain={} id={} verified by account {} (id {})",
+                r.domain, r.id, winner.account, winner.id
+            ),
+        )
+        .await?;
+    }
+    Ok(())
 }

@@ -13,6 +13,18 @@ pub async fn run(config: &Config, command: TotpCommand) -> Result<()> {
     let totp = Totp::new(store.clone(), "Postern");
     match command {
         TotpCommand::Enroll { account, json } => {
+            // The operator works on the data directory and needs no code
+            // (over HTTP a code is required); replacing an active factor
+            // is recorded as an operator action.
+            if totp.active(&account).await? {
+                audit(
+                    &store,
+                    "totp.reenroll.operator",
+                    Some(&account),
+                    "active second factor replaced by the operator, without a code".into(),
+                )
+                .await?;
+            }
             let e = match totp.enroll(&account).await {
                 Ok(e) => e,
                 Err(StoreError::NotFound) => bail!("no account named {account}"),
@@ -39,26 +51,60 @@ pub async fn run(config: &Config, command: TotpCommand) -> Result<()> {
             }
         }
         TotpCommand::Verify { account, code } => {
+            // The same attempt limit as the API (its state is in the store).
             let outcome = totp.verify(&account, &code).await?;
-            let (kind, ok, text) = match outcome {
-                TotpOutcome::Confirmed => (
-                    "totp.confirm",
-                    true,
-                    "code accepted: two-factor authentication is now active",
-                ),
-                TotpOutcome::Accepted => ("totp.verify", true, "code accepted"),
-                TotpOutcome::AcceptedRecoveryCode => (
-                    "totp.recovery_code",
-                    true,
-                    "recovery code accepted (it cannot be used again)",
-                ),
-                TotpOutcome::Rejected => ("totp.failure", false, "code rejected"),
-                TotpOutcome::NotEnrolled => {
-                    ("totp.failure", false, "this account has no second factor")
+            let text = match &outcome {
+                TotpOutcome::Confirmed => {
+                    "code accepted: two-factor authentication is now active".to_owned()
                 }
+                TotpOutcome::Accepted => "code accepted".to_owned(),
+                TotpOutcome::AcceptedRecoveryCode => {
+                    "recovery code accepted (it cannot be used again)".to_owned()
+                }
+                TotpOutcome::Rejected { .. } => "code rejected".to_owned(),
+                TotpOutcome::Locked { until } => format!(
+                    "too many failed codes: refused until {}",
+                    postern_core::time::rfc3339(*until)
+                ),
+                TotpOutcome::NotEnrolled => "this account has no second factor".to_owned(),
             };
-            audit(&store, kind, Some(&account), text.into()).await?;
-            if !ok {
+            let kind = if outcome.accepted() {
+                "totp.verify.success"
+            } else {
+                "totp.verify.failure"
+            };
+            audit(
+                &store,
+                kind,
+                Some(&account),
+                format!("purpose=verify {outcome:?}"),
+            )
+            .await?;
+            if outcome == TotpOutcome::Confirmed {
+                audit(
+                    &store,
+                    "totp.confirm",
+                    Some(&account),
+                    "second factor active".into(),
+                )
+                .await?;
+            }
+            if let TotpOutcome::Rejected {
+                locked_until: Some(until),
+            } = outcome
+            {
+                audit(
+                    &store,
+                    "totp.locked",
+                    Some(&account),
+                    format!(
+                        "too many failed codes; refused until {}",
+                        postern_core::time::rfc3339(until)
+                    ),
+                )
+                .await?;
+            }
+            if !outcome.accepted() {
                 bail!("{text}");
             }
             println!("{text}");
@@ -67,11 +113,13 @@ pub async fn run(config: &Config, command: TotpCommand) -> Result<()> {
             if !totp.disable(&account).await? {
                 bail!("{account} has no second factor");
             }
+            // No code asked: the operator has the data directory. The
+            // audit entry says so.
             audit(
                 &store,
                 "totp.disable",
                 Some(&account),
-                "second factor removed".into(),
+                "second factor removed by the operator, without a code".into(),
             )
             .await?;
             println!("two-factor authentication removed for {account}");

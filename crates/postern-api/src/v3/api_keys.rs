@@ -80,6 +80,9 @@ async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require("api_keys.create")?;
     let name = valid_name(body.name)?;
+    caller
+        .require_second_factor_for_credentials(&state, "api_key.create")
+        .await?;
     // SendGrid: a key created without scopes has the creator's full access.
     let requested = body
         .scopes

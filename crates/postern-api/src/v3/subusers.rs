@@ -93,6 +93,7 @@ async fn create(
         max_messages_per_hour: None,
         ip_pool: None,
         sender_alignment: None,
+        require_2fa_for_credentials: false,
     };
     match state.store.create_account(record).await {
         Ok(()) => {}

@@ -103,6 +103,9 @@ async fn create(
             "letters, digits and '-' only",
         ));
     }
+    caller
+        .require_second_factor_for_credentials(&state, "domain.add")
+        .await?;
     // RSA generation is CPU-bound (about a second): off the runtime.
     let keys = tokio::task::spawn_blocking(DkimKeys::generate)
         .await
@@ -124,20 +127,22 @@ async fn create(
         next: None,
         previous: None,
     };
-    match state.store.add_domain(record).await {
+    // Another account's unverified claim is no obstacle: the first to
+    // verify through DNS owns the domain (issue 10 item 11).
+    let id = match state.store.add_domain(record).await {
         Err(StoreError::Conflict) => {
             return Err(ApiError::field(
                 StatusCode::BAD_REQUEST,
                 "domain",
-                "this domain is already added",
+                "this domain is already added (by this account, or verified by another)",
             ))
         }
         other => other?,
-    }
-    caller.audit(&state, "domain.add", format!("domain={domain}"));
+    };
+    caller.audit(&state, "domain.add", format!("domain={domain} id={id}"));
     let stored = state
         .store
-        .get_domain(domain)
+        .get_domain_by_id(id)
         .await?
         .ok_or_else(|| ApiError::not_found("domain"))?;
     Ok((
@@ -174,7 +179,7 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     caller.require("whitelabel.delete")?;
     let d = owned(&state, &caller, id).await?;
-    state.store.delete_domain(d.domain.clone()).await?;
+    state.store.delete_domain(d.id).await?;
     caller.audit(&state, "domain.remove", format!("domain={}", d.domain));
     Ok(StatusCode::NO_CONTENT)
 }
@@ -200,13 +205,34 @@ async fn validate(
         domains.dns.as_ref(),
         domains.rotation_overlap,
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        StoreError::Conflict => ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "domain",
+            "another account has verified this domain",
+        ),
+        e => e.into(),
+    })?;
     if result.newly_verified {
         caller.audit(
             &state,
             "domain.verify",
-            format!("domain={} by=dns", d.domain),
+            format!("domain={} id={} by=dns", d.domain, d.id),
         );
+    }
+    for r in &result.retired_claims {
+        caller
+            .audit_now(
+                &state,
+                &r.account,
+                "domain.claim.retired",
+                format!(
+                    "domain={} id={} verified by account {} (id {})",
+                    r.domain, r.id, d.account, d.id
+                ),
+            )
+            .await;
     }
     if let Some(selector) = &result.promoted {
         caller.audit(
