@@ -47,12 +47,31 @@ pub struct EmbeddedStore {
     path: PathBuf,
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist, so SQLite opens
+/// a file that is the owner's only (it creates new ones 0644 less the umask)
+/// and gives its -wal and -shm files the same mode. An empty file is an
+/// empty database to SQLite.
+fn create_private_file(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| StoreError::Backend(format!("create {}: {e}", path.display())))
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) `<dir>/postern.db`.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("postern.db");
+        create_private_file(&path)?;
         let mut conn = open_connection(&path)?;
         schema::migrate(&mut conn)?;
 
@@ -2083,6 +2102,24 @@ mod tests {
             body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
             detail: "test".into(),
             dropped: Vec::new(),
+        }
+    }
+
+    /// The database is created 0600 whatever the process umask, and SQLite
+    /// gives its WAL and shared-memory files the same mode.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.enqueue(message(&["x@one.example"])).await.unwrap();
+        for name in ["postern.db", "postern.db-wal", "postern.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
         }
     }
 
