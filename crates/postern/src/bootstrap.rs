@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use postern_accounts::ApiKeys;
 use postern_core::Config;
+use postern_store::audit_anchor::AuditAnchor;
 use postern_store::{AuditStore, CredentialStore, EmbeddedStore};
 
 pub const ADMIN_ACCOUNT: &str = "admin";
@@ -18,7 +19,14 @@ pub fn open_store(config: &Config) -> Result<Arc<EmbeddedStore>> {
     // mode of postern.db, so a database left 0644 by an older version
     // would spread that mode to the files it creates now.
     restrict_data_dir(dir)?;
-    let store = EmbeddedStore::open(dir)
+    let key_file = config
+        .audit
+        .anchor_key_file
+        .clone()
+        .unwrap_or_else(|| dir.join("audit-anchor.key"));
+    let anchor = AuditAnchor::open(&key_file, dir.join("audit.head"))
+        .context("the audit anchor key (audit.anchor_key_file)")?;
+    let store = EmbeddedStore::open_with_anchor(dir, Some(anchor))
         .with_context(|| format!("opening the store in {}", dir.display()))?;
     Ok(Arc::new(store))
 }
