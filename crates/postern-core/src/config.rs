@@ -58,6 +58,19 @@ pub struct Config {
     /// Issuers whose JWT access tokens are accepted by XOAUTH2 and
     /// OAUTHBEARER (RFC 7628).
     pub oauth_issuer: Vec<OAuthIssuerConfig>,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: where the key that signs the audit chain's recorded head is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The HMAC key for `<data_dir>/audit.head` and `postern audit anchor`
+    /// (hex, created 0600 if missing). Default `<data_dir>/audit-anchor.key`;
+    /// keeping it outside the data directory (readable by Postern, not
+    /// writable) means a copy of the data directory cannot forge a head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +124,7 @@ impl Default for Config {
             senders: SendersConfig::default(),
             auth: AuthConfig::default(),
             oauth_issuer: Vec::new(),
+            audit: AuditConfig::default(),
         }
     }
 }

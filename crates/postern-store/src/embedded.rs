@@ -19,6 +19,7 @@ use postern_core::{AttemptInfo, Event, EventKind, MessageId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
+use crate::audit_anchor::{AnchorCheck, AnchorSource, AnchoredVerdict, AuditAnchor, AuditHead};
 use crate::schema;
 use crate::*;
 
@@ -45,21 +46,56 @@ pub struct EmbeddedStore {
     /// wake-ups per message) than the query.
     inline_reader: Mutex<Option<Connection>>,
     path: PathBuf,
+    /// The newest audit entry appended by the batch being written; the
+    /// writer records it in the anchor file once the batch is committed.
+    pending_head: Arc<Mutex<Option<AuditHead>>>,
+    anchor: Option<Arc<AuditAnchor>>,
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist, so SQLite opens
+/// a file that is the owner's only (it creates new ones 0644 less the umask)
+/// and gives its -wal and -shm files the same mode. An empty file is an
+/// empty database to SQLite.
+fn create_private_file(path: &Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| StoreError::Backend(format!("create {}: {e}", path.display())))
 }
 
 impl EmbeddedStore {
     /// Opens (creating if needed) `<dir>/postern.db`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_anchor(dir, None)
+    }
+
+    /// Like [`open`](Self::open), and keeps the audit chain's head in the
+    /// anchor's file after every commit that appended audit entries.
+    pub fn open_with_anchor(dir: &Path, anchor: Option<AuditAnchor>) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("postern.db");
+        create_private_file(&path)?;
         let mut conn = open_connection(&path)?;
         schema::migrate(&mut conn)?;
 
         let (tx, rx) = mpsc::channel::<WriteJob>();
+        let anchor = anchor.map(Arc::new);
+        let pending_head = Arc::new(Mutex::new(None));
+        let head_sink = HeadSink {
+            pending: pending_head.clone(),
+            anchor: anchor.clone(),
+        };
         std::thread::Builder::new()
             .name("postern-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, head_sink))
             .map_err(|e| StoreError::Backend(format!("spawn writer: {e}")))?;
 
         Ok(EmbeddedStore {
@@ -68,7 +104,99 @@ impl EmbeddedStore {
             read_permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
             inline_reader: Mutex::new(None),
             path,
+            pending_head,
+            anchor,
         })
+    }
+
+    /// Verifies the hash chain, then that it still holds each of
+    /// `operator_anchors` and the head recorded in the anchor file.
+    pub async fn verify_audit_anchored(
+        &self,
+        operator_anchors: Vec<AuditHead>,
+    ) -> Result<AnchoredVerdict> {
+        let entries = match self.verify_audit().await? {
+            AuditVerification::Intact { entries } => entries,
+            AuditVerification::BrokenAt { seq } => return Ok(AnchoredVerdict::Broken { seq }),
+        };
+        let recorded = match self.anchor.as_deref().map(AuditAnchor::recorded) {
+            None => None,
+            Some(Ok(head)) => head,
+            Some(Err(e)) => return Ok(AnchoredVerdict::BadRecord(e)),
+        };
+        let anchors = operator_anchors
+            .into_iter()
+            .map(|a| (a, AnchorSource::Operator))
+            .chain(recorded.clone().map(|a| (a, AnchorSource::Recorded)));
+        for (anchor, source) in anchors {
+            match self.check_audit_anchor(anchor.clone()).await? {
+                AnchorCheck::Present => {}
+                AnchorCheck::Missing { chain_len } => {
+                    return Ok(AnchoredVerdict::Truncated {
+                        anchor,
+                        source,
+                        chain_len,
+                    })
+                }
+                AnchorCheck::Differs { found } => {
+                    return Ok(AnchoredVerdict::Rewritten {
+                        anchor,
+                        source,
+                        found,
+                    })
+                }
+            }
+        }
+        Ok(AnchoredVerdict::Intact { entries, recorded })
+    }
+
+    pub fn audit_anchor(&self) -> Option<&AuditAnchor> {
+        self.anchor.as_deref()
+    }
+
+    /// The newest audit entry, None when the log is empty.
+    pub async fn audit_head(&self) -> Result<Option<AuditHead>> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| {
+                        Ok(AuditHead {
+                            seq: r.get(0)?,
+                            hash: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Whether the chain still holds the anchored entry with its hash. Run
+    /// after `verify_audit` found the chain intact: then every entry before
+    /// the anchored one is bound to it, and every later one links back to
+    /// it, so this one comparison covers the whole anchored prefix.
+    pub async fn check_audit_anchor(&self, anchor: AuditHead) -> Result<AnchorCheck> {
+        self.read(move |conn| {
+            let found: Option<Vec<u8>> = conn
+                .query_row("SELECT hash FROM audit WHERE seq = ?1", [anchor.seq], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(match found {
+                Some(h) if h == anchor.hash => AnchorCheck::Present,
+                Some(found) => AnchorCheck::Differs { found },
+                None => AnchorCheck::Missing {
+                    chain_len: conn.query_row(
+                        "SELECT COALESCE(MAX(seq), 0) FROM audit",
+                        [],
+                        |r| r.get(0),
+                    )?,
+                },
+            })
+        })
+        .await
     }
 
     pub fn path(&self) -> &Path {
@@ -223,7 +351,48 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<R>) 
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+/// Where the writer puts the audit head after a commit.
+struct HeadSink {
+    pending: Arc<Mutex<Option<AuditHead>>>,
+    anchor: Option<Arc<AuditAnchor>>,
+}
+
+impl HeadSink {
+    /// After a batch: record its newest audit entry if it committed, forget
+    /// it if not (the entries are not in the database then).
+    fn after_commit(&self, committed: bool) {
+        let head = self.pending.lock().ok().and_then(|mut p| p.take());
+        let (Some(head), Some(anchor), true) = (head, &self.anchor, committed) else {
+            return;
+        };
+        // Only forward. Another process sharing the store may have recorded
+        // a newer head already; and a recorded head at or past this one
+        // means the chain was cut back and grew again: overwriting it would
+        // erase the evidence `audit verify` reports.
+        match anchor.recorded() {
+            Ok(Some(r)) if r.seq > head.seq => return,
+            Ok(Some(r)) if r.seq == head.seq && r.hash == head.hash => return,
+            Ok(Some(r)) if r.seq >= head.seq => {
+                tracing::error!(
+                    recorded = r.seq,
+                    appended = head.seq,
+                    "audit: the chain is shorter than its recorded head (entries deleted?); run `postern audit verify`"
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "audit: the recorded head cannot be read; not replacing it");
+                return;
+            }
+        }
+        if let Err(e) = anchor.record(&head) {
+            tracing::warn!(error = %e, "audit: cannot record the chain head");
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, heads: HeadSink) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -243,6 +412,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
                 // outside a transaction and its effect is reported as failed.
                 job(&conn)(Err(e.clone()));
             }
+            heads.after_commit(false);
             continue;
         }
         let size = batch.len();
@@ -257,6 +427,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
             let _ = conn.execute_batch("ROLLBACK");
         }
         tracing::trace!(size, "store: group commit");
+        // Before the callers hear of the commit, so that a command that
+        // appended an entry and exits has its head recorded.
+        heads.after_commit(commit.is_ok());
         for c in completions {
             c(commit.clone());
         }
@@ -1057,6 +1230,7 @@ const AUDIT_COLUMNS: &str = "seq, at, kind, actor, account, client_ip, detail, p
 #[async_trait]
 impl AuditStore for EmbeddedStore {
     async fn append_audit(&self, entry: AuditEntry) -> Result<i64> {
+        let pending = self.pending_head.clone();
         self.write(move |conn| {
             // The single writer serialises appends, so reading the last hash
             // and inserting after it cannot interleave with another append.
@@ -1086,6 +1260,11 @@ impl AuditStore for EmbeddedStore {
                 prev,
                 hash
             ])?;
+            // Appends run in order on the writer thread, so the last one of
+            // a batch is the batch's head.
+            if let Ok(mut p) = pending.lock() {
+                *p = Some(AuditHead { seq, hash });
+            }
             Ok(seq)
         })
         .await
@@ -2190,6 +2369,7 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit_anchor::{to_hex, AnchorError};
     use postern_core::{Envelope, Recipient};
 
     fn message(rcpts: &[&str]) -> NewMessage {
@@ -2214,6 +2394,219 @@ mod tests {
             body: b"Subject: t\r\n\r\nhello\r\n".to_vec(),
             detail: "test".into(),
             dropped: Vec::new(),
+        }
+    }
+
+    fn audit_entry(i: usize) -> AuditEntry {
+        AuditEntry {
+            at: 1_000 + i as i64,
+            kind: "key.create".into(),
+            actor: "test".into(),
+            account: Some("admin".into()),
+            client_ip: None,
+            detail: format!("entry {i}"),
+        }
+    }
+
+    /// A store with an anchor in `dir` and `n` audit entries, each appended
+    /// on its own (so each is its own commit and head record).
+    async fn anchored_store(dir: &Path, n: usize) -> EmbeddedStore {
+        let anchor =
+            AuditAnchor::open(&dir.join("audit-anchor.key"), dir.join("audit.head")).unwrap();
+        let store = EmbeddedStore::open_with_anchor(dir, Some(anchor)).unwrap();
+        for i in 0..n {
+            store.append_audit(audit_entry(i)).await.unwrap();
+        }
+        store
+    }
+
+    /// What someone with the database but not the anchor key can do: drop
+    /// the append-only triggers and run SQL.
+    fn tamper(dir: &Path, sql: &str) {
+        let conn = Connection::open(dir.join("postern.db")).unwrap();
+        conn.execute_batch(&format!(
+            "DROP TRIGGER IF EXISTS audit_no_delete; DROP TRIGGER IF EXISTS audit_no_update; {sql}"
+        ))
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn intact_anchored_chain_verifies_and_the_head_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = anchored_store(dir.path(), 5).await;
+        let head = store.audit_head().await.unwrap().unwrap();
+        assert_eq!(head.seq, 5);
+        match store
+            .verify_audit_anchored(vec![head.clone()])
+            .await
+            .unwrap()
+        {
+            AnchoredVerdict::Intact { entries, recorded } => {
+                assert_eq!(entries, 5);
+                assert_eq!(recorded, Some(head.clone()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An older operator anchor stays valid as the chain grows.
+        store.append_audit(audit_entry(9)).await.unwrap();
+        assert!(matches!(
+            store.verify_audit_anchored(vec![head]).await.unwrap(),
+            AnchoredVerdict::Intact { entries: 6, .. }
+        ));
+        #[cfg(unix)]
+        for name in ["audit-anchor.key", "audit.head"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_the_newest_entry_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = anchored_store(dir.path(), 5).await;
+        tamper(dir.path(), "DELETE FROM audit WHERE seq = 5");
+        // The shorter chain is still a valid chain: only the anchor shows it.
+        assert!(matches!(
+            store.verify_audit().await.unwrap(),
+            AuditVerification::Intact { entries: 4 }
+        ));
+        match store.verify_audit_anchored(vec![]).await.unwrap() {
+            AnchoredVerdict::Truncated {
+                anchor,
+                source: AnchorSource::Recorded,
+                chain_len: 4,
+            } => assert_eq!(anchor.seq, 5),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// New entries after a cut do not make the cut disappear: the record
+    /// only moves forward.
+    #[tokio::test]
+    async fn appending_after_deleting_the_tail_does_not_hide_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = anchored_store(dir.path(), 5).await;
+        tamper(dir.path(), "DELETE FROM audit WHERE seq >= 4");
+        store.append_audit(audit_entry(50)).await.unwrap();
+        store.append_audit(audit_entry(51)).await.unwrap();
+        assert!(matches!(
+            store.verify_audit_anchored(vec![]).await.unwrap(),
+            AnchoredVerdict::Rewritten {
+                source: AnchorSource::Recorded,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn deleting_an_entry_in_the_middle_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = anchored_store(dir.path(), 5).await;
+        tamper(dir.path(), "DELETE FROM audit WHERE seq = 3");
+        assert!(matches!(
+            store.verify_audit_anchored(vec![]).await.unwrap(),
+            AnchoredVerdict::Broken { seq: 4 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncating_the_table_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = anchored_store(dir.path(), 5).await;
+        tamper(dir.path(), "DELETE FROM audit");
+        match store.verify_audit_anchored(vec![]).await.unwrap() {
+            AnchoredVerdict::Truncated {
+                chain_len: 0,
+                source: AnchorSource::Recorded,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Rewriting the whole chain with recomputed hashes keeps it valid, but
+    /// not equal to the anchors; and the record cannot be forged or swapped
+    /// without the key.
+    #[tokio::test]
+    async fn rewritten_chains_and_edited_records_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = anchored_store(dir.path(), 3).await;
+        let operator = store.audit_head().await.unwrap().unwrap();
+        // A new chain of the same length, from other entries.
+        tamper(dir.path(), "DELETE FROM audit");
+        let mut prev = crate::audit_chain::GENESIS.to_vec();
+        let conn = Connection::open(dir.path().join("postern.db")).unwrap();
+        for seq in 1..=3 {
+            let e = audit_entry(100 + seq as usize);
+            let hash = crate::audit_chain::row_hash(&prev, seq, &e);
+            conn.execute(
+                &format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![seq, e.at, e.kind, e.actor, e.account, e.client_ip, e.detail, prev, hash],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        drop(conn);
+        assert!(matches!(
+            store
+                .verify_audit_anchored(vec![operator.clone()])
+                .await
+                .unwrap(),
+            AnchoredVerdict::Rewritten {
+                source: AnchorSource::Operator,
+                ..
+            }
+        ));
+        // The record written by someone without the key is refused.
+        let forged = format!(
+            "postern-audit-head-v1 3 {} {}\n",
+            to_hex(&prev),
+            "00".repeat(32)
+        );
+        std::fs::write(dir.path().join("audit.head"), forged).unwrap();
+        assert!(matches!(
+            store.verify_audit_anchored(vec![]).await.unwrap(),
+            AnchoredVerdict::BadRecord(AnchorError::BadMac { .. })
+        ));
+    }
+
+    #[test]
+    fn anchors_parse_strictly() {
+        let h = AuditHead {
+            seq: 7,
+            hash: vec![0xab; 32],
+        };
+        assert_eq!(AuditHead::parse_anchor(&h.to_anchor()).unwrap(), h);
+        for bad in [
+            "7",
+            "x:ab",
+            "7:abc",
+            "7:+b",
+            &format!("-1:{}", "ab".repeat(32)),
+        ] {
+            assert!(AuditHead::parse_anchor(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The database is created 0600 whatever the process umask, and SQLite
+    /// gives its WAL and shared-memory files the same mode.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.enqueue(message(&["x@one.example"])).await.unwrap();
+        for name in ["postern.db", "postern.db-wal", "postern.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
         }
     }
 

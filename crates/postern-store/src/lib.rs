@@ -5,6 +5,7 @@
 //! an expiry (`FOR UPDATE SKIP LOCKED` there, a single writer here), and every
 //! write that a client is told about is committed before the call returns.
 
+pub mod audit_anchor;
 mod audit_chain;
 mod embedded;
 mod schema;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use postern_accounts::ApiKeys;
 use postern_core::Config;
+use postern_store::audit_anchor::AuditAnchor;
 use postern_store::{AuditStore, CredentialStore, EmbeddedStore};
 
 pub const ADMIN_ACCOUNT: &str = "admin";
@@ -14,7 +15,18 @@ pub const ADMIN_ACCOUNT: &str = "admin";
 pub fn open_store(config: &Config) -> Result<Arc<EmbeddedStore>> {
     let dir = &config.server.data_dir;
     create_private_dir(dir)?;
-    let store = EmbeddedStore::open(dir)
+    // Before the store opens: SQLite gives the -wal and -shm files the
+    // mode of postern.db, so a database left 0644 by an older version
+    // would spread that mode to the files it creates now.
+    restrict_data_dir(dir)?;
+    let key_file = config
+        .audit
+        .anchor_key_file
+        .clone()
+        .unwrap_or_else(|| dir.join("audit-anchor.key"));
+    let anchor = AuditAnchor::open(&key_file, dir.join("audit.head"))
+        .context("the audit anchor key (audit.anchor_key_file)")?;
+    let store = EmbeddedStore::open_with_anchor(dir, Some(anchor))
         .with_context(|| format!("opening the store in {}", dir.display()))?;
     Ok(Arc::new(store))
 }
@@ -54,14 +66,67 @@ pub fn default_tls_pair(config: &Config) -> Result<(PathBuf, PathBuf)> {
     let pair = rcgen::generate_simple_self_signed(names)
         .context("generating a self-signed certificate")?;
     write_private(&key, pair.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, pair.cert.pem())
-        .with_context(|| format!("writing {}", cert.display()))?;
+    // The certificate is public, but the data directory holds only files
+    // for this user: one rule, nothing to reason about per file.
+    write_private(&cert, pair.cert.pem().as_bytes())?;
     tracing::warn!(cert = %cert.display(),
         "generated a self-signed certificate; configure [tls] cert/key for production");
     Ok((cert, key))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Files in the data directory are 0600 and directories 0700. An older
+/// version (or a umask of 022) may have left group or other bits on what it
+/// created: they are removed here, at every start of every command, with a
+/// warning naming each path. Symbolic links are not followed (their target
+/// may be anything, anywhere), and the owner's own bits are left alone.
+pub fn restrict_data_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(path) = pending.pop() {
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                continue;
+            }
+            let mode = meta.permissions().mode() & 0o7777;
+            let wanted = if kind.is_dir() {
+                mode & 0o700 | 0o700
+            } else {
+                mode & 0o700
+            };
+            if mode != wanted {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(wanted))
+                    .with_context(|| format!("restricting {}", path.display()))?;
+                let shown = postern_core::printable::Printable(&path.to_string_lossy()).to_string();
+                let msg = format!(
+                    "{shown} was mode {mode:04o}; set to {wanted:04o} (the data directory is for the postern user only)"
+                );
+                // The CLI has no log subscriber: tell its user on stderr.
+                if tracing::dispatcher::has_been_set() {
+                    tracing::warn!("{msg}");
+                } else {
+                    eprintln!("postern: warning: {msg}");
+                }
+            }
+            if kind.is_dir() {
+                for entry in std::fs::read_dir(&path)
+                    .with_context(|| format!("listing {}", path.display()))?
+                {
+                    let entry = entry.with_context(|| format!("listing {}", path.display()))?;
+                    pending.push(entry.path());
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -251,8 +251,23 @@ pub enum TotpCommand {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Recompute the hash chain; fails if any entry was changed or removed.
-    Verify,
+    /// Recompute the hash chain; fails if any entry was changed or removed,
+    /// or if the chain no longer holds the head Postern recorded (in
+    /// `audit.head`) or an anchor given with --anchor (tail truncated or
+    /// chain rewritten).
+    Verify {
+        /// An anchor printed earlier by `postern audit anchor`: SEQ:HASH.
+        /// May be repeated.
+        #[arg(long, value_name = "SEQ:HASH")]
+        anchor: Vec<String>,
+    },
+    /// Print the chain's current head (sequence number, hash, and an HMAC
+    /// under the anchor key) to keep somewhere else; `audit verify --anchor`
+    /// checks it later.
+    Anchor {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -348,7 +363,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => {
             let config = load_config(&cli.global)?;
             match command {
-                Some(AuditCommand::Verify) => crate::audit_command::verify(&config).await,
+                Some(AuditCommand::Verify { anchor }) => {
+                    crate::audit_command::verify(&config, &anchor).await
+                }
+                Some(AuditCommand::Anchor { json }) => {
+                    crate::audit_command::anchor(&config, json).await
+                }
                 None => {
                     let q = crate::audit_command::Query {
                         account,

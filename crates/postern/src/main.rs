@@ -25,6 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    restrict_umask();
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -42,5 +43,21 @@ fn main() -> ExitCode {
             eprintln!("postern: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every file Postern creates (the store and its WAL, keys, certificates,
+/// the audit head) is for this user only, whatever umask the service was
+/// started with: set before any thread or file exists, so that nothing can
+/// be created with a wider mode in between. Files are also created with
+/// explicit modes, and the data directory's modes are repaired at start
+/// (`bootstrap::restrict_data_dir`); the umask covers what SQLite creates.
+fn restrict_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask(2) only sets the process's file mode creation mask and
+    // cannot fail; no memory is involved. Called first in main, before the
+    // runtime starts any thread.
+    unsafe {
+        libc::umask(0o077);
     }
 }

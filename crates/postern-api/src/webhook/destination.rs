@@ -7,7 +7,7 @@
 //! internal address in).
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -21,37 +21,108 @@ pub struct DestinationPolicy {
 
 /// Loopback, private (RFC 1918, RFC 4193), link-local, CGNAT (RFC 6598),
 /// unspecified, multicast, documentation and other special ranges: nothing
-/// a public webhook receiver lives at.
+/// a public webhook receiver lives at. An IPv6 address that carries an IPv4
+/// address (see [`embedded_ipv4`]) is judged by that IPv4 address too: the
+/// packet ends up there, so `2002:7f00:1::` must be as internal as
+/// `127.0.0.1`.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
-                || o[0] >= 240
-        }
+        IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
             let seg = v6.segments();
-            v6.is_loopback()
+            if v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // unique local
-                || (seg[0] & 0xffc0) == 0xfe80 // link-local
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-                || (seg[0] == 0x0064 && seg[1] == 0xff9b) // NAT64 to anything
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local (RFC 4193)
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local (RFC 4291)
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local, deprecated (RFC 3879)
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation (RFC 3849)
+                || (seg[0] == 0x0100 && seg[1..4] == [0, 0, 0])
+            // discard-only (RFC 6666)
+            {
+                return true;
+            }
+            match embedded_ipv4(v6) {
+                Embedded::None => false,
+                Embedded::Internal => true,
+                Embedded::V4(list) => list.iter().flatten().any(|v4| is_internal_v4(*v4)),
+            }
         }
     }
+}
+
+fn is_internal_v4(v4: Ipv4Addr) -> bool {
+    let o = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || v4.is_documentation()
+        || o[0] == 0
+        || (o[0] == 100 && (64..128).contains(&o[1]))
+        || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
+        || o[0] >= 240
+}
+
+/// What an IPv6 address says about an IPv4 address inside it.
+#[derive(Debug, PartialEq, Eq)]
+enum Embedded {
+    /// Not one of the forms that carry an IPv4 address.
+    None,
+    /// A form whose IPv4 address cannot be known from outside (a local NAT64
+    /// prefix): treated as internal whatever it carries.
+    Internal,
+    /// The IPv4 addresses the packet may reach (Teredo names two).
+    V4([Option<Ipv4Addr>; 2]),
+}
+
+/// The IPv4 address(es) an IPv6 address embeds, for the forms that route a
+/// packet to (or through) that IPv4 address.
+fn embedded_ipv4(v6: Ipv6Addr) -> Embedded {
+    let seg = v6.segments();
+    let o = v6.octets();
+    let last32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    let one = |v4| Embedded::V4([Some(v4), None]);
+    // IPv4-mapped ::ffff:0:0/96 (RFC 4291 §2.5.5.2): a dual-stack socket
+    // connects to the IPv4 address itself.
+    if seg[..6] == [0, 0, 0, 0, 0, 0xffff] {
+        return one(last32);
+    }
+    // IPv4-compatible ::/96 (RFC 4291 §2.5.5.1, deprecated but still
+    // parsed by stacks and tunnels). `::` and `::1` are caught before.
+    if seg[..6] == [0, 0, 0, 0, 0, 0] {
+        return one(last32);
+    }
+    // IPv4-translated ::ffff:0:0:0/96 (SIIT, RFC 6145 §2.1 / RFC 2765).
+    if seg[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return one(last32);
+    }
+    // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052 §2.1): the IPv4
+    // address is the last 32 bits; the translator sends to it.
+    if seg[..6] == [0x0064, 0xff9b, 0, 0, 0, 0] {
+        return one(last32);
+    }
+    // NAT64 local-use prefix 64:ff9b:1::/48 (RFC 8215): the operator picks
+    // the prefix length inside it, so where the IPv4 sits cannot be known;
+    // and the rest of 64:ff9b::/32 is not allocated. Internal as a whole.
+    if seg[0] == 0x0064 && seg[1] == 0xff9b {
+        return Embedded::Internal;
+    }
+    // 6to4 2002::/16 (RFC 3056 §2): the relay's IPv4 address is bits 16..48.
+    if seg[0] == 0x2002 {
+        return one(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    // Teredo 2001::/32 (RFC 4380 §4): the server's IPv4 address is bits
+    // 32..64 and the client's is the last 32 bits, each bit inverted. The
+    // packet goes through both, so either being internal is enough.
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        let server = Ipv4Addr::new(o[4], o[5], o[6], o[7]);
+        let client = Ipv4Addr::from(!u32::from(last32));
+        return Embedded::V4([Some(server), Some(client)]);
+    }
+    Embedded::None
 }
 
 impl DestinationPolicy {
@@ -190,6 +261,92 @@ mod tests {
         for ip in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    /// Every IPv6 form that carries an IPv4 address is judged by that
+    /// address: internal inside means refused, public inside means the
+    /// ordinary rules decide (allowed by the strict policy).
+    #[test]
+    fn ipv6_embedding_an_ipv4_address_is_judged_by_it() {
+        let strict = DestinationPolicy::default();
+        let refused = [
+            // IPv4-mapped (RFC 4291 §2.5.5.2)
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            // IPv4-compatible (RFC 4291 §2.5.5.1)
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "::192.168.0.1",
+            // IPv4-translated (RFC 6145)
+            "::ffff:0:127.0.0.1",
+            // 6to4 (RFC 3056): bits 16..48
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:101:1::1",
+            // NAT64 well-known prefix (RFC 6052)
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.1.2.3",
+            "64:ff9b::100.64.0.1",
+            // NAT64 local-use prefix (RFC 8215): internal whatever it carries
+            "64:ff9b:1::8.8.8.8",
+            "64:ff9b:1:2:3:4:5:6",
+            // Teredo (RFC 4380): internal client (last 32 bits inverted) ...
+            "2001:0:808:808:0:0:80ff:fffe", // client 127.0.0.1
+            "2001:0:808:808:0:0:f5ff:fffe", // client 10.0.0.1
+            // ... or internal server (bits 32..64)
+            "2001:0:a00:1::f7f7:fbfb", // server 10.0.0.1
+            // other special IPv6 ranges
+            "fec0::1",
+            "100::1",
+        ];
+        for ip in refused {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(is_internal(ip), "{ip}");
+            assert!(strict.check_ip(ip).is_err(), "{ip}");
+            assert!(
+                strict.check_url(&format!("https://[{ip}]/hook")).is_err(),
+                "{ip}"
+            );
+        }
+        let allowed = [
+            "::ffff:8.8.8.8",
+            "::8.8.8.8",
+            "::ffff:0:8.8.8.8",
+            "2002:808:808::1",
+            "64:ff9b::8.8.8.8",
+            "2001:0:808:808:0:0:f7f7:fbfb", // server 8.8.8.8, client 8.8.4.4
+        ];
+        for ip in allowed {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!is_internal(ip), "{ip}");
+            assert!(strict.check_ip(ip).is_ok(), "{ip}");
+            assert!(
+                strict.check_url(&format!("https://[{ip}]/hook")).is_ok(),
+                "{ip}"
+            );
+        }
+        // The operator's allowance still applies to the embedded forms.
+        let lax = DestinationPolicy {
+            allow_plain_http: false,
+            allow_private: true,
+        };
+        assert!(lax.check_ip("2002:7f00:1::".parse().unwrap()).is_ok());
+    }
+
+    /// The per-connection guard (the resolver the connector uses) applies
+    /// the same rule: an embedded internal address never reaches connect().
+    #[tokio::test]
+    async fn resolver_guard_refuses_embedded_internal_addresses() {
+        use tower_service::Service;
+        let mut resolver = PolicyResolver(DestinationPolicy::default());
+        for host in ["2002:7f00:1::", "64:ff9b::7f00:1", "::127.0.0.1"] {
+            let name: Name = host.parse().unwrap();
+            let err = resolver.call(name).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{host}");
+        }
+        let name: Name = "2002:808:808::1".parse().unwrap();
+        let addrs: Vec<_> = resolver.call(name).await.unwrap().collect();
+        assert_eq!(addrs.len(), 1);
     }
 
     #[test]
