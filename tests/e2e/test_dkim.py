@@ -190,6 +190,16 @@ def test_dns_verification_reports_each_record(sink):
             assert "example.com: verified" in r.stdout
             listed = json.loads(p.cli("domain", "list", "--json").stdout)
             assert listed[0]["verified_by"] == "dns"
+            # Its return-path MX and SPF were found: VERP return paths are
+            # used; once they disappear, the next check turns them off.
+            shown = lambda: json.loads(p.cli("domain", "show", "example.com", "--json").stdout)["return_path_used"]
+            assert shown() == "dns"
+            zone.records = [r for r in required if not r["name"].startswith("pst-bounces.")]
+            p.cli("domain", "verify", "example.com")
+            assert shown() == "off"
+            zone.records = list(required)
+            p.cli("domain", "verify", "example.com")
+            assert shown() == "dns"
 
             # The suggested SPF (return path) and DMARC records, as pyspf and
             # a DMARC reading see them through the same DNS server.

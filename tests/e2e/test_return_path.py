@@ -33,11 +33,24 @@ def test_verp_return_path_and_late_bounces(strict, sink):
     p.cli("domain", "add", "example.org", "--account", "admin")
     p.cli("domain", "verify", "example.org", "--operator")
     body = b"From: news@example.org\r\nTo: a@example.net\r\nSubject: hello\r\n\r\nhi\r\n"
-    with smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30) as s:
-        s.starttls(context=ssl.create_default_context(cafile=p.cert))
-        s.login("apikey", p.admin_key)
-        s.sendmail("news@example.org", ["alice@example.net", "bob@example.net"], body)
-    got = sink.wait_for(2)
+
+    def submit(rcpts):
+        with smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30) as s:
+            s.starttls(context=ssl.create_default_context(cafile=p.cert))
+            s.login("apikey", p.admin_key)
+            s.sendmail("news@example.org", rcpts, body)
+
+    # Verified by the operator, nobody checked that the bounce subdomain
+    # has MX and SPF records: the envelope sender is left alone, or
+    # bounces would be lost and the envelope domain have no SPF.
+    submit(["carol@example.net"])
+    first = sink.wait_for(1)
+    assert first[0]["mail_from"] == "news@example.org", first[0]["mail_from"]
+    assert json.loads(p.cli("domain", "show", "example.org", "--json").stdout)["return_path_used"] == "off"
+    # The operator says the records are there: return paths are used.
+    p.cli("domain", "return-path", "example.org", "on")
+    submit(["alice@example.net", "bob@example.net"])
+    got = sink.wait_for(3)[1:]
     by_rcpt = {m["rcpt_tos"][0]: m["mail_from"] for m in got}
     assert all(len(m["rcpt_tos"]) == 1 for m in got), "one transaction per recipient"
     alice_rp, bob_rp = by_rcpt["alice@example.net"], by_rcpt["bob@example.net"]

@@ -237,6 +237,7 @@ impl SenderAuthority {
         // return-path subdomain it already uses), when it has one.
         let return_path = domain_of(mail_from)
             .and_then(|d| covering(&d, &senders.domains, true))
+            .filter(|d| d.return_path_mode.is_on())
             .map(|d| format!("{}.{}", d.return_path, d.domain));
         Ok(Authorized {
             dkim_headers: self
@@ -345,6 +346,7 @@ mod tests {
             ed25519_private: vec![],
             ed25519_public: vec![],
             return_path: "pst-bounces".into(),
+            return_path_mode: Default::default(),
             created_at: 0,
             verified_at: Some(1),
             verified_by: Some("dns".into()),

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use postern_store::{DomainRecord, DomainStore, StoreError};
+use postern_store::{DomainRecord, DomainStore, ReturnPathMode, StoreError};
 
 use crate::check::{check_all, Checked, RecordLookup, Status};
 use crate::records::{records_for, Publishing};
@@ -58,6 +58,21 @@ pub async fn check_domain(
         newly_verified = true;
     }
     let valid = base_ok || d.verified_at.is_some();
+    // The return path is used only while its MX and SPF are published:
+    // found now → on (unless an operator set it), gone → off again.
+    let return_path_found = ["mail_server", "subdomain_spf"].iter().all(|key| {
+        checked
+            .iter()
+            .any(|c| c.record.key == *key && c.status == Status::Found)
+    });
+    let mode = match (return_path_found, d.return_path_mode) {
+        (true, ReturnPathMode::Off) => Some(ReturnPathMode::FoundInDns),
+        (false, ReturnPathMode::FoundInDns) => Some(ReturnPathMode::Off),
+        _ => None,
+    };
+    if let Some(mode) = mode {
+        store.set_return_path_mode(d.id, mode).await?;
+    }
     let mut promoted = None;
     let mut rotation_pending = None;
     if let Some(next) = &d.next {

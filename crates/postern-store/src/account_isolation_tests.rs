@@ -57,6 +57,7 @@ fn domain(account: &str) -> DomainRecord {
         ed25519_private: vec![3],
         ed25519_public: vec![4],
         return_path: "pst-bounces".into(),
+        return_path_mode: Default::default(),
         created_at: 5,
         verified_at: Some(6),
         verified_by: Some("dns".into()),

@@ -1760,6 +1760,7 @@ fn domain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainRecord> {
         ed25519_private: r.get(6)?,
         ed25519_public: r.get(7)?,
         return_path: r.get(8)?,
+        return_path_mode: ReturnPathMode::from_i64(r.get(22)?),
         created_at: r.get(9)?,
         verified_at: r.get(10)?,
         verified_by: r.get(11)?,
@@ -2036,7 +2037,7 @@ impl DomainStore for EmbeddedStore {
 
     async fn verified_domain(&self, domain: String) -> Result<Option<DomainRecord>> {
         self.read_optional(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1 AND verified_at IS NOT NULL AND {LIVE}"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS}, return_path_mode FROM domains WHERE domain = ?1 AND verified_at IS NOT NULL AND {LIVE}"),
             [domain],
             domain_from_row,
         )
@@ -2049,7 +2050,7 @@ impl DomainStore for EmbeddedStore {
         domain: String,
     ) -> Result<Option<DomainRecord>> {
         self.read_optional(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?2 AND account_id = {ID_OF_1}"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS}, return_path_mode FROM domains WHERE domain = ?2 AND account_id = {ID_OF_1}"),
             (account, domain),
             domain_from_row,
         )
@@ -2058,7 +2059,7 @@ impl DomainStore for EmbeddedStore {
 
     async fn list_domains(&self, account: Option<String>) -> Result<Vec<DomainRecord>> {
         self.read_all(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE {LIVE} AND (?1 IS NULL OR account_id = {ID_OF_1}) ORDER BY domain, rowid"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS}, return_path_mode FROM domains WHERE {LIVE} AND (?1 IS NULL OR account_id = {ID_OF_1}) ORDER BY domain, rowid"),
             [account],
             domain_from_row,
         )
@@ -2067,7 +2068,7 @@ impl DomainStore for EmbeddedStore {
 
     async fn get_domain_by_id(&self, id: i64) -> Result<Option<DomainRecord>> {
         self.read_optional(
-            format!("SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE rowid = ?1 AND {LIVE}"),
+            format!("SELECT rowid, {DOMAIN_COLUMNS}, return_path_mode FROM domains WHERE rowid = ?1 AND {LIVE}"),
             [id],
             domain_from_row,
         )
@@ -2092,7 +2093,7 @@ impl DomainStore for EmbeddedStore {
             // keys, in the same commit as the verification.
             let retired = {
                 let mut stmt = conn.prepare_cached(&format!(
-                    "SELECT rowid, {DOMAIN_COLUMNS} FROM domains WHERE domain = ?1 AND rowid <> ?2 AND verified_at IS NULL"
+                    "SELECT rowid, {DOMAIN_COLUMNS}, return_path_mode FROM domains WHERE domain = ?1 AND rowid <> ?2 AND verified_at IS NULL"
                 ))?;
                 let rows = stmt.query_map(params![domain, id], domain_from_row)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -2131,6 +2132,16 @@ impl DomainStore for EmbeddedStore {
                     next.ed25519_public,
                     next.created_at
                 ],
+            )? == 1)
+        })
+        .await
+    }
+
+    async fn set_return_path_mode(&self, id: i64, mode: ReturnPathMode) -> Result<bool> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE domains SET return_path_mode = ?2 WHERE rowid = ?1",
+                params![id, mode.as_i64()],
             )? == 1)
         })
         .await
@@ -2862,6 +2873,7 @@ mod tests {
             ed25519_private: vec![3],
             ed25519_public: vec![4],
             return_path: "pst-bounces".into(),
+            return_path_mode: Default::default(),
             created_at: 5,
             verified_at: None,
             verified_by: None,
@@ -2930,6 +2942,7 @@ mod tests {
             ed25519_private: vec![key],
             ed25519_public: vec![key],
             return_path: "pst-bounces".into(),
+            return_path_mode: Default::default(),
             created_at: 5,
             verified_at: None,
             verified_by: None,
@@ -2998,6 +3011,7 @@ mod tests {
             ed25519_private: vec![3],
             ed25519_public: vec![4],
             return_path: "pst-bounces".into(),
+            return_path_mode: Default::default(),
             created_at: 5,
             verified_at: Some(6),
             verified_by: Some("dns".into()),

@@ -131,6 +131,9 @@ pub trait DomainStore: Send + Sync {
     /// The next keys become the signing keys; the replaced ones are kept
     /// as `previous` until `retire_at`. False when no rotation is pending.
     async fn promote_rotation(&self, id: i64, retire_at: i64) -> Result<bool>;
+    /// Sets when the domain's return-path subdomain is used; false when
+    /// no such domain.
+    async fn set_return_path_mode(&self, id: i64, mode: ReturnPathMode) -> Result<bool>;
     /// Forgets replaced keys whose overlap has ended; returns their domains.
     async fn retire_previous(&self, now: i64) -> Result<Vec<String>>;
     /// Changes whenever a domain, a single sender or an account's sender

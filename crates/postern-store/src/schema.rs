@@ -361,6 +361,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER domains_del AFTER DELETE ON domains BEGIN
         UPDATE sender_config_version SET version = version + 1 WHERE id = 1; END;
     "#,
+    // 21: when a domain's return-path subdomain is used for VERP: 0 off,
+    // 1 its MX and SPF were found in DNS, 2 an operator turned it on.
+    // Domains verified through DNS had those records found (they are
+    // required), so they keep rewriting; operator-verified ones stop until
+    // the records are found or the operator says so.
+    r#"
+    ALTER TABLE domains ADD COLUMN return_path_mode INTEGER NOT NULL DEFAULT 0;
+    UPDATE domains SET return_path_mode = 1 WHERE verified_by = 'dns';
+    "#,
 ];
 
 /// Tables that hold rows owned by an account: each has `account` (the

@@ -348,6 +348,48 @@ pub struct WebhookRecord {
     pub last_error_at: Option<i64>,
 }
 
+/// When a domain's return-path subdomain is used (stored as 0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnPathMode {
+    /// Not used: the envelope sender stays as the client gave it.
+    #[default]
+    Off,
+    /// Its MX and SPF records were found by the last DNS check.
+    FoundInDns,
+    /// Turned on by an operator, whatever DNS says.
+    Operator,
+}
+
+impl ReturnPathMode {
+    pub fn is_on(self) -> bool {
+        self != ReturnPathMode::Off
+    }
+
+    pub fn as_i64(self) -> i64 {
+        match self {
+            ReturnPathMode::Off => 0,
+            ReturnPathMode::FoundInDns => 1,
+            ReturnPathMode::Operator => 2,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Self {
+        match v {
+            1 => ReturnPathMode::FoundInDns,
+            2 => ReturnPathMode::Operator,
+            _ => ReturnPathMode::Off,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReturnPathMode::Off => "off",
+            ReturnPathMode::FoundInDns => "dns",
+            ReturnPathMode::Operator => "operator",
+        }
+    }
+}
+
 /// A sending domain of an account, with its DKIM keys.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DomainRecord {
@@ -365,6 +407,10 @@ pub struct DomainRecord {
     pub ed25519_public: Vec<u8>,
     /// Label of the return-path subdomain.
     pub return_path: String,
+    /// Whether mail from the domain leaves with a VERP return path in that
+    /// subdomain: only once its MX and SPF were found (or an operator says
+    /// so), or bounces would be lost and the envelope domain have no SPF.
+    pub return_path_mode: ReturnPathMode,
     pub created_at: i64,
     pub verified_at: Option<i64>,
     /// "dns", or "operator:<actor>" when marked verified without DNS.

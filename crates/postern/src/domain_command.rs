@@ -6,6 +6,7 @@ use clap::Subcommand;
 use postern_core::Config;
 use postern_mailauth::records::{records_for, zone_snippet};
 use postern_mailauth::DkimKeys;
+use postern_store::ReturnPathMode;
 use postern_store::{AccountStore, DomainRecord, DomainStore, StoreError};
 
 #[derive(Subcommand)]
@@ -76,6 +77,16 @@ pub enum DomainCommand {
         selector: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Use the domain's return-path subdomain for VERP whatever DNS says
+    /// (`on`), or only once its MX and SPF are found by `verify` (`auto`,
+    /// the default), or never (`off`, until `verify` finds them again).
+    ReturnPath {
+        domain: String,
+        #[arg(value_parser = ["on", "auto", "off"])]
+        mode: String,
+        #[arg(long)]
+        account: Option<String>,
     },
     /// Remove a domain and its keys.
     Remove {
@@ -151,6 +162,7 @@ fn records_json(config: &Config, d: &DomainRecord, report_to: Option<&str>) -> s
             "previous_retire_at": d.previous.as_ref().map(|p| postern_core::time::rfc3339(p.retire_at)),
         },
         "return_path": format!("{}.{}", d.return_path, d.domain),
+        "return_path_used": d.return_path_mode.as_str(),
         "records": records.iter().map(|r| serde_json::json!({
             "name": r.name, "type": r.rtype, "value": r.value,
             "purpose": r.purpose, "required": r.required,
@@ -197,6 +209,7 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     ed25519_private: keys.ed25519_private,
                     ed25519_public: keys.ed25519_public,
                     return_path: "pst-bounces".into(),
+                    return_path_mode: Default::default(),
                     created_at: postern_core::time::now_millis(),
                     verified_at: None,
                     verified_by: None,
@@ -407,6 +420,23 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                     let new: Vec<_> = records.into_iter().filter(|r| r.key.starts_with("next_")).collect();
                     print!("{}", zone_snippet(&new));
                 }
+            }
+            DomainCommand::ReturnPath { domain, mode, account } => {
+                let domain = domain.to_ascii_lowercase();
+                let d = find_domain(&store, &domain, account.as_deref()).await?;
+                let new = match mode.as_str() {
+                    "on" => ReturnPathMode::Operator,
+                    // `auto` keeps what the last DNS check found.
+                    "auto" if d.return_path_mode == ReturnPathMode::FoundInDns => ReturnPathMode::FoundInDns,
+                    _ => ReturnPathMode::Off,
+                };
+                store.set_return_path_mode(d.id, new).await?;
+                crate::account_command::audit(&store, "domain.return_path", Some(&d.account), format!("domain={domain} mode={}", new.as_str())).await?;
+                println!(
+                    "{domain}: return path {} ({}.{domain})",
+                    if new.is_on() { "used" } else { "not used; run `postern domain verify` once its MX and SPF are published" },
+                    d.return_path
+                );
             }
             DomainCommand::Remove { domain, account } => {
                 let domain = domain.to_ascii_lowercase();

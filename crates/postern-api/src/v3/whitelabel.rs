@@ -121,6 +121,7 @@ async fn create(
         ed25519_private: keys.ed25519_private,
         ed25519_public: keys.ed25519_public,
         return_path,
+        return_path_mode: Default::default(),
         created_at: postern_core::time::now_millis(),
         verified_at: None,
         verified_by: None,
