@@ -79,3 +79,57 @@ fn session_corpus_replays() {
         "{injected}"
     );
 }
+
+/// Without a nightly toolchain, libFuzzer cannot run: a bounded, seeded
+/// stand-in mutates the corpus (byte flips, splices, truncation, a new
+/// state byte and pipe size) through the same per-input function.
+#[test]
+fn session_seeded_mutations() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let seeds: Vec<Vec<u8>> = corpus("session").into_iter().map(|(_, d)| d).collect();
+    let harness = postern_smtp::fuzzing::SessionHarness::new();
+    let mut rng = StdRng::seed_from_u64(0x5e55_1011);
+    for _ in 0..2000 {
+        let mut input = seeds[rng.random_range(0..seeds.len())].clone();
+        for _ in 0..rng.random_range(1..6) {
+            let len = input.len().max(1);
+            match rng.random_range(0..5) {
+                0 => {
+                    let i = rng.random_range(0..len).min(input.len().saturating_sub(1));
+                    if let Some(b) = input.get_mut(i) {
+                        *b = rng.random();
+                    }
+                }
+                1 => {
+                    let other = &seeds[rng.random_range(0..seeds.len())];
+                    let from = rng.random_range(0..other.len());
+                    let at = rng.random_range(0..=input.len());
+                    let piece: Vec<u8> = other[from..].iter().take(64).copied().collect();
+                    input.splice(at..at, piece);
+                }
+                2 => input.truncate(rng.random_range(0..=input.len())),
+                3 => {
+                    let at = rng.random_range(0..=input.len());
+                    let piece: &[u8] = [
+                        &b"\r\n"[..],
+                        b"\n",
+                        b"\r",
+                        b".",
+                        b"\n.\n",
+                        b"\r\n.\r\n",
+                        b"\0",
+                    ][rng.random_range(0..7)];
+                    input.splice(at..at, piece.iter().copied());
+                }
+                _ => {
+                    if input.len() >= 2 {
+                        input[0] = rng.random();
+                        input[1] = rng.random();
+                    }
+                }
+            }
+        }
+        harness.run(&input);
+    }
+}
