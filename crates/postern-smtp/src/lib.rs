@@ -2,6 +2,11 @@
 //! session, one file per SMTP phase under `session/`.
 
 pub mod body;
+/// Per-input functions for the fuzz targets in `fuzz/` and their corpus
+/// replay test; not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod listener;
 pub mod reply;

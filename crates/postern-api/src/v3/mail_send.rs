@@ -484,6 +484,55 @@ async fn read_body(
     Ok(out)
 }
 
+/// Everything the route does with a parsed request before the intake: the
+/// request-wide checks, the attachments checked and decoded once, then
+/// every personalization built (and so validated) and held to the size
+/// limit, one at a time: `each` sees every built message before it is
+/// dropped. A request is queued whole or not at all, as far as validation
+/// goes. Returns the decoded attachments and the largest message's size.
+fn prepare(
+    req: &MailSend,
+    hostname: &str,
+    max_message_size: usize,
+    mut each: impl FnMut(&Personalization, &Built),
+) -> Result<(Vec<Decoded>, usize), ApiError> {
+    if req.personalizations.is_empty() || req.personalizations.len() > MAX_RECIPIENTS {
+        return Err(bad(
+            "personalizations",
+            "between 1 and 1000 personalizations are required",
+        ));
+    }
+    unsupported(req)?;
+    let total: usize = req
+        .personalizations
+        .iter()
+        .map(|p| p.to.len() + p.cc.len() + p.bcc.len())
+        .sum();
+    if total > MAX_RECIPIENTS {
+        return Err(bad(
+            "personalizations",
+            "at most 1000 recipients (to, cc and bcc) per request",
+        ));
+    }
+    let attachments = decode_attachments(req)?;
+    let mut largest = 0;
+    for p in &req.personalizations {
+        let b = build(req, p, &attachments, hostname)?;
+        if b.body.len() > max_message_size {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the message is {} bytes; this server accepts at most {max_message_size}",
+                    b.body.len(),
+                ),
+            ));
+        }
+        largest = largest.max(b.body.len());
+        each(p, &b);
+    }
+    Ok((attachments, largest))
+}
+
 async fn send(
     State(state): State<ApiState>,
     caller: Caller,
@@ -510,46 +559,15 @@ async fn send(
         )
     })?;
     drop(raw);
-    if req.personalizations.is_empty() || req.personalizations.len() > MAX_RECIPIENTS {
-        return Err(bad(
-            "personalizations",
-            "between 1 and 1000 personalizations are required",
-        ));
-    }
-    unsupported(&req)?;
-    let total: usize = req
-        .personalizations
-        .iter()
-        .map(|p| p.to.len() + p.cc.len() + p.bcc.len())
-        .sum();
-    if total > MAX_RECIPIENTS {
-        return Err(bad(
-            "personalizations",
-            "at most 1000 recipients (to, cc and bcc) per request",
-        ));
-    }
-    let attachments = decode_attachments(&req)?;
+    let (attachments, largest) = prepare(
+        &req,
+        mail.intake.hostname(),
+        mail.max_message_size,
+        |_, _| {},
+    )?;
     let mut attachments_lease = budget.lease();
     if !attachments_lease.cover(attachments.iter().map(|a| a.data.len()).sum()) {
         return Err(budget_spent());
-    }
-    // Everything is built (and so validated) before anything is queued, so
-    // a request is queued whole or not at all as far as validation goes;
-    // each message is dropped once measured, so only one is in memory.
-    let mut largest = 0;
-    for p in &req.personalizations {
-        let b = build(&req, p, &attachments, mail.intake.hostname())?;
-        if b.body.len() > mail.max_message_size {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the message is {} bytes; this server accepts at most {}",
-                    b.body.len(),
-                    mail.max_message_size
-                ),
-            ));
-        }
-        largest = largest.max(b.body.len());
     }
     if req
         .mail_settings
@@ -617,6 +635,106 @@ async fn send(
         }
     }
     Ok((StatusCode::ACCEPTED, headers).into_response())
+}
+
+/// The per-input function of the `mail_send` fuzz target (through
+/// `crate::fuzzing`): the request body parsed as the route parses it,
+/// then `prepare`, everything but the intake. What is
+/// built must be what was validated: envelope addresses that parse, a
+/// header section of CRLF lines holding only the fields the builder writes
+/// and the request's own `headers`, each builder field once, and a header
+/// From that the strict parser (which the sender check and DKIM act on)
+/// reads back as the envelope sender.
+/// Returns how many messages were built (0: refused).
+pub(crate) fn fuzz_one(data: &[u8]) -> usize {
+    let Ok(req) = serde_json::from_slice::<MailSend>(data) else {
+        return 0;
+    };
+    let mut built = 0;
+    let prepared = prepare(&req, "api.test", 1 << 20, |p, b| {
+        check_built(b, &req, p);
+        built += 1;
+    });
+    if prepared.is_err() {
+        return 0;
+    }
+    built
+}
+
+fn check_built(b: &Built, req: &MailSend, p: &Personalization) {
+    let e = &b.envelope;
+    for a in std::iter::once(&e.mail_from).chain(e.recipients.iter().map(|r| &r.address)) {
+        assert!(
+            Address::parse(a, true).is_ok(),
+            "built an envelope address that does not parse: {a:?}"
+        );
+        assert!(!a
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>,;".contains(c)));
+    }
+    let Some(split) = b.body.windows(4).position(|w| w == b"\r\n\r\n") else {
+        panic!("no empty line after the header section");
+    };
+    let head = &b.body[..split + 2];
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for line in head.split_inclusive(|&c| c == b'\n') {
+        assert!(
+            line.ends_with(b"\r\n")
+                && !line[..line.len() - 2]
+                    .iter()
+                    .any(|&c| c == b'\r' || c == b'\n'),
+            "header line without CRLF or with a bare CR/LF: {:?}",
+            String::from_utf8_lossy(line)
+        );
+        if line[0] == b' ' || line[0] == b'\t' {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&c| c == b':') else {
+            panic!(
+                "header line without a field name: {:?}",
+                String::from_utf8_lossy(line)
+            );
+        };
+        let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
+        *counts.entry(name).or_default() += 1;
+    }
+    const WRITTEN: &[&str] = &[
+        "from",
+        "to",
+        "cc",
+        "reply-to",
+        "subject",
+        "message-id",
+        "date",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    ];
+    for (name, n) in &counts {
+        let requested = req
+            .headers
+            .keys()
+            .chain(p.headers.keys())
+            .any(|k| k.eq_ignore_ascii_case(name));
+        assert!(
+            WRITTEN.contains(&name.as_str()) || requested,
+            "header field {name:?} that nobody asked for"
+        );
+        // The builder writes each of its fields once, and the request's
+        // headers are deduplicated: a second one was smuggled in.
+        assert_eq!(*n, 1, "header field {name:?} written {n} times");
+    }
+    let from = postern_mailauth::header_from::header_from(&b.body);
+    let from = match from {
+        Ok(Some(list)) if list.len() == 1 => list.into_iter().next().map(|m| m.address),
+        other => panic!("header From not read back as one mailbox: {other:?}"),
+    };
+    let from = from.unwrap_or_default();
+    assert!(
+        from.eq_ignore_ascii_case(&e.mail_from),
+        "header From read back as {from:?}, the envelope sender is {:?}",
+        e.mail_from
+    );
 }
 
 #[cfg(test)]

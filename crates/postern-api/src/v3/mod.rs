@@ -7,6 +7,7 @@ mod api_keys;
 mod audit;
 mod mail_fields;
 mod mail_send;
+pub(crate) use mail_send::fuzz_one as fuzz_mail_send;
 mod messages;
 mod queue;
 mod subusers;

@@ -121,6 +121,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// Starts the session as if AUTH had already succeeded, so the fuzz
+    /// harness (`crate::fuzzing`) reaches the authenticated states without
+    /// a credential exchange in every input. Not reachable from the network.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn authenticated_as(mut self, principal: Principal) -> Self {
+        self.conn.principal = Some(principal);
+        self
+    }
+
     /// Runs the session until it closes or STARTTLS hands the stream back.
     /// `greet` is false after STARTTLS, where no new greeting is sent.
     pub async fn run(mut self, greet: bool) -> SessionEnd<S> {
