@@ -213,6 +213,7 @@ impl SessionHarness {
                         max_messages_per_hour: None,
                         ip_pool: None,
                         sender_alignment: None,
+                        require_2fa_for_credentials: false,
                     })
                     .await
                     .expect("fuzz harness: account");
