@@ -341,11 +341,54 @@ impl Default for DnsConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     /// Domains accepted without AUTH on `mx` listeners.
     pub domains: Vec<String>,
+    /// Which recipients at those domains are accepted at RCPT: every
+    /// local part would let a spammer make us bounce to forged senders.
+    pub recipient_check: RecipientCheck,
+    /// With `recipient_check = "list"`: the addresses accepted; `@domain`
+    /// accepts every address of a domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// With `recipient_check = "callahead"`: how long a next hop's answer
+    /// about an address is kept (refusals for a tenth of it).
+    #[serde(with = "crate::duration")]
+    pub callahead_cache: Duration,
+    /// DSNs for mail that arrived without authentication (headers only):
+    /// at most this many an hour to one address...
+    pub dsn_per_address_per_hour: u32,
+    /// ...and this many an hour in all.
+    pub dsn_per_hour: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            domains: Vec::new(),
+            recipient_check: RecipientCheck::Callahead,
+            recipients: Vec::new(),
+            callahead_cache: Duration::from_secs(3600),
+            dsn_per_address_per_hour: 5,
+            dsn_per_hour: 200,
+        }
+    }
+}
+
+/// How recipients at relay domains are checked at RCPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientCheck {
+    /// Ask the domain's next hop (RCPT TO, without sending anything), and
+    /// keep its answer for `callahead_cache`.
+    Callahead,
+    /// Only the addresses in `relay.recipients`.
+    List,
+    /// Every address (the next hop refuses later; bounces then go out,
+    /// rate-limited): only for next hops that accept everything.
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -794,6 +837,31 @@ impl Config {
         if l.max_message_size < 1024 {
             return Err(invalid("limits.max_message_size", "must be at least 1024"));
         }
+        match self.relay.recipient_check {
+            RecipientCheck::Callahead => {
+                for d in &self.relay.domains {
+                    let routed = self
+                        .route
+                        .iter()
+                        .any(|r| r.domain == "*" || r.domain.eq_ignore_ascii_case(d));
+                    if !routed {
+                        return Err(invalid(
+                            "relay.recipient_check",
+                            format!("\"callahead\" needs a [[route]] for relay domain {d} (its MX is this server); add one, or use \"list\""),
+                        ));
+                    }
+                }
+            }
+            RecipientCheck::List
+                if !self.relay.domains.is_empty() && self.relay.recipients.is_empty() =>
+            {
+                return Err(invalid(
+                    "relay.recipients",
+                    "is empty, so \"list\" would refuse every recipient of the relay domains",
+                ));
+            }
+            _ => {}
+        }
         if l.body_memory_budget < l.max_message_size {
             return Err(invalid(
                 "limits.body_memory_budget",
@@ -1011,6 +1079,13 @@ mod tests {
         assert_eq!(c.http.max_connections_per_ip, d.http.max_connections_per_ip);
         assert_eq!(c.http.metrics_address, d.http.metrics_address);
         assert_eq!(c.dns.dane_required, d.dns.dane_required);
+        assert_eq!(c.relay.recipient_check, d.relay.recipient_check);
+        assert_eq!(c.relay.callahead_cache, d.relay.callahead_cache);
+        assert_eq!(
+            c.relay.dsn_per_address_per_hour,
+            d.relay.dsn_per_address_per_hour
+        );
+        assert_eq!(c.relay.dsn_per_hour, d.relay.dsn_per_hour);
         assert_eq!(
             c.smtp.require_verified_senders,
             d.smtp.require_verified_senders

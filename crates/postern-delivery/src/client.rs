@@ -493,7 +493,7 @@ impl SmtpClient {
                 }
             };
             for ip in ips {
-                match self.try_host(c, ip, job, source).await {
+                match self.try_host(c, ip, Errand::Deliver(job), source).await {
                     Ok((attempt, conn)) => {
                         if let Some(mut conn) = conn {
                             metrics::counter!("postern_delivery_connections_total", "kind" => "new")
@@ -531,7 +531,7 @@ impl SmtpClient {
         &self,
         c: &Candidate,
         ip: IpAddr,
-        job: &DeliveryJob,
+        errand: Errand<'_>,
         source: Option<&Source>,
     ) -> Result<(Attempt, Option<KeptConnection>), HostFailure> {
         let addr = SocketAddr::new(ip, c.port);
@@ -578,7 +578,7 @@ impl SmtpClient {
         let ehlo_name = source
             .map(|s| s.ehlo_name.as_str())
             .unwrap_or(&self.settings.ehlo_name);
-        match self.session(&mut conn, c, addr, job, ehlo_name).await {
+        match self.session(&mut conn, c, addr, errand, ehlo_name).await {
             Ok((attempt, caps, via)) => Ok((
                 attempt,
                 Some(KeptConnection {
@@ -600,7 +600,7 @@ impl SmtpClient {
         conn: &mut Conn,
         c: &Candidate,
         addr: SocketAddr,
-        job: &DeliveryJob,
+        errand: Errand<'_>,
         ehlo_name: &str,
     ) -> Result<(Attempt, Capabilities, Via), HostFailure> {
         let io_fail = |conn: &Conn, e: io::Error| {
@@ -735,10 +735,11 @@ impl SmtpClient {
             tls: tls_desc,
             tls_policy: c.policy,
         };
-        let outcomes = self
-            .transaction(conn, &caps, job)
-            .await
-            .map_err(|e| io_fail(conn, e))?;
+        let outcomes = match errand {
+            Errand::Deliver(job) => self.transaction(conn, &caps, job).await,
+            Errand::Probe(address) => self.probe(conn, address).await.map(|o| vec![o]),
+        }
+        .map_err(|e| io_fail(conn, e))?;
         Ok((
             Attempt {
                 outcomes,
@@ -747,6 +748,67 @@ impl SmtpClient {
             caps,
             via,
         ))
+    }
+
+    /// A call-ahead: MAIL FROM:<> and RCPT TO for one address, then RSET;
+    /// no message is sent. The RCPT reply is the answer.
+    async fn probe(&self, conn: &mut Conn, address: &str) -> io::Result<Outcome> {
+        conn.step = "MAIL";
+        conn.send(b"MAIL FROM:<>\r\n").await?;
+        let (code, text) = conn.reply().await?;
+        if code != 250 {
+            // The next hop refuses the null sender or is unwell: no answer
+            // about the recipient.
+            return Ok(Outcome::Transient(format!(
+                "call-ahead MAIL: {code} {text}"
+            )));
+        }
+        conn.step = "RCPT";
+        conn.send(format!("RCPT TO:<{address}>\r\n").as_bytes())
+            .await?;
+        let (code, text) = conn.reply().await?;
+        conn.step = "RSET";
+        conn.send(b"RSET\r\n").await?;
+        let _ = conn.reply().await;
+        Ok(Outcome::from_reply(code, &text, "RCPT"))
+    }
+
+    /// Asks a static route's next hop whether it takes `address`, the way
+    /// a delivery would reach it (TLS policy, credentials), without
+    /// sending a message (a "call-ahead"). `Delivered` means accepted.
+    pub async fn probe_recipient(
+        &self,
+        route: &crate::route::StaticRoute,
+        address: &str,
+    ) -> Outcome {
+        let c = Candidate {
+            host: route.host.clone(),
+            port: route.port,
+            tls: route.tls,
+            ca_file: route.ca_file.clone(),
+            auth: route.auth.clone(),
+            policy: policy_label(route.tls),
+            webpki: false,
+            report_only: false,
+            dane: None,
+        };
+        let ips = match self.resolver.addresses(&c.host).await {
+            Ok(ips) => ips,
+            Err(o) => return o,
+        };
+        let mut last = Outcome::Transient(format!("no address for {}", c.host));
+        for ip in ips {
+            match self.try_host(&c, ip, Errand::Probe(address), None).await {
+                Ok((attempt, conn)) => {
+                    if let Some(mut k) = conn {
+                        quit(&mut k.conn).await;
+                    }
+                    return attempt.outcomes.into_iter().next().unwrap_or(last);
+                }
+                Err(HostFailure(o)) => last = o,
+            }
+        }
+        last
     }
 
     async fn ehlo(&self, conn: &mut Conn, name: &str) -> io::Result<Capabilities> {
@@ -890,6 +952,14 @@ async fn reset(conn: &mut Conn) -> io::Result<()> {
     conn.send(b"RSET\r\n").await?;
     conn.reply().await?;
     Ok(())
+}
+
+/// What a connection is opened for.
+#[derive(Clone, Copy)]
+enum Errand<'a> {
+    Deliver(&'a DeliveryJob),
+    /// A call-ahead for one recipient.
+    Probe(&'a str),
 }
 
 impl HostFailure {

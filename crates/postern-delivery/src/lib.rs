@@ -7,6 +7,7 @@
 pub mod client;
 pub mod dane;
 pub mod dnssec_probe;
+pub mod dsn_limit;
 pub mod mta_sts;
 pub mod mx;
 pub mod outcome;

@@ -69,6 +69,9 @@ pub struct Scheduler {
     /// Where accounts' IP pools are read (None: every message uses the
     /// default pool, if any).
     pub accounts: Option<Arc<dyn AccountStore>>,
+    /// DSNs for mail that came in without authentication: headers only,
+    /// and at most this many (backscatter to forged senders).
+    pub unauthenticated_dsns: Arc<crate::dsn_limit::DsnLimiter>,
 }
 
 struct Work {
@@ -669,14 +672,44 @@ impl Scheduler {
         }
         // RFC 3461 §6.2 / RFC 5321 §4.5.5: a DSN goes to the envelope sender,
         // never for a message with a null sender (no bounce loops).
-        if let (Some(intake), false, false) =
-            (&self.bounces, failed.is_empty(), job.mail_from.is_empty())
-        {
+        let unauthenticated = job.account.is_none();
+        let wants_dsn = !failed.is_empty() && !job.mail_from.is_empty();
+        let dsn_allowed = !wants_dsn
+            || !unauthenticated
+            || {
+                let ok = self.unauthenticated_dsns.allow(&job.mail_from);
+                if !ok {
+                    metrics::counter!("postern_dsn_suppressed_total", "reason" => "rate_limit")
+                        .increment(1);
+                    tracing::info!(message = %job.message_id, to = %job.mail_from, "DSN for unauthenticated mail not sent: rate limit");
+                    for o in outcomes
+                        .iter_mut()
+                        .filter(|o| o.settlement == Settlement::Failed)
+                    {
+                        o.detail.push_str(
+                            "; no DSN (rate limit for mail that arrived without authentication)",
+                        );
+                    }
+                }
+                ok
+            };
+        if let (Some(intake), false, false, true) = (
+            &self.bounces,
+            failed.is_empty(),
+            job.mail_from.is_empty(),
+            dsn_allowed,
+        ) {
             let body = dsn::build(&Bounce {
                 reporting_mta: intake.hostname(),
                 original_sender: &job.mail_from,
                 envid: job.envid.as_deref(),
-                ret: job.ret,
+                // A stranger's message is never sent back whole to an
+                // address it may have forged: headers only.
+                ret: if unauthenticated {
+                    Some(postern_core::envelope::DsnReturn::Headers)
+                } else {
+                    job.ret
+                },
                 arrival_millis: job.received_at,
                 now_millis: now,
                 message_id: job.message_id.as_str(),

@@ -412,6 +412,7 @@ async fn start_node_inner(
         suppressions: Some(store.clone()),
         shaping,
         accounts: Some(store.clone()),
+        unauthenticated_dsns: Arc::new(postern_delivery::dsn_limit::DsnLimiter::new(100, 1000)),
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));

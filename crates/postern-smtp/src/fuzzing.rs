@@ -249,6 +249,11 @@ impl SessionHarness {
                     config.limits.max_connections,
                     config.limits.max_connections_per_ip,
                 ),
+                // A fixed list: deterministic, and no next hop to ask.
+                recipients: Arc::new(crate::ListedRecipients::new(&[
+                    "@relay.fuzz.test".into(),
+                    "@relay.example".into(),
+                ])),
                 config,
             })
         };

@@ -9,9 +9,11 @@ pub mod body;
 pub mod fuzzing;
 pub mod limits;
 pub mod listener;
+pub mod recipients;
 pub mod reply;
 pub mod session;
 pub mod tls;
 
 pub use limits::ConnectionLimiter;
 pub use listener::{mechanism_bits, serve_listener, ListenerContext, SmtpContext};
+pub use recipients::{AnyRecipient, ListedRecipients, RecipientVerdict, RecipientVerifier};

@@ -25,6 +25,8 @@ pub struct SmtpContext {
     pub intake: Intake,
     pub authenticator: Authenticator,
     pub limiter: Arc<ConnectionLimiter>,
+    /// Which recipients at relay domains the `mx` listener takes.
+    pub recipients: Arc<dyn crate::recipients::RecipientVerifier>,
 }
 
 /// One listener's settings.

@@ -4,6 +4,7 @@
 mod account_command;
 mod audit_command;
 mod bootstrap;
+mod callahead;
 mod cli;
 mod dane_status;
 mod dns_lookup;

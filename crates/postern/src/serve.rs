@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use postern_accounts::Authenticator;
+use postern_core::config::RecipientCheck;
 use postern_core::Config;
 use postern_delivery::{ClientSettings, MxResolver, Router, Scheduler, SmtpClient};
 use postern_queue::{Intake, RetrySchedule};
@@ -144,12 +145,40 @@ pub async fn serve(config: Config) -> Result<()> {
         config.limits.max_connections,
         config.limits.max_connections_per_ip,
     );
+    let recipients: Arc<dyn postern_smtp::RecipientVerifier> = match config.relay.recipient_check {
+        RecipientCheck::Any => Arc::new(postern_smtp::AnyRecipient),
+        RecipientCheck::List => Arc::new(postern_smtp::ListedRecipients::new(
+            &config.relay.recipients,
+        )),
+        RecipientCheck::Callahead => {
+            // Its own client: static routes only, so no DANE resolver.
+            let probe_client = SmtpClient::new(
+                ClientSettings {
+                    ehlo_name: config.server.hostname.clone(),
+                    connect_timeout: config.queue.connect_timeout,
+                    command_timeout: config.queue.command_timeout,
+                    mx_port: postern_delivery::client::SMTP_PORT,
+                    ca_file: config.queue.tls_ca_file.clone(),
+                    mta_sts_port: 443,
+                    mta_sts: false,
+                },
+                Arc::new(MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?),
+            )
+            .map_err(anyhow::Error::msg)?;
+            Arc::new(crate::callahead::CallAhead::new(
+                Arc::new(probe_client),
+                Router::new(&config.route),
+                config.relay.callahead_cache,
+            ))
+        }
+    };
     let ctx = Arc::new(SmtpContext {
         config: config.clone(),
         relay_domains: config.relay_domains().into_iter().collect(),
         intake,
         authenticator,
         limiter: limiter.clone(),
+        recipients,
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -296,6 +325,10 @@ pub async fn serve(config: Config) -> Result<()> {
         suppressions: Some(store.clone()),
         shaping: postern_delivery::Shaping::from_config(&config),
         accounts: Some(store.clone()),
+        unauthenticated_dsns: Arc::new(postern_delivery::dsn_limit::DsnLimiter::new(
+            config.relay.dsn_per_address_per_hour,
+            config.relay.dsn_per_hour,
+        )),
     };
     let grace = config.server.shutdown_grace;
     let scheduler_task = tokio::spawn(scheduler.run(shutdown_rx.clone(), grace));

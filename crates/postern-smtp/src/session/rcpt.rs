@@ -11,6 +11,7 @@ use smtp_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Session};
+use crate::recipients::RecipientVerdict;
 use crate::reply::{common, Reply};
 
 /// Longest pause before answering a refused recipient.
@@ -48,8 +49,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.listener.role == ListenerRole::Mx && self.conn.principal.is_none() {
             // Never an open relay (DESIGN §4): unauthenticated mail only for
             // relay domains, and never with routing tricks in the local part.
-            let relay = self.ctx.relay_domains.contains(address.domain())
-                || self.ctx.intake.is_return_path(&address.to_string()).await;
+            let local = self.ctx.relay_domains.contains(address.domain());
+            let relay = local || self.ctx.intake.is_return_path(&address.to_string()).await;
             if !relay || address.check_no_routing().is_err() {
                 tracing::info!(peer = %self.peer, rcpt = %to.address, "relay denied");
                 return self
@@ -58,6 +59,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         "relay_denied",
                     )
                     .await;
+            }
+            if local {
+                // Only recipients that exist: a later refusal would bounce
+                // to a sender that may be forged (backscatter).
+                match self.ctx.recipients.verify(&address.to_string()).await {
+                    RecipientVerdict::Accept => {}
+                    RecipientVerdict::Refuse(why) => {
+                        tracing::info!(peer = %self.peer, rcpt = %to.address, reason = %why, "unknown recipient");
+                        return self
+                            .refuse_recipient(
+                                // RFC 3463 5.1.1: bad destination mailbox.
+                                Reply::new(550, (5, 1, 1), "No such recipient here"),
+                                "unknown_recipient",
+                            )
+                            .await;
+                    }
+                    RecipientVerdict::TryLater(why) => {
+                        tracing::info!(peer = %self.peer, rcpt = %to.address, reason = %why, "recipient check unavailable");
+                        metrics::counter!("postern_smtp_rejected_total", "reason" => "recipient_check_unavailable").increment(1);
+                        // RFC 3463 4.4.3: directory server failure.
+                        self.reply(Reply::new(
+                            451,
+                            (4, 4, 3),
+                            "Cannot check this recipient now; try again later",
+                        ));
+                        return Ok(());
+                    }
+                }
             }
         }
         let Some(txn) = &mut self.txn else {

@@ -60,6 +60,13 @@ pub async fn start(mut config: Config) -> Server {
             .with_quotas(postern_queue::Quotas::new(store.clone())),
         authenticator,
         limiter,
+        recipients: match config.relay.recipient_check {
+            postern_core::config::RecipientCheck::List => Arc::new(
+                postern_smtp::ListedRecipients::new(&config.relay.recipients),
+            ),
+            // No next hop in these tests to ask.
+            _ => Arc::new(postern_smtp::AnyRecipient),
+        },
         config: config.clone(),
     });
     let (tx, rx) = watch::channel(false);

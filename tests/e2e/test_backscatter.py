@@ -1,0 +1,71 @@
+"""No backscatter from the mx listener. With the default recipient check
+(call-ahead to the relay domain's next hop), a recipient the internal
+server does not know is refused at RCPT, before any message exists to
+bounce. Where recipients are not checked, a bounce for mail that came in
+without authentication carries the headers only (whatever RET asked) and
+is rate-limited per address, so a forged sender cannot be flooded."""
+
+import json
+import smtplib
+import tempfile
+import time
+
+import pytest
+
+from conftest import Postern
+
+
+def test_unknown_relay_recipients_are_refused_at_rcpt(postern, sink):
+    with smtplib.SMTP("127.0.0.1", postern.ports["mx"], timeout=30) as s:
+        s.ehlo("mx.example.net")
+        s.mail("spammer-claims@victim.example")
+        code, text = s.rcpt("reject-nobody@relay.test")
+        assert code == 550 and text.startswith(b"5.1.1"), (code, text)
+        code, _ = s.rcpt("alice@relay.test")
+        assert code == 250
+        code, _ = s.data(b"Subject: hi\r\n\r\nhello\r\n")
+        assert code == 250
+    got = sink.wait_for(1)
+    assert got[0]["rcpt_tos"] == ["alice@relay.test"]
+    # Nothing was queued for the unknown recipient, so nothing can bounce.
+    time.sleep(1)
+    events = json.loads(postern.cli("events", "--json").stdout)
+    assert not [e for e in events if e.get("email", e.get("recipient", "")).startswith("reject-")], events
+
+
+@pytest.fixture
+def unchecked(sink):
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, extra_config='[relay]\ndomains = ["relay.test"]\nrecipient_check = "any"\ndsn_per_address_per_hour = 2\n')
+        # The fixture's [relay] table is replaced by ours (domains kept).
+        p.config_path.write_text(p.config_path.read_text().replace('[relay]\ndomains = ["relay.test"]\n\n[smtp]', '[smtp]', 1))
+        p.start()
+        p.read_admin_key()
+        yield p
+        p.stop()
+
+
+def test_bounces_of_unauthenticated_mail_are_headers_only_and_rate_limited(unchecked, sink):
+    p = unchecked
+    for i in range(6):
+        with smtplib.SMTP("127.0.0.1", p.ports["mx"], timeout=30) as s:
+            s.ehlo("mx.example.net")
+            s.mail("forged@victim.example", ["RET=FULL"])
+            assert s.rcpt(f"reject-{i}@relay.test")[0] == 250
+            assert s.data(b"Subject: spam\r\n\r\nSECRET-BODY-TEXT\r\n")[0] == 250
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        bounces = [e for e in json.loads(p.cli("events", "--kind", "bounce", "--json").stdout)]
+        if len(bounces) >= 6:
+            break
+        time.sleep(0.2)
+    assert len(bounces) == 6, bounces
+    dsns = sink.wait_for(2)
+    time.sleep(2)  # a third DSN would have been queued with the bounces
+    dsns = [m for m in sink.messages if m["rcpt_tos"] == ["forged@victim.example"]]
+    assert len(dsns) == 2, f"{len(dsns)} DSNs to the forged sender; the limit is 2"
+    for m in dsns:
+        assert b"SECRET-BODY-TEXT" not in m["data"], "an unauthenticated message's body was sent back"
+        assert b"Subject: spam" in m["data"], "the headers are returned"
+    limited = [e for e in bounces if "rate limit" in e.get("detail", json.dumps(e))]
+    assert len(limited) == 4, bounces
