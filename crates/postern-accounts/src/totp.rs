@@ -193,10 +193,21 @@ impl Totp {
         let now_ms = unix_seconds.saturating_mul(1000);
         let window = FAILURE_WINDOW.as_millis() as i64;
         let since = now_ms - window;
-        let failures = self.store.totp_failures(account.to_owned(), since).await?;
-        if failures.len() >= MAX_FAILURES {
-            // Locked until enough failures have aged out of the window.
-            let until = failures[failures.len() - MAX_FAILURES] + window;
+        // The attempt is counted as a failure before its code is checked
+        // (and forgotten if it succeeds): checking first and counting after
+        // would let concurrent guesses all pass a count none had raised yet.
+        let (attempt, failures) = self
+            .store
+            .begin_totp_attempt(account.to_owned(), now_ms, since)
+            .await?;
+        if failures.len() > MAX_FAILURES {
+            // Locked until enough earlier failures have aged out of the
+            // window; this attempt, refused unchecked, does not extend it.
+            self.store
+                .forget_totp_attempt(account.to_owned(), attempt)
+                .await?;
+            let earlier = &failures[..failures.len() - 1];
+            let until = earlier[earlier.len() - MAX_FAILURES] + window;
             return Ok(TotpOutcome::Locked { until });
         }
         let outcome = self.check(account, &record, code, unix_seconds).await?;
@@ -204,10 +215,6 @@ impl Totp {
             self.store.clear_totp_failures(account.to_owned()).await?;
             return Ok(outcome);
         }
-        let failures = self
-            .store
-            .record_totp_failure(account.to_owned(), now_ms, since)
-            .await?;
         let locked_until = (failures.len() >= MAX_FAILURES)
             .then(|| failures[failures.len() - MAX_FAILURES] + window);
         Ok(TotpOutcome::Rejected { locked_until })
@@ -397,6 +404,39 @@ mod tests {
             .map(|n| format!("{n:06}"))
             .find(|c| !valid.contains(c))
             .unwrap()
+    }
+
+    /// Twenty wrong codes at once: no more than the limit are ever checked;
+    /// the rest find the account locked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_attempts_cannot_pass_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let totp = Arc::new(Totp::new(store.clone(), "Postern"));
+        let e = totp.enroll("admin").await.unwrap();
+        let secret = BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
+        let t = 1_800_000_000;
+        let wrong = wrong_at(&secret, t);
+        let barrier = Arc::new(tokio::sync::Barrier::new(20));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (totp, wrong, barrier) = (totp.clone(), wrong.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    totp.verify_at("admin", &wrong, t).await.unwrap()
+                })
+            })
+            .collect();
+        let mut checked = 0;
+        for task in tasks {
+            if matches!(task.await.unwrap(), TotpOutcome::Rejected { .. }) {
+                checked += 1;
+            }
+        }
+        assert_eq!(
+            checked, MAX_FAILURES,
+            "codes checked among 20 racing attempts"
+        );
     }
 
     #[tokio::test]

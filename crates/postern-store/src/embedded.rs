@@ -1443,6 +1443,47 @@ impl TotpStore for EmbeddedStore {
         .await
     }
 
+    async fn begin_totp_attempt(
+        &self,
+        account: String,
+        at: i64,
+        since: i64,
+    ) -> Result<(i64, Vec<i64>)> {
+        // One write transaction (the single writer serialises them): the
+        // count each attempt sees includes every attempt before it.
+        self.write(move |conn| {
+            let Some(account_id) = account_id_of(conn, &account)? else {
+                return Err(StoreError::NotFound);
+            };
+            conn.execute(
+                "DELETE FROM totp_failures WHERE account_id = ?1 AND at <= ?2",
+                params![account_id, since],
+            )?;
+            conn.execute(
+                "INSERT INTO totp_failures (account, account_id, at) VALUES (?1, ?2, ?3)",
+                params![account, account_id, at],
+            )?;
+            let id = conn.last_insert_rowid();
+            let mut stmt = conn.prepare_cached(
+                "SELECT at FROM totp_failures WHERE account_id = ?1 AND at > ?2 ORDER BY at, rowid",
+            )?;
+            let rows = stmt.query_map(params![account_id, since], |r| r.get(0))?;
+            Ok((id, rows.collect::<rusqlite::Result<Vec<i64>>>()?))
+        })
+        .await
+    }
+
+    async fn forget_totp_attempt(&self, account: String, id: i64) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                &format!("DELETE FROM totp_failures WHERE rowid = ?2 AND account_id = {ID_OF_1}"),
+                params![account, id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn clear_totp_failures(&self, account: String) -> Result<()> {
         self.write(move |conn| {
             conn.execute(

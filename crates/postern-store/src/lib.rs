@@ -261,6 +261,19 @@ pub trait TotpStore: Send + Sync {
     /// Records a failed verification at `at`, forgets those at or before
     /// `since`, and returns the ones after it (this one included).
     async fn record_totp_failure(&self, account: String, at: i64, since: i64) -> Result<Vec<i64>>;
+    /// Takes one attempt at `at` before its code is checked: counted as a
+    /// failure at once (forgotten if it succeeds), so attempts racing each
+    /// other cannot all pass the limit. Returns the attempt's id and the
+    /// times of the failures after `since`, this one included.
+    async fn begin_totp_attempt(
+        &self,
+        account: String,
+        at: i64,
+        since: i64,
+    ) -> Result<(i64, Vec<i64>)>;
+    /// Forgets one attempt taken by `begin_totp_attempt` (it was refused
+    /// unchecked, as the account was locked).
+    async fn forget_totp_attempt(&self, account: String, id: i64) -> Result<()>;
     /// Forgets the account's failures (after a successful verification).
     async fn clear_totp_failures(&self, account: String) -> Result<()>;
 }
