@@ -180,19 +180,8 @@ mod tests {
         let store = Arc::new(EmbeddedStore::open(&dir).unwrap());
         store
             .create_account(AccountRecord {
-                id: 0,
-                name: "a".into(),
-                parent: None,
-                disabled: false,
-                allow_password_auth: false,
-                password_hash: None,
-                created_at: 0,
-                email: None,
-                cram_md5: None,
                 max_messages_per_hour: Some(limit),
-                ip_pool: None,
-                sender_alignment: None,
-                require_2fa_for_credentials: false,
+                ..AccountRecord::new("a", None, 0)
             })
             .await
             .unwrap();
@@ -246,21 +235,7 @@ mod tests {
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         for name in ["a", "b"] {
             store
-                .create_account(AccountRecord {
-                    id: 0,
-                    name: name.into(),
-                    parent: None,
-                    disabled: false,
-                    allow_password_auth: false,
-                    password_hash: None,
-                    created_at: 0,
-                    email: None,
-                    cram_md5: None,
-                    max_messages_per_hour: None,
-                    ip_pool: None,
-                    sender_alignment: None,
-                    require_2fa_for_credentials: false,
-                })
+                .create_account(AccountRecord::new(name, None, 0))
                 .await
                 .unwrap();
         }

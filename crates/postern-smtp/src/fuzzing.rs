@@ -200,21 +200,7 @@ impl SessionHarness {
             let now = postern_core::time::now_millis();
             for (name, parent) in [("fuzz", None), (FUZZ_SUBUSER, Some("fuzz".to_owned()))] {
                 store
-                    .create_account(AccountRecord {
-                        id: 0,
-                        name: name.into(),
-                        parent,
-                        disabled: false,
-                        allow_password_auth: false,
-                        password_hash: None,
-                        created_at: now,
-                        email: None,
-                        cram_md5: None,
-                        max_messages_per_hour: None,
-                        ip_pool: None,
-                        sender_alignment: None,
-                        require_2fa_for_credentials: false,
-                    })
+                    .create_account(AccountRecord::new(name, parent, now))
                     .await
                     .expect("fuzz harness: account");
             }

@@ -7,21 +7,11 @@ use postern_core::{Envelope, EventKind, MessageId, Recipient};
 use crate::*;
 
 fn account(name: &str, parent: Option<&str>) -> AccountRecord {
-    AccountRecord {
-        id: 0,
-        name: name.into(),
-        parent: parent.map(str::to_owned),
-        disabled: false,
-        allow_password_auth: false,
-        password_hash: None,
-        created_at: postern_core::time::now_millis(),
-        email: None,
-        cram_md5: None,
-        max_messages_per_hour: None,
-        ip_pool: None,
-        sender_alignment: None,
-        require_2fa_for_credentials: false,
-    }
+    AccountRecord::new(
+        name,
+        parent.map(str::to_owned),
+        postern_core::time::now_millis(),
+    )
 }
 
 fn message(account: &str) -> NewMessage {
@@ -259,10 +249,7 @@ async fn a_reused_name_inherits_nothing() {
         })
         .await
         .unwrap();
-    store
-        .record_totp_failure("shop".into(), 2, 0)
-        .await
-        .unwrap();
+    store.begin_totp_attempt("shop".into(), 2, 0).await.unwrap();
     store
         .suppress("shop".into(), suppression("gone@dest.example"))
         .await

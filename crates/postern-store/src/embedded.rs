@@ -1420,29 +1420,6 @@ impl TotpStore for EmbeddedStore {
         .await
     }
 
-    async fn record_totp_failure(&self, account: String, at: i64, since: i64) -> Result<Vec<i64>> {
-        self.write(move |conn| {
-            let Some(account_id) = account_id_of(conn, &account)? else {
-                return Err(StoreError::NotFound);
-            };
-            // Failures older than the window no longer count: forget them.
-            conn.execute(
-                "DELETE FROM totp_failures WHERE account_id = ?1 AND at <= ?2",
-                params![account_id, since],
-            )?;
-            conn.execute(
-                "INSERT INTO totp_failures (account, account_id, at) VALUES (?1, ?2, ?3)",
-                params![account, account_id, at],
-            )?;
-            let mut stmt = conn.prepare_cached(
-                "SELECT at FROM totp_failures WHERE account_id = ?1 AND at > ?2 ORDER BY at",
-            )?;
-            let rows = stmt.query_map(params![account_id, since], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
-        })
-        .await
-    }
-
     async fn begin_totp_attempt(
         &self,
         account: String,

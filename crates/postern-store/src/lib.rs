@@ -258,9 +258,6 @@ pub trait TotpStore: Send + Sync {
     /// When the account's failed verifications after `since` happened
     /// (unix milliseconds, oldest first).
     async fn totp_failures(&self, account: String, since: i64) -> Result<Vec<i64>>;
-    /// Records a failed verification at `at`, forgets those at or before
-    /// `since`, and returns the ones after it (this one included).
-    async fn record_totp_failure(&self, account: String, at: i64, since: i64) -> Result<Vec<i64>>;
     /// Takes one attempt at `at` before its code is checked: counted as a
     /// failure at once (forgotten if it succeeds), so attempts racing each
     /// other cannot all pass the limit. Returns the attempt's id and the

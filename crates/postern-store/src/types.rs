@@ -226,6 +226,28 @@ pub struct AccountRecord {
     pub require_2fa_for_credentials: bool,
 }
 
+impl AccountRecord {
+    /// An enabled account with nothing set but its name, parent and
+    /// creation time (what the CLI and the API create, before options).
+    pub fn new(name: impl Into<String>, parent: Option<String>, created_at: i64) -> Self {
+        AccountRecord {
+            id: 0,
+            name: name.into(),
+            parent,
+            disabled: false,
+            allow_password_auth: false,
+            password_hash: None,
+            created_at,
+            email: None,
+            cram_md5: None,
+            max_messages_per_hour: None,
+            ip_pool: None,
+            sender_alignment: None,
+            require_2fa_for_credentials: false,
+        }
+    }
+}
+
 /// Fields to change; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct AccountUpdate {
