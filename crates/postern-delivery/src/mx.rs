@@ -177,11 +177,16 @@ impl MxResolver {
                         .collect()
                 })
             }
-            // No MX (or a validation failure of a lookup that the plain
-            // resolver may still answer): DANE is not used for the domain.
+            // A proven absence: no MX records to be secure (the plain
+            // resolver's A/AAAA fallback or null-MX handling decides).
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Dnssec::Insecure,
+            // Anything else failed to validate or to answer. Once the path
+            // has validated, that is what stripped or forged answers look
+            // like, so it must not quietly mean "no DANE" (RFC 7672 §2.1.1):
+            // bogus, and the probe decides whether DANE is active at all.
             Err(e) => {
-                tracing::debug!(%domain, error = %e, "validated MX lookup gave no answer; no DANE");
-                Dnssec::Insecure
+                tracing::debug!(%domain, error = %e, "validated MX lookup failed");
+                Dnssec::Bogus(format!("MX lookup for {domain}: {e}"))
             }
         };
         secure.probe.admit(answer, domain)
