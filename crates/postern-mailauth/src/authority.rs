@@ -56,7 +56,7 @@ pub struct SenderAuthority {
     cache: Mutex<HashMap<String, (i64, Arc<AccountSenders>)>>,
     /// Loaded signers by domain and selector (a new selector after a key
     /// rotation loads afresh).
-    signers: Mutex<HashMap<(String, String), Arc<DomainSigner>>>,
+    signers: Mutex<HashMap<(String, String, [u8; 32]), Arc<DomainSigner>>>,
 }
 
 /// The lower-cased domain of an address, without brackets or a final dot.
@@ -85,6 +85,17 @@ fn covering<'a>(
                     .and_then(|l| l.strip_suffix('.'))
                     == Some(d.return_path.as_str()))
     })
+}
+
+/// SHA-256 over both private keys: what a cached signer was made from.
+fn key_digest(rsa_private: &[u8], ed25519_private: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&(rsa_private.len() as u64).to_be_bytes());
+    ctx.update(rsa_private);
+    ctx.update(ed25519_private);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 impl AccountSenders {
@@ -270,7 +281,16 @@ impl SenderAuthority {
     ) -> Option<Vec<u8>> {
         let domain = domain_of(from.first()?)?;
         let record = senders.domains.iter().find(|d| d.domain == domain)?;
-        let key = (domain.clone(), record.selector.clone());
+        // Keyed by the keys themselves, not only the domain and selector:
+        // every domain starts at selector `pst1`, and another account (or
+        // the same one, after removing and re-adding the domain) may own it
+        // later with other keys; a signer loaded for the first must never
+        // sign for the second.
+        let key = (
+            domain.clone(),
+            record.selector.clone(),
+            key_digest(&record.rsa_private, &record.ed25519_private),
+        );
         let cached = self
             .signers
             .lock()
@@ -361,6 +381,68 @@ mod tests {
             domains: vec![domain("example.org")],
             addresses: vec!["alice@gmail.example".into()],
         }
+    }
+
+    /// A domain's signer is never reused for other keys: A verifies
+    /// example.com and sends, removes it, and B (same selector `pst1`,
+    /// its own keys) takes it; B's mail must be signed with B's keys.
+    #[tokio::test]
+    async fn a_cached_signer_never_signs_with_another_owners_keys() {
+        use postern_store::EmbeddedStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        for name in ["a", "b"] {
+            store
+                .create_account(postern_store::AccountRecord::new(name, None, 0))
+                .await
+                .unwrap();
+        }
+        let authority = SenderAuthority::new(store.clone(), true);
+        let msg = b"From: x@example.com\r\nTo: y@example.net\r\nSubject: s\r\n\r\nhi\r\n";
+        let mut signed_with = Vec::new();
+        for owner in ["a", "b"] {
+            let keys = crate::DkimKeys::generate().unwrap();
+            let id = store
+                .add_domain(DomainRecord {
+                    id: 0,
+                    domain: "example.com".into(),
+                    account: owner.into(),
+                    selector: "pst1".into(),
+                    rsa_private: keys.rsa_private.clone(),
+                    rsa_public: keys.rsa_public.clone(),
+                    ed25519_private: keys.ed25519_private.clone(),
+                    ed25519_public: keys.ed25519_public.clone(),
+                    return_path: "pst-bounces".into(),
+                    return_path_mode: Default::default(),
+                    created_at: 0,
+                    verified_at: None,
+                    verified_by: None,
+                    next: None,
+                    previous: None,
+                })
+                .await
+                .unwrap();
+            store.verify_domain(id, 1, "dns".into()).await.unwrap();
+            let authorized = authority
+                .authorize_message(owner, "x@example.com", msg)
+                .await
+                .unwrap();
+            assert!(!authorized.dkim_headers.is_empty(), "{owner}'s mail is signed");
+            signed_with.push(key_digest(&keys.rsa_private, &keys.ed25519_private));
+            let cached: Vec<[u8; 32]> = authority
+                .signers
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|k| k.2)
+                .collect();
+            assert!(
+                cached.contains(signed_with.last().unwrap()),
+                "{owner}'s own keys signed"
+            );
+            store.delete_domain(id).await.unwrap();
+        }
+        assert_ne!(signed_with[0], signed_with[1]);
     }
 
     #[test]
