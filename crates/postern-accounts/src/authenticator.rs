@@ -252,11 +252,12 @@ impl Authenticator {
             return Err(CheckFailure::Invalid("wrong_password"));
         }
         self.check_account(&account, attempt.ip).await?;
-        let acting_as = self
+        let (acting_as, account_id) = self
             .acting_for(&account, &creds.authzid, &creds.username, attempt.ip)
             .await?;
         Ok(Principal {
             account: acting_as,
+            account_id,
             key_id: PASSWORD_KEY_ID.to_owned(),
             scopes: vec![SCOPE_MAIL_SEND.to_owned()],
         })
@@ -296,6 +297,7 @@ impl Authenticator {
         }
         self.check_account(&account, attempt.ip).await?;
         Ok(Principal {
+            account_id: account.id,
             account: account.name,
             key_id: PASSWORD_KEY_ID.to_owned(),
             scopes: vec![SCOPE_MAIL_SEND.to_owned()],
@@ -319,6 +321,7 @@ impl Authenticator {
         };
         self.check_account(&account, attempt.ip).await?;
         Ok(Principal {
+            account_id: account.id,
             account: account.name,
             key_id: OAUTH_KEY_ID.to_owned(),
             scopes: vec![SCOPE_MAIL_SEND.to_owned()],
@@ -353,12 +356,13 @@ impl Authenticator {
         {
             return Err(CheckFailure::Invalid("key_ip_not_allowed"));
         }
-        let acting_as = self
+        let (acting_as, account_id) = self
             .acting_for(&account, &creds.authzid, &creds.username, attempt.ip)
             .await?;
         self.touch(&record);
         Ok(Principal {
             account: acting_as,
+            account_id,
             key_id: record.id,
             scopes: record.scopes,
         })
@@ -374,14 +378,14 @@ impl Authenticator {
         authzid: &str,
         username: &str,
         ip: IpAddr,
-    ) -> Result<String, CheckFailure> {
+    ) -> Result<(String, i64), CheckFailure> {
         if authzid.is_empty() || authzid == username || authzid == account.name {
-            return Ok(account.name.clone());
+            return Ok((account.name.clone(), account.id));
         }
         match self.store.get_account(authzid.to_owned()).await? {
             Some(sub) if sub.parent.as_deref() == Some(account.name.as_str()) => {
                 self.check_account(&sub, ip).await?;
-                Ok(sub.name)
+                Ok((sub.name, sub.id))
             }
             _ => Err(CheckFailure::Invalid("authzid_not_permitted")),
         }
@@ -401,7 +405,7 @@ impl Authenticator {
         subuser: &str,
         ip: IpAddr,
         manage_allowlist: bool,
-    ) -> Result<String, OnBehalfRefusal> {
+    ) -> Result<(String, i64), OnBehalfRefusal> {
         let parent = match self.store.get_account(account.to_owned()).await {
             Ok(Some(a)) => a,
             Ok(None) => return Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted")),
@@ -416,7 +420,7 @@ impl Authenticator {
                     if sub.disabled || parent.disabled {
                         Err(OnBehalfRefusal::NotPermitted("account_disabled"))
                     } else {
-                        Ok(sub.name)
+                        Ok((sub.name, sub.id))
                     }
                 }
                 Ok(_) => Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted")),
@@ -424,7 +428,7 @@ impl Authenticator {
             };
         }
         match self.acting_for(&parent, subuser, "", ip).await {
-            Ok(name) => Ok(name),
+            Ok(acting) => Ok(acting),
             Err(CheckFailure::Invalid(reason)) => Err(OnBehalfRefusal::NotPermitted(reason)),
             Err(CheckFailure::Temporary(e)) => Err(OnBehalfRefusal::Temporary(e)),
         }

@@ -512,6 +512,7 @@ mod tests {
 
     fn principal(key_id: &str) -> Principal {
         Principal {
+            account_id: 0,
             account: "admin".into(),
             key_id: key_id.into(),
             scopes: vec![postern_core::principal::SCOPE_FULL_ACCESS.into()],

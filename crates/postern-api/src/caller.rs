@@ -24,6 +24,8 @@ pub struct Caller {
     /// The account the call acts on: the caller's, or the subuser named by
     /// `On-Behalf-Of`.
     pub account: String,
+    /// Its immutable id.
+    pub account_id: i64,
     pub ip: std::net::IpAddr,
     /// A TOTP code sent with the request (`X-Postern-TOTP`), for actions
     /// that need a second factor.
@@ -212,6 +214,7 @@ impl FromRequestParts<ApiState> for Caller {
             }
         };
         let mut account = principal.account.clone();
+        let mut account_id = principal.account_id;
         if let Some(subuser) = parts
             .headers
             .get("on-behalf-of")
@@ -229,7 +232,10 @@ impl FromRequestParts<ApiState> for Caller {
                 )
                 .await
             {
-                Ok(name) => account = name,
+                Ok((name, id)) => {
+                    account = name;
+                    account_id = id;
+                }
                 Err(OnBehalfRefusal::NotPermitted(reason)) => {
                     tracing::info!(%ip, subuser, reason, "On-Behalf-Of refused");
                     metrics::counter!("postern_on_behalf_of_refused_total", "reason" => reason)
@@ -256,6 +262,7 @@ impl FromRequestParts<ApiState> for Caller {
         Ok(Caller {
             principal,
             account,
+            account_id,
             ip,
             totp_header,
         })

@@ -10,6 +10,11 @@ pub const SCOPE_FULL_ACCESS: &str = "full_access";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     pub account: String,
+    /// The immutable id `account` had when it authenticated (0: not known,
+    /// as in tests). The store refuses a message whose account by that
+    /// name is no longer this one (deleted, and the name taken again while
+    /// a session stayed open).
+    pub account_id: i64,
     /// The API key this principal authenticated with.
     pub key_id: String,
     pub scopes: Vec<String>,

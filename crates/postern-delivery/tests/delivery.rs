@@ -466,6 +466,7 @@ impl Node {
             .submit(Submission {
                 envelope,
                 principal: account.map(|a| postern_core::Principal {
+                    account_id: 0,
                     account: a.into(),
                     key_id: "test".into(),
                     scopes: vec!["mail.send".into()],

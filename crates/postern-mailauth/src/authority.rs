@@ -56,7 +56,7 @@ pub struct SenderAuthority {
     cache: Mutex<HashMap<String, (i64, Arc<AccountSenders>)>>,
     /// Loaded signers by domain and selector (a new selector after a key
     /// rotation loads afresh).
-    signers: Mutex<HashMap<(String, String, [u8; 32]), Arc<DomainSigner>>>,
+    signers: Mutex<HashMap<SignerKey, Arc<DomainSigner>>>,
 }
 
 /// The lower-cased domain of an address, without brackets or a final dot.
@@ -86,6 +86,9 @@ fn covering<'a>(
                     == Some(d.return_path.as_str()))
     })
 }
+
+/// Domain, selector, and the digest of the keys a signer was made from.
+type SignerKey = (String, String, [u8; 32]);
 
 /// SHA-256 over both private keys: what a cached signer was made from.
 fn key_digest(rsa_private: &[u8], ed25519_private: &[u8]) -> [u8; 32] {
@@ -427,7 +430,10 @@ mod tests {
                 .authorize_message(owner, "x@example.com", msg)
                 .await
                 .unwrap();
-            assert!(!authorized.dkim_headers.is_empty(), "{owner}'s mail is signed");
+            assert!(
+                !authorized.dkim_headers.is_empty(),
+                "{owner}'s mail is signed"
+            );
             signed_with.push(key_digest(&keys.rsa_private, &keys.ed25519_private));
             let cached: Vec<[u8; 32]> = authority
                 .signers

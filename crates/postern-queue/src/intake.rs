@@ -215,6 +215,7 @@ impl Intake {
         full.extend_from_slice(&body);
         self.store
             .enqueue(NewMessage {
+                account_id: None,
                 head: Vec::new(),
                 id: id.clone(),
                 received_at: now,
@@ -310,6 +311,7 @@ impl Intake {
                         .collect();
                     self.store
                         .enqueue(NewMessage {
+                            account_id: (p.account_id != 0).then_some(p.account_id),
                             head: Vec::new(),
                             id,
                             received_at: now,
@@ -347,8 +349,14 @@ impl Intake {
                 .map(|p| format!(" account={} key={}", p.account, p.key_id))
                 .unwrap_or_default(),
         );
-        self.store
+        let account_id = sub
+            .principal
+            .as_ref()
+            .and_then(|p| (p.account_id != 0).then_some(p.account_id));
+        let queued = self
+            .store
             .enqueue(NewMessage {
+                account_id,
                 head,
                 id: id.clone(),
                 received_at: now,
@@ -358,7 +366,18 @@ impl Intake {
                 detail,
                 dropped: Vec::new(),
             })
-            .await?;
+            .await;
+        match queued {
+            Ok(()) => {}
+            // The account this session authenticated as is gone (its name
+            // may belong to another account by now): refused for good.
+            Err(StoreError::NotFound) if account_id.is_some() => {
+                return Err(IntakeError::SenderRefused(
+                    "the account this session authenticated as no longer exists".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
         if let Some(r) = reservation {
             r.commit();
         }

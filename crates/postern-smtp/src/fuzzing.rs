@@ -358,6 +358,7 @@ async fn serve(
     );
     if mode.authenticated {
         session = session.authenticated_as(Principal {
+            account_id: 0,
             account: "fuzz".into(),
             key_id: "fuzzkey".into(),
             scopes: vec![SCOPE_MAIL_SEND.into()],

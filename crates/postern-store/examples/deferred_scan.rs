@@ -21,6 +21,7 @@ const CONCURRENCY: usize = 50;
 
 fn message(i: usize, at: i64) -> NewMessage {
     NewMessage {
+        account_id: None,
         head: Vec::new(),
         id: MessageId::generate(),
         received_at: at,

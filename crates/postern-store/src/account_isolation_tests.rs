@@ -16,6 +16,7 @@ fn account(name: &str, parent: Option<&str>) -> AccountRecord {
 
 fn message(account: &str) -> NewMessage {
     NewMessage {
+        account_id: None,
         head: Vec::new(),
         id: MessageId::generate(),
         received_at: postern_core::time::now_millis(),
@@ -338,6 +339,17 @@ async fn a_reused_name_inherits_nothing() {
     for (kind, n) in visible(&store, "shop").await {
         assert_eq!(n, 0, "the second shop inherited the first one's {kind}");
     }
+    // A session that authenticated as the first shop and stayed open
+    // cannot queue mail as the second one.
+    let mut late = message("shop");
+    late.account_id = Some(first_id);
+    assert!(matches!(
+        store.enqueue(late).await,
+        Err(StoreError::NotFound)
+    ));
+    let mut current = message("shop");
+    current.account_id = Some(second.id);
+    store.enqueue(current).await.unwrap();
     // And it can claim what the first one had, from scratch.
     store.add_domain(domain("shop")).await.unwrap();
     store.add_sender(sender("shop")).await.unwrap();

@@ -538,6 +538,13 @@ impl QueueStore for EmbeddedStore {
                 Some(name) => account_id_of(conn, name)?,
                 None => None,
             };
+            // A session that authenticated before its account was deleted
+            // (and the name taken again) must not send as the new owner.
+            if let Some(expected) = msg.account_id {
+                if account_id != Some(expected) {
+                    return Err(StoreError::NotFound);
+                }
+            }
             insert_message_row(conn, &msg, &envelope, account_id)?;
             let mut stmt = conn.prepare_cached(
                 "INSERT INTO recipients (message_id, idx, address, domain, notify, orcpt, status, next_attempt)
@@ -2403,6 +2410,7 @@ mod tests {
 
     fn message(rcpts: &[&str]) -> NewMessage {
         NewMessage {
+            account_id: None,
             head: Vec::new(),
             id: MessageId::generate(),
             received_at: 1_000,

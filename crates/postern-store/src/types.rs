@@ -12,6 +12,10 @@ pub struct NewMessage {
     pub envelope: Envelope,
     /// The authenticated account, when there was one.
     pub account: Option<String>,
+    /// The id that account had when it authenticated, when known: the
+    /// message is refused (`StoreError::NotFound`) if the account of that
+    /// name is no longer this one.
+    pub account_id: Option<i64>,
     /// Stored before `body`: trace and signature headers. Kept apart so
     /// the intake never copies a large body just to prepend them; the store
     /// writes both into one row.

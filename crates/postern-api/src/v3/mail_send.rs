@@ -582,6 +582,7 @@ async fn send(
     // send log, its quota.
     let mut principal = caller.principal.clone();
     principal.account = caller.account.clone();
+    principal.account_id = caller.account_id;
     // Room for the largest message, taken before the first is queued: the
     // request never stops half-way for want of memory.
     let mut message_lease = budget.lease();
