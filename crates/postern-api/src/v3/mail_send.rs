@@ -22,14 +22,14 @@ use postern_core::address::Address;
 use postern_core::{Envelope, Recipient};
 use postern_queue::{ClientInfo, IntakeError, Submission};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 use super::mail_fields as fields;
+use super::mail_json::{
+    Bounded, Headers, MailSettings, Present, Recipients, MAX_ATTACHMENTS, MAX_CONTENT,
+    MAX_RECIPIENTS,
+};
 use crate::caller::Caller;
 use crate::{ApiError, ApiState};
-
-/// SendGrid's limit: 1,000 recipients (to + cc + bcc) per request.
-const MAX_RECIPIENTS: usize = 1000;
 
 /// Largest request body: SendGrid's 30 MB. The built message is then held
 /// to `limits.max_message_size`.
@@ -52,19 +52,19 @@ struct EmailObject {
 #[derive(Deserialize)]
 struct Personalization {
     #[serde(default)]
-    to: Vec<EmailObject>,
+    to: Recipients<EmailObject>,
     #[serde(default)]
-    cc: Vec<EmailObject>,
+    cc: Recipients<EmailObject>,
     #[serde(default)]
-    bcc: Vec<EmailObject>,
+    bcc: Recipients<EmailObject>,
     from: Option<EmailObject>,
     subject: Option<String>,
     #[serde(default)]
-    headers: Map<String, Value>,
+    headers: Headers,
     #[serde(default)]
-    substitutions: Map<String, Value>,
+    substitutions: Present,
     #[serde(default)]
-    dynamic_template_data: Option<Value>,
+    dynamic_template_data: Present,
     send_at: Option<i64>,
 }
 
@@ -88,23 +88,23 @@ struct Attachment {
 #[derive(Deserialize)]
 struct MailSend {
     #[serde(default)]
-    personalizations: Vec<Personalization>,
+    personalizations: Bounded<Personalization, MAX_RECIPIENTS>,
     from: Option<EmailObject>,
     reply_to: Option<EmailObject>,
     #[serde(default)]
-    reply_to_list: Vec<EmailObject>,
+    reply_to_list: Bounded<EmailObject, MAX_RECIPIENTS>,
     subject: Option<String>,
     #[serde(default)]
-    content: Vec<Content>,
+    content: Bounded<Content, MAX_CONTENT>,
     #[serde(default)]
-    attachments: Vec<Attachment>,
+    attachments: Bounded<Attachment, MAX_ATTACHMENTS>,
     template_id: Option<String>,
     #[serde(default)]
-    headers: Map<String, Value>,
+    headers: Headers,
     send_at: Option<i64>,
     batch_id: Option<String>,
     #[serde(default)]
-    mail_settings: Value,
+    mail_settings: MailSettings,
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> ApiError {
@@ -157,10 +157,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 /// RFC 5322 §2.2: a field name is printable ASCII except ':'; the value
 /// must not break out of its field (no CR or LF).
-fn header_pairs(
-    global: &Map<String, Value>,
-    own: &Map<String, Value>,
-) -> Result<Vec<(String, String)>, ApiError> {
+fn header_pairs(global: &Headers, own: &Headers) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     for (name, value) in global.iter().chain(own.iter()) {
         let Some(value) = value.as_str() else {
@@ -418,7 +415,7 @@ fn unsupported(req: &MailSend) -> Result<(), ApiError> {
     if req
         .personalizations
         .iter()
-        .any(|p| !p.substitutions.is_empty() || p.dynamic_template_data.is_some())
+        .any(|p| p.substitutions.0 || p.dynamic_template_data.0)
     {
         return Err(bad(
             "personalizations.substitutions",
@@ -552,7 +549,7 @@ async fn send(
     let budget = mail.intake.body_budget();
     let mut request_lease = budget.lease();
     let raw = read_body(&headers, body, &mut request_lease).await?;
-    let req: MailSend = serde_json::from_slice(&raw).map_err(|e| {
+    let req: MailSend = super::mail_json::parse(&raw).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the request body is not valid mail/send JSON: {e}"),
@@ -571,8 +568,9 @@ async fn send(
     }
     if req
         .mail_settings
-        .pointer("/sandbox_mode/enable")
-        .and_then(Value::as_bool)
+        .sandbox_mode
+        .as_ref()
+        .and_then(|t| t.enable)
         == Some(true)
     {
         // SendGrid's sandbox: validated, not sent.
@@ -648,7 +646,7 @@ async fn send(
 /// reads back as the envelope sender.
 /// Returns how many messages were built (0: refused).
 pub(crate) fn fuzz_one(data: &[u8]) -> usize {
-    let Ok(req) = serde_json::from_slice::<MailSend>(data) else {
+    let Ok(req) = super::mail_json::parse::<MailSend>(data) else {
         return 0;
     };
     let mut built = 0;
@@ -741,6 +739,7 @@ fn check_built(b: &Built, req: &MailSend, p: &Personalization) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// What the route does for the first personalization.
     fn build_first(req: &MailSend, hostname: &str) -> Result<Built, ApiError> {
@@ -749,7 +748,7 @@ mod tests {
     }
 
     fn request(v: Value) -> MailSend {
-        serde_json::from_value(v).unwrap()
+        crate::v3::mail_json::parse(v.to_string().as_bytes()).unwrap()
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod access_settings;
 mod api_keys;
 mod audit;
 mod mail_fields;
+mod mail_json;
 mod mail_send;
 pub(crate) use mail_send::fuzz_one as fuzz_mail_send;
 mod messages;
