@@ -23,6 +23,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -54,18 +59,28 @@ impl HttpLimits {
     }
 }
 
-/// Connections open per client address.
+/// Connections open per client: an IPv4 address, or an IPv6 /64 (one
+/// customer's allocation: counting single IPv6 addresses would let one
+/// client take every slot).
 #[derive(Default)]
 struct PerIp(Mutex<HashMap<IpAddr, usize>>);
 
-/// One connection's place in the per-address count, given back on drop.
+/// One connection's place in the per-client count, given back on drop.
 struct IpSlot {
     table: Arc<PerIp>,
     ip: IpAddr,
 }
 
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => postern_core::network::counting_network(ip).network(),
+    }
+}
+
 impl PerIp {
     fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let ip = client_key(ip);
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(ip).or_insert(0);
         if *n >= max {
@@ -182,6 +197,10 @@ async fn serve_one(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    // A response waits for a client that stopped reading no longer than a
+    // request head may take: one that pipelines requests and never reads
+    // would otherwise hold its connection slot for ever.
+    let stream = WriteStall::new(stream, limits.header_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -195,5 +214,131 @@ async fn serve_one(
     if let Err(e) = result {
         // Timeouts and clients that go away are routine.
         tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// A stream whose writes fail once they have made no progress for
+/// `limit` (the client stopped reading).
+struct WriteStall<T> {
+    inner: T,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    fn new(inner: T, limit: Duration) -> Self {
+        WriteStall {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// Ready(Err) once a pending write has waited too long.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                metrics::counter!("postern_http_connections_closed_total", "reason" => "write_stall")
+                    .increment(1);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteStall<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStall<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                self.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx).map(|r| r.map(|()| 0)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(r) => {
+                self.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A peer that never reads: writes fail after the limit instead of
+    /// waiting for ever.
+    #[tokio::test]
+    async fn writes_to_a_peer_that_stopped_reading_fail() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut s = WriteStall::new(ours, Duration::from_millis(200));
+        let started = tokio::time::Instant::now();
+        let err = s.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    /// A slow reader that keeps reading is not cut off.
+    #[tokio::test]
+    async fn progress_resets_the_limit() {
+        use tokio::io::AsyncReadExt;
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut total = 0;
+            while total < 4096 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                total += theirs.read(&mut buf).await.unwrap();
+            }
+            total
+        });
+        // Each read comes long before the limit; the whole write takes
+        // far longer than it.
+        let mut s = WriteStall::new(ours, Duration::from_millis(50));
+        s.write_all(&[0u8; 4096]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 4096);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(v4), v4);
     }
 }
