@@ -11,9 +11,11 @@ use std::fmt;
 /// escaped form cannot be confused with an original one.
 pub struct Printable<'a>(pub &'a str);
 
-/// Bidirectional formatting characters (Unicode Bidi_Control).
+/// Bidirectional formatting characters (Unicode Bidi_Control), and the
+/// line and paragraph separators (U+2028, U+2029) that some viewers break
+/// lines at.
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 impl fmt::Display for Printable<'_> {
@@ -64,6 +66,7 @@ mod tests {
         assert_eq!(printable("\x1b[2J\x1b]0;x\x07"), "\\x1b[2J\\x1b]0;x\\x07");
         assert_eq!(printable("a\u{9b}31m"), "a\\u{9b}31m");
         assert_eq!(printable("abc\u{202e}cba"), "abc\\u{202e}cba");
+        assert_eq!(printable("a\u{2028}b"), "a\\u{2028}b");
         assert_eq!(printable("\x7f\0"), "\\x7f\\x00");
         assert_eq!(printable("back\\slash"), "back\\\\slash");
         assert!(has_control("a\u{2066}b") && has_control("a\nb") && !has_control("ok é"));

@@ -754,7 +754,14 @@ impl SmtpClient {
     /// no message is sent. The RCPT reply is the answer.
     async fn probe(&self, conn: &mut Conn, address: &str) -> io::Result<Outcome> {
         conn.step = "MAIL";
-        conn.send(b"MAIL FROM:<>\r\n").await?;
+        // RFC 6531 §3.4: an internationalized address needs SMTPUTF8, or a
+        // server that would take it refuses it for the wrong reason.
+        let mail: &[u8] = if address.is_ascii() {
+            b"MAIL FROM:<>\r\n"
+        } else {
+            b"MAIL FROM:<> SMTPUTF8\r\n"
+        };
+        conn.send(mail).await?;
         let (code, text) = conn.reply().await?;
         if code != 250 {
             // The next hop refuses the null sender or is unwell: no answer

@@ -426,7 +426,7 @@ pub async fn run_ip_access(config: &Config, command: IpAccessCommand) -> Result<
                 .map(|r| r.cidr)
                 .collect();
             if json {
-                println!("{}", serde_json::json!(rules));
+                println!("{}", crate::terminal::json(&serde_json::json!(rules)));
             } else if rules.is_empty() {
                 println!("no allowlist: logins are accepted from any network");
             } else {

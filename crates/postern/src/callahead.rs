@@ -21,14 +21,19 @@ use postern_delivery::route::{Destination, Router};
 use postern_delivery::SmtpClient;
 use postern_smtp::{RecipientVerdict, RecipientVerifier};
 
-/// Addresses cached at most; past it expired entries go, then the oldest.
+/// Addresses cached at most; past it expired entries go, then all.
 const MAX_CACHED: usize = 100_000;
+/// Call-aheads in progress at once: each is an outbound session to the
+/// internal server, started by a stranger's RCPT, so they are capped; past
+/// the cap a recipient gets "try again later" rather than a new session.
+const MAX_CONCURRENT: usize = 32;
 
 pub struct CallAhead {
     client: Arc<SmtpClient>,
     router: Router,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, bool)>>,
+    slots: tokio::sync::Semaphore,
 }
 
 impl CallAhead {
@@ -38,6 +43,7 @@ impl CallAhead {
             router,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT),
         }
     }
 
@@ -63,11 +69,21 @@ impl CallAhead {
     }
 
     async fn check(&self, address: &str) -> RecipientVerdict {
-        let key = address.to_lowercase();
+        // The domain is case-insensitive, the local part may not be (RFC
+        // 5321 §2.4): only the domain is folded, so one spelling's answer
+        // is never taken for another's.
+        let key = match address.rsplit_once('@') {
+            Some((local, domain)) => format!("{local}@{}", domain.to_lowercase()),
+            None => address.to_owned(),
+        };
         if let Some(ok) = self.cached(&key) {
             metrics::counter!("postern_callahead_total", "result" => "cached").increment(1);
             return verdict(ok);
         }
+        let Ok(_slot) = self.slots.try_acquire() else {
+            metrics::counter!("postern_callahead_total", "result" => "busy").increment(1);
+            return RecipientVerdict::TryLater("too many recipient checks in progress".into());
+        };
         let domain = key.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
         let Destination::Static(route) = self.router.route(domain) else {
             // Config validation requires a route for every relay domain

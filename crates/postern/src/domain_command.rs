@@ -223,7 +223,7 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                 crate::account_command::audit(&store, "domain.add", Some(&account), format!("domain={domain}")).await?;
                 let v = records_json(config, &record, report_to.as_deref());
                 if json {
-                    println!("{v}");
+                    println!("{}", crate::terminal::json(&v));
                 } else {
                     println!("Publish these records, then run `postern domain verify {domain}`:\n");
                     print!("{}", v["zone"].as_str().unwrap_or_default());
@@ -239,7 +239,7 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                             "valid": d.verified_at.is_some(), "verified_by": d.verified_by,
                         }))
                         .collect();
-                    println!("{}", serde_json::Value::Array(items));
+                    println!("{}", crate::terminal::json(&serde_json::Value::Array(items)));
                 } else {
                     for d in &list {
                         println!(
@@ -263,7 +263,7 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                 let d = find_domain(&store, &domain.to_ascii_lowercase(), account.as_deref()).await?;
                 let v = records_json(config, &d, report_to.as_deref());
                 if json {
-                    println!("{v}");
+                    println!("{}", crate::terminal::json(&v));
                 } else {
                     print!("{}", v["zone"].as_str().unwrap_or_default());
                 }
@@ -334,16 +334,19 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                             })
                         })
                         .collect();
-                    println!("{}", serde_json::json!({
+                    println!("{}", crate::terminal::json(&serde_json::json!({
                         "domain": domain, "valid": ok, "records": items,
                         "rotation_promoted": result.promoted, "rotation_pending": result.rotation_pending,
-                    }));
+                    })));
                 } else {
                     for c in &checked {
                         let status = match &c.status {
                             postern_mailauth::check::Status::Found => "found".to_owned(),
                             postern_mailauth::check::Status::Missing => "MISSING".to_owned(),
-                            postern_mailauth::check::Status::Wrong(w) => format!("WRONG: {w}"),
+                            // What DNS held: a stranger's text, escaped.
+                            postern_mailauth::check::Status::Wrong(w) => {
+                                format!("WRONG: {}", postern_core::printable::Printable(w))
+                            }
                         };
                         println!(
                             "{:<8} {:<5} {}{}",
@@ -410,7 +413,7 @@ pub async fn run(config: &Config, command: DomainCommand) -> Result<()> {
                 };
                 let v = records_json(config, &d, None);
                 if json {
-                    println!("{v}");
+                    println!("{}", crate::terminal::json(&v));
                 } else {
                     println!(
                         "New keys under selector {selector}. Publish these two records beside the current ones, then run `postern domain verify {domain}`; {} signs until then:\n",

@@ -139,7 +139,7 @@ pub async fn run(config: &Config, command: WebhookCommand) -> Result<()> {
                 };
                 let v = show_json(&w, store.last_event_seq().await?)?;
                 if json {
-                    println!("{v}");
+                    println!("{}", crate::terminal::json(&v));
                 } else {
                     println!("{}", crate::terminal::json_pretty(&v));
                 }
