@@ -48,7 +48,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let body = if had_bare_line_endings
             && self.ctx.config.smtp.bare_line_endings == BareLineEndings::Normalize
         {
-            normalize_line_endings(&body)
+            // The original goes as soon as the copy exists: shadowing would
+            // keep both alive for the rest of the transaction.
+            let normalized = normalize_line_endings(&body);
+            drop(body);
+            normalized
         } else {
             body
         };
