@@ -72,7 +72,12 @@ impl Conn {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.io.get_mut().write_all(bytes).await?;
+        let io = self.io.get_mut();
+        io.write_all(bytes).await?;
+        // TLS: write_all can return with the last records still in the
+        // session's buffer (the socket was full); without a flush the
+        // server never sees them and both sides wait.
+        io.flush().await?;
         Ok(())
     }
 
