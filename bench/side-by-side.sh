@@ -5,7 +5,7 @@
 # postern-loadgen), so each figure is end to end: from the first connection
 # until the sink holds every message. Both fsync each message before 250.
 #
-#   bash bench/side-by-side.sh            # full run (a few minutes)
+#   bash bench/side-by-side.sh            # full run (a few minutes, plus about 7 for the large scenario)
 #   ROUNDS=1 bash bench/side-by-side.sh   # quicker, noisier
 #   ONLY=large bash bench/side-by-side.sh # large messages and memory only
 #
