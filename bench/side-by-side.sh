@@ -5,8 +5,9 @@
 # postern-loadgen), so each figure is end to end: from the first connection
 # until the sink holds every message. Both fsync each message before 250.
 #
-#   bash bench/side-by-side.sh            # full run (a few minutes)
+#   bash bench/side-by-side.sh            # full run (a few minutes, plus about 7 for the large scenario)
 #   ROUNDS=1 bash bench/side-by-side.sh   # quicker, noisier
+#   ONLY=large bash bench/side-by-side.sh # large messages and memory only
 #
 # Needs root (Postfix's master runs as root; packages are installed if missing).
 set -euo pipefail
@@ -16,8 +17,12 @@ ROUNDS=${ROUNDS:-3}
 WORK=${WORK:-/tmp/postern-bench}
 SIZE=${SIZE:-1024}
 
-PN_SUB=4587 PN_SINK=4626 PN_HTTP=4080
-PF_SUB=5587 PF_SINK=5626
+PN_SUB=4587 PN_MX=4025 PN_SINK=4626 PN_HTTP=4080
+PF_SUB=5587 PF_MX=5025 PF_SINK=5626
+# Both servers take messages up to MAX_SIZE; Postern holds at most BUDGET
+# bytes of message bodies in memory at once (limits.body_memory_budget).
+MAX_SIZE=${MAX_SIZE:-$((25 * 1024 * 1024))}
+BUDGET=${BUDGET:-$((256 * 1024 * 1024))}
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -68,6 +73,15 @@ mydestination =
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks =
+# Unauthenticated clients may relay to this domain only (an MX for it), on
+# the second listener below.
+relay_domains = relay.bench.test
+message_size_limit = $MAX_SIZE
+# As an operator tuning a relay would: no reverse lookups of clients, no
+# DNS for a route-only relay, a TLS session cache.
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+smtpd_tls_session_cache_database = btree:\${data_directory}/smtpd_scache
 alias_maps =
 alias_database =
 relayhost = [127.0.0.1]:$PF_SINK
@@ -97,8 +111,13 @@ EOF
   # 100 destination domains, each its own next hop (127.0.1.N), for the
   # spread scenario.
   for k in $(seq 0 99); do echo "d$k.bench.test smtp:[127.0.1.$((k + 1))]:$PF_SINK"; done > "$pf/etc/transport"
+  echo "relay.bench.test relay:[127.0.0.1]:$PF_SINK" >> "$pf/etc/transport"
   cat > "$pf/etc/master.cf" <<EOF
 127.0.0.1:$PF_SUB inet n - n - - smtpd
+127.0.0.1:$PF_MX inet n - n - - smtpd
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o smtpd_relay_restrictions=reject_unauth_destination
 pickup    unix  n - n 60 1 pickup
 cleanup   unix  n - n - 0 cleanup
 qmgr      unix  n - n 300 1 qmgr
@@ -123,6 +142,7 @@ EOF
   chown postfix:postfix "$pf/data"
   postfix -c "$pf/etc" start >&2
   wait_port $PF_SUB
+  wait_port $PF_MX
 }
 
 stop_postfix() { postfix -c "$WORK/postfix/etc" stop >/dev/null 2>&1 || true; }
@@ -138,6 +158,11 @@ data_dir = "$pn/data"
 [[listener]]
 role = "submission"
 address = "127.0.0.1:$PN_SUB"
+[[listener]]
+role = "mx"
+address = "127.0.0.1:$PN_MX"
+[relay]
+domains = ["relay.bench.test"]
 [http]
 address = "127.0.0.1:$PN_HTTP"
 [[route]]
@@ -146,6 +171,8 @@ next_hop = "127.0.0.1:$PN_SINK"
 tls = "none"
 [limits]
 max_connections_per_ip = 20000
+max_message_size = $MAX_SIZE
+body_memory_budget = $BUDGET
 [smtp]
 # The loadgen's sender domain is not set up here; the signing scenario adds
 # and verifies it to measure signing.
@@ -161,6 +188,7 @@ EOF
   POSTERN_LOG=warn "$ROOT/target/release/postern" serve --config "$pn/postern.toml" > "$pn/stdout" 2> "$pn/stderr" &
   PN_PID=$!
   wait_port $PN_SUB
+  wait_port $PN_MX
   PN_KEY=$(grep -m1 '^pst_' "$pn/stdout")
 }
 
@@ -273,6 +301,149 @@ idle_memory() { # count mode(plain|starttls)
     "$out" "$before" "$after" "$mode" | tee -a "$WORK/summary.jsonl"
 }
 
+# Samples memory every 0.2 s until SIGTERM (exec: the PID of "rss_sampler &"
+# is the sampler's own), then prints the peaks as JSON:
+#   postern PID: its VmRSS (and VmHWM at the end);
+#   postfix MASTER_PID: VmRSS summed over master and all its descendants
+#   (smtpd, cleanup, qmgr, smtp, ...) at each sample, max over samples; and
+#   the same sum of Pss (shared pages counted once across processes).
+rss_sampler() { # postern|postfix PID READY-FILE
+  exec python3 - "$1" "$2" "$3" <<'PY'
+import json, os, signal, sys, time
+kind, root = sys.argv[1], int(sys.argv[2])
+stop = False
+def on_term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_term)
+open(sys.argv[3], "w").close()
+def field(pid, name, f="status"):
+    try:
+        for line in open(f"/proc/{pid}/{f}"):
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+def tree():
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+peak_rss = peak_pss = peak_procs = samples = 0
+while not stop:
+    pids = tree() if kind == "postfix" else [root]
+    rss = sum(field(p, "VmRSS") for p in pids)
+    if rss > peak_rss:
+        peak_rss, peak_procs = rss, len(pids)
+    if kind == "postfix":
+        peak_pss = max(peak_pss, sum(field(p, "Pss", "smaps_rollup") for p in pids))
+    samples += 1
+    time.sleep(0.2)
+out = {"peak_rss_kib": peak_rss, "samples": samples}
+if kind == "postfix":
+    out.update(peak_pss_kib=peak_pss, processes_at_peak=peak_procs)
+else:
+    out["vmhwm_kib"] = field(root, "VmHWM")
+print(json.dumps(out))
+PY
+}
+
+# Starts rss_sampler in the background into FILE; SAMPLER is its PID once it
+# is ready for SIGTERM.
+start_sampler() { # postern|postfix PID FILE
+  rm -f "$3.ready"
+  rss_sampler "$1" "$2" "$3.ready" > "$3" & SAMPLER=$!
+  for _ in $(seq 1 100); do [ -e "$3.ready" ] && return 0; sleep 0.05; done
+  log "the memory sampler did not start"; return 1
+}
+
+stop_sampler() { kill -TERM "$SAMPLER"; wait "$SAMPLER" || true; }
+
+# Large messages against the memory budget (issue 10 item 2). On a fresh
+# Postern process: LARGE_CLIENTS (200) concurrent clients each send
+# LARGE_MSGS (1) messages of LARGE_SIZE (20 MiB): a quarter each DATA and
+# BDAT (1 MiB chunks), over STARTTLS+AUTH to the submission listener or
+# unauthenticated in plaintext to the MX/relay listener (a relay domain);
+# MAIL carries SIZE=. A 4xx (Postern's budget answers 452 4.3.1) is counted
+# and the message sent again after a short backoff until accepted, so MiB/s
+# is of messages accepted and delivered to the sink. The same load then goes
+# to Postfix, whose processes' memory is summed. Last, API_CLIENTS (50)
+# concurrent /v3/mail/send requests with an API_ATTACHMENT (10 MiB)
+# attachment, base64, against Postern alone (503 retried likewise).
+large_scenario() {
+  local n=${LARGE_CLIENTS:-200} msgs=${LARGE_MSGS:-1} size=${LARGE_SIZE:-$((20 * 1024 * 1024))}
+  local api_n=${API_CLIENTS:-50} att=${API_ATTACHMENT:-$((10 * 1024 * 1024))}
+  local common=(--connections "$n" --messages "$msgs" --size "$size" --mix --size-param --retry-4xx
+    --relay-to rcpt@relay.bench.test --timeout "${LARGE_TIMEOUT:-600}")
+  local a b c pn_mem pf_mem api_mem pf_master
+  stop_postern; setup_postern
+  local base; base=$(rss_kib "$PN_PID")
+
+  start_sampler postern "$PN_PID" "$WORK/mem-postern.json"
+  a=$("$LOADGEN" --server 127.0.0.1:$PN_SUB --relay-server 127.0.0.1:$PN_MX --sink 127.0.0.1:$PN_SINK \
+        --starttls --user apikey --password "$PN_KEY" "${common[@]}" --label "postern large"); echo "$a"
+  stop_sampler; pn_mem=$(cat "$WORK/mem-postern.json")
+
+  pf_master=$(tr -d ' ' < "$WORK/postfix/queue/pid/master.pid")
+  start_sampler postfix "$pf_master" "$WORK/mem-postfix.json"
+  b=$("$LOADGEN" --server 127.0.0.1:$PF_SUB --relay-server 127.0.0.1:$PF_MX --sink 127.0.0.1:$PF_SINK \
+        --starttls --user bench@postfix.bench.test --password benchpass "${common[@]}" --label "postfix large"); echo "$b"
+  stop_sampler; pf_mem=$(cat "$WORK/mem-postfix.json")
+
+  start_sampler postern "$PN_PID" "$WORK/mem-api.json"
+  c=$("$LOADGEN" --server 127.0.0.1:$PN_SUB --api 127.0.0.1:$PN_HTTP --sink 127.0.0.1:$PN_SINK \
+        --password "$PN_KEY" --connections "$api_n" --messages 1 --attachment-size "$att" --retry-4xx \
+        --timeout "${LARGE_TIMEOUT:-600}" --label "postern api large"); echo "$c"
+  stop_sampler; api_mem=$(cat "$WORK/mem-api.json")
+
+  for r in "$a" "$b" "$c"; do
+    [ "$(field "$r" errors)" = 0 ] && [ "$(field "$r" delivered)" = "$(field "$r" accepted)" ] \
+      || log "large run had errors or undelivered mail: $r"
+  done
+  python3 - "$a" "$b" "$c" "$pn_mem" "$pf_mem" "$api_mem" "$base" "$BUDGET" "$MAX_SIZE" <<'PY' | tee -a "$WORK/summary.jsonl"
+import json, sys
+a, b, c, pn, pf, api = (json.loads(x) for x in sys.argv[1:7])
+base, budget, max_size = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
+mib = lambda kib: round(kib / 1024, 1)
+print(json.dumps({
+    "scenario": f"{a['connections']} clients x {a['messages_per_connection']} msgs of {a['message_bytes'] / 2**20:.0f} MiB "
+                "(DATA/BDAT x STARTTLS+AUTH submission/plaintext unauthenticated relay, a quarter each; 4xx retried), "
+                f"then {c['connections']} /v3/mail/send with a {c['attachment_bytes'] / 2**20:.0f} MiB attachment (Postern only)",
+    "budget_mib": budget / 2**20,
+    "max_message_size_mib": max_size / 2**20,
+    "postern_rss_before_mib": mib(base),
+    "postern_peak_rss_smtp_mib": mib(pn["peak_rss_kib"]),
+    "postern_peak_rss_api_mib": mib(api["peak_rss_kib"]),
+    "postern_vmhwm_after_smtp_mib": mib(pn["vmhwm_kib"]),
+    "postern_vmhwm_mib": mib(api["vmhwm_kib"]),
+    "postfix_peak_rss_sum_mib": mib(pf["peak_rss_kib"]),
+    "postfix_peak_pss_sum_mib": mib(pf["peak_pss_kib"]),
+    "postfix_processes_at_peak": pf["processes_at_peak"],
+    "postern_smtp_e2e_mib_per_s": a["e2e_mib_per_s"],
+    "postfix_smtp_e2e_mib_per_s": b["e2e_mib_per_s"],
+    "postern_smtp_4xx": a["pushbacks"],
+    "postfix_smtp_4xx": b["pushbacks"],
+    "postern_smtp_seconds": a["e2e_seconds"],
+    "postfix_smtp_seconds": b["e2e_seconds"],
+    "postern_api_e2e_mib_per_s": c["e2e_mib_per_s"],
+    "postern_api_503": c["pushbacks"],
+    "postern_api_seconds": c["e2e_seconds"],
+    "loadgen_peak_rss_mib": mib(max(a["loadgen_peak_rss_kib"], b["loadgen_peak_rss_kib"])),
+}))
+PY
+}
+
 main() {
   [ "$(id -u)" = 0 ] || { log "run as root (Postfix's master needs it)"; exit 1; }
   install_postfix
@@ -285,6 +456,7 @@ main() {
   if [ "${ONLY:-}" = attack ]; then attack_scenario; return; fi
   if [ "${ONLY:-}" = domains ]; then domains_scenario; return; fi
   if [ "${ONLY:-}" = signing ]; then signing_scenario; return; fi
+  if [ "${ONLY:-}" = large ]; then large_scenario; return; fi
   if [ "${ONLY:-}" = idle ]; then
     stop_postern; setup_postern; idle_memory 10000 plain
     stop_postern; setup_postern; idle_memory 1000 starttls
@@ -304,6 +476,8 @@ main() {
   idle_memory 10000 plain
   stop_postern; setup_postern
   idle_memory 1000 starttls
+  # Large messages and memory, on a fresh server process (a few minutes).
+  large_scenario
   log "summary:"; cat "$WORK/summary.jsonl" >&2
 }
 

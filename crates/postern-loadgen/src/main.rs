@@ -4,6 +4,7 @@
 //! measure end to end: from the first connection until the sink holds every
 //! message. Prints one JSON line.
 
+mod api;
 mod attack;
 mod idle;
 mod sink;
@@ -91,6 +92,40 @@ pub struct Args {
     /// e.g. 127.2.0.0/16), as a botnet would from many addresses.
     #[arg(long)]
     pub attack_sources: Option<String>,
+    /// Send bodies with BDAT (RFC 3030 CHUNKING) instead of DATA.
+    #[arg(long)]
+    pub bdat: bool,
+    /// Bytes per BDAT chunk (the last one carries LAST).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub bdat_chunk: usize,
+    /// Mixed clients: client i sends with BDAT when i is odd and DATA when
+    /// even, and every other pair goes unauthenticated, in plaintext, to
+    /// --relay-server (recipient --relay-to) instead of --server with TLS
+    /// and AUTH: a quarter of the clients in each combination.
+    #[arg(long)]
+    pub mix: bool,
+    /// The relay (MX) listener for the unauthenticated clients of --mix.
+    #[arg(long)]
+    pub relay_server: Option<SocketAddr>,
+    /// The recipient of the unauthenticated clients (a relay domain of the
+    /// server under test).
+    #[arg(long)]
+    pub relay_to: Option<String>,
+    /// Announce the message size in MAIL FROM (RFC 1870 SIZE=).
+    #[arg(long)]
+    pub size_param: bool,
+    /// A 4xx reply (or an HTTP 503/429) is a pushback: the client counts
+    /// it, backs off briefly and sends the message again until accepted
+    /// (or --timeout). Without it a 4xx ends the client with an error.
+    #[arg(long)]
+    pub retry_4xx: bool,
+    /// Instead of SMTP, POST to /v3/mail/send on this HTTP address (the API
+    /// key in --password, recipient --to): each request carries one
+    /// attachment of --attachment-size bytes, base64-encoded.
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub attachment_size: usize,
     /// A label copied into the JSON output.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -130,36 +165,53 @@ async fn run(args: Args) -> Result<()> {
     };
     let total = args.connections * args.messages * args.rounds;
     let tls = Arc::new(smtp::tls_config()?);
-    let body = Arc::new(smtp::message_body(args.size));
+    // One body for every client (20 MiB × 200 clients must not be 4 GiB
+    // in the generator itself).
+    let body = Arc::new(match args.api {
+        Some(_) => api::request_body(&args, args.attachment_size),
+        None => smtp::message_body(args.size),
+    });
     let next_rcpt = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.timeout);
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let (args, tls, body, next_rcpt) =
             (args.clone(), tls.clone(), body.clone(), next_rcpt.clone());
         tasks.push(tokio::spawn(async move {
-            let mut all = Vec::new();
+            let mut all = smtp::ClientResult::default();
             for _ in 0..args.rounds {
-                let (lat, err) = smtp::connection(i, &args, tls.clone(), &body, &next_rcpt).await;
-                all.extend(lat);
-                if err.is_some() {
-                    return (all, err);
+                let r = match args.api {
+                    Some(addr) => api::client(i, &args, addr, &body, deadline).await,
+                    None => {
+                        smtp::connection(i, &args, tls.clone(), &body, &next_rcpt, deadline).await
+                    }
+                };
+                all.latencies.extend(r.latencies);
+                all.pushbacks += r.pushbacks;
+                if r.error.is_some() {
+                    all.error = r.error;
+                    break;
                 }
             }
-            (all, None)
+            (i, all)
         }));
     }
     let mut latencies = Vec::with_capacity(total);
     let mut errors = 0usize;
     let mut first_error = None;
+    let mut pushbacks = 0usize;
+    let mut by_mode = std::collections::BTreeMap::<&str, usize>::new();
     for t in tasks {
-        match t.await? {
-            (lat, None) => latencies.extend(lat),
-            (lat, Some(e)) => {
-                latencies.extend(lat);
-                errors += 1;
-                first_error.get_or_insert(e);
-            }
+        let (i, r) = t.await?;
+        if args.mix {
+            *by_mode.entry(smtp::Mode::of(i, &args).name()).or_default() += r.latencies.len();
+        }
+        latencies.extend(r.latencies);
+        pushbacks += r.pushbacks;
+        if let Some(e) = r.error {
+            errors += 1;
+            first_error.get_or_insert(e);
         }
     }
     let accepted_at = start.elapsed();
@@ -167,13 +219,14 @@ async fn run(args: Args) -> Result<()> {
     let mut delivered = None;
     let mut e2e = None;
     if let Some(sink) = &sink {
-        let deadline = start + Duration::from_secs(args.timeout);
         while sink.count() < sent && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         delivered = Some(sink.count());
         e2e = Some(start.elapsed());
     }
+    let message_bytes = body.len();
+    drop(body);
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -204,9 +257,30 @@ async fn run(args: Args) -> Result<()> {
         "delivered": delivered,
         "e2e_seconds": e2e.map(|d| round3(d.as_secs_f64())),
         "e2e_msgs_per_s": e2e.map(|d| round1(delivered.unwrap_or(0) as f64 / d.as_secs_f64())),
+        "mode": if args.api.is_some() { "api" } else if args.mix { "mix" } else if args.bdat { "bdat" } else { "data" },
+        "message_bytes": message_bytes,
+        "attachment_bytes": args.api.map(|_| args.attachment_size),
+        "accepted_by_mode": if args.mix { serde_json::json!(by_mode) } else { serde_json::Value::Null },
+        "pushbacks": pushbacks,
+        // Bytes of accepted messages (API: request bodies) per second, in
+        // MiB/s: until all were accepted, and until the sink had them all.
+        "accept_mib_per_s": round1((sent * message_bytes) as f64 / MIB / accepted_at.as_secs_f64()),
+        "e2e_mib_per_s": e2e.map(|d| round1((delivered.unwrap_or(0).min(sent) * message_bytes) as f64 / MIB / d.as_secs_f64())),
+        "loadgen_peak_rss_kib": peak_rss_kib(),
     });
     println!("{out}");
     Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// This process's peak RSS (VmHWM), to show the generator holds one body.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn round1(x: f64) -> f64 {

@@ -72,12 +72,20 @@ impl Conn {
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.io.get_mut().write_all(bytes).await?;
+        let io = self.io.get_mut();
+        io.write_all(bytes).await?;
+        // TLS: write_all can return with the last records still in the
+        // session's buffer (the socket was full); without a flush the
+        // server never sees them and both sides wait.
+        io.flush().await?;
         Ok(())
     }
 
     async fn expect(&mut self, class: u16, what: &str) -> Result<String> {
         let (code, text) = self.reply().await?;
+        if code / 100 == 4 && class != 4 {
+            return Err(Pushback(format!("{what}: {}", text.trim_end())).into());
+        }
         if code / 100 != class {
             bail!("{what}: {}", text.trim_end());
         }
@@ -95,12 +103,77 @@ pub async fn open_greeting_only(args: &Args) -> Result<Conn> {
     Ok(c)
 }
 
+/// A temporary refusal (4xx, or the server closing on us with 421): the
+/// client backs off and sends the message again.
+#[derive(Debug)]
+pub struct Pushback(pub String);
+
+impl std::fmt::Display for Pushback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pushed back: {}", self.0)
+    }
+}
+
+impl std::error::Error for Pushback {}
+
+/// How one client sends: BDAT or DATA, and to the submission listener
+/// (with the TLS and AUTH of the arguments) or unauthenticated, in
+/// plaintext, to the relay listener (`--relay-server`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    pub bdat: bool,
+    pub relay: bool,
+}
+
+impl Mode {
+    /// The mode of client `i`: `--mix` gives the four combinations in
+    /// turn, an equal share each when the client count is a multiple of 4.
+    pub fn of(i: usize, args: &Args) -> Mode {
+        if args.mix {
+            Mode {
+                bdat: i % 2 == 1,
+                relay: (i / 2) % 2 == 1,
+            }
+        } else {
+            Mode {
+                bdat: args.bdat,
+                relay: false,
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match (self.bdat, self.relay) {
+            (false, false) => "data_auth",
+            (true, false) => "bdat_auth",
+            (false, true) => "data_relay",
+            (true, true) => "bdat_relay",
+        }
+    }
+}
+
 /// Connects, greets, upgrades and authenticates as the arguments say.
 pub async fn open(args: &Args, tls: &TlsConnector) -> Result<Conn> {
-    let tcp = TcpStream::connect(args.server).await?;
+    open_mode(args, tls, Mode::default()).await.map(|(c, _)| c)
+}
+
+/// Like `open`, for a client of `mode`; also says whether the last EHLO
+/// advertised CHUNKING.
+pub async fn open_mode(args: &Args, tls: &TlsConnector, mode: Mode) -> Result<(Conn, bool)> {
+    let server = match (mode.relay, args.relay_server) {
+        (true, Some(s)) => s,
+        (true, None) => bail!("--mix needs --relay-server"),
+        (false, _) => args.server,
+    };
+    let (use_tls, starttls, auth) = if mode.relay {
+        (false, false, false)
+    } else {
+        (args.tls, args.starttls, true)
+    };
+    let tcp = TcpStream::connect(server).await?;
     tcp.set_nodelay(true)?;
-    let name = ServerName::IpAddress(args.server.ip().into());
-    let stream: Box<dyn Io> = if args.tls {
+    let name = ServerName::IpAddress(server.ip().into());
+    let stream: Box<dyn Io> = if use_tls {
         Box::new(tls.connect(name.clone(), tcp).await?)
     } else {
         Box::new(tcp)
@@ -110,8 +183,8 @@ pub async fn open(args: &Args, tls: &TlsConnector) -> Result<Conn> {
     };
     c.expect(2, "greeting").await?;
     c.send(b"EHLO loadgen.test\r\n").await?;
-    c.expect(2, "EHLO").await?;
-    if args.starttls {
+    let mut ehlo = c.expect(2, "EHLO").await?;
+    if starttls {
         c.send(b"STARTTLS\r\n").await?;
         c.expect(2, "STARTTLS").await?;
         let tcp = c.io.into_inner();
@@ -120,36 +193,55 @@ pub async fn open(args: &Args, tls: &TlsConnector) -> Result<Conn> {
             io: BufReader::new(stream),
         };
         c.send(b"EHLO loadgen.test\r\n").await?;
-        c.expect(2, "EHLO").await?;
+        ehlo = c.expect(2, "EHLO").await?;
     }
-    if let (Some(u), Some(p)) = (&args.user, &args.password) {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{u}\0{p}"));
-        c.send(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
-        c.expect(2, "AUTH").await?;
+    if auth {
+        if let (Some(u), Some(p)) = (&args.user, &args.password) {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{u}\0{p}"));
+            c.send(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+            c.expect(2, "AUTH").await?;
+        }
     }
-    Ok(c)
+    let chunking = ehlo.lines().any(|l| {
+        l.get(4..)
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case("CHUNKING"))
+    });
+    Ok((c, chunking))
 }
 
-/// One connection's share of the load: latencies of accepted messages, and
-/// the error that ended it early, if any.
+/// What one client did: latencies of accepted messages, 4xx pushbacks
+/// (each followed by a backoff and a new attempt), and the error that ended
+/// it early, if any.
+#[derive(Default)]
+pub struct ClientResult {
+    pub latencies: Vec<Duration>,
+    pub pushbacks: usize,
+    pub error: Option<String>,
+}
+
+/// One connection's share of the load (`--messages` messages). With
+/// `--retry-4xx`, a message refused with 4xx is sent again on a new
+/// connection after a short backoff, until accepted or `deadline`.
 pub async fn connection(
-    _i: usize,
+    i: usize,
     args: &Args,
     tls: Arc<TlsConnector>,
     body: &[u8],
     next_rcpt: &std::sync::atomic::AtomicUsize,
-) -> (Vec<Duration>, Option<String>) {
-    let mut latencies = Vec::with_capacity(args.messages);
-    let start = Instant::now();
-    let mut conn = match open(args, &tls).await {
-        Ok(c) => c,
-        Err(e) => return (latencies, Some(e.to_string())),
+    deadline: Instant,
+) -> ClientResult {
+    let mode = Mode::of(i, args);
+    let mut out = ClientResult {
+        latencies: Vec::with_capacity(args.messages),
+        ..Default::default()
     };
-    let mut data = body.to_vec();
-    data.extend_from_slice(b".\r\n");
-    let mut t0 = start;
-    for _ in 0..args.messages {
+    let mut conn: Option<Conn> = None;
+    let mut sent = 0usize;
+    let mut t0 = Instant::now();
+    let mut attempt = 0u32;
+    while sent < args.messages {
         let to = match args.domains {
+            _ if mode.relay => args.relay_to.clone().unwrap_or_else(|| args.to.clone()),
             Some(n) if n > 0 => {
                 let k = next_rcpt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (local, domain) = args.to.split_once('@').unwrap_or((&args.to, "example.net"));
@@ -157,35 +249,141 @@ pub async fn connection(
             }
             _ => args.to.clone(),
         };
-        let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n", args.from, to);
         let r: Result<()> = async {
-            if args.pipelining {
-                conn.send(envelope.as_bytes()).await?;
-                conn.expect(2, "MAIL").await?;
-                conn.expect(2, "RCPT").await?;
-                conn.expect(3, "DATA").await?;
-            } else {
-                for (cmd, class, what) in [
-                    (format!("MAIL FROM:<{}>\r\n", args.from), 2, "MAIL"),
-                    (format!("RCPT TO:<{to}>\r\n"), 2, "RCPT"),
-                    ("DATA\r\n".to_string(), 3, "DATA"),
-                ] {
-                    conn.send(cmd.as_bytes()).await?;
-                    conn.expect(class, what).await?;
+            if conn.is_none() {
+                let (c, chunking) = open_mode(args, &tls, mode).await?;
+                if mode.bdat && !chunking {
+                    bail!("the server does not advertise CHUNKING (BDAT)");
                 }
+                conn = Some(c);
             }
-            conn.send(&data).await?;
-            conn.expect(2, "end of DATA").await?;
-            Ok(())
+            let c = conn.as_mut().expect("connected above");
+            send_message(c, args, mode, &to, body).await
         }
         .await;
-        if let Err(e) = r {
-            return (latencies, Some(e.to_string()));
+        match r {
+            Ok(()) => {
+                out.latencies.push(t0.elapsed());
+                t0 = Instant::now();
+                sent += 1;
+                attempt = 0;
+            }
+            Err(e) if args.retry_4xx && is_pushback(&e) => {
+                out.pushbacks += 1;
+                attempt += 1;
+                // A refused transaction leaves the session in a state the
+                // client need not reason about: start again on a new
+                // connection, as an MTA would retry a deferred message.
+                if let Some(mut c) = conn.take() {
+                    let _ = c.send(b"QUIT\r\n").await;
+                }
+                let backoff = Duration::from_millis(
+                    (100 * u64::from(attempt.min(10))) + (i as u64 * 37) % 100,
+                );
+                if Instant::now() + backoff > deadline {
+                    out.error = Some(format!("gave up after {} pushbacks: {e}", out.pushbacks));
+                    return out;
+                }
+                tokio::time::sleep(backoff).await;
+            }
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
         }
-        latencies.push(t0.elapsed());
-        t0 = Instant::now();
     }
-    let _ = conn.send(b"QUIT\r\n").await;
-    let _ = conn.reply().await;
-    (latencies, None)
+    if let Some(mut c) = conn {
+        let _ = c.send(b"QUIT\r\n").await;
+        let _ = c.reply().await;
+    }
+    out
+}
+
+fn is_pushback(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Pushback>().is_some()
+}
+
+/// One transaction: MAIL, RCPT, then the body by DATA or in BDAT chunks.
+async fn send_message(c: &mut Conn, args: &Args, mode: Mode, to: &str, body: &[u8]) -> Result<()> {
+    let mail = if args.size_param {
+        format!("MAIL FROM:<{}> SIZE={}\r\n", args.from, body.len())
+    } else {
+        format!("MAIL FROM:<{}>\r\n", args.from)
+    };
+    let rcpt = format!("RCPT TO:<{to}>\r\n");
+    if mode.bdat {
+        c.send(mail.as_bytes()).await?;
+        c.expect(2, "MAIL").await?;
+        c.send(rcpt.as_bytes()).await?;
+        c.expect(2, "RCPT").await?;
+        let chunk = args.bdat_chunk.max(1);
+        let mut rest = body;
+        loop {
+            let n = rest.len().min(chunk);
+            let last = n == rest.len();
+            let cmd = if last {
+                format!("BDAT {n} LAST\r\n")
+            } else {
+                format!("BDAT {n}\r\n")
+            };
+            c.send(cmd.as_bytes()).await?;
+            c.send(&rest[..n]).await?;
+            // RFC 3030: after a 4xx or 5xx to a chunk the client sends no
+            // more chunks of this message.
+            c.expect(2, "BDAT").await?;
+            rest = &rest[n..];
+            if last {
+                return Ok(());
+            }
+        }
+    }
+    if args.pipelining {
+        c.send(format!("{mail}{rcpt}DATA\r\n").as_bytes()).await?;
+        c.expect(2, "MAIL").await?;
+        c.expect(2, "RCPT").await?;
+        c.expect(3, "DATA").await?;
+    } else {
+        for (cmd, class, what) in [
+            (mail.as_str(), 2, "MAIL"),
+            (rcpt.as_str(), 2, "RCPT"),
+            ("DATA\r\n", 3, "DATA"),
+        ] {
+            c.send(cmd.as_bytes()).await?;
+            c.expect(class, what).await?;
+        }
+    }
+    // The body is shared by every client (no copy per connection); it has
+    // no line starting with a dot, so it goes as it is.
+    c.send(body).await?;
+    c.send(b".\r\n").await?;
+    c.expect(2, "end of DATA").await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn mix_gives_each_combination_a_quarter() {
+        let args = Args::parse_from(["loadgen", "--server", "127.0.0.1:25", "--mix"]);
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..200 {
+            *counts.entry(Mode::of(i, &args).name()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 4);
+        assert!(counts.values().all(|&n| n == 50), "{counts:?}");
+        let plain = Args::parse_from(["loadgen", "--server", "127.0.0.1:25", "--bdat"]);
+        assert!(Mode::of(1, &plain).bdat && !Mode::of(1, &plain).relay);
+    }
+
+    #[test]
+    fn message_body_has_the_size_and_no_dot_lines() {
+        let body = message_body(20 * 1024 * 1024);
+        assert_eq!(body.len(), 20 * 1024 * 1024);
+        assert!(body.ends_with(b"\r\n"));
+        assert!(!body.windows(3).any(|w| w == b"\n.\r" || w == b"\n.."));
+    }
 }
