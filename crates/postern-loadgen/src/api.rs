@@ -3,6 +3,7 @@
 //! every client, and retries after a short backoff when the server pushes
 //! back (503, or 429).
 
+use crate::smtp::retry_backoff;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -62,13 +63,10 @@ pub async fn client(
             Err(e) if args.retry_4xx && e.downcast_ref::<Pushback>().is_some() => {
                 out.pushbacks += 1;
                 attempt += 1;
-                let backoff = Duration::from_millis(
-                    (100 * u64::from(attempt.min(10))) + (i as u64 * 37) % 100,
-                );
-                if Instant::now() + backoff > deadline {
+                let Some(backoff) = retry_backoff(attempt, i, deadline) else {
                     out.error = Some(format!("gave up after {} pushbacks: {e}", out.pushbacks));
                     return out;
-                }
+                };
                 tokio::time::sleep(backoff).await;
             }
             Err(e) => {

@@ -277,13 +277,10 @@ pub async fn connection(
                 if let Some(mut c) = conn.take() {
                     let _ = c.send(b"QUIT\r\n").await;
                 }
-                let backoff = Duration::from_millis(
-                    (100 * u64::from(attempt.min(10))) + (i as u64 * 37) % 100,
-                );
-                if Instant::now() + backoff > deadline {
+                let Some(backoff) = retry_backoff(attempt, i, deadline) else {
                     out.error = Some(format!("gave up after {} pushbacks: {e}", out.pushbacks));
                     return out;
-                }
+                };
                 tokio::time::sleep(backoff).await;
             }
             Err(e) => {
@@ -358,6 +355,13 @@ async fn send_message(c: &mut Conn, args: &Args, mode: Mode, to: &str, body: &[u
     c.send(b".\r\n").await?;
     c.expect(2, "end of DATA").await?;
     Ok(())
+}
+
+/// How long client `i` waits before its `attempt`-th retry after a
+/// pushback (growing, spread across clients), or None past `deadline`.
+pub(crate) fn retry_backoff(attempt: u32, i: usize, deadline: Instant) -> Option<Duration> {
+    let backoff = Duration::from_millis((100 * u64::from(attempt.min(10))) + (i as u64 * 37) % 100);
+    (Instant::now() + backoff <= deadline).then_some(backoff)
 }
 
 #[cfg(test)]
