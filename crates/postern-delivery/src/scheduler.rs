@@ -72,6 +72,9 @@ pub struct Scheduler {
     /// DSNs for mail that came in without authentication: headers only,
     /// and at most this many (backscatter to forged senders).
     pub unauthenticated_dsns: Arc<crate::dsn_limit::DsnLimiter>,
+    /// Message bytes claimed for delivery and held in memory at most (one
+    /// message more when a single one is larger).
+    pub max_body_bytes: usize,
 }
 
 struct Work {
@@ -98,6 +101,8 @@ struct Shared {
     destinations: Mutex<HashMap<String, DestinationState>>,
     slots: Arc<Semaphore>,
     in_memory: AtomicUsize,
+    /// Body bytes of those jobs (a body shared by jobs counts for each).
+    bytes_in_memory: AtomicUsize,
     /// A worker finished a job or stopped: the loop may claim or spawn.
     changed: Notify,
     /// Work waits for a free connection slot: idle workers should leave.
@@ -138,6 +143,7 @@ impl Scheduler {
             destinations: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(self.concurrency.max(1))),
             in_memory: AtomicUsize::new(0),
+            bytes_in_memory: AtomicUsize::new(0),
             changed: Notify::new(),
             slot_wanted: Notify::new(),
             pools: Mutex::new((HashMap::new(), None)),
@@ -158,12 +164,25 @@ impl Scheduler {
                 tokio::spawn(async move { queue_gauges(store.as_ref()).await });
             }
             let now = postern_core::time::now_millis();
-            let room = window.saturating_sub(shared.in_memory.load(Ordering::Acquire));
+            // Room in jobs and in bytes: large messages claim fewer at once.
+            let bytes_room = this
+                .max_body_bytes
+                .saturating_sub(shared.bytes_in_memory.load(Ordering::Acquire));
+            let room = if bytes_room == 0 {
+                0
+            } else {
+                window.saturating_sub(shared.in_memory.load(Ordering::Acquire))
+            };
             let mut claimed = 0;
             if room > 0 {
                 match this
                     .store
-                    .claim_due(now, room, LEASE.as_millis() as i64)
+                    .claim_due_within(
+                        now,
+                        room,
+                        LEASE.as_millis() as i64,
+                        i64::try_from(bytes_room).unwrap_or(i64::MAX),
+                    )
                     .await
                 {
                     Ok(jobs) => {
@@ -214,6 +233,10 @@ impl Scheduler {
                 .flat_map(|d| d.pending.drain(..))
                 .collect();
             shared.in_memory.fetch_sub(drained.len(), Ordering::AcqRel);
+            shared.bytes_in_memory.fetch_sub(
+                drained.iter().map(|w| w.job.body.len()).sum(),
+                Ordering::AcqRel,
+            );
             drained
                 .into_iter()
                 .flat_map(|w| {
@@ -344,8 +367,11 @@ impl Scheduler {
                     }
                 }
                 None => {
-                    dest.pending.push_back(Work { job, route });
                     shared.in_memory.fetch_add(1, Ordering::AcqRel);
+                    shared
+                        .bytes_in_memory
+                        .fetch_add(job.body.len(), Ordering::AcqRel);
+                    dest.pending.push_back(Work { job, route });
                     dest.arrived.notify_one();
                 }
             }
@@ -481,9 +507,11 @@ impl Scheduler {
                     // messages. The lease covers the job until then.
                     let this = self.clone();
                     let shared = shared.clone();
+                    let len = job.body.len();
                     tokio::spawn(async move {
                         this.record(job, attempt).await;
                         shared.in_memory.fetch_sub(1, Ordering::AcqRel);
+                        shared.bytes_in_memory.fetch_sub(len, Ordering::AcqRel);
                         shared.changed.notify_one();
                     });
                 }
@@ -498,6 +526,9 @@ impl Scheduler {
                         .collect();
                     let _ = self.store.postpone(items, now).await;
                     shared.in_memory.fetch_sub(1, Ordering::AcqRel);
+                    shared
+                        .bytes_in_memory
+                        .fetch_sub(w.job.body.len(), Ordering::AcqRel);
                 }
                 None => {
                     if kept.is_none() || *shutdown.borrow() {

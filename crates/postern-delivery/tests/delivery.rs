@@ -413,6 +413,7 @@ async fn start_node_inner(
         shaping,
         accounts: Some(store.clone()),
         unauthenticated_dsns: Arc::new(postern_delivery::dsn_limit::DsnLimiter::new(100, 1000)),
+        max_body_bytes: 64 * 1024 * 1024,
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));

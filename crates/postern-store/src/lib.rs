@@ -63,6 +63,21 @@ pub trait QueueStore: Send + Sync {
         now: i64,
         limit: usize,
         lease_millis: i64,
+    ) -> Result<Vec<DeliveryJob>> {
+        self.claim_due_within(now, limit, lease_millis, i64::MAX)
+            .await
+    }
+
+    /// As `claim_due`, stopping once the claimed recipients' messages add
+    /// up to `max_bytes` (at least one is always claimed): what a node
+    /// loads to deliver stays within its memory bound however large the
+    /// messages are.
+    async fn claim_due_within(
+        &self,
+        now: i64,
+        limit: usize,
+        lease_millis: i64,
+        max_bytes: i64,
     ) -> Result<Vec<DeliveryJob>>;
 
     /// Records the outcome of attempts, with their events, in one commit.

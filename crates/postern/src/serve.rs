@@ -325,6 +325,9 @@ pub async fn serve(config: Config) -> Result<()> {
         suppressions: Some(store.clone()),
         shaping: postern_delivery::Shaping::from_config(&config),
         accounts: Some(store.clone()),
+        // Bodies loaded for delivery get a bound of their own, the size of
+        // the doors' budget.
+        max_body_bytes: config.limits.body_memory_budget,
         unauthenticated_dsns: Arc::new(postern_delivery::dsn_limit::DsnLimiter::new(
             config.relay.dsn_per_address_per_hour,
             config.relay.dsn_per_hour,
