@@ -1,6 +1,7 @@
 """End-to-end fixtures: the real `postern` binary on loopback, a third-party
 SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
 
+import json
 import os
 import signal
 import smtplib
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -262,3 +264,20 @@ def strip_received(data: bytes) -> tuple[bytes, bytes]:
     while lines[i].startswith((b"\t", b" ")):
         i += 1
     return b"\r\n".join(lines[:i]) + b"\r\n", b"\r\n".join(lines[i:])
+
+
+def api(p, key, method, path, body=None):
+    """An HTTP API call with a bearer key: (status, decoded JSON or None)."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{p.ports['http']}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw else None

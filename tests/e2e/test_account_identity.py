@@ -4,25 +4,8 @@ with nothing of it: no sending domain (nor its DKIM keys), no keys, no send
 log, no IP rules. Driven with the CLI, curl-like HTTP calls and smtplib."""
 
 import json
-import urllib.request
 
-from conftest import send_as
-
-
-def api(p, key, method, path, body=None):
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{p.ports['http']}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw else None
+from conftest import api, send_as
 
 
 def key_for(p, account, *scopes):

@@ -9,22 +9,12 @@ import urllib.request
 from dnslib.server import DNSServer
 
 from conftest import Postern, free_port, send_as
+from conftest import api as conftest_api
 from test_dkim import MutableZone
 
 
 def api(p, method, path, key, body=None):
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{p.ports['http']}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+    return conftest_api(p, key, method, path, body)
 
 
 def test_a_squatters_claim_does_not_block_the_owner(sink):

@@ -4,7 +4,7 @@ whose IP allowlist leaves the client out, cannot be acted for."""
 
 import json
 
-from test_account_identity import api
+from conftest import api
 
 
 def cli_json(p, *args):

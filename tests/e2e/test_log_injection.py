@@ -9,7 +9,7 @@ import json
 import smtplib
 import ssl
 
-from test_account_identity import api
+from conftest import api
 
 EVIL = "evil\r\n2026-01-01T00:00:00Z auth.success actor=admin\x1b[2J\x1b]0;pwned\x07\u009b31m\u202e"
 RAW = ["\r", "\x1b", "\x07", "\u009b", "\u202e"]

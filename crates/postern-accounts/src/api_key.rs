@@ -15,7 +15,7 @@ use ring::hmac;
 
 /// Secret scanners (GitHub's, gitleaks) can match on this prefix.
 pub const KEY_PREFIX: &str = "pst_";
-/// 32 random bytes: 256 bits (DESIGN §4).
+/// 32 random bytes: API keys carry at least 256 bits of randomness.
 const KEY_RANDOM_BYTES: usize = 32;
 const HASH_SECRET_NAME: &str = "api-key-hmac";
 

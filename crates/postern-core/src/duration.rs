@@ -1,5 +1,6 @@
 //! Durations in the config file, written as `30s`, `5m`, `4h`, `5d` or `250ms`.
-//! A few lines of serde instead of a stale helper crate (see DEPENDENCIES.md).
+//! A few lines of serde instead of an unmaintained helper crate
+//! (humantime-serde).
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! routes and MX resolution that pick the next hop, and the SMTP client.
 //!
 //! The SMTP server never calls into this crate: the two meet only at the
-//! store (DESIGN §3, as Postfix's smtpd and smtp meet only at the queue).
+//! store, as Postfix's smtpd and smtp meet only at the queue.
 
 pub mod client;
 pub mod dane;

@@ -44,7 +44,7 @@
 //! will not come runs into); every reply line is
 //! `NNN<SP or ->text<CRLF>` (nothing the client sent can split a reply);
 //! no `334` or `235` before TLS on a listener without the dev override, and
-//! never on mx (AUTH is for submission only, DESIGN §4).
+//! never on mx (AUTH is for submission listeners only).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -1,7 +1,8 @@
 //! What the CLI prints for scripts (`--json`): JSON whose strings carry no
 //! character a terminal acts on. serde_json escapes C0 controls already;
 //! DEL, C1 controls (U+009B is a one-character CSI) and bidirectional
-//! overrides it leaves raw, so they are written as `\uXXXX` here. The
+//! overrides it leaves raw, so they are written here as JSON `\u` escapes
+//! (four hex digits each). The
 //! result is the same JSON value.
 
 use std::fmt::Write;
