@@ -1,4 +1,4 @@
-//! The security rules of DESIGN §4 that belong to the SMTP session, each
+//! The security rules (README, "Security defaults") that belong to the SMTP session, each
 //! proven against a real server on loopback.
 
 mod harness;

@@ -330,7 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// The same reply whatever was wrong, so a client cannot tell an unknown
-    /// user from a wrong key (DESIGN §4).
+    /// user from a wrong key.
     fn auth_failed(&mut self, _why: &'static str) -> Result<(), Close> {
         self.conn.auth_failures += 1;
         self.reply(Reply::new(

@@ -8,7 +8,7 @@ use super::Session;
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Whether AUTH may be offered and used right now: only on submission
     /// listeners, and only once TLS is up unless the development override is
-    /// set (DESIGN §4).
+    /// set.
     pub(crate) fn auth_allowed(&self) -> bool {
         matches!(
             self.listener.role,

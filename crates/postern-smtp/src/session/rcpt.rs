@@ -47,7 +47,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         if self.listener.role == ListenerRole::Mx && self.conn.principal.is_none() {
-            // Never an open relay (DESIGN §4): unauthenticated mail only for
+            // Never an open relay (the security rules): unauthenticated mail only for
             // relay domains, and never with routing tricks in the local part.
             let local = self.ctx.relay_domains.contains(address.domain());
             let relay = local || self.ctx.intake.is_return_path(&address.to_string()).await;
