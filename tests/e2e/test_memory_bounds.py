@@ -26,7 +26,9 @@ BIG = 16 * MIB
 @pytest.fixture
 def bounded(sink):
     with tempfile.TemporaryDirectory() as d:
-        p = Postern(d, sink.port, extra_config=f"[limits]\nmax_message_size = {20 * MIB}\nbody_memory_budget = {BUDGET}\n").start()
+        # Every client here is one network (loopback): its share is set to
+        # the whole budget, since this test is about the total.
+        p = Postern(d, sink.port, extra_config=f"[limits]\nmax_message_size = {20 * MIB}\nbody_memory_budget = {BUDGET}\nbody_memory_per_client = {BUDGET}\n").start()
         p.read_admin_key()
         yield p
         p.stop()

@@ -448,6 +448,19 @@ pub struct LimitsConfig {
     /// together (each body until it is stored); past it new transactions
     /// get `452 4.3.1` (SMTP) or 503 (HTTP). At least `max_message_size`.
     pub body_memory_budget: usize,
+    /// Most of that budget one holder may hold at once: an authenticated
+    /// account, or an unauthenticated client's network (/24, /64). Absent:
+    /// a quarter of the budget, at least `max_message_size`. Keeps slow
+    /// uploads from one tenant or network from starving everyone else.
+    pub body_memory_per_client: Option<usize>,
+}
+
+impl LimitsConfig {
+    /// The per-holder share of the body budget in effect.
+    pub fn body_memory_share(&self) -> usize {
+        self.body_memory_per_client
+            .unwrap_or_else(|| (self.body_memory_budget / 4).max(self.max_message_size))
+    }
 }
 
 impl Default for LimitsConfig {
@@ -465,6 +478,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 200,
             // Ten bodies of the largest size, or thousands of typical ones.
             body_memory_budget: 256 * 1024 * 1024,
+            body_memory_per_client: None,
         }
     }
 }
@@ -868,6 +882,14 @@ impl Config {
                 "must be at least limits.max_message_size, or no message of the largest size could ever be taken",
             ));
         }
+        if let Some(share) = l.body_memory_per_client {
+            if share < l.max_message_size || share > l.body_memory_budget {
+                return Err(invalid(
+                    "limits.body_memory_per_client",
+                    "must be between limits.max_message_size and limits.body_memory_budget",
+                ));
+            }
+        }
         if l.max_connections == 0 || l.max_connections_per_ip == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
@@ -1058,6 +1080,10 @@ mod tests {
         assert_eq!(c.limits.max_message_size, d.limits.max_message_size);
         assert_eq!(c.limits.command_timeout, d.limits.command_timeout);
         assert_eq!(c.limits.body_memory_budget, d.limits.body_memory_budget);
+        assert_eq!(
+            c.limits.body_memory_per_client,
+            d.limits.body_memory_per_client
+        );
         assert_eq!(c.queue.retry_max, d.queue.retry_max);
         assert_eq!(c.queue.max_age, d.queue.max_age);
         assert_eq!(c.server.hostname, d.server.hostname);

@@ -926,7 +926,7 @@ impl SmtpClient {
         let data_outcome = match data_reply {
             Some((354, _)) if accepted > 0 => {
                 conn.step = "DATA content";
-                conn.send(&encode_data(&job.body)).await?;
+                conn.send_body(&job.body).await?;
                 let (code, text) = conn.reply_within(DATA_END_TIMEOUT).await?;
                 Outcome::from_reply(code, &text, "end of DATA")
             }
@@ -1028,38 +1028,76 @@ fn describe(conn: &rustls::ClientConnection) -> String {
     format!("{version} {suite}")
 }
 
-/// Dot-stuffs (RFC 5321 §4.5.2) and terminates the body. Any bare CR or LF
-/// (intake refuses or normalises them, so this is defence in depth) is
-/// written as CRLF: the client never emits a bare line ending.
+/// Dot-stuffs (RFC 5321 §4.5.2) and terminates a whole body in one buffer.
+/// Delivery streams through [`DataEncoder`] instead; this is its one-shot
+/// form.
 pub fn encode_data(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        match b {
-            b'\r' | b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                at_line_start = true;
-            }
-            _ => {
-                out.push(b);
-                at_line_start = false;
-            }
-        }
-        i += 1;
-    }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut encoder = DataEncoder::default();
+    encoder.encode(body, &mut out);
+    encoder.finish(&mut out);
     out
+}
+
+/// Input bytes encoded per write when a body is streamed: the encoded copy
+/// of a message never exists whole, so a delivery holds the stored body
+/// plus one chunk, not twice the message.
+const DATA_CHUNK: usize = 64 * 1024;
+
+/// Dot-stuffs (RFC 5321 §4.5.2) a body given in pieces. Any bare CR or LF
+/// (intake refuses or normalises them, so this is defence in depth) is
+/// written as CRLF: the client never emits a bare line ending. State
+/// carries across pieces, so a CRLF or a leading dot split between two
+/// pieces encodes as if the body were whole.
+#[derive(Debug)]
+pub struct DataEncoder {
+    at_line_start: bool,
+    /// The last byte was a CR (already written as CRLF): an LF next is its
+    /// pair, not a second line ending.
+    after_cr: bool,
+}
+
+impl Default for DataEncoder {
+    fn default() -> Self {
+        DataEncoder {
+            at_line_start: true,
+            after_cr: false,
+        }
+    }
+}
+
+impl DataEncoder {
+    /// Appends the encoding of `piece` to `out`.
+    pub fn encode(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        out.reserve(piece.len() + piece.len() / 64 + 2);
+        for &b in piece {
+            match b {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\r' | b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                    self.after_cr = b == b'\r';
+                }
+                _ => {
+                    if self.at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    self.at_line_start = false;
+                    self.after_cr = false;
+                }
+            }
+        }
+    }
+
+    /// Ends the body: a last line without a line ending gets one, then the
+    /// end-of-data line.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -1128,6 +1166,22 @@ impl Conn {
         })
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+    }
+
+    /// Writes a body dot-stuffed, one chunk at a time. Each chunk has the
+    /// whole write timeout (RFC 5321 §4.5.3.2.5 times each data block, not
+    /// the message), so a slow but moving peer is not cut off.
+    async fn send_body(&mut self, body: &[u8]) -> io::Result<()> {
+        let mut encoder = DataEncoder::default();
+        let mut out = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 8);
+        for piece in body.chunks(DATA_CHUNK) {
+            out.clear();
+            encoder.encode(piece, &mut out);
+            self.send(&out).await?;
+        }
+        out.clear();
+        encoder.finish(&mut out);
+        self.send(&out).await
     }
 
     async fn reply(&mut self) -> io::Result<(u16, String)> {
@@ -1244,6 +1298,29 @@ mod tests {
             b"a\r\nb\r\nc\r\n..d\r\n.\r\n"
         );
         assert_eq!(encode_data(b""), b".\r\n");
+    }
+
+    /// Streaming gives the same bytes as one-shot encoding wherever the
+    /// body is cut, including inside a CRLF and before a leading dot.
+    #[test]
+    fn streamed_encoding_matches_whole_at_every_cut() {
+        let body: &[u8] = b".a\r\n.\r\n..b\rc\nd\r\r\n\n.e\r\n.";
+        let whole = encode_data(body);
+        for cut in 0..=body.len() {
+            for cut2 in cut..=body.len() {
+                let mut encoder = DataEncoder::default();
+                let mut out = Vec::new();
+                encoder.encode(&body[..cut], &mut out);
+                encoder.encode(&body[cut..cut2], &mut out);
+                encoder.encode(&body[cut2..], &mut out);
+                encoder.finish(&mut out);
+                assert_eq!(out, whole, "cut at {cut} and {cut2}");
+            }
+        }
+        assert_eq!(
+            whole,
+            b"..a\r\n..\r\n...b\r\nc\r\nd\r\n\r\n\r\n..e\r\n..\r\n.\r\n"
+        );
     }
 
     #[test]

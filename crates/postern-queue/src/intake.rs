@@ -113,7 +113,7 @@ impl Intake {
             senders: None,
             bounces: None,
             // Unbounded until the node sets `limits.body_memory_budget`.
-            budget: BodyBudget::new(usize::MAX / 2),
+            budget: BodyBudget::new(usize::MAX / 2, usize::MAX / 2),
         }
     }
 

@@ -8,7 +8,7 @@ pub mod intake;
 pub mod quota;
 pub mod retry;
 
-pub use body_budget::{BodyBudget, BodyLease};
+pub use body_budget::{BodyBudget, BodyLease, Holder};
 pub use intake::{
     Authorized, BounceReceiver, ClientInfo, Intake, IntakeError, SenderAuthority, Submission,
 };

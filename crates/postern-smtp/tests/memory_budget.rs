@@ -14,6 +14,8 @@ fn config() -> Config {
     let mut c = Config::default();
     c.limits.max_message_size = 256 * KIB;
     c.limits.body_memory_budget = 320 * KIB;
+    // These tests are about the total: every client here is one network.
+    c.limits.body_memory_per_client = Some(320 * KIB);
     c
 }
 
@@ -118,4 +120,74 @@ async fn bdat_before_mail_is_read_and_dropped() {
     ok.send(&msg).await;
     let r = ok.reply().await.unwrap();
     assert!(r.starts_with("250"), "{r}");
+}
+
+/// A client connected from `source` (any 127/8 address is local, and each
+/// /24 of it is a network of its own to the budget).
+async fn connect_from(
+    source: &str,
+    to: std::net::SocketAddr,
+) -> harness::Client<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    harness::Client::new(socket.connect(to).await.unwrap())
+}
+
+async fn start_body(c: &mut harness::Client<tokio::net::TcpStream>, size: usize) {
+    c.reply().await;
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<x@relay.example>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(&body(size)).await;
+}
+
+/// A slow upload from one network holds that network's share of the
+/// budget: the network's next transaction is refused while another
+/// network's goes through, although the total has room for both.
+#[tokio::test]
+async fn one_network_holds_only_its_share() {
+    let mut c = Config::default();
+    c.limits.max_message_size = 256 * KIB;
+    c.limits.body_memory_budget = 1024 * KIB;
+    c.limits.body_memory_per_client = Some(256 * KIB);
+    let server = start(c).await;
+
+    // An unfinished body of 200 KiB from 127.0.0.0/24.
+    let mut slow = connect_from("127.0.0.1", server.mx).await;
+    start_body(&mut slow, 200 * KIB).await;
+
+    // Another client of that network cannot start 100 KiB more once the
+    // server has read that body (polled: it reads at its own pace).
+    let mut same = connect_from("127.0.0.2", server.mx).await;
+    same.reply().await;
+    same.cmd("EHLO client.test").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = same.cmd("MAIL FROM:<c@sender.test> SIZE=100000").await;
+        if r.starts_with("452 4.3.1") {
+            break;
+        }
+        assert!(r.starts_with("250"), "{r}");
+        same.cmd("RSET").await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "127.0.0.0/24 was never held to its share"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Another network is not affected: a whole message goes through.
+    let mut other = connect_from("127.0.1.1", server.mx).await;
+    start_body(&mut other, 200 * KIB).await;
+    let r = other.cmd(".").await;
+    assert!(r.starts_with("250"), "{r}");
+
+    // The share comes back when the slow body ends.
+    assert!(slow.cmd(".").await.starts_with("250"));
+    assert!(same
+        .cmd("MAIL FROM:<c@sender.test> SIZE=100000")
+        .await
+        .starts_with("250"));
+    assert_eq!(server.queued().await, 2);
 }

@@ -127,6 +127,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let intake = Intake::new(store.clone(), config.server.hostname.clone())
         .with_body_budget(postern_queue::BodyBudget::new(
             config.limits.body_memory_budget,
+            config.limits.body_memory_share(),
         ))
         .with_quotas(postern_queue::Quotas::new(store.clone()))
         .with_sender_authority(Arc::new(postern_mailauth::SenderAuthority::new(

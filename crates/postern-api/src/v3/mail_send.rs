@@ -545,10 +545,13 @@ async fn send(
     };
     // What this request holds in memory, all of it leased from the budget
     // every door shares: the JSON (then the parsed request, about as big),
-    // the decoded attachments, and one built message at a time.
+    // the decoded attachments, and one built message at a time. One lease
+    // grows over all three, so the account's share of the budget never
+    // splits a single request against itself.
     let budget = mail.intake.body_budget();
-    let mut request_lease = budget.lease();
-    let raw = read_body(&headers, body, &mut request_lease).await?;
+    let mut lease = budget.lease(postern_queue::Holder::Account(caller.account_id));
+    let raw = read_body(&headers, body, &mut lease).await?;
+    let request_bytes = raw.len();
     let req: MailSend = super::mail_json::parse(&raw).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -562,8 +565,8 @@ async fn send(
         mail.max_message_size,
         |_, _| {},
     )?;
-    let mut attachments_lease = budget.lease();
-    if !attachments_lease.cover(attachments.iter().map(|a| a.data.len()).sum()) {
+    let attachment_bytes: usize = attachments.iter().map(|a| a.data.len()).sum();
+    if !lease.cover(request_bytes + attachment_bytes) {
         return Err(budget_spent());
     }
     if req
@@ -583,8 +586,7 @@ async fn send(
     principal.account_id = caller.account_id;
     // Room for the largest message, taken before the first is queued: the
     // request never stops half-way for want of memory.
-    let mut message_lease = budget.lease();
-    if !message_lease.cover(largest) {
+    if !lease.cover(request_bytes + attachment_bytes + largest) {
         return Err(budget_spent());
     }
     let mut first_id = None;

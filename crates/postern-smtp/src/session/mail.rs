@@ -113,13 +113,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // the transaction is refused now, before the client sends the body
         // (RFC 5321 §4.2.2 452, RFC 3463 4.3.1 mail system full).
         let budget = self.ctx.intake.body_budget();
-        if !budget.has_room(if from.size != 0 { from.size } else { 1 }) {
+        // Counted against the account when authenticated (one tenant's
+        // uploads never starve another's), else against the client's
+        // network.
+        let holder = match &self.conn.principal {
+            Some(p) if p.account_id != 0 => postern_queue::Holder::Account(p.account_id),
+            _ => postern_queue::Holder::network_of(self.peer.ip()),
+        };
+        if !budget.has_room(holder, if from.size != 0 { from.size } else { 1 }) {
             metrics::counter!("postern_smtp_rejected_total", "reason" => "memory_budget")
                 .increment(1);
             self.reply(common::insufficient_storage());
             return Ok(());
         }
-        let lease = budget.lease();
+        let lease = budget.lease(holder);
         let ret = if from.flags & MAIL_RET_FULL != 0 {
             Some(DsnReturn::Full)
         } else if from.flags & MAIL_RET_HDRS != 0 {

@@ -56,6 +56,7 @@ pub async fn start(mut config: Config) -> Server {
         intake: Intake::new(store.clone(), config.server.hostname.clone())
             .with_body_budget(postern_queue::BodyBudget::new(
                 config.limits.body_memory_budget,
+                config.limits.body_memory_share(),
             ))
             .with_quotas(postern_queue::Quotas::new(store.clone())),
         authenticator,
