@@ -242,9 +242,9 @@ impl Intake {
 
     /// Whether `account` may send one more message now; doors call this
     /// early (SMTP at MAIL) so a client learns before it sends the body.
-    pub async fn quota_check(&self, account: &str) -> Result<(), IntakeError> {
+    pub async fn quota_check(&self, account: &str, account_id: i64) -> Result<(), IntakeError> {
         match &self.quotas {
-            Some(q) => match q.check(account, 1).await? {
+            Some(q) => match q.check(account, account_id, 1).await? {
                 QuotaCheck::Allowed => Ok(()),
                 QuotaCheck::Exceeded { limit, retry_after } => {
                     metrics::counter!("postern_quota_exceeded_total").increment(1);
@@ -280,7 +280,7 @@ impl Intake {
         // Counted now, atomically with the check; given back if the message
         // is not queued after all (dropped on any early return below).
         let reservation = match (&self.quotas, &sub.principal) {
-            (Some(q), Some(p)) => match q.reserve(&p.account, 1).await? {
+            (Some(q), Some(p)) => match q.reserve(&p.account, p.account_id, 1).await? {
                 Reserve::Granted(r) => Some(r),
                 Reserve::Exceeded { limit, retry_after } => {
                     metrics::counter!("postern_quota_exceeded_total").increment(1);

@@ -4,7 +4,8 @@
 //! Counted in memory in fixed one-hour windows, which is exact for one node;
 //! with several nodes each enforces the limit on its own share (the shared
 //! PostgreSQL store will hold the counters). Limits are read from the store
-//! and cached briefly, so a change takes effect within `LIMIT_CACHE`.
+//! and cached briefly, so a change takes effect within `LIMIT_CACHE` (an
+//! account re-created under a cached name is read afresh at once).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,10 +31,12 @@ struct Usage {
     count: u32,
 }
 
-/// When each account's limit was read, and what it was (with the account's
-/// immutable id, which keys the usage: a deleted account's usage never
-/// counts against a new account that takes its name).
-type LimitCache = HashMap<String, (Instant, Option<(i64, u32)>)>;
+/// When each account's limit was read, and what it was, with the account's
+/// immutable id: the id keys the usage (a deleted account's usage never
+/// counts against a new account that takes its name), and an entry read
+/// for another id than the caller's is stale (the name was re-used within
+/// `LIMIT_CACHE`) and read again.
+type LimitCache = HashMap<String, (Instant, Option<(i64, Option<u32>)>)>;
 
 #[derive(Clone)]
 pub struct Quotas {
@@ -91,35 +94,48 @@ impl Quotas {
         }
     }
 
-    /// The account's id and hourly limit, if it has one.
-    async fn limit(&self, account: &str) -> Result<Option<(i64, u32)>, StoreError> {
+    /// The account's id and hourly limit, if it has one. `account_id` is
+    /// the id the caller authenticated as (0 when unknown).
+    async fn limit(
+        &self,
+        account: &str,
+        account_id: i64,
+    ) -> Result<Option<(i64, u32)>, StoreError> {
         let now = Instant::now();
-        if let Some((at, limit)) = self
+        let limit_of =
+            |read: &Option<(i64, Option<u32>)>| read.and_then(|(id, limit)| limit.map(|l| (id, l)));
+        if let Some((at, read)) = self
             .limits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(account)
         {
-            if now.duration_since(*at) < LIMIT_CACHE {
-                return Ok(*limit);
+            let same_account = account_id == 0 || read.is_some_and(|(id, _)| id == account_id);
+            if now.duration_since(*at) < LIMIT_CACHE && same_account {
+                return Ok(limit_of(read));
             }
         }
-        let limit = self
+        let read = self
             .store
             .get_account(account.to_owned())
             .await?
-            .and_then(|a| a.max_messages_per_hour.map(|m| (a.id, m)));
+            .map(|a| (a.id, a.max_messages_per_hour));
         self.limits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(account.to_owned(), (now, limit));
-        Ok(limit)
+            .insert(account.to_owned(), (now, read));
+        Ok(limit_of(&read))
     }
 
     /// Whether `account` may send `n` more messages now (nothing is
     /// counted): an early answer for a client, before it sends the body.
-    pub async fn check(&self, account: &str, n: u32) -> Result<QuotaCheck, StoreError> {
-        let Some((id, limit)) = self.limit(account).await? else {
+    pub async fn check(
+        &self,
+        account: &str,
+        account_id: i64,
+        n: u32,
+    ) -> Result<QuotaCheck, StoreError> {
+        let Some((id, limit)) = self.limit(account, account_id).await? else {
             return Ok(QuotaCheck::Allowed);
         };
         let now = Instant::now();
@@ -138,8 +154,13 @@ impl Quotas {
 
     /// Checks and counts `n` messages in one step under one lock, so that
     /// the limit holds however many submissions race.
-    pub async fn reserve(&self, account: &str, n: u32) -> Result<Reserve, StoreError> {
-        let Some((id, limit)) = self.limit(account).await? else {
+    pub async fn reserve(
+        &self,
+        account: &str,
+        account_id: i64,
+        n: u32,
+    ) -> Result<Reserve, StoreError> {
+        let Some((id, limit)) = self.limit(account, account_id).await? else {
             return Ok(Reserve::Granted(Reservation { held: None }));
         };
         let now = Instant::now();
@@ -169,7 +190,7 @@ mod tests {
     use postern_store::{AccountRecord, AccountUpdate, EmbeddedStore};
 
     async fn granted(q: &Quotas, account: &str) -> Reservation {
-        match q.reserve(account, 1).await.unwrap() {
+        match q.reserve(account, 0, 1).await.unwrap() {
             Reserve::Granted(r) => r,
             Reserve::Exceeded { .. } => panic!("{account}: over its limit"),
         }
@@ -198,7 +219,7 @@ mod tests {
                 let (q, barrier) = (q.clone(), barrier.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    match q.reserve("a", 1).await.unwrap() {
+                    match q.reserve("a", 0, 1).await.unwrap() {
                         Reserve::Granted(r) => {
                             tokio::task::yield_now().await;
                             r.commit();
@@ -224,7 +245,7 @@ mod tests {
         drop(granted(&q, "a").await);
         granted(&q, "a").await.commit();
         assert!(matches!(
-            q.reserve("a", 1).await.unwrap(),
+            q.reserve("a", 0, 1).await.unwrap(),
             Reserve::Exceeded { limit: 1, .. }
         ));
     }
@@ -251,24 +272,56 @@ mod tests {
             .unwrap();
         let q = Quotas::new(store);
         for _ in 0..2 {
-            assert_eq!(q.check("a", 1).await.unwrap(), QuotaCheck::Allowed);
+            assert_eq!(q.check("a", 0, 1).await.unwrap(), QuotaCheck::Allowed);
             granted(&q, "a").await.commit();
         }
         assert!(matches!(
-            q.check("a", 1).await.unwrap(),
+            q.check("a", 0, 1).await.unwrap(),
             QuotaCheck::Exceeded { limit: 2, .. }
         ));
         assert!(matches!(
-            q.reserve("a", 1).await.unwrap(),
+            q.reserve("a", 0, 1).await.unwrap(),
             Reserve::Exceeded { limit: 2, .. }
         ));
         for _ in 0..100 {
             granted(&q, "b").await.commit();
         }
         assert_eq!(
-            q.check("b", 1).await.unwrap(),
+            q.check("b", 0, 1).await.unwrap(),
             QuotaCheck::Allowed,
             "b has no limit"
         );
+    }
+
+    /// A name deleted and re-created within the limit cache's lifetime is a
+    /// new account: the cached entry of the old one (its id, its usage) is
+    /// not applied to it.
+    #[tokio::test]
+    async fn a_re_created_name_is_not_served_the_old_accounts_entry() {
+        let store = store_with_limit(1).await;
+        let old = store.get_account("a".into()).await.unwrap().unwrap().id;
+        let q = Quotas::new(store.clone());
+        match q.reserve("a", old, 1).await.unwrap() {
+            Reserve::Granted(r) => r.commit(),
+            Reserve::Exceeded { .. } => panic!("the first message is within the limit"),
+        }
+        assert!(matches!(
+            q.reserve("a", old, 1).await.unwrap(),
+            Reserve::Exceeded { limit: 1, .. }
+        ));
+        store.delete_account("a".into()).await.unwrap();
+        store
+            .create_account(AccountRecord {
+                max_messages_per_hour: Some(1),
+                ..AccountRecord::new("a", None, 0)
+            })
+            .await
+            .unwrap();
+        let new = store.get_account("a".into()).await.unwrap().unwrap().id;
+        assert_ne!(old, new);
+        match q.reserve("a", new, 1).await.unwrap() {
+            Reserve::Granted(r) => r.commit(),
+            Reserve::Exceeded { .. } => panic!("the new account inherited the old one's usage"),
+        }
     }
 }

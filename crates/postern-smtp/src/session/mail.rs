@@ -46,8 +46,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         if let Some(p) = &self.conn.principal {
-            let account = p.account.clone();
-            match self.ctx.intake.quota_check(&account).await {
+            let (account, account_id) = (p.account.clone(), p.account_id);
+            match self.ctx.intake.quota_check(&account, account_id).await {
                 Ok(()) => {}
                 Err(IntakeError::QuotaExceeded { limit, retry_after }) => {
                     metrics::counter!("postern_smtp_rejected_total", "reason" => "quota")
