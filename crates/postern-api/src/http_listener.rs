@@ -33,9 +33,6 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::ApiError;
 
-/// How long a graceful shutdown waits for requests in progress.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Limits of one HTTP listener (`[http]` in the configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -46,11 +43,15 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// How long a shutdown waits for requests in progress
+    /// (`server.shutdown_grace`).
+    pub shutdown_grace: Duration,
 }
 
 impl HttpLimits {
-    pub fn from_config(c: &postern_core::config::HttpConfig) -> Self {
+    pub fn from_config(c: &postern_core::config::HttpConfig, shutdown_grace: Duration) -> Self {
         HttpLimits {
+            shutdown_grace,
             header_timeout: c.header_timeout,
             request_timeout: c.request_timeout,
             max_connections: c.max_connections.max(1),
@@ -132,7 +133,10 @@ async fn request_deadline(State(limit): State<Duration>, req: Request, next: Nex
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true, then lets
-/// requests in progress finish (for up to `SHUTDOWN_GRACE`).
+/// requests in progress finish for up to `limits.shutdown_grace` and closes the
+/// connections still open after it: a client that keeps a request going
+/// cannot hold the process past the grace. (A request cut there was never
+/// answered; a message it was queueing is stored whole or not at all.)
 pub async fn serve_connections(
     listener: TcpListener,
     app: Router,
@@ -142,7 +146,11 @@ pub async fn serve_connections(
     let app = with_request_timeout(app, limits.request_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Ended connections are reaped as we go, so the set holds only
+        // live ones.
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -168,14 +176,23 @@ pub async fn serve_connections(
             continue;
         };
         let (app, shutdown) = (app.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             serve_one(stream, peer, app, limits, shutdown).await;
             drop((slot, ip_slot));
         });
     }
-    // Every slot back means every connection has ended.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
+    let drained = tokio::time::timeout(limits.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            "HTTP connections still open after the grace period; closing them"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
     Ok(())
 }
 
@@ -329,6 +346,59 @@ mod tests {
         let mut s = WriteStall::new(ours, Duration::from_millis(50));
         s.write_all(&[0u8; 4096]).await.unwrap();
         assert_eq!(reader.await.unwrap(), 4096);
+    }
+
+    /// A request still running when the grace ends is cut: the listener
+    /// returns and the client sees its connection closed, so no client can
+    /// hold the process open.
+    #[tokio::test]
+    async fn connections_are_closed_when_the_grace_ends() {
+        use tokio::io::AsyncReadExt;
+        let app = Router::new().route(
+            "/hang",
+            axum::routing::get(|| std::future::pending::<&'static str>()),
+        );
+        let limits = HttpLimits {
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(600),
+            max_connections: 8,
+            max_connections_per_ip: 8,
+            shutdown_grace: Duration::from_millis(300),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(false);
+        let server = tokio::spawn(serve_connections(listener, app, limits, rx));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The request is in its handler once the server accepted it;
+        // nothing comes back while it hangs (50 ms is ample on loopback).
+        let mut buf = [0u8; 64];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf))
+                .await
+                .is_err(),
+            "the handler answered"
+        );
+        let started = tokio::time::Instant::now();
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the listener outlived its grace")
+            .unwrap()
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "waited the grace"
+        );
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the connection was left open after the grace")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
     }
 
     #[test]

@@ -275,7 +275,10 @@ pub async fn serve(config: Config) -> Result<()> {
         }),
         health: vec![dane_health],
     };
-    let http_limits = postern_api::http_listener::HttpLimits::from_config(&config.http);
+    let http_limits = postern_api::http_listener::HttpLimits::from_config(
+        &config.http,
+        config.server.shutdown_grace,
+    );
     let mut http_apps = Vec::new();
     if let Some(socket) = metrics_http {
         http_apps.push((socket, postern_api::metrics_router(api_state.clone())));
