@@ -356,7 +356,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let app = Router::new().route(
             "/hang",
-            axum::routing::get(|| std::future::pending::<&'static str>()),
+            axum::routing::get(std::future::pending::<&'static str>),
         );
         let limits = HttpLimits {
             header_timeout: Duration::from_secs(30),
