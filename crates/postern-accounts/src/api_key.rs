@@ -6,12 +6,12 @@
 //! AUTH. The HMAC key (a secret kept in the store) means a leaked table of
 //! hashes alone cannot even be used to confirm a guessed key.
 
+use aws_lc_rs::hmac;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use postern_core::principal::SCOPE_FULL_ACCESS;
 use postern_store::{ApiKeyRecord, CredentialStore, StoreError};
 use rand::RngCore;
-use ring::hmac;
 
 /// Secret scanners (GitHub's, gitleaks) can match on this prefix.
 pub const KEY_PREFIX: &str = "pst_";

@@ -14,9 +14,9 @@ use postern_store::{AccountRecord, StoreError, TotpRecord, TotpStore};
 use thiserror::Error;
 
 use crate::authenticator::PASSWORD_KEY_ID;
+use aws_lc_rs::digest::{digest, SHA256};
+use aws_lc_rs::hmac;
 use rand::RngCore;
-use ring::digest::{digest, SHA256};
-use ring::hmac;
 
 const STEP_SECONDS: i64 = 30;
 const DIGITS: u32 = 6;

@@ -7,7 +7,7 @@
 //! recipient's address (often longer than the 64 octets a local part may
 //! have, RFC 5321 §4.5.3.1.1) need not be carried.
 
-use ring::hmac;
+use aws_lc_rs::hmac;
 
 /// Hex digits of the tag: 48 bits, against guessing by someone sending
 /// forged bounces.

@@ -683,7 +683,16 @@ impl SmtpClient {
                 if c.report_only {
                     self.report_certificate(&c.host, tls.get_ref().1);
                 }
-                metrics::counter!("postern_delivery_tls_total", "result" => if c.tls == RouteTls::Required { "verified" } else { "opportunistic" }, "policy" => c.policy).increment(1);
+                // The agreed key exchange group (X25519MLKEM768 where the
+                // peer offers the hybrid post-quantum group).
+                let group = tls
+                    .get_ref()
+                    .1
+                    .negotiated_key_exchange_group()
+                    .map(|g| format!("{:?}", g.name()))
+                    .unwrap_or_else(|| "none".into());
+                tracing::debug!(host = %c.host, tls = %desc, group = %group, "TLS established");
+                metrics::counter!("postern_delivery_tls_total", "result" => if c.tls == RouteTls::Required { "verified" } else { "opportunistic" }, "policy" => c.policy, "group" => group).increment(1);
                 tls_desc = Some(desc);
                 conn.stream = Stream::Tls(Box::new(tls));
                 caps = self

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use ring::digest;
+use aws_lc_rs::digest;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -58,7 +58,7 @@ impl DaneVerifier {
     pub fn new(records: Vec<Tlsa>) -> Self {
         DaneVerifier {
             records: records.into_iter().filter(usable).collect(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         }
     }
 }
@@ -147,7 +147,7 @@ impl ServerCertVerifier for DaneVerifier {
 
 /// A client configuration that verifies with the TLSA records.
 pub fn client_config(records: Vec<Tlsa>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -544,7 +544,7 @@ fn tls_pair(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::Pat
     std::fs::write(&ca, ck.cert.pem()).unwrap();
     let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
@@ -1253,7 +1253,7 @@ fn acceptor_for(names: &[&str], ca: &std::path::Path) -> tokio_rustls::TlsAccept
     std::fs::write(ca, pem).unwrap();
     let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
@@ -1762,7 +1762,7 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
     let acceptor = |ck: &rcgen::CertifiedKey<rcgen::KeyPair>| {
         let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -1790,7 +1790,7 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
         TcpListener::bind(("127.0.0.23", port)).await.unwrap(),
         SinkOptions::default(),
     );
-    let digest = ring::digest::digest(&ring::digest::SHA256, &spki)
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki)
         .as_ref()
         .to_vec();
     // "3 1 1": DANE-EE, the host's public key, SHA-256.

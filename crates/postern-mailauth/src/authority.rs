@@ -92,7 +92,7 @@ type SignerKey = (String, String, [u8; 32]);
 
 /// SHA-256 over both private keys: what a cached signer was made from.
 fn key_digest(rsa_private: &[u8], ed25519_private: &[u8]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(&(rsa_private.len() as u64).to_be_bytes());
     ctx.update(rsa_private);
     ctx.update(ed25519_private);

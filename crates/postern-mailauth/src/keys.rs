@@ -2,7 +2,9 @@
 //! understands) and Ed25519 (RFC 8463: short, fast, and what verifiers are
 //! moving to). Messages are signed with both.
 
-use mail_auth::dkim::generate::DkimKeyPair;
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 
 use crate::MailAuthError;
 
@@ -11,7 +13,8 @@ pub const RSA_BITS: usize = 2048;
 
 #[derive(Clone)]
 pub struct DkimKeys {
-    /// PKCS#1 DER.
+    /// PKCS#8 DER (keys made before aws-lc-rs generated them are PKCS#1
+    /// DER; both load).
     pub rsa_private: Vec<u8>,
     /// PKCS#1 DER (RSAPublicKey), as DKIM's `p=` carries it.
     pub rsa_public: Vec<u8>,
@@ -32,17 +35,28 @@ impl std::fmt::Debug for DkimKeys {
 }
 
 impl DkimKeys {
-    /// Generates both keys. RSA generation uses the `rsa` crate through
-    /// mail-auth's `generate` feature, because ring cannot generate RSA
-    /// keys; signing then uses ring. It takes about a second in a release
-    /// build, so callers run it off the async runtime.
+    /// Generates both keys with aws-lc-rs, the one crypto provider (RSA
+    /// generation takes tens of milliseconds; callers still run it off the
+    /// async runtime).
     pub fn generate() -> Result<DkimKeys, MailAuthError> {
-        let rsa = DkimKeyPair::generate_rsa(RSA_BITS)
-            .map_err(|e| MailAuthError::KeyGeneration(e.to_string()))?;
-        let ed = DkimKeyPair::generate_ed25519()
-            .map_err(|e| MailAuthError::KeyGeneration(e.to_string()))?;
-        let (rsa_private, rsa_public) = rsa.into_inner();
-        let (ed25519_private, ed25519_public) = ed.into_inner();
+        let failed = |what: &str| MailAuthError::KeyGeneration(format!("{what} failed"));
+        let rsa = KeyPair::generate(KeySize::Rsa2048).map_err(|_| failed("RSA-2048 generation"))?;
+        let rsa_private = rsa
+            .as_der()
+            .map_err(|_| failed("RSA key encoding"))?
+            .as_ref()
+            .to_vec();
+        // RFC 8017 RSAPublicKey, the form `p=` has always carried here.
+        let rsa_public = rsa.public_key().as_ref().to_vec();
+        let ed25519_private = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .map_err(|_| failed("Ed25519 generation"))?
+            .as_ref()
+            .to_vec();
+        let ed25519_public = Ed25519KeyPair::from_pkcs8(&ed25519_private)
+            .map_err(|_| failed("Ed25519 key decoding"))?
+            .public_key()
+            .as_ref()
+            .to_vec();
         Ok(DkimKeys {
             rsa_private,
             rsa_public,

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_lc_rs::rand::SecureRandom;
 use base64::Engine;
 use postern_queue::Intake;
 use postern_store::{SendLimits, SenderRecord, SenderStore, StoreError, TokenIssue, TokenUse};
-use ring::rand::SecureRandom;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
@@ -60,7 +60,7 @@ pub struct SenderVerification {
 
 /// The SHA-256 of a token, as stored.
 fn token_hash(token: &str) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
         .as_ref()
         .to_vec()
 }
@@ -154,7 +154,7 @@ impl SenderVerification {
             return Err(SenderError::NotFound);
         };
         let mut raw = [0u8; 32];
-        ring::rand::SystemRandom::new()
+        aws_lc_rs::rand::SystemRandom::new()
             .fill(&mut raw)
             .map_err(|_| SenderError::Mail("no randomness".into()))?;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);

@@ -327,7 +327,7 @@ fn no_certificate_tls() -> Arc<rustls::ServerConfig> {
             None
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("fuzz harness: TLS versions")

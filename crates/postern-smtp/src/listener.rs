@@ -170,8 +170,9 @@ async fn handshake(
         Ok(Ok(tls)) => {
             let desc = crate::tls::describe(tls.get_ref().1);
             let version = desc.split(' ').next().unwrap_or("TLS").to_owned();
-            metrics::counter!("postern_smtp_tls_sessions_total", "version" => version).increment(1);
-            tracing::debug!(peer = %peer, tls = %desc, "TLS established");
+            let group = crate::tls::key_exchange_group(tls.get_ref().1);
+            metrics::counter!("postern_smtp_tls_sessions_total", "version" => version, "group" => group.clone()).increment(1);
+            tracing::debug!(peer = %peer, tls = %desc, group = %group, "TLS established");
             Some((tls, desc))
         }
         Ok(Err(e)) => {

@@ -41,13 +41,13 @@ pub fn server_config_from_der(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(Arc::new(config))
 }
 
@@ -63,4 +63,13 @@ pub fn describe(conn: &rustls::ServerConnection) -> String {
         .map(|s| format!("{:?}", s.suite()))
         .unwrap_or_default();
     format!("{version} {suite}")
+}
+
+/// The key exchange group a handshake agreed on ("X25519MLKEM768", the
+/// hybrid post-quantum group aws-lc-rs prefers; "X25519"; …), for logs and
+/// the per-group counter. "none" for a resumed TLS 1.2 session.
+pub fn key_exchange_group(conn: &rustls::CommonState) -> String {
+    conn.negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()))
+        .unwrap_or_else(|| "none".into())
 }

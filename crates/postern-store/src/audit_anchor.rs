@@ -16,8 +16,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ring::hmac;
-use ring::rand::SecureRandom;
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::SecureRandom;
 use thiserror::Error;
 
 /// Domain separation for the HMAC: these bytes never mean anything else.
@@ -177,7 +177,7 @@ impl AuditAnchor {
 /// another process got there first; its key is then used).
 fn create_key(path: &Path) -> Result<Vec<u8>, AnchorError> {
     let mut key = vec![0u8; 32];
-    ring::rand::SystemRandom::new()
+    aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| AnchorError::Random)?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));

@@ -3,7 +3,7 @@
 //! row is evident to `verify`. (An attacker who can rewrite the whole table
 //! can recompute the chain; export the latest hash elsewhere to pin it.)
 
-use ring::digest::{Context, SHA256};
+use aws_lc_rs::digest::{Context, SHA256};
 
 use crate::AuditEntry;
 

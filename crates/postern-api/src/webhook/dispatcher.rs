@@ -74,7 +74,7 @@ impl WebhookDispatcher {
             }
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

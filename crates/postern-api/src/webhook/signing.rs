@@ -4,9 +4,9 @@
 //! the public key as base64 DER SubjectPublicKeyInfo. `ring` does the
 //! cryptography; only the SPKI wrapping of the public key is written here.
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use base64::Engine;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 
 pub const SIGNATURE_HEADER: &str = "X-Twilio-Email-Event-Webhook-Signature";
 pub const TIMESTAMP_HEADER: &str = "X-Twilio-Email-Event-Webhook-Timestamp";
@@ -40,7 +40,7 @@ pub fn generate_key() -> Result<Vec<u8>, SigningError> {
 }
 
 fn key_pair(pkcs8: &[u8]) -> Result<EcdsaKeyPair, SigningError> {
-    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &SystemRandom::new())
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8)
         .map_err(|e| SigningError::BadKey(e.to_string()))
 }
 
@@ -68,7 +68,7 @@ pub fn sign(pkcs8: &[u8], timestamp: &str, body: &[u8]) -> Result<String, Signin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+    use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 
     #[test]
     fn signatures_verify_with_the_published_key_and_only_for_the_same_bytes() {
