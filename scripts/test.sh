@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Postern's whole test suite on a fresh machine. It installs what the
-# tests need (swaks and curl from Debian, Python clients from PyPI,
+# tests need (swaks, curl and strace from Debian, Python clients from PyPI,
 # nodemailer from npm) and
 # starts every server the tests use on loopback.
 set -euo pipefail
@@ -10,7 +10,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
 missing=()
-for tool in swaks curl; do
+for tool in swaks curl strace; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@ SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
 
 import json
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -19,6 +20,40 @@ from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("POSTERN_BIN", ROOT / "target" / "debug" / "postern"))
+
+# Every Postern made during the running test, for `server_health`.
+_SERVERS = []
+# How Rust reports a panic on stderr (the server's log), in any thread:
+# "thread 'NAME' panicked at", newer releases with " (TID)" after the name.
+PANIC = re.compile(r"thread '[^']*'(?: \(\d+\))? panicked at ")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "stops_server: the test ends its server itself (kill -9, a signal), so "
+        "exits during it are expected; a panic in the log still fails it",
+    )
+
+
+@pytest.fixture(autouse=True)
+def server_health(request):
+    """Fails the test (at teardown) when a server it started exited without
+    being stopped, did not stop cleanly on SIGTERM, or logged a panic. Only
+    tests marked `stops_server` may end their servers themselves."""
+    _SERVERS.clear()
+    yield
+    stops_allowed = request.node.get_closest_marker("stops_server") is not None
+    problems = []
+    for p in _SERVERS:
+        # Normally the test or its fixture stopped it already (the check ran
+        # then, while the log still existed); a server left running is
+        # stopped here.
+        p.stop()
+        problems += p.health_problems(stops_allowed)
+    _SERVERS.clear()
+    if problems:
+        pytest.fail("server health:\n" + "\n".join(problems), pytrace=False)
 
 
 def free_port():
@@ -66,6 +101,10 @@ class SinkHandler:
                     "data": envelope.original_content,
                     "peer": session.peer[0],
                     "helo": session.host_name,
+                    # When the sink took it (its 250 follows at once).
+                    "at": time.monotonic(),
+                    # The connection it came on (one object per connection).
+                    "session": session,
                 }
             )
         return self.reply
@@ -158,8 +197,17 @@ require_verified_senders = {"true" if enforce_senders else "false"}
 """
         )
         self.proc = None
+        # The server's own pid: proc.pid, unless it runs under a wrapper.
+        self.pid = None
         self.admin_key = None
         self.log = self.workdir / "postern.log"
+        # What `server_health` judges after the test.
+        self._exit_expected = False
+        self.unasked_exits = []
+        self.kills = 0
+        self.stop_failures = []
+        self.panics = []
+        _SERVERS.append(self)
 
     @property
     def cert(self):
@@ -174,18 +222,66 @@ require_verified_senders = {"true" if enforce_senders else "false"}
             timeout=60,
         )
 
-    def start(self):
-        logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--config", str(self.config_path)],
-            stdout=subprocess.PIPE,
-            stderr=logf,
-            text=True,
-        )
+    def start(self, wrapper=(), preexec_fn=None):
+        """Runs `postern serve`; under `wrapper` (a command such as strace
+        that runs the rest of its arguments) when given."""
+        self._note_unasked_exit()
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [*wrapper, str(BIN), "serve", "--config", str(self.config_path)],
+                stdout=subprocess.PIPE,
+                stderr=logf,
+                text=True,
+                preexec_fn=preexec_fn,
+            )
+        self._exit_expected = False
+        self.pid = self._server_pid() if wrapper else self.proc.pid
         # The first start prints the admin key on stdout; later starts print nothing.
         wait_port(self.ports["submission"])
         wait_port(self.ports["mx"])
         return self
+
+    def _server_pid(self, timeout=10.0):
+        """The wrapper's child running the server: signals go to the server
+        itself (strace, for one, detaches on SIGTERM and leaves its tracee
+        running). Other children (strace forks a few to probe the kernel
+        first) are passed over."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            for pid in children.read_text().split():
+                try:
+                    argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                except OSError:
+                    continue  # gone already
+                if argv0 == str(BIN).encode():
+                    return int(pid)
+            time.sleep(0.02)
+        raise TimeoutError(f"{self.proc.args[0]} started no server")
+
+    def _note_unasked_exit(self):
+        """Records a run that ended without stop() or kill9()."""
+        if self.proc is not None and not self._exit_expected and self.proc.poll() is not None:
+            self.unasked_exits.append(self.proc.returncode)
+            self._exit_expected = True
+
+    def _scan_log(self):
+        # The log only grows (every start appends), so the latest read has
+        # every panic so far.
+        if self.log.exists():
+            text = self.log.read_text(errors="replace")
+            self.panics = [line for line in text.splitlines() if PANIC.search(line)]
+
+    def health_problems(self, stops_allowed):
+        self._note_unasked_exit()
+        self._scan_log()
+        problems = [f"panic in {self.log}: {line}" for line in self.panics]
+        problems += self.stop_failures
+        if not stops_allowed:
+            problems += [f"the server exited by itself with code {c}" for c in self.unasked_exits]
+            if self.kills:
+                problems.append(f"kill9() called {self.kills} times in a test not marked stops_server")
+        return problems
 
     def read_admin_key(self):
         lines = []
@@ -201,18 +297,31 @@ require_verified_senders = {"true" if enforce_senders else "false"}
         raise AssertionError(f"no admin key printed: {lines}")
 
     def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
+        self._note_unasked_exit()
+        self.kills += 1
+        self._exit_expected = True
+        os.kill(self.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        self._scan_log()
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM, and a clean exit (code 0) within 20 s is expected."""
+        if self.proc is None:
+            return None
+        self._note_unasked_exit()
+        if self.proc.poll() is None:
+            self._exit_expected = True
+            os.kill(self.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                code = self.proc.wait(timeout=20)
+                if code != 0:
+                    self.stop_failures.append(f"the server exited with code {code} on SIGTERM")
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.stop_failures.append("the server did not exit within 20 s of SIGTERM")
+                os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait()
-        return self.proc.returncode if self.proc else None
+        self._scan_log()
+        return self.proc.returncode
 
 
 @pytest.fixture
@@ -268,6 +377,12 @@ def strip_received(data: bytes) -> tuple[bytes, bytes]:
 
 def api(p, key, method, path, body=None):
     """An HTTP API call with a bearer key: (status, decoded JSON or None)."""
+    status, _, data = api_with_headers(p, key, method, path, body)
+    return status, data
+
+
+def api_with_headers(p, key, method, path, body=None):
+    """Like `api`, with the response headers: (status, headers, JSON or None)."""
     req = urllib.request.Request(
         f"http://127.0.0.1:{p.ports['http']}{path}",
         method=method,
@@ -277,7 +392,7 @@ def api(p, key, method, path, body=None):
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             raw = r.read()
-            return r.status, json.loads(raw) if raw else None
+            return r.status, r.headers, json.loads(raw) if raw else None
     except urllib.error.HTTPError as e:
         raw = e.read()
-        return e.code, json.loads(raw) if raw else None
+        return e.code, e.headers, json.loads(raw) if raw else None

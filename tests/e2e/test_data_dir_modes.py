@@ -17,19 +17,7 @@ def permissive():
 
 def start_permissive(p):
     """Like Postern.start, but as a service manager with umask 022 would."""
-    logf = open(p.log, "ab")
-    p.proc = subprocess.Popen(
-        [str(BIN), "serve", "--config", str(p.config_path)],
-        stdout=subprocess.PIPE,
-        stderr=logf,
-        text=True,
-        preexec_fn=permissive,
-    )
-    from conftest import wait_port
-
-    wait_port(p.ports["submission"])
-    wait_port(p.ports["mx"])
-    return p
+    return p.start(preexec_fn=permissive)
 
 
 def cli_permissive(p, *args):

@@ -6,7 +6,10 @@ import smtplib
 import socket
 import time
 
+import pytest
 
+
+@pytest.mark.stops_server
 def test_sigterm_is_graceful(postern, sink):
     idle = smtplib.SMTP("127.0.0.1", postern.ports["mx"], timeout=20)
     idle.ehlo("idle.test")
@@ -24,6 +27,10 @@ def test_sigterm_is_graceful(postern, sink):
     # The idle session was told why it is being closed.
     code, msg = idle.getreply()
     assert code == 421 and b"shutting down" in msg, msg
+    # 421 closes the channel (RFC 5321 §3.8): EOF, not silence. 10 s is far
+    # beyond the moment it takes; an open socket fails on the timeout.
+    idle.sock.settimeout(10)
+    assert idle.sock.recv(1) == b"", "the idle session was told 421 but left open"
     # New connections are no longer accepted.
     try:
         socket.create_connection(("127.0.0.1", postern.ports["mx"]), timeout=2).close()

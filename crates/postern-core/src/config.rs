@@ -158,12 +158,31 @@ pub enum StoreKind {
     Postgres,
 }
 
+/// When the embedded store syncs a commit to disk: SQLite's `synchronous`
+/// setting for its WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreSynchronous {
+    /// Every commit fsyncs the WAL before it is acknowledged, so a `250`
+    /// (or `202`) is given only for mail that survives a power loss.
+    #[default]
+    Full,
+    /// The WAL is synced only at checkpoints: acknowledged mail survives a
+    /// crash of the process but not of the machine.
+    Normal,
+    /// Never synced: for throwaway data only.
+    Off,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Anything but `full` gives up the durability of acknowledged mail;
+    /// the durability test uses `off` to show that its check notices.
+    pub synchronous: StoreSynchronous,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -1061,6 +1080,21 @@ mod tests {
         assert_eq!(c.listener.len(), 3);
         assert_eq!(c.limits.max_command_line, 512);
         assert_eq!(c.store.kind, StoreKind::Embedded);
+        assert_eq!(c.store.synchronous, StoreSynchronous::Full);
+    }
+
+    #[test]
+    fn store_synchronous_takes_the_three_sqlite_levels_only() {
+        for (text, want) in [
+            ("full", StoreSynchronous::Full),
+            ("normal", StoreSynchronous::Normal),
+            ("off", StoreSynchronous::Off),
+        ] {
+            let c = Config::parse(&format!("[store]\nsynchronous = \"{text}\"\n")).unwrap();
+            assert_eq!(c.store.synchronous, want);
+        }
+        let e = Config::parse("[store]\nsynchronous = \"extra\"\n").unwrap_err();
+        assert!(e.to_string().contains("synchronous"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ async fn connections_per_ip_and_in_total_are_capped() {
     let mut c = connect(server.mx).await;
     let r = c.reply().await.unwrap();
     assert!(r.starts_with("421 4.7.0 Too many connections"), "{r}");
+    // 421 closes the transmission channel (RFC 5321 §3.8).
+    assert_eq!(c.rest().await, "");
     // Another loopback address is another client.
     let mut other = harness::Client::new(
         tokio::net::TcpSocket::new_v4()
@@ -48,6 +50,7 @@ async fn connections_per_ip_and_in_total_are_capped() {
     assert!(a.reply().await.unwrap().starts_with("220 "));
     let mut b = connect(server.mx).await;
     assert!(b.reply().await.unwrap().starts_with("421 4.7.0"));
+    assert_eq!(b.rest().await, "");
 }
 
 #[tokio::test]

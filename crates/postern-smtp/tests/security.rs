@@ -233,6 +233,9 @@ async fn mx_never_relays_to_another_host() {
     let r = c.cmd("RCPT TO:<user@relay.example>").await;
     // Past the refusal limit the session is closed instead.
     assert!(r.starts_with("250 ") || r.contains("421 4.7.0"), "{r}");
+    if r.contains("421 4.7.0") {
+        assert_eq!(c.rest().await, "", "421 must close (RFC 5321 §3.8)");
+    }
     assert_eq!(server.queued().await, 0);
 }
 
@@ -250,6 +253,9 @@ async fn repeated_refused_recipients_slow_down_then_disconnect() {
         let r = c.cmd(&format!("RCPT TO:<u{i}@elsewhere.example>")).await;
         times.push(t.elapsed());
         if r.contains("421 4.7.0") {
+            // The 421 alone is not the disconnect: the socket must close
+            // too (RFC 5321 §3.8).
+            assert_eq!(c.rest().await, "");
             closed = true;
             break;
         }
@@ -336,6 +342,29 @@ async fn endless_data_is_cut_off_at_the_size_limit() {
     }
     let r = reply.expect("no reply");
     assert!(r.starts_with("552 5.3.4 "), "{r}");
+    // The rest of an endless body is never read: the reply says the
+    // connection closes, and it does.
+    assert_eq!(c.rest().await, "");
+    assert_eq!(server.queued().await, 0);
+}
+
+#[tokio::test]
+async fn an_oversized_bdat_chunk_is_refused_and_the_connection_closed() {
+    let mut config = Config::default();
+    config.limits.max_message_size = 64 * 1024;
+    let server = start(config).await;
+    let mut c = connect(server.mx).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@example.org>").await;
+    c.cmd("RCPT TO:<user@relay.example>").await;
+    // A BDAT chunk is length-counted (RFC 3030 §2): staying in step would
+    // mean reading all of a declared size past the limit, so the server
+    // refuses and closes instead. Nothing of the chunk is sent: the close
+    // must come from the server, not from reading a body to its end.
+    let r = c.cmd("BDAT 1000000 LAST").await;
+    assert!(r.starts_with("552 5.3.4 "), "{r}");
+    assert_eq!(c.rest().await, "");
     assert_eq!(server.queued().await, 0);
 }
 

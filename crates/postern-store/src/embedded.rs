@@ -3,8 +3,8 @@
 //!
 //! Durability and group commit: all writes go through one writer thread. It
 //! takes every request waiting in its channel, runs each in its own savepoint
-//! inside one transaction, commits once (`synchronous = FULL` fsyncs the WAL),
-//! and only then answers each request. Sessions that finish DATA while a
+//! inside one transaction, commits once (`synchronous = FULL`, the default of
+//! `store.synchronous`, fsyncs the WAL), and only then answers each request. Sessions that finish DATA while a
 //! commit is in progress share the next commit, so the cost is one fsync per
 //! batch, not per message. Reads use a small pool of separate connections
 //! (WAL readers never block the writer).
@@ -15,6 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use postern_core::config::StoreSynchronous;
 use postern_core::{AttemptInfo, Event, EventKind, MessageId};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
@@ -46,6 +47,7 @@ pub struct EmbeddedStore {
     /// wake-ups per message) than the query.
     inline_reader: Mutex<Option<Connection>>,
     path: PathBuf,
+    synchronous: StoreSynchronous,
     /// The newest audit entry appended by the batch being written; the
     /// writer records it in the anchor file once the batch is committed.
     pending_head: Arc<Mutex<Option<AuditHead>>>,
@@ -79,11 +81,21 @@ impl EmbeddedStore {
     /// Like [`open`](Self::open), and keeps the audit chain's head in the
     /// anchor's file after every commit that appended audit entries.
     pub fn open_with_anchor(dir: &Path, anchor: Option<AuditAnchor>) -> Result<Self> {
+        Self::open_configured(dir, anchor, StoreSynchronous::Full)
+    }
+
+    /// Like [`open_with_anchor`](Self::open_with_anchor), with commits
+    /// synced as `synchronous` says (`store.synchronous`).
+    pub fn open_configured(
+        dir: &Path,
+        anchor: Option<AuditAnchor>,
+        synchronous: StoreSynchronous,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("postern.db");
         create_private_file(&path)?;
-        let mut conn = open_connection(&path)?;
+        let mut conn = open_connection(&path, synchronous)?;
         schema::migrate(&mut conn)?;
 
         let (tx, rx) = mpsc::channel::<WriteJob>();
@@ -104,6 +116,7 @@ impl EmbeddedStore {
             read_permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
             inline_reader: Mutex::new(None),
             path,
+            synchronous,
             pending_head,
             anchor,
         })
@@ -241,6 +254,7 @@ impl EmbeddedStore {
     {
         let readers = self.readers.clone();
         let path = self.path.clone();
+        let synchronous = self.synchronous;
         let permit = self
             .read_permits
             .clone()
@@ -252,7 +266,7 @@ impl EmbeddedStore {
             let pooled = readers.lock().ok().and_then(|mut p| p.pop());
             let conn = match pooled {
                 Some(c) => c,
-                None => open_connection(&path)?,
+                None => open_connection(&path, synchronous)?,
             };
             let result = f(&conn);
             if let Ok(mut p) = readers.lock() {
@@ -314,7 +328,7 @@ impl Drop for EmbeddedStore {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection> {
+fn open_connection(path: &Path, synchronous: StoreSynchronous) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -322,10 +336,16 @@ fn open_connection(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // WAL: readers do not block the writer. synchronous = FULL: every commit
-    // fsyncs the WAL, so an acknowledged message survives power loss.
+    // WAL: readers do not block the writer. synchronous = FULL (the
+    // default): every commit fsyncs the WAL, so an acknowledged message
+    // survives power loss; NORMAL syncs only at checkpoints, OFF never.
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let level = match synchronous {
+        StoreSynchronous::Full => "FULL",
+        StoreSynchronous::Normal => "NORMAL",
+        StoreSynchronous::Off => "OFF",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Each operation of a group commit runs in a savepoint; its
     // sub-journal (and temporary b-trees) need no durability — the WAL
@@ -2203,7 +2223,7 @@ impl DomainStore for EmbeddedStore {
     async fn senders_version(&self) -> Result<i64> {
         let mut guard = self.inline_reader.lock().map_err(|_| StoreError::Closed)?;
         if guard.is_none() {
-            *guard = Some(open_connection(&self.path)?);
+            *guard = Some(open_connection(&self.path, self.synchronous)?);
         }
         let conn = guard.as_ref().ok_or(StoreError::Closed)?;
         let version: i64 = conn
@@ -3558,7 +3578,7 @@ mod tests {
         assert_eq!(acme.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
 
         // Append-only: the store refuses edits...
-        let conn = open_connection(store.path()).unwrap();
+        let conn = open_connection(store.path(), StoreSynchronous::Full).unwrap();
         assert!(conn
             .execute("UPDATE audit SET detail = 'x' WHERE seq = 2", [])
             .is_err());
@@ -3611,5 +3631,29 @@ mod tests {
         let s2 = store.secret("key-hash", 32).await.unwrap();
         assert_eq!(s1.len(), 32);
         assert_eq!(s1, s2);
+    }
+
+    #[tokio::test]
+    async fn store_synchronous_sets_the_sqlite_level() {
+        // PRAGMA synchronous reads back 0 (OFF), 1 (NORMAL) or 2 (FULL).
+        for (level, want) in [
+            (StoreSynchronous::Full, 2),
+            (StoreSynchronous::Normal, 1),
+            (StoreSynchronous::Off, 0),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = EmbeddedStore::open_configured(dir.path(), None, level).unwrap();
+            let got: i64 = store
+                .read(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{level:?}");
+            // The writer runs its own connection: it must be set there too.
+            let got: i64 = store
+                .write(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?))
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{level:?} (writer)");
+        }
     }
 }

@@ -26,7 +26,7 @@ pub fn open_store(config: &Config) -> Result<Arc<EmbeddedStore>> {
         .unwrap_or_else(|| dir.join("audit-anchor.key"));
     let anchor = AuditAnchor::open(&key_file, dir.join("audit.head"))
         .context("the audit anchor key (audit.anchor_key_file)")?;
-    let store = EmbeddedStore::open_with_anchor(dir, Some(anchor))
+    let store = EmbeddedStore::open_configured(dir, Some(anchor), config.store.synchronous)
         .with_context(|| format!("opening the store in {}", dir.display()))?;
     Ok(Arc::new(store))
 }

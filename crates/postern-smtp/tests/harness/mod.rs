@@ -134,6 +134,12 @@ impl Server {
     }
 }
 
+/// How long a server that must close a connection may take to do it. Long
+/// enough for a loaded two-core machine; a server that keeps the socket
+/// open waits for the client's next command for minutes
+/// (`limits.command_timeout`), so it cannot close within this by accident.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A raw client: writes bytes, reads replies.
 pub struct Client<S> {
     pub stream: S,
@@ -184,12 +190,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.reply().await.unwrap_or_default()
     }
 
-    /// Everything until the server closes the connection.
+    /// Everything the server sends until it closes the connection. Used
+    /// where a rule says the server closes (after 221 to QUIT, RFC 5321
+    /// §4.1.1.10; after a 421, §3.8; after refusing a smuggled message): a
+    /// connection still open [`CLOSE_DEADLINE`] after the last byte fails
+    /// the test, so a server that forgets to close cannot pass by matching
+    /// the replies alone.
     pub async fn rest(&mut self) -> String {
         let mut all = std::mem::take(&mut self.buf);
-        let _ =
-            tokio::time::timeout(Duration::from_secs(20), self.stream.read_to_end(&mut all)).await;
-        String::from_utf8_lossy(&all).into_owned()
+        let read = tokio::time::timeout(CLOSE_DEADLINE, self.stream.read_to_end(&mut all)).await;
+        let got = String::from_utf8_lossy(&all).into_owned();
+        match read {
+            Ok(Ok(_)) => {}
+            // Closing with client input still unread makes the kernel send
+            // RST instead of FIN (RFC 9293 §3.6.1's "abort"); over TLS a
+            // close without close_notify reads as UnexpectedEof. Both are
+            // the server closing the connection.
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::UnexpectedEof
+                ) => {}
+            Ok(Err(e)) => panic!("reading until the server closes: {e}; got {got:?}"),
+            Err(_) => panic!(
+                "the server left the connection open for {CLOSE_DEADLINE:?} after sending {got:?}"
+            ),
+        }
+        got
     }
 
     pub fn into_inner(self) -> (S, Vec<u8>) {
