@@ -396,3 +396,81 @@ def api_with_headers(p, key, method, path, body=None):
     except urllib.error.HTTPError as e:
         raw = e.read()
         return e.code, e.headers, json.loads(raw) if raw else None
+
+
+def certificate(directory, stem, names=(), ips=(), issuer=None, ca=False):
+    """A certificate and key made with cryptography, written to
+    DIRECTORY/STEM-cert.pem and STEM-key.pem: for the DNS `names` and IP
+    addresses `ips`, signed by `issuer` (the dict another call returned)
+    or by itself. `ca=True` makes a CA that can issue others. Returns
+    {"cert": path, "key": path, "_cert": ..., "_key": ...}."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)])
+    issuer_name, signing_key = (subject, key) if issuer is None else (issuer["_cert"].subject, issuer["_key"])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(issuer_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    cert = builder.sign(signing_key, hashes.SHA256())
+    cert_path, key_path = Path(directory) / f"{stem}-cert.pem", Path(directory) / f"{stem}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return {"cert": cert_path, "key": key_path, "_cert": cert, "_key": key}
+
+
+class DnsZone:
+    """A DNS server on loopback (dnslib, UDP) answering A queries for the
+    names the test sets, and changing its answers when the test says so.
+    TTL 0: a resolver must ask again each time rather than keep an answer.
+    Names it does not know are NXDOMAIN."""
+
+    def __init__(self):
+        from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+        self.a = {}
+        self.lock = threading.Lock()
+        zone = self
+
+        class Resolver(BaseResolver):
+            def resolve(self, request, handler):
+                from dnslib import QTYPE, RCODE, RR, A
+
+                reply = request.reply()
+                qname = str(request.q.qname).lower().rstrip(".")
+                with zone.lock:
+                    ips = zone.a.get(qname)
+                if ips is None:
+                    reply.header.rcode = RCODE.NXDOMAIN
+                elif request.q.qtype == QTYPE.A:
+                    for ip in ips:
+                        reply.add_answer(RR(qname + ".", QTYPE.A, rdata=A(ip), ttl=0))
+                return reply
+
+        quiet = DNSLogger(logf=lambda _line: None)
+        self.server = DNSServer(Resolver(), port=0, address="127.0.0.1", logger=quiet)
+        self.port = self.server.server.server_address[1]
+        self.server.start_thread()
+
+    def set(self, name, *ips):
+        with self.lock:
+            self.a[name.lower().rstrip(".")] = list(ips)
+
+    def stop(self):
+        self.server.stop()

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from conftest import BIN, Postern, free_port
+from conftest import BIN, Postern, certificate, free_port
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 ISSUER = "https://idp.postern.test"
@@ -136,34 +136,6 @@ def test_xoauth2_and_oauthbearer_with_jwt(oauth_postern, idp):
     assert oauth_login(p, "XOAUTH2", f"user=admin\x01auth=Bearer {good}\x01\x01".encode())[0] == 535
 
 
-def self_signed_cert(directory):
-    """A certificate for 127.0.0.1, made with cryptography."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jwks.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = Path(directory) / "jwks-cert.pem", Path(directory) / "jwks-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_jwks_from_an_https_url_with_key_rotation(sink):
     import http.server
     import threading
@@ -188,7 +160,8 @@ def test_jwks_from_an_https_url_with_key_rotation(sink):
             pass
 
     with tempfile.TemporaryDirectory() as d:
-        cert, key = self_signed_cert(d)
+        made = certificate(d, "jwks", ips=["127.0.0.1"])
+        cert, key = made["cert"], made["key"]
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)

@@ -337,7 +337,8 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// Name servers for MX lookups; empty means the system's resolver.
+    /// Name servers for MX, MTA-STS, TLSA and domain-record lookups and for
+    /// webhook hosts; empty means the system's resolver.
     pub nameservers: Vec<SocketAddr>,
     /// Validate DNSSEC (from the root trust anchors, not trusting the
     /// upstream's AD bit) and honour DANE TLSA records (RFC 7672). DANE is
@@ -626,6 +627,11 @@ pub struct WebhooksConfig {
     /// internal addresses. Off by default: an API user must not be able to
     /// make the server call into the operator's network (SSRF).
     pub allow_private_destinations: bool,
+    /// Internal addresses or networks (CIDR) webhooks may go to while
+    /// `allow_private_destinations` is off: the operator's own receiver,
+    /// without opening the rest of the internal ranges.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_internal_networks: Vec<String>,
     /// Extra CA certificates (PEM) trusted for https:// URLs besides the
     /// built-in Mozilla roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -642,6 +648,7 @@ impl Default for WebhooksConfig {
             give_up_after: Duration::from_secs(86_400),
             allow_plain_http: false,
             allow_private_destinations: false,
+            allowed_internal_networks: Vec::new(),
             ca_file: None,
         }
     }
@@ -1028,6 +1035,14 @@ impl Config {
                 ));
             }
         }
+        for (i, n) in self.webhooks.allowed_internal_networks.iter().enumerate() {
+            if crate::network::parse_network(n).is_none() {
+                return Err(invalid(
+                    format!("webhooks.allowed_internal_networks[{i}]"),
+                    "must be an IP address or CIDR",
+                ));
+            }
+        }
         if a.password_hash_parallelism == 0 {
             return Err(invalid(
                 "auth.password_hash_parallelism",
@@ -1191,6 +1206,28 @@ mod tests {
             missing.is_empty(),
             "keys not written in the example: {missing:?}"
         );
+        assert_eq!(
+            c.webhooks.allowed_internal_networks,
+            d.webhooks.allowed_internal_networks
+        );
+        assert_eq!(c.webhooks.ca_file, d.webhooks.ca_file);
+        assert_eq!(c.dns.nameservers, d.dns.nameservers);
+    }
+
+    #[test]
+    fn webhook_internal_networks_must_parse() {
+        let e = Config::parse("[webhooks]\nallowed_internal_networks = [\"10.0.0.0/33\"]\n")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("webhooks.allowed_internal_networks[0]"),
+            "{e}"
+        );
+        let c = Config::parse(
+            "[webhooks]\nallowed_internal_networks = [\"10.1.0.0/16\", \"127.0.0.2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.allowed_internal_networks.len(), 2);
     }
 
     fn path_value<'a>(root: &'a toml::Value, path: &str) -> Option<&'a toml::Value> {

@@ -230,35 +230,18 @@ impl MxResolver {
     /// Host names to try, best first; equal preferences in random order
     /// (RFC 5321 §5.1 asks senders to spread load across them).
     pub async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, Outcome> {
-        match self.resolver.mx_lookup(domain).await {
-            Ok(lookup) => {
-                let mut records: Vec<(u16, String)> = lookup
+        let answer = match self.resolver.mx_lookup(domain).await {
+            Ok(lookup) => MxAnswer::Records(
+                lookup
                     .iter()
                     .map(|mx| (mx.preference(), mx.exchange().to_utf8()))
-                    .collect();
-                // RFC 7505 §3: a single MX of "." says the domain takes no mail.
-                if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
-                    // RFC 7505 §4.1: 5.1.10 for a domain with a null MX.
-                    return Err(Outcome::Permanent(format!(
-                        "5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
-                    )));
-                }
-                records.retain(|(_, h)| h != "." && !h.is_empty());
-                records.shuffle(&mut rand::rng());
-                records.sort_by_key(|(p, _)| *p);
-                Ok(records
-                    .into_iter()
-                    .take(MAX_MX_HOSTS)
-                    .map(|(_, h)| h.trim_end_matches('.').to_owned())
-                    .collect())
-            }
-            // RFC 5321 §5.1: no MX records means the domain itself is the host.
-            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Ok(vec![domain.to_owned()]),
-            Err(e) if e.is_nx_domain() => Err(Outcome::Permanent(format!(
-                "5.1.2 {domain}: no such domain"
-            ))),
-            Err(e) => Err(Outcome::Transient(format!("MX lookup for {domain}: {e}"))),
-        }
+                    .collect(),
+            ),
+            Err(e) if e.is_nx_domain() => MxAnswer::NoSuchDomain,
+            Err(e) if e.is_no_records_found() => MxAnswer::NoRecords,
+            Err(e) => MxAnswer::Failed(e.to_string()),
+        };
+        hosts_to_try(domain, answer, &mut rand::rng())
     }
 
     /// The MX records of a name as they are ("pref host"), without the
@@ -309,6 +292,60 @@ impl MxResolver {
     }
 }
 
+/// What the MX lookup of a domain found, apart from how it was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MxAnswer {
+    /// MX records as (preference, exchange) in the order the answer had.
+    Records(Vec<(u16, String)>),
+    /// The name exists and has no MX records.
+    NoRecords,
+    /// NXDOMAIN.
+    NoSuchDomain,
+    /// The lookup did not answer (timeout, SERVFAIL, ...).
+    Failed(String),
+}
+
+/// The hosts to try for `domain`, best first (RFC 5321 §5.1), at most
+/// MAX_MX_HOSTS; `rng` orders hosts of equal preference (injected so tests
+/// can fix it).
+fn hosts_to_try(
+    domain: &str,
+    answer: MxAnswer,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<String>, Outcome> {
+    let mut records = match answer {
+        MxAnswer::Records(records) => records,
+        // RFC 5321 §5.1: no MX records means the domain itself is the host
+        // (the "implicit MX"; its A/AAAA records are looked up next).
+        MxAnswer::NoRecords => return Ok(vec![domain.to_owned()]),
+        MxAnswer::NoSuchDomain => {
+            return Err(Outcome::Permanent(format!(
+                "5.1.2 {domain}: no such domain"
+            )))
+        }
+        MxAnswer::Failed(e) => {
+            return Err(Outcome::Transient(format!("MX lookup for {domain}: {e}")))
+        }
+    };
+    // RFC 7505 §3: a single MX of "." says the domain takes no mail.
+    if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
+        // RFC 7505 §4.1: 5.1.10 for a domain with a null MX.
+        return Err(Outcome::Permanent(format!(
+            "5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
+        )));
+    }
+    records.retain(|(_, h)| h != "." && !h.is_empty());
+    // Shuffle, then a stable sort by preference: lower preference first
+    // (RFC 5321 §5.1), equal preferences left in the shuffled order.
+    records.shuffle(rng);
+    records.sort_by_key(|(p, _)| *p);
+    Ok(records
+        .into_iter()
+        .take(MAX_MX_HOSTS)
+        .map(|(_, h)| h.trim_end_matches('.').to_owned())
+        .collect())
+}
+
 /// Secure only when every record of the answer is.
 fn classify<T>(
     records: &[&hickory_resolver::proto::rr::Record],
@@ -325,5 +362,159 @@ fn classify<T>(
         Dnssec::Secure(value())
     } else {
         Dnssec::Insecure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn records(list: &[(u16, &str)]) -> MxAnswer {
+        MxAnswer::Records(list.iter().map(|(p, h)| (*p, h.to_string())).collect())
+    }
+
+    fn order(list: &[(u16, &str)], seed: u64) -> Vec<String> {
+        hosts_to_try("d.example", records(list), &mut StdRng::seed_from_u64(seed)).expect("hosts")
+    }
+
+    /// RFC 5321 §5.1: the lowest preference is the most preferred, whatever
+    /// order the answer listed the records in.
+    #[test]
+    fn lower_preference_comes_first() {
+        let answer = [
+            (30, "c.mx.example."),
+            (10, "a.mx.example."),
+            (20, "b.mx.example."),
+            (0, "z.mx.example."),
+        ];
+        for seed in 0..20 {
+            assert_eq!(
+                order(&answer, seed),
+                [
+                    "z.mx.example",
+                    "a.mx.example",
+                    "b.mx.example",
+                    "c.mx.example"
+                ],
+                "seed {seed}"
+            );
+        }
+    }
+
+    /// RFC 5321 §5.1: hosts of equal preference are tried in random order,
+    /// so load spreads across them; but always after every more preferred
+    /// host and before every less preferred one. With the RNG fixed the
+    /// order is reproducible; across draws both orders occur about equally.
+    #[test]
+    fn equal_preferences_are_shuffled_within_their_rank() {
+        let answer = [
+            (20, "backup.example."),
+            (10, "one.example."),
+            (10, "two.example."),
+        ];
+        assert_eq!(
+            order(&answer, 7),
+            order(&answer, 7),
+            "same seed, same order"
+        );
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut one_first = 0;
+        const DRAWS: usize = 1000;
+        for _ in 0..DRAWS {
+            let hosts = hosts_to_try("d.example", records(&answer), &mut rng).unwrap();
+            assert_eq!(hosts.len(), 3);
+            assert_eq!(hosts[2], "backup.example", "{hosts:?}");
+            match hosts[0].as_str() {
+                "one.example" => {
+                    assert_eq!(hosts[1], "two.example");
+                    one_first += 1;
+                }
+                "two.example" => assert_eq!(hosts[1], "one.example"),
+                other => panic!("{other} first: {hosts:?}"),
+            }
+        }
+        // A fair shuffle puts either first half of the time; 1000 draws of
+        // a fixed seed stay well inside 40–60 %, while a sort that kept the
+        // answer's order (or always swapped it) would give 0 % or 100 %.
+        assert!(
+            (400..=600).contains(&one_first),
+            "one.example first in {one_first} of {DRAWS} draws"
+        );
+    }
+
+    /// Only the MAX_MX_HOSTS most preferred hosts are kept.
+    #[test]
+    fn at_most_the_best_few_hosts_are_kept() {
+        let answer: Vec<(u16, String)> = (0..8u16)
+            .rev()
+            .map(|i| (i * 10, format!("mx{i}.example.")))
+            .collect();
+        let hosts = hosts_to_try(
+            "d.example",
+            MxAnswer::Records(answer),
+            &mut StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        assert_eq!(
+            hosts,
+            [
+                "mx0.example",
+                "mx1.example",
+                "mx2.example",
+                "mx3.example",
+                "mx4.example"
+            ]
+        );
+        assert_eq!(hosts.len(), MAX_MX_HOSTS);
+    }
+
+    /// RFC 7505 §3: a single MX of "." with preference 0 says the domain
+    /// accepts no mail; §4.1: the failure is permanent, with 5.1.10.
+    #[test]
+    fn null_mx_is_a_permanent_failure() {
+        let mut rng = StdRng::seed_from_u64(0);
+        for exchange in [".", ""] {
+            let outcome = hosts_to_try("null.example", records(&[(0, exchange)]), &mut rng)
+                .expect_err("null MX");
+            match outcome {
+                Outcome::Permanent(detail) => {
+                    assert!(detail.starts_with("5.1.10 "), "{detail}");
+                    assert!(detail.contains("null.example"), "{detail}");
+                }
+                other => panic!("not permanent: {other:?}"),
+            }
+        }
+        // A "." among real MX records is not a null MX (RFC 7505 §3 defines
+        // it as the only record): it is skipped and the real hosts are used.
+        assert_eq!(
+            order(&[(0, "."), (10, "real.example.")], 0),
+            ["real.example"]
+        );
+    }
+
+    /// RFC 5321 §5.1: with no MX records the domain itself is the single
+    /// host (its A/AAAA records are then looked up); a domain that does not
+    /// exist fails permanently; a lookup that did not answer is retried.
+    #[test]
+    fn no_mx_means_the_domain_itself_and_errors_are_classified() {
+        let mut rng = StdRng::seed_from_u64(0);
+        assert_eq!(
+            hosts_to_try("bare.example", MxAnswer::NoRecords, &mut rng).unwrap(),
+            ["bare.example"]
+        );
+        match hosts_to_try("gone.example", MxAnswer::NoSuchDomain, &mut rng) {
+            Err(Outcome::Permanent(d)) => assert!(d.contains("no such domain"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        match hosts_to_try(
+            "slow.example",
+            MxAnswer::Failed("timed out".into()),
+            &mut rng,
+        ) {
+            Err(Outcome::Transient(d)) => assert!(d.contains("timed out"), "{d}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -880,6 +880,61 @@ async fn mx_resolution_order_fallback_and_null_mx() {
     let _ = node.shutdown.send(true);
 }
 
+/// RFC 5321 §5.1: the MX host with the lowest preference is tried first,
+/// and while it accepts the mail the others are never contacted. Both hosts
+/// answer (same port, two loopback addresses), so only the order decides
+/// which one gets the mail; the less preferred one is listed first in the
+/// DNS answer, so neither keeping the answer's order nor sorting the wrong
+/// way round passes.
+#[tokio::test]
+async fn the_most_preferred_mx_gets_the_mail_and_the_other_no_connection() {
+    let preferred_listener = TcpListener::bind("127.0.0.41:0").await.unwrap();
+    let port = preferred_listener.local_addr().unwrap().port();
+    let preferred = start_sink_on(preferred_listener, SinkOptions::default());
+    let backup = start_sink_on(
+        TcpListener::bind(("127.0.0.42", port)).await.unwrap(),
+        SinkOptions::default(),
+    );
+    let mx = |pref, host: &str| RData::MX(MX::new(pref, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let dns = start_dns(vec![
+        ("two-mx.example.", mx(20, "backup.two-mx.example.")),
+        ("two-mx.example.", mx(10, "primary.two-mx.example.")),
+        ("backup.two-mx.example.", a([127, 0, 0, 42])),
+        ("primary.two-mx.example.", a([127, 0, 0, 41])),
+    ])
+    .await;
+    let node = start_node(vec![], Some(dns), port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@two-mx.example", "v@two-mx.example"],
+            b"Subject: pref\r\n\r\nx\r\n",
+        )
+        .await;
+    let events = node.final_events(&id, 2).await;
+    let delivered: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Delivered)
+        .collect();
+    assert_eq!(delivered.len(), 2, "{events:?}");
+    for d in &delivered {
+        assert!(d.detail.contains("primary.two-mx.example"), "{}", d.detail);
+    }
+    let got = preferred.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].rcpts, ["u@two-mx.example", "v@two-mx.example"]);
+    // Both recipients are settled, so every attempt this message will ever
+    // make has been made: had the backup been tried (first, or at all), its
+    // accept counter would already show it. Connections, not messages, so a
+    // connection that was opened and abandoned counts too.
+    assert_eq!(backup.connections.load(Ordering::SeqCst), 0);
+    assert_eq!(backup.mail_commands.load(Ordering::SeqCst), 0);
+    assert!(backup.received.lock().unwrap().is_empty());
+    assert_eq!(preferred.connections.load(Ordering::SeqCst), 1);
+    let _ = node.shutdown.send(true);
+}
+
 #[tokio::test]
 async fn smart_host_auth_is_sent_only_over_tls() {
     let dir = tempfile::tempdir().unwrap();

@@ -194,8 +194,12 @@ pub async fn serve(config: Config) -> Result<()> {
         )));
     }
     let webhooks = Arc::new(
-        postern_api::webhook::WebhookDispatcher::new(store.clone(), config.webhooks.clone())
-            .map_err(anyhow::Error::msg)?,
+        postern_api::webhook::WebhookDispatcher::new(
+            store.clone(),
+            config.webhooks.clone(),
+            crate::dns_lookup::webhook_lookup(&config)?,
+        )
+        .map_err(anyhow::Error::msg)?,
     );
     let webhook_task = tokio::spawn(webhooks.clone().run(shutdown_rx.clone()));
     // DKIM selectors replaced by a rotation are forgotten once their

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use postern_api::webhook::destination::PolicyResolver;
 use postern_api::webhook::{signing, DestinationPolicy};
 use postern_core::{Config, EventKind};
 use postern_store::{AccountStore, EventStore, WebhookRecord};
@@ -98,15 +99,13 @@ pub async fn run(config: &Config, command: WebhookCommand) -> Result<()> {
                     if w.url.is_empty() {
                         bail!("--url is needed");
                     }
-                    let policy = DestinationPolicy {
-                        allow_plain_http: config.webhooks.allow_plain_http,
-                        allow_private: config.webhooks.allow_private_destinations,
-                    };
-                    let uri = policy.check_url(&w.url).map_err(anyhow::Error::msg)?;
-                    policy
-                        .check_resolves(&uri)
-                        .await
-                        .map_err(anyhow::Error::msg)?;
+                    PolicyResolver::new(
+                        DestinationPolicy::from_config(&config.webhooks),
+                        crate::dns_lookup::webhook_lookup(config)?,
+                    )
+                    .check(&w.url)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 }
                 if signed && w.signing_key.is_none() {
                     w.signing_key = Some(signing::generate_key()?);

@@ -151,12 +151,8 @@ async fn update_settings(
                 "an enabled webhook needs a url",
             ));
         }
-        let policy = dispatcher.policy();
-        let uri = policy
-            .check_url(&w.url)
-            .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "url", e))?;
-        policy
-            .check_resolves(&uri)
+        dispatcher
+            .check_destination(&w.url)
             .await
             .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "url", e))?;
     }
@@ -249,12 +245,8 @@ async fn test(
 ) -> Result<StatusCode, ApiError> {
     caller.require("user.webhooks.event.test.create")?;
     let dispatcher = dispatcher(&state)?;
-    let policy = dispatcher.policy();
-    let uri = policy
-        .check_url(&body.url)
-        .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "url", e))?;
-    policy
-        .check_resolves(&uri)
+    dispatcher
+        .check_destination(&body.url)
         .await
         .map_err(|e| ApiError::field(StatusCode::BAD_REQUEST, "url", e))?;
     let key = state

@@ -9,14 +9,47 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::dns::Name;
+use postern_core::config::WebhooksConfig;
+use postern_core::network::{parse_network, IpNet};
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DestinationPolicy {
     pub allow_plain_http: bool,
     pub allow_private: bool,
+    /// Internal networks allowed anyway (`webhooks.allowed_internal_networks`):
+    /// the operator's own receiver, without opening the rest of the network.
+    pub internal_allowed: Vec<IpNet>,
+}
+
+/// How webhook host names become addresses: the system's resolver, or the
+/// one Postern is configured with (`dns.nameservers`).
+pub trait HostLookup: Send + Sync {
+    fn addresses<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, String>> + Send + 'a>>;
+}
+
+/// The system's resolver (getaddrinfo: /etc/hosts, then DNS).
+pub struct SystemLookup;
+
+impl HostLookup for SystemLookup {
+    fn addresses<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(|e| format!("{host}: {e}"))?
+                .map(|a| a.ip())
+                .collect())
+        })
+    }
 }
 
 /// Loopback, private (RFC 1918, RFC 4193), link-local, CGNAT (RFC 6598),
@@ -126,6 +159,21 @@ fn embedded_ipv4(v6: Ipv6Addr) -> Embedded {
 }
 
 impl DestinationPolicy {
+    /// The policy `webhooks.*` describes. Networks that do not parse are
+    /// refused by config validation before this is reached; here they are
+    /// skipped (allowing less, never more).
+    pub fn from_config(config: &WebhooksConfig) -> Self {
+        DestinationPolicy {
+            allow_plain_http: config.allow_plain_http,
+            allow_private: config.allow_private_destinations,
+            internal_allowed: config
+                .allowed_internal_networks
+                .iter()
+                .filter_map(|n| parse_network(n))
+                .collect(),
+        }
+    }
+
     /// Checks the URL's form: absolute, https (or http when allowed), a
     /// host, no credentials in it.
     pub fn check_url(&self, url: &str) -> Result<http::Uri, String> {
@@ -155,24 +203,13 @@ impl DestinationPolicy {
     }
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
-        if !self.allow_private && is_internal(ip) {
+        if !self.allow_private
+            && is_internal(ip)
+            && !self.internal_allowed.iter().any(|n| n.contains(&ip))
+        {
             return Err(format!(
                 "{ip} is an internal address; webhooks go to public addresses only (the operator can allow internal ones with webhooks.allow_private_destinations)"
             ));
-        }
-        Ok(())
-    }
-
-    /// Resolves the URL's host now and checks every address: when a URL is
-    /// set, so that the caller hears at once that it will not work.
-    pub async fn check_resolves(&self, uri: &http::Uri) -> Result<(), String> {
-        let host = host_of(uri);
-        if host.parse::<IpAddr>().is_ok() {
-            return Ok(());
-        }
-        let addrs = resolve(host, *self).await?;
-        if addrs.is_empty() {
-            return Err(format!("{host} has no address"));
         }
         Ok(())
     }
@@ -186,22 +223,25 @@ pub fn host_of(uri: &http::Uri) -> &str {
         .trim_end_matches(']')
 }
 
-async fn resolve(host: &str, policy: DestinationPolicy) -> Result<Vec<SocketAddr>, String> {
-    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-        .await
-        .map_err(|e| format!("{host}: {e}"))?
-        .collect();
+/// The addresses of `host` that the policy allows (port 0: the connector
+/// sets the URL's). Err when it has addresses and none is allowed.
+async fn resolve(
+    host: &str,
+    policy: &DestinationPolicy,
+    lookup: &dyn HostLookup,
+) -> Result<Vec<SocketAddr>, String> {
+    let found = lookup.addresses(host).await?;
     let allowed: Vec<SocketAddr> = found
         .iter()
-        .copied()
-        .filter(|a| policy.check_ip(a.ip()).is_ok())
+        .filter(|ip| policy.check_ip(**ip).is_ok())
+        .map(|ip| SocketAddr::new(*ip, 0))
         .collect();
     if allowed.is_empty() && !found.is_empty() {
         return Err(format!(
             "{host} resolves only to internal addresses ({}); webhooks go to public addresses only",
             found
                 .iter()
-                .map(|a| a.ip().to_string())
+                .map(|ip| ip.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
@@ -209,9 +249,42 @@ async fn resolve(host: &str, policy: DestinationPolicy) -> Result<Vec<SocketAddr
     Ok(allowed)
 }
 
-/// A hyper resolver that returns only the addresses the policy allows.
-#[derive(Clone, Copy)]
-pub struct PolicyResolver(pub DestinationPolicy);
+/// The destination policy with the lookup it resolves names through. As a
+/// hyper resolver it is the per-connection guard: every connection the
+/// webhook client opens asks it for addresses, and gets only allowed ones.
+#[derive(Clone)]
+pub struct PolicyResolver {
+    policy: Arc<DestinationPolicy>,
+    lookup: Arc<dyn HostLookup>,
+}
+
+impl PolicyResolver {
+    pub fn new(policy: DestinationPolicy, lookup: Arc<dyn HostLookup>) -> Self {
+        PolicyResolver {
+            policy: Arc::new(policy),
+            lookup,
+        }
+    }
+
+    pub fn policy(&self) -> &DestinationPolicy {
+        &self.policy
+    }
+
+    /// What a URL must pass when it is set: its form, and its host's
+    /// addresses now, so the caller hears at once that it will not work.
+    /// (Delivery checks again at every connection: a later answer may differ.)
+    pub async fn check(&self, url: &str) -> Result<http::Uri, String> {
+        let uri = self.policy.check_url(url)?;
+        let host = host_of(&uri);
+        if host.parse::<IpAddr>().is_err() {
+            let addrs = resolve(host, &self.policy, self.lookup.as_ref()).await?;
+            if addrs.is_empty() {
+                return Err(format!("{host} has no address"));
+            }
+        }
+        Ok(uri)
+    }
+}
 
 type ResolveFuture =
     Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, std::io::Error>> + Send>>;
@@ -226,9 +299,9 @@ impl tower_service::Service<Name> for PolicyResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.0;
+        let this = self.clone();
         Box::pin(async move {
-            resolve(name.as_str(), policy)
+            resolve(name.as_str(), &this.policy, this.lookup.as_ref())
                 .await
                 .map(Vec::into_iter)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))
@@ -327,8 +400,8 @@ mod tests {
         }
         // The operator's allowance still applies to the embedded forms.
         let lax = DestinationPolicy {
-            allow_plain_http: false,
             allow_private: true,
+            ..Default::default()
         };
         assert!(lax.check_ip("2002:7f00:1::".parse().unwrap()).is_ok());
     }
@@ -338,7 +411,8 @@ mod tests {
     #[tokio::test]
     async fn resolver_guard_refuses_embedded_internal_addresses() {
         use tower_service::Service;
-        let mut resolver = PolicyResolver(DestinationPolicy::default());
+        let mut resolver =
+            PolicyResolver::new(DestinationPolicy::default(), Arc::new(SystemLookup));
         for host in ["2002:7f00:1::", "64:ff9b::7f00:1", "::127.0.0.1"] {
             let name: Name = host.parse().unwrap();
             let err = resolver.call(name).await.unwrap_err();
@@ -371,20 +445,76 @@ mod tests {
         let lax = DestinationPolicy {
             allow_plain_http: true,
             allow_private: true,
+            ..Default::default()
         };
         assert!(lax.check_url("http://127.0.0.1:9000/hook").is_ok());
     }
 
     #[tokio::test]
     async fn names_that_resolve_inward_are_refused() {
-        let strict = DestinationPolicy::default();
-        let uri = strict.check_url("https://localhost/hook").unwrap();
-        let err = strict.check_resolves(&uri).await.unwrap_err();
+        let strict = PolicyResolver::new(DestinationPolicy::default(), Arc::new(SystemLookup));
+        let err = strict.check("https://localhost/hook").await.unwrap_err();
         assert!(err.contains("internal"), "{err}");
         let lax = DestinationPolicy {
-            allow_plain_http: false,
             allow_private: true,
+            ..Default::default()
         };
-        assert!(lax.check_resolves(&uri).await.is_ok());
+        let lax = PolicyResolver::new(lax, Arc::new(SystemLookup));
+        assert!(lax.check("https://localhost/hook").await.is_ok());
+    }
+
+    /// A lookup whose answer the test changes, as DNS rebinding does.
+    struct Changing(std::sync::Mutex<Vec<IpAddr>>);
+
+    impl HostLookup for Changing {
+        fn addresses<'a>(
+            &'a self,
+            _host: &'a str,
+        ) -> Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, String>> + Send + 'a>> {
+            let now = self.0.lock().map(|a| a.clone()).unwrap_or_default();
+            Box::pin(async move { Ok(now) })
+        }
+    }
+
+    /// A name that passed when the URL was set is asked again at connect
+    /// time, and an answer that has since turned internal yields nothing to
+    /// connect to.
+    #[tokio::test]
+    async fn the_connect_time_guard_sees_a_changed_answer() {
+        use tower_service::Service;
+        let public: IpAddr = "93.184.216.34".parse().unwrap();
+        let lookup = Arc::new(Changing(std::sync::Mutex::new(vec![public])));
+        let mut guard = PolicyResolver::new(DestinationPolicy::default(), lookup.clone());
+        guard.check("https://hooks.example.com/x").await.unwrap();
+        let name: Name = "hooks.example.com".parse().unwrap();
+        let addrs: Vec<_> = guard.call(name.clone()).await.unwrap().collect();
+        assert_eq!(addrs, [SocketAddr::new(public, 0)]);
+        *lookup.0.lock().unwrap() = vec!["10.0.0.7".parse().unwrap()];
+        let err = guard.call(name.clone()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("10.0.0.7"), "{err}");
+        // Mixed answers: only the allowed address is handed out.
+        *lookup.0.lock().unwrap() = vec!["127.0.0.1".parse().unwrap(), public];
+        let addrs: Vec<_> = guard.call(name).await.unwrap().collect();
+        assert_eq!(addrs, [SocketAddr::new(public, 0)]);
+    }
+
+    /// `webhooks.allowed_internal_networks` opens exactly the networks it
+    /// names: the rest of the internal ranges stay refused.
+    #[test]
+    fn allowed_internal_networks_open_only_themselves() {
+        let config = WebhooksConfig {
+            allowed_internal_networks: vec!["10.20.0.0/16".into(), "127.0.0.2".into()],
+            ..Default::default()
+        };
+        let policy = DestinationPolicy::from_config(&config);
+        for ip in ["10.20.3.4", "127.0.0.2"] {
+            assert!(policy.check_ip(ip.parse().unwrap()).is_ok(), "{ip}");
+        }
+        for ip in ["10.21.0.1", "127.0.0.1", "127.0.0.3", "192.168.1.1", "::1"] {
+            assert!(policy.check_ip(ip.parse().unwrap()).is_err(), "{ip}");
+        }
+        assert!(policy.check_url("https://127.0.0.2:8443/x").is_ok());
+        assert!(policy.check_url("https://127.0.0.3:8443/x").is_err());
     }
 }

@@ -25,7 +25,7 @@ use rand::Rng;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 
-use super::destination::{DestinationPolicy, PolicyResolver};
+use super::destination::{DestinationPolicy, HostLookup, PolicyResolver};
 use super::signing;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector<PolicyResolver>>, Full<Bytes>>;
@@ -36,7 +36,9 @@ const BATCHES_PER_ROUND: usize = 20;
 pub struct WebhookDispatcher {
     store: Arc<dyn Store>,
     config: WebhooksConfig,
-    policy: DestinationPolicy,
+    /// The destination policy and the lookup it resolves through; also the
+    /// connector's resolver, so every connection is checked.
+    guard: PolicyResolver,
     client: HttpsClient,
 }
 
@@ -56,11 +58,14 @@ enum Flush {
 }
 
 impl WebhookDispatcher {
-    pub fn new(store: Arc<dyn Store>, config: WebhooksConfig) -> Result<Self, String> {
-        let policy = DestinationPolicy {
-            allow_plain_http: config.allow_plain_http,
-            allow_private: config.allow_private_destinations,
-        };
+    /// `lookup` resolves receivers' host names (`dns.nameservers`, or the
+    /// system's resolver).
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: WebhooksConfig,
+        lookup: Arc<dyn HostLookup>,
+    ) -> Result<Self, String> {
+        let guard = PolicyResolver::new(DestinationPolicy::from_config(&config), lookup);
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &config.ca_file {
@@ -80,7 +85,7 @@ impl WebhookDispatcher {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut http = HttpConnector::new_with_resolver(PolicyResolver(policy));
+        let mut http = HttpConnector::new_with_resolver(guard.clone());
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -97,13 +102,15 @@ impl WebhookDispatcher {
         Ok(WebhookDispatcher {
             store,
             config,
-            policy,
+            guard,
             client,
         })
     }
 
-    pub fn policy(&self) -> DestinationPolicy {
-        self.policy
+    /// What a URL must pass when it is set (its form, and where its host
+    /// resolves now); delivery checks again at every connection.
+    pub async fn check_destination(&self, url: &str) -> Result<http::Uri, String> {
+        self.guard.check(url).await
     }
 
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
@@ -267,7 +274,7 @@ impl WebhookDispatcher {
     ) -> Result<(), String> {
         // The policy is checked at every send: the operator may have
         // tightened it since the URL was set.
-        let uri = self.policy.check_url(url)?;
+        let uri = self.guard.policy().check_url(url)?;
         let timestamp = (postern_core::time::now_millis() / 1000).to_string();
         let mut request = http::Request::post(uri)
             .header(CONTENT_TYPE, "application/json")
@@ -281,9 +288,16 @@ impl WebhookDispatcher {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
+        // A POST that got no HTTP answer (an address the guard refused, a
+        // certificate that did not verify, no connection, a timeout) is
+        // counted as status "error", beside the answered ones below.
+        let no_answer = |text: String| {
+            metrics::counter!("postern_webhook_posts_total", "status" => "error").increment(1);
+            text
+        };
         let response = tokio::time::timeout(self.config.timeout, self.client.request(request))
             .await
-            .map_err(|_| format!("{url}: timed out"))?
+            .map_err(|_| no_answer(format!("{url}: timed out")))?
             .map_err(|e| {
                 // The connector's error hides the cause (a refused internal
                 // address, a TLS failure) in its source chain.
@@ -293,7 +307,7 @@ impl WebhookDispatcher {
                     text.push_str(&format!(": {s}"));
                     source = s.source();
                 }
-                text
+                no_answer(text)
             })?;
         let status = response.status();
         metrics::counter!("postern_webhook_posts_total", "status" => status.as_u16().to_string())
