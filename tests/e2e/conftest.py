@@ -38,6 +38,29 @@ def wait_port(port, timeout=30.0):
     raise TimeoutError(f"port {port} never opened")
 
 
+def wait_until(condition, timeout=30.0, what="the condition"):
+    """Polls `condition` until it returns something truthy (and returns
+    that), or fails after `timeout` seconds naming `what`."""
+    deadline = time.time() + timeout
+    while True:
+        got = condition()
+        if got:
+            return got
+        if time.time() >= deadline:
+            raise TimeoutError(f"{what} did not hold within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def still_false(condition, seconds, what="the condition"):
+    """A negative check: polls `condition` for `seconds` (the caller says
+    why that is long enough) and fails as soon as it holds."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert not condition(), f"{what} held"
+        time.sleep(0.05)
+    assert not condition(), f"{what} held"
+
+
 class SinkHandler:
     """Keeps every message exactly as it arrived."""
 
