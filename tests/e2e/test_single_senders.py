@@ -4,6 +4,7 @@ an address over /v3/verified_senders, Postern mails it a one-time link
 account send as that address (and only that address) over SMTP. Tokens
 expire, work once, and verification mails are rate-limited."""
 
+import base64
 import email
 import json
 import re
@@ -124,6 +125,12 @@ def test_links_expire_and_cli(sink):
             # A new link (the CLI's resend), confirmed from the CLI with its token.
             p.cli("sender", "resend", str(out["id"]))
             token = link_in(sink, "carol@example.com", 2).rsplit("/", 1)[1]
+            # A new token, not the old one again; both 256 bits in base64url.
+            first = link.rsplit("/", 1)[1]
+            assert token != first
+            for t in (first, token):
+                assert re.fullmatch(r"[A-Za-z0-9_-]{43}", t), t
+                assert len(base64.urlsafe_b64decode(t + "=")) == 32
             confirmed = p.cli("sender", "confirm", token)
             assert "carol@example.com is now a verified sender" in confirmed.stdout
             listed = json.loads(p.cli("sender", "list", "--json").stdout)

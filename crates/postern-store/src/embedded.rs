@@ -3607,9 +3607,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(found.revoked_at, Some(9));
+        // A named secret is made once, from the OS generator, and kept: the
+        // same value for every later call and after a reopen; another name,
+        // or another store, has its own.
         let s1 = store.secret("key-hash", 32).await.unwrap();
         let s2 = store.secret("key-hash", 32).await.unwrap();
         assert_eq!(s1.len(), 32);
         assert_eq!(s1, s2);
+        let named = store.secret("other", 32).await.unwrap();
+        assert_eq!(named.len(), 32);
+        assert_ne!(named, s1);
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.secret("key-hash", 32).await.unwrap(), s1);
+        let elsewhere = tempfile::tempdir().unwrap();
+        let fresh = EmbeddedStore::open(elsewhere.path()).unwrap();
+        assert_ne!(fresh.secret("key-hash", 32).await.unwrap(), s1);
     }
 }
