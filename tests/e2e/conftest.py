@@ -278,6 +278,13 @@ def postern(sink):
         p.stop()
 
 
+def ehlo_extensions(s):
+    """The extensions an smtplib client saw in its last EHLO reply
+    (keyword: parameters). smtplib prefixes AUTH's parameters with a space
+    (it merges old-style AUTH= lines into them); that space is dropped."""
+    return {k: v.strip() if k == "auth" else v for k, v in s.esmtp_features.items()}
+
+
 def strip_received(data: bytes) -> tuple[bytes, bytes]:
     """Splits Postern's own Received: header (first header, folded lines)
     from the rest of the message."""
