@@ -99,9 +99,13 @@ def test_operator_anchor_detects_truncation_even_without_the_head_file(postern):
     assert out.returncode != 0 and "truncated" in out.stderr, out.stderr
     assert "--anchor" in out.stderr, out.stderr
 
-    wrong = anchor["anchor"][:-1] + ("0" if anchor["anchor"][-1] != "0" else "1")
+    # An anchor for an entry still present, whose hash is not that entry's:
+    # the chain was rewritten from there on.
+    digest = anchor["hash"]
+    wrong = f"1:{digest[:-1]}{'0' if digest[-1] != '0' else '1'}"
     out = verify(postern, "--anchor", wrong)
     assert out.returncode != 0, out.stdout
+    assert "TAMPERED: rewritten" in out.stderr and "names entry 1 with hash" in out.stderr, out.stderr
     out = verify(postern, "--anchor", "not-an-anchor")
     assert out.returncode != 0 and "SEQ:HASH" in out.stderr, out.stderr
 
