@@ -61,6 +61,16 @@ def still_false(condition, seconds, what="the condition"):
     assert not condition(), f"{what} held"
 
 
+def wait_for_clock(rfc3339):
+    """Sleeps until the wall clock is past `rfc3339` (as Postern prints
+    times): for checks about expiry, which wait for time itself to pass,
+    not for the server to do something."""
+    import datetime
+    at = datetime.datetime.fromisoformat(rfc3339).timestamp()
+    while time.time() <= at:
+        time.sleep(at - time.time() + 0.01)
+
+
 class SinkHandler:
     """Keeps every message exactly as it arrived."""
 
