@@ -276,5 +276,6 @@ def test_hourly_limit_holds_under_concurrent_sends(postern, sink):
     for t in threads:
         t.join()
     assert len(codes) == 20
-    assert codes.count(250) == 3, codes
-    assert all(c in (250, 450, 452) for c in codes), codes
+    # The other 17 get the hourly limit's temporary refusal, as a lone
+    # sender over the limit does (450, above).
+    assert sorted(codes) == [250] * 3 + [450] * 17, codes

@@ -86,8 +86,13 @@ def test_attack_blocks_the_attacker_not_the_good_client(postern, sink):
     attack_seconds = time.time() - started
 
     assert counter[0] >= ATTEMPTS, f"attack ended early: {counter[0]} attempts"
-    assert outcomes.get(454, 0) > 0, f"attacker never blocked: {outcomes}"
-    assert outcomes.get(235, 0) == 0
+    # Blocked after auth.block_ip_after_failures (20) failures: every
+    # attempt is answered 535 or 454, and at most one attempt per attacker
+    # thread can have been in flight past the 20th failure (measured: 20-22
+    # answered 535, the rest 454).
+    assert set(outcomes) <= {535, 454}, outcomes
+    assert sum(outcomes.values()) == counter[0], outcomes
+    assert 20 <= outcomes.get(535, 0) <= 20 + ATTACKERS, f"not blocked after 20 failures: {outcomes}"
     sink.wait_for(BASELINE + sent)
     p50 = statistics.median(latencies) * 1000
     p99 = sorted(latencies)[max(0, int(len(latencies) * 0.99) - 1)] * 1000

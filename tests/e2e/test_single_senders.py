@@ -89,7 +89,6 @@ def test_single_sender_verification(strict, sink):
     assert e.value.status_code == 429
     assert "try again" in json.loads(e.value.body)["errors"][0]["message"]
     # Another account cannot see, resend or delete it.
-    other = json.loads(p.cli("key", "create", "--account", "admin", "--json").stdout)["key"]
     p.cli("account", "create", "acme")
     acme = json.loads(p.cli("key", "create", "--account", "acme", "--json").stdout)["key"]
     sg_acme = SendGridAPIClient(api_key=acme, host=f"http://127.0.0.1:{p.ports['http']}")
@@ -99,7 +98,6 @@ def test_single_sender_verification(strict, sink):
     assert e.value.status_code == 404
     # ... nor send as Alice.
     assert send_as(p, acme, "alice@gmail.example", "alice@gmail.example")[0] == 550
-    assert other
 
     # Deleting a sender ends its use.
     alice = created["id"]
