@@ -51,16 +51,6 @@ def wait_until(condition, timeout=30.0, what="the condition"):
         time.sleep(0.05)
 
 
-def still_false(condition, seconds, what="the condition"):
-    """A negative check: polls `condition` for `seconds` (the caller says
-    why that is long enough) and fails as soon as it holds."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        assert not condition(), f"{what} held"
-        time.sleep(0.05)
-    assert not condition(), f"{what} held"
-
-
 def wait_for_clock(rfc3339):
     """Sleeps until the wall clock is past `rfc3339` (as Postern prints
     times): for checks about expiry, which wait for time itself to pass,
