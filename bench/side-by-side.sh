@@ -4,6 +4,9 @@
 # ratio. Both relay every message to the same kind of sink (run inside
 # postern-loadgen), so each figure is end to end: from the first connection
 # until the sink holds every message. Both fsync each message before 250.
+# Each scenario with a target prints PASS or MISS against it (TARGETS in
+# bench/summary.py). A run with errors or undelivered mail never goes into
+# a median, and makes the script exit non-zero at the end.
 #
 #   bash bench/side-by-side.sh            # full run (a few minutes, plus about 7 for the large scenario)
 #   ROUNDS=1 bash bench/side-by-side.sh   # quicker, noisier
@@ -25,6 +28,12 @@ MAX_SIZE=${MAX_SIZE:-$((25 * 1024 * 1024))}
 BUDGET=${BUDGET:-$((256 * 1024 * 1024))}
 
 log() { printf '%s\n' "$*" >&2; }
+
+# What to count and how: bench/summary.py (tested by bench/test_summary.py).
+SUMMARY=$ROOT/bench/summary.py
+# Set when a run had errors or undelivered mail (it is left out of the
+# medians); the script then exits non-zero at the end.
+BAD_RUNS=0
 
 install_postfix() {
   if command -v postfix >/dev/null && command -v saslpasswd2 >/dev/null \
@@ -218,25 +227,28 @@ run_load() { # target conns msgs rounds [extra loadgen args…]
   fi
 }
 
-field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+# Runs clean (no errors, every accepted message delivered)? Notes it if not.
+check_runs() { # label run-json…
+  python3 "$SUMMARY" check "$@" || BAD_RUNS=1
+}
 
-scenario() { # conns msgs rounds-per-client [description extra-loadgen-args…]
-  local conns=$1 msgs=$2 reps=$3 pn=() pf=()
-  local what=${4:-}
-  shift 4 || shift $#
+# ROUNDS interleaved rounds of the same load on both servers; the medians of
+# the clean runs, their ratio and PASS or MISS against the target of NAME
+# (see TARGETS in bench/summary.py; a NAME without one prints no verdict).
+scenario() { # name conns msgs rounds-per-client [description extra-loadgen-args…]
+  local name=$1 conns=$2 msgs=$3 reps=$4
+  local what=${5:-}
+  shift 5 || shift $#
+  local runs=$WORK/runs-$name
+  : > "$runs.postern"; : > "$runs.postfix"
   for r in $(seq 1 "$ROUNDS"); do
     local a b
-    a=$(run_load postern "$conns" "$msgs" "$reps" "$@"); echo "$a"
-    b=$(run_load postfix "$conns" "$msgs" "$reps" "$@"); echo "$b"
-    [ "$(field "$a" errors)" = 0 ] && [ "$(field "$a" delivered)" = "$(field "$a" accepted)" ] || log "postern run had errors or undelivered mail: $a"
-    [ "$(field "$b" errors)" = 0 ] && [ "$(field "$b" delivered)" = "$(field "$b" accepted)" ] || log "postfix run had errors or undelivered mail: $b"
-    pn+=("$(field "$a" e2e_msgs_per_s)"); pf+=("$(field "$b" e2e_msgs_per_s)")
+    a=$(run_load postern "$conns" "$msgs" "$reps" "$@"); echo "$a"; echo "$a" >> "$runs.postern"
+    b=$(run_load postfix "$conns" "$msgs" "$reps" "$@"); echo "$b"; echo "$b" >> "$runs.postfix"
   done
-  local mp mf
-  mp=$(median "${pn[@]}"); mf=$(median "${pf[@]}")
-  python3 -c "import json,sys; p,f=float(sys.argv[3]),float(sys.argv[4]); print(json.dumps({'scenario': sys.argv[1]+' connections x '+sys.argv[2]+' msgs each, STARTTLS+AUTH PLAIN, '+sys.argv[5]+' B, end to end'+sys.argv[6], 'postern_msgs_per_s': p, 'postfix_msgs_per_s': f, 'ratio': round(p/f, 2) if f else None}))" \
-    "$conns" "$msgs" "$mp" "$mf" "$SIZE" "$what" | tee -a "$WORK/summary.jsonl"
+  python3 "$SUMMARY" scenario "$name" \
+    "$conns connections x $msgs msgs each, STARTTLS+AUTH PLAIN, $SIZE B, end to end$what" \
+    "$runs.postern" "$runs.postfix" | tee -a "$WORK/summary.jsonl" || BAD_RUNS=1
 }
 
 # Recipients spread over 100 domains, each its own next hop (127.0.1.1-100,
@@ -245,19 +257,21 @@ scenario() { # conns msgs rounds-per-client [description extra-loadgen-args…]
 # and the figure is until every message is delivered. 15,000 messages, so
 # that the one retry delay at the end does not dominate the figure.
 domains_scenario() {
-  scenario 50 10 "${REPS_DOMAINS:-30}" ", 100 destination domains, every 10th recipient deferred once (451)" \
+  scenario domains 50 10 "${REPS_DOMAINS:-30}" ", 100 destination domains, every 10th recipient deferred once (451); unsigned, sender checks off" \
     --to rcpt@bench.test --domains 100 --sink-hosts 100 --sink-defer-every 10
 }
 
 # The same 50 x 10 load with Postern DKIM-signing every message twice
 # (RSA-2048 and Ed25519: the domain of the loadgen's From is added and marked
-# verified), against Postfix unsigned; Postern unsigned again right before, so
-# that the cost of signing shows in one run.
+# verified) and sending each with its VERP return path, against Postfix
+# unsigned; Postern unsigned again right before, so that the cost of signing
+# shows in one run.
 signing_scenario() {
-  scenario 50 10 "${REPS_10:-10}" ", Postern unsigned (reference for the next line)"
+  scenario signing-reference 50 10 "${REPS_10:-10}" ", unsigned, no VERP, sender checks off (reference for the next line)"
   "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain add example.org --account admin >/dev/null
   "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain verify example.org --operator >/dev/null
-  scenario 50 10 "${REPS_10:-10}" ", Postern DKIM-signing each message (RSA-2048 + Ed25519), Postfix unsigned"
+  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain return-path example.org on >/dev/null
+  scenario signed-verp 50 10 "${REPS_10:-10}" ", Postern DKIM-signing each message (RSA-2048 + Ed25519) with VERP return paths, sender checks off; Postfix unsigned"
   "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain remove example.org >/dev/null
 }
 
@@ -281,6 +295,7 @@ attack_scenario() {
   wait "$attacker" || true
   cpu1=$(cpu_ticks "$PN_PID")
   attack=$(cat "$WORK/attack.out"); echo "$attack"
+  check_runs "attack scenario" "$alone" "$under"
   python3 -c "import json,sys; a,u,t=json.loads(sys.argv[1]),json.loads(sys.argv[2]),json.loads(sys.argv[3]); cpu=(int(sys.argv[5])-int(sys.argv[4]))/int(sys.argv[6]); print(json.dumps({'scenario': 'legitimate client (5 conns, 1 msg each, API key) during a password-guessing attack at '+str(t['attack_rate'])+' conn/s from 127.2.0.0/16', 'alone_msgs_per_s': a['e2e_msgs_per_s'], 'under_attack_msgs_per_s': u['e2e_msgs_per_s'], 'kept': round(u['e2e_msgs_per_s']/a['e2e_msgs_per_s'], 2), 'under_attack_p99_ms': u['p99_ms'], 'attack_attempts': t['attempts'], 'attack_replies': t['replies'], 'postern_cpu_seconds_during_attack': round(cpu, 1), 'attack_seconds': t['seconds']}))" \
     "$alone" "$under" "$attack" "$cpu0" "$cpu1" "$hz" | tee -a "$WORK/summary.jsonl"
 }
@@ -407,41 +422,8 @@ large_scenario() {
         --timeout "${LARGE_TIMEOUT:-600}" --label "postern api large"); echo "$c"
   stop_sampler; api_mem=$(cat "$WORK/mem-api.json")
 
-  for r in "$a" "$b" "$c"; do
-    [ "$(field "$r" errors)" = 0 ] && [ "$(field "$r" delivered)" = "$(field "$r" accepted)" ] \
-      || log "large run had errors or undelivered mail: $r"
-  done
-  python3 - "$a" "$b" "$c" "$pn_mem" "$pf_mem" "$api_mem" "$base" "$BUDGET" "$MAX_SIZE" <<'PY' | tee -a "$WORK/summary.jsonl"
-import json, sys
-a, b, c, pn, pf, api = (json.loads(x) for x in sys.argv[1:7])
-base, budget, max_size = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
-mib = lambda kib: round(kib / 1024, 1)
-print(json.dumps({
-    "scenario": f"{a['connections']} clients x {a['messages_per_connection']} msgs of {a['message_bytes'] / 2**20:.0f} MiB "
-                "(DATA/BDAT x STARTTLS+AUTH submission/plaintext unauthenticated relay, a quarter each; 4xx retried), "
-                f"then {c['connections']} /v3/mail/send with a {c['attachment_bytes'] / 2**20:.0f} MiB attachment (Postern only)",
-    "budget_mib": budget / 2**20,
-    "max_message_size_mib": max_size / 2**20,
-    "postern_rss_before_mib": mib(base),
-    "postern_peak_rss_smtp_mib": mib(pn["peak_rss_kib"]),
-    "postern_peak_rss_api_mib": mib(api["peak_rss_kib"]),
-    "postern_vmhwm_after_smtp_mib": mib(pn["vmhwm_kib"]),
-    "postern_vmhwm_mib": mib(api["vmhwm_kib"]),
-    "postfix_peak_rss_sum_mib": mib(pf["peak_rss_kib"]),
-    "postfix_peak_pss_sum_mib": mib(pf["peak_pss_kib"]),
-    "postfix_processes_at_peak": pf["processes_at_peak"],
-    "postern_smtp_e2e_mib_per_s": a["e2e_mib_per_s"],
-    "postfix_smtp_e2e_mib_per_s": b["e2e_mib_per_s"],
-    "postern_smtp_4xx": a["pushbacks"],
-    "postfix_smtp_4xx": b["pushbacks"],
-    "postern_smtp_seconds": a["e2e_seconds"],
-    "postfix_smtp_seconds": b["e2e_seconds"],
-    "postern_api_e2e_mib_per_s": c["e2e_mib_per_s"],
-    "postern_api_503": c["pushbacks"],
-    "postern_api_seconds": c["e2e_seconds"],
-    "loadgen_peak_rss_mib": mib(max(a["loadgen_peak_rss_kib"], b["loadgen_peak_rss_kib"])),
-}))
-PY
+  check_runs "large scenario" "$a" "$b" "$c"
+  python3 "$SUMMARY" large "$a" "$b" "$c" "$pn_mem" "$pf_mem" "$api_mem" "$base" "$BUDGET" "$MAX_SIZE" | tee -a "$WORK/summary.jsonl"
 }
 
 main() {
@@ -453,19 +435,29 @@ main() {
   setup_postfix
   setup_postern
   log "warm-up"; run_load postern 10 10 >/dev/null; run_load postfix 10 10 >/dev/null
-  if [ "${ONLY:-}" = attack ]; then attack_scenario; return; fi
-  if [ "${ONLY:-}" = domains ]; then domains_scenario; return; fi
-  if [ "${ONLY:-}" = signing ]; then signing_scenario; return; fi
-  if [ "${ONLY:-}" = large ]; then large_scenario; return; fi
-  if [ "${ONLY:-}" = idle ]; then
-    stop_postern; setup_postern; idle_memory 10000 plain
-    stop_postern; setup_postern; idle_memory 1000 starttls
-    return
+  case "${ONLY:-}" in
+    attack) attack_scenario ;;
+    domains) domains_scenario ;;
+    signing) signing_scenario ;;
+    large) large_scenario ;;
+    idle)
+      stop_postern; setup_postern; idle_memory 10000 plain
+      stop_postern; setup_postern; idle_memory 1000 starttls
+      ;;
+    "") all_scenarios ;;
+    *) log "ONLY=$ONLY: no such scenario"; exit 64 ;;
+  esac
+  if [ "$BAD_RUNS" != 0 ]; then
+    log "FAILED: a run had errors or undelivered mail (left out of the medians; see above)"
+    exit 1
   fi
+}
+
+all_scenarios() {
   # 50 concurrent clients; each repeats its connection REPS times so a run
   # lasts long enough to measure (50x10: 5,000 messages; 50x1: 2,000).
-  scenario 50 10 "${REPS_10:-10}"
-  scenario 50 1 "${REPS_1:-40}"
+  scenario 50x10 50 10 "${REPS_10:-10}" "; unsigned, sender checks off"
+  scenario 50x1 50 1 "${REPS_1:-40}" "; unsigned, sender checks off"
   domains_scenario
   signing_scenario
   # A fresh process, so the attack's blocks do not outlive the scenario.

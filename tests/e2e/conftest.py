@@ -73,6 +73,29 @@ def wait_port(port, timeout=30.0):
     raise TimeoutError(f"port {port} never opened")
 
 
+def wait_until(condition, timeout=30.0, what="the condition"):
+    """Polls `condition` until it returns something truthy (and returns
+    that), or fails after `timeout` seconds naming `what`."""
+    deadline = time.time() + timeout
+    while True:
+        got = condition()
+        if got:
+            return got
+        if time.time() >= deadline:
+            raise TimeoutError(f"{what} did not hold within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def wait_for_clock(rfc3339):
+    """Sleeps until the wall clock is past `rfc3339` (as Postern prints
+    times): for checks about expiry, which wait for time itself to pass,
+    not for the server to do something."""
+    import datetime
+    at = datetime.datetime.fromisoformat(rfc3339).timestamp()
+    while time.time() <= at:
+        time.sleep(at - time.time() + 0.01)
+
+
 class SinkHandler:
     """Keeps every message exactly as it arrived."""
 
@@ -362,6 +385,13 @@ def postern(sink):
         p.read_admin_key()
         yield p
         p.stop()
+
+
+def ehlo_extensions(s):
+    """The extensions an smtplib client saw in its last EHLO reply
+    (keyword: parameters). smtplib prefixes AUTH's parameters with a space
+    (it merges old-style AUTH= lines into them); that space is dropped."""
+    return {k: v.strip() if k == "auth" else v for k, v in s.esmtp_features.items()}
 
 
 def strip_received(data: bytes) -> tuple[bytes, bytes]:

@@ -7,7 +7,7 @@ import sqlite3
 import ssl
 import subprocess
 
-from conftest import BIN
+from conftest import BIN, ehlo_extensions, wait_until
 
 
 def smtp(postern, source="127.0.0.1"):
@@ -88,12 +88,10 @@ def test_audit_log_records_everything_and_detects_tampering(postern):
     can_login(postern, "apikey", key["key"])
     can_login(postern, "apikey", "pst_" + "B" * 43)
     postern.cli("key", "revoke", key["id"])
-    import time
-    time.sleep(0.3)  # AUTH outcomes are appended asynchronously
-    entries = cli_json(postern, "audit")
-    kinds = [e["kind"] for e in entries]
-    for k in ["key.create", "auth.success", "auth.failure", "key.revoke"]:
-        assert k in kinds, kinds
+    # AUTH outcomes are appended asynchronously: poll for them.
+    wanted = {"key.create", "auth.success", "auth.failure", "key.revoke"}
+    entries = wait_until(lambda: (e := cli_json(postern, "audit")) and wanted <= {x["kind"] for x in e} and e,
+                         timeout=10, what=f"audit entries {wanted}")
     failure = [e for e in entries if e["kind"] == "auth.failure"][-1]
     assert failure["client_ip"] == "127.0.0.1" and failure["actor"] == "apikey"
     only_auth = cli_json(postern, "audit", "--kind", "auth.")
@@ -138,11 +136,11 @@ def test_cram_md5_is_opt_in_per_account_and_listener(postern):
     with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
         s.starttls(context=ctx)
         s.ehlo()
-        assert "CRAM-MD5" not in s.esmtp_features["auth"]
+        assert ehlo_extensions(s)["auth"] == "PLAIN LOGIN"
     with smtplib.SMTP("127.0.0.1", postern.ports["submission_cram"], timeout=30) as s:
         s.starttls(context=ctx)
         s.ehlo()
-        assert "CRAM-MD5" in s.esmtp_features["auth"].split()
+        assert ehlo_extensions(s)["auth"] == "PLAIN LOGIN CRAM-MD5"
         s.user, s.password = "cram-user", "violet-anchor-tundra-42"
         code, _ = s.auth("CRAM-MD5", s.auth_cram_md5)
         assert code == 235
@@ -167,11 +165,11 @@ def test_cram_md5_is_opt_in_per_account_and_listener(postern):
             pass
         code, _ = s.auth("PLAIN", s.auth_plain)
         assert code == 235
-    import time
-    time.sleep(0.3)
-    audit = cli_json(postern, "audit", "--kind", "auth.")
-    assert any(e["kind"] == "auth.success" and "mechanism=CRAM-MD5" in e["detail"] and e["account"] == "cram-user" for e in audit)
-    assert any(e["kind"] == "auth.failure" and "cram_md5_not_enabled" in e["detail"] for e in audit)
+    def both_audited():
+        audit = cli_json(postern, "audit", "--kind", "auth.")
+        return (any(e["kind"] == "auth.success" and "mechanism=CRAM-MD5" in e["detail"] and e["account"] == "cram-user" for e in audit)
+                and any(e["kind"] == "auth.failure" and "cram_md5_not_enabled" in e["detail"] for e in audit))
+    wait_until(both_audited, timeout=10, what="the CRAM-MD5 success and the refusal in the audit log")
 
 
 def test_key_networks_last_use_authzid_per_account_events_and_audit_api(postern, sink):
@@ -185,9 +183,9 @@ def test_key_networks_last_use_authzid_per_account_events_and_audit_api(postern,
     assert bound["allowed_ips"] == ["127.0.0.2/32"]
     assert not can_login(postern, "apikey", bound["key"], source="127.0.0.1")
     assert can_login(postern, "apikey", bound["key"], source="127.0.0.2")
-    time.sleep(0.3)
-    listed = [k for k in cli_json(postern, "key", "list") if k["id"] == bound["id"]][0]
-    assert listed["last_used_at"] is not None
+    # Last use is recorded after the reply: poll for it.
+    wait_until(lambda: [k for k in cli_json(postern, "key", "list") if k["id"] == bound["id"]][0]["last_used_at"],
+               timeout=10, what="the key's last use")
 
     # AUTH PLAIN with an authorization identity: a parent may act for its
     # own subuser (the mail is then the subuser's), nobody else's.
@@ -204,9 +202,9 @@ def test_key_networks_last_use_authzid_per_account_events_and_audit_api(postern,
     assert plain("admin") == 535
     assert plain("billing") == 235
     sink.wait_for(1)
-    time.sleep(0.3)
-    billing_events = cli_json(postern, "events", "--account", "billing")
-    assert {e["event"] for e in billing_events} >= {"processed", "delivered"}
+    # The delivered event is written right after the sink's 250.
+    wait_until(lambda: {e["event"] for e in cli_json(postern, "events", "--account", "billing")} >= {"processed", "delivered"},
+               timeout=10, what="billing's processed and delivered events")
     assert cli_json(postern, "events", "--account", "corp") == []
 
     # The audit log over the API: the account's own entries, or a subuser's.
@@ -278,5 +276,6 @@ def test_hourly_limit_holds_under_concurrent_sends(postern, sink):
     for t in threads:
         t.join()
     assert len(codes) == 20
-    assert codes.count(250) == 3, codes
-    assert all(c in (250, 450, 452) for c in codes), codes
+    # The other 17 get the hourly limit's temporary refusal, as a lone
+    # sender over the limit does (450, above).
+    assert sorted(codes) == [250] * 3 + [450] * 17, codes

@@ -3,11 +3,12 @@ newest entries (which leaves a shorter chain that is still valid) is
 detected, as are a deleted middle entry and an emptied table (issue 16
 item 2)."""
 
+import base64
 import json
 import sqlite3
-import time
 
-from test_accounts import can_login
+from conftest import wait_until
+from test_accounts import smtp
 
 
 def make_entries(postern, n=3):
@@ -72,10 +73,20 @@ def test_truncating_the_table_is_detected(postern):
 
 def test_server_appends_keep_the_recorded_head_current(postern):
     # AUTH outcomes are appended by the server process, not the CLI.
-    can_login(postern, "apikey", "pst_" + "C" * 43)
-    time.sleep(0.3)
+    before = max_seq(postern) or 0
+    # One AUTH exchange (smtplib's login would try a second mechanism after
+    # the first fails, appending a second entry): one auth.failure entry.
+    with smtp(postern, "127.0.0.1") as s:
+        s.ehlo()
+        token = base64.b64encode(b"\0apikey\0pst_" + b"C" * 43).decode()
+        assert s.docmd("AUTH", "PLAIN " + token)[0] == 535
+    # The entry is appended after the reply, and the head recorded after
+    # its commit: poll until the file names it.
+    head_file = postern.data_dir / "audit.head"
+    wait_until(lambda: head_file.exists() and int(head_file.read_text().split()[1]) == before + 1,
+               timeout=10, what="the recorded head at the failed AUTH's entry")
     seq = max_seq(postern)
-    head = (postern.data_dir / "audit.head").read_text().split()
+    head = head_file.read_text().split()
     assert head[0] == "postern-audit-head-v1" and int(head[1]) == seq, head
     db_exec(postern, f"DELETE FROM audit WHERE seq = {seq}")
     out = verify(postern)
@@ -99,9 +110,13 @@ def test_operator_anchor_detects_truncation_even_without_the_head_file(postern):
     assert out.returncode != 0 and "truncated" in out.stderr, out.stderr
     assert "--anchor" in out.stderr, out.stderr
 
-    wrong = anchor["anchor"][:-1] + ("0" if anchor["anchor"][-1] != "0" else "1")
+    # An anchor for an entry still present, whose hash is not that entry's:
+    # the chain was rewritten from there on.
+    digest = anchor["hash"]
+    wrong = f"1:{digest[:-1]}{'0' if digest[-1] != '0' else '1'}"
     out = verify(postern, "--anchor", wrong)
     assert out.returncode != 0, out.stdout
+    assert "TAMPERED: rewritten" in out.stderr and "names entry 1 with hash" in out.stderr, out.stderr
     out = verify(postern, "--anchor", "not-an-anchor")
     assert out.returncode != 0 and "SEQ:HASH" in out.stderr, out.stderr
 

@@ -1,6 +1,7 @@
 """1,000 wrong passwords from one address end in a block, while a good
-client on another network keeps sending. Prints the good client's latency
-during the attack. Spraying and stuffing are detected and audited."""
+client on another network keeps sending at a quarter of its unattacked
+rate or better. Prints the good client's latency during the attack.
+Spraying and stuffing are detected and audited."""
 
 import base64
 import smtplib
@@ -9,8 +10,11 @@ import statistics
 import threading
 import time
 
+from conftest import wait_until
+
 ATTEMPTS = 1000
 ATTACKERS = 8
+BASELINE = 20
 
 
 def attacker(postern, counter, lock, outcomes, stop):
@@ -48,6 +52,21 @@ def test_attack_blocks_the_attacker_not_the_good_client(postern, sink):
         input="violet-anchor-tundra-42\n", text=True, check=True, capture_output=True,
     )
     postern.cli("account", "password-auth", "victim", "on")
+    # The good client: another /24 (127.0.1.0/24), one message per connection.
+    ctx = ssl.create_default_context(cafile=postern.cert)
+
+    def good_send():
+        t0 = time.time()
+        with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30,
+                          source_address=("127.0.1.2", 0)) as s:
+            s.starttls(context=ctx)
+            s.login("apikey", postern.admin_key)
+            s.sendmail("app@example.org", ["user@example.net"], b"Subject: during attack\r\n\r\nok\r\n")
+        return time.time() - t0
+
+    # Its pace with no attack, for comparison.
+    baseline = [good_send() for _ in range(BASELINE)]
+
     counter, lock, outcomes, stop = [0], threading.Lock(), {}, threading.Event()
     threads = [
         threading.Thread(target=attacker, args=(postern, counter, lock, outcomes, stop), daemon=True)
@@ -57,34 +76,41 @@ def test_attack_blocks_the_attacker_not_the_good_client(postern, sink):
     for t in threads:
         t.start()
 
-    # The good client: another /24 (127.0.1.0/24), one message per connection.
-    ctx = ssl.create_default_context(cafile=postern.cert)
-    latencies, sent = [], 0
+    latencies = []
     while any(t.is_alive() for t in threads) and time.time() - started < 120:
-        t0 = time.time()
-        with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30,
-                          source_address=("127.0.1.2", 0)) as s:
-            s.starttls(context=ctx)
-            s.login("apikey", postern.admin_key)
-            s.sendmail("app@example.org", ["user@example.net"], b"Subject: during attack\r\n\r\nok\r\n")
-        latencies.append(time.time() - t0)
-        sent += 1
+        latencies.append(good_send())
+    sent = len(latencies)
     stop.set()
     for t in threads:
         t.join(timeout=30)
     attack_seconds = time.time() - started
 
     assert counter[0] >= ATTEMPTS, f"attack ended early: {counter[0]} attempts"
-    assert outcomes.get(454, 0) > 0, f"attacker never blocked: {outcomes}"
-    assert outcomes.get(235, 0) == 0
-    sink.wait_for(sent)
+    # Blocked after auth.block_ip_after_failures (20) failures: every
+    # attempt is answered 535 or 454, and at most one attempt per attacker
+    # thread can have been in flight past the 20th failure (measured: 20-22
+    # answered 535, the rest 454).
+    assert set(outcomes) <= {535, 454}, outcomes
+    assert sum(outcomes.values()) == counter[0], outcomes
+    assert 20 <= outcomes.get(535, 0) <= 20 + ATTACKERS, f"not blocked after 20 failures: {outcomes}"
+    sink.wait_for(BASELINE + sent)
     p50 = statistics.median(latencies) * 1000
     p99 = sorted(latencies)[max(0, int(len(latencies) * 0.99) - 1)] * 1000
+    base50 = statistics.median(baseline) * 1000
     print(
         f"\nbrute force: {counter[0]} wrong attempts in {attack_seconds:.1f}s, replies {outcomes}; "
-        f"good client from another network: {sent} messages, p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        f"good client from another network: {sent} messages, p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+        f"(without the attack: p50 {base50:.1f} ms)"
     )
-    assert sent > 0
+    # Keeps sending means at a useful pace, not merely once: every send
+    # above succeeded (any refusal raises), and over the attack the good
+    # client kept at least a quarter of its unattacked rate, its median
+    # message no more than 4 times slower. Measured on 2 shared cores:
+    # 38-62% of the rate, medians 1.3-2.1 times the baseline (the 8
+    # attacker threads share this process's interpreter with it).
+    rate, base_rate = sent / attack_seconds, 1000 / base50
+    assert rate >= 0.25 * base_rate, f"{rate:.1f} messages/s during the attack, {base_rate:.1f} without"
+    assert p50 <= 4 * base50, f"p50 {p50:.1f} ms during the attack, {base50:.1f} ms without"
 
 
 def wrong_login(postern, user, source):
@@ -109,9 +135,12 @@ def test_spraying_and_stuffing_are_detected(postern):
     for i in range(10):
         wrong_login(postern, "target", f"127.7.{i}.1")
     assert wrong_login(postern, "target", "127.7.3.1") == 454, "stuffing sources are shut out of the account"
-    time.sleep(0.3)
-    kinds = [e["kind"] for e in json.loads(postern.cli("audit", "--kind", "defense.", "--json").stdout)]
-    assert "defense.password_spraying" in kinds and "defense.credential_stuffing" in kinds, kinds
+    # The audit entries are appended after the reply (without waiting for
+    # their commit): poll for them.
+    def detections():
+        kinds = {e["kind"] for e in json.loads(postern.cli("audit", "--kind", "defense.", "--json").stdout)}
+        return {"defense.password_spraying", "defense.credential_stuffing"} <= kinds
+    wait_until(detections, timeout=10, what="spraying and stuffing audit entries")
     metrics = urllib_get(f"http://127.0.0.1:{postern.ports['http']}/metrics")
     assert 'postern_auth_detections_total{kind="defense.password_spraying"}' in metrics
 

@@ -65,6 +65,9 @@ def test_kill9_loses_no_acknowledged_message(postern, sink):
     ]
     for t in threads:
         t.start()
+    # The sleeps below are not synchronisation: they choose, at random,
+    # how long the clients load the server before each kill -9 and how
+    # soon it comes back, so the kills land at varied points of intake.
     kills = []
     for _ in range(ROUNDS):
         time.sleep(rng.uniform(0.3, 1.2))

@@ -5,8 +5,9 @@ produce none."""
 import email
 import smtplib
 import ssl
-import time
 from email import policy
+
+from conftest import wait_until
 
 
 def send(postern, mail_from, rcpts, body, rcpt_options=()):
@@ -52,11 +53,12 @@ def test_a_hard_bounce_sends_a_dsn(postern, sink):
     # RET=HDRS: the headers come back, the body does not.
     returned = parts[2].get_content()
     assert "Subject: will bounce" in returned and "secret body" not in returned
-    time.sleep(0.3)
     import json
-    events = json.loads(postern.cli("events", "--json").stdout)
-    failed = [e for e in events if e["event"] == "bounce"]
-    assert failed and "DSN queued as" in failed[0]["detail"]
+    # The DSN is queued before the bounce is logged: the log may trail the
+    # sink by a moment.
+    failed = wait_until(lambda: [e for e in json.loads(postern.cli("events", "--json").stdout) if e["event"] == "bounce"],
+                        timeout=10, what="the bounce event")
+    assert "DSN queued as" in failed[0]["detail"]
     # The send log classifies the bounce and says how the attempt went.
     assert failed[0]["status"] == "5.1.1"
     assert failed[0]["classification"] == "invalid_address"
@@ -68,7 +70,14 @@ def test_notify_never_and_null_sender_get_no_dsn(postern, sink):
     send(postern, "sender@example.org", ["reject-a@example.net", "ok@example.net"], b"Subject: n\r\n\r\nx\r\n", ["NOTIFY=NEVER"])
     send(postern, "", ["reject-b@example.net", "ok2@example.net"], b"Subject: null\r\n\r\nx\r\n")
     sink.wait_for(2, timeout=30)
-    time.sleep(1.5)
+    # A DSN would be queued before its bounce is logged: once both bounces
+    # are logged without one, none can follow.
+    import json
+    bounces = wait_until(
+        lambda: (b := json.loads(postern.cli("events", "--kind", "bounce", "--json").stdout)) and len(b) >= 2 and b,
+        timeout=30, what="both bounce events")
+    assert sorted(e["recipient"] for e in bounces) == ["reject-a@example.net", "reject-b@example.net"], bounces
+    assert not [e for e in bounces if "DSN" in e["detail"]], bounces
     reports = [m for m in sink.messages if b"multipart/report" in m["data"]]
     assert reports == [], "no DSN for NOTIFY=NEVER or for a null sender"
 
@@ -81,19 +90,15 @@ def test_hard_bounces_are_suppressed_per_account(postern, sink):
         return [e for e in json.loads(postern.cli("events", "--json").stdout) if e["recipient"] == rcpt]
 
     def wait_for_kind(rcpt, kind, count):
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if len([e for e in events_for(rcpt) if e["event"] == kind]) >= count:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"{kind} x{count} for {rcpt}: {events_for(rcpt)}")
+        wait_until(lambda: len([e for e in events_for(rcpt) if e["event"] == kind]) >= count,
+                   timeout=30, what=f"{kind} x{count} for {rcpt}")
 
     rcpt = "reject-s@example.net"
     send(postern, "sender@example.org", [rcpt], b"Subject: first\r\n\r\nx\r\n")
     wait_for_kind(rcpt, "bounce", 1)
-    time.sleep(0.3)
     sg = SendGridAPIClient(api_key=postern.admin_key, host=f"http://127.0.0.1:{postern.ports['http']}")
-    listed = json.loads(sg.client.suppression.bounces.get().body)
+    listed = wait_until(lambda: json.loads(sg.client.suppression.bounces.get().body),
+                        timeout=10, what="the suppression entry")
     assert [(e["email"], e["status"]) for e in listed] == [(rcpt, "5.1.1")]
 
     # The next message to that address is dropped, never attempted.

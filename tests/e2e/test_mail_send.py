@@ -16,6 +16,8 @@ from sendgrid.helpers.mail import (
     Mail, MailSettings, SandBoxMode, To,
 )
 
+from conftest import wait_until
+
 
 
 def client(p, key):
@@ -73,11 +75,15 @@ def test_mail_send_with_the_sendgrid_library(strict, sink):
     assert "auditor" not in got["data"].decode(errors="replace").split("\r\n\r\n", 1)[0], "Bcc stays out of the headers"
     assert msg["DKIM-Signature"] is not None, "signed for the verified domain"
     assert f"id {message_id}" in msg["Received"].replace("\r\n", " ").replace("\t", " ")
-    parts = {part.get_content_type(): part for part in msg.walk()}
-    assert parts["text/plain"].get_payload(decode=True).decode().strip() in ("plain body", "report contents")
-    assert "<p>html body</p>" in parts["text/html"].get_payload(decode=True).decode()
-    names = [part.get_filename() for part in msg.walk() if part.get_filename()]
-    assert names == ["report.txt"]
+    # The attachment is text/plain too: body parts and attachments are told
+    # apart by Content-Disposition (RFC 2183), so each is checked on its own.
+    leaves = [part for part in msg.walk() if not part.is_multipart()]
+    bodies = [(part.get_content_type(), part.get_payload(decode=True).decode())
+              for part in leaves if part.get_filename() is None]
+    assert [(t, v.strip()) for t, v in bodies] == [("text/plain", "plain body"), ("text/html", "<p>html body</p>")], bodies
+    attached = [(part.get_filename(), part.get_content_disposition(), part.get_payload(decode=True))
+                for part in leaves if part.get_filename() is not None]
+    assert attached == [("report.txt", "attachment", b"report contents")], attached
 
     # On behalf of a subuser: its message (in its send log), sent as its
     # parent's verified domain.
@@ -122,17 +128,31 @@ def test_mail_send_errors(strict, sink):
             "personalizations": [{"to": [{"email": "a@example.net"}]}],
             "from": {"email": "news@example.org"}, "template_id": "d-123"})
     assert e.value.status_code == 400 and "template" in e.value.body.decode()
-    # Sandbox mode: validated, not sent.
-    p.cli("domain", "add", "example.org", "--account", "admin")
-    p.cli("domain", "verify", "example.org", "--operator")
-    m = message()
-    m.mail_settings = MailSettings(sandbox_mode=SandBoxMode(True))
-    assert sg.send(m).status_code == 200
     # Without a key: 401.
     with pytest.raises(HTTPError) as e:
         client(p, "pst_not_a_key").send(message())
     assert e.value.status_code == 401
-    assert sink.messages == []
+    # Sandbox mode: validated, not sent. A positive control follows it
+    # through the same queue to the same sink: once the control has arrived
+    # (both of its recipients), a sandboxed message that had been queued
+    # earlier would have been delivered too, so the sink must hold exactly
+    # the control's two copies.
+    p.cli("domain", "add", "example.org", "--account", "admin")
+    p.cli("domain", "verify", "example.org", "--operator")
+    m = message()
+    m.subject = "sandboxed"
+    m.mail_settings = MailSettings(sandbox_mode=SandBoxMode(True))
+    assert sg.send(m).status_code == 200
+    control = message()
+    control.subject = "control"
+    assert sg.send(control).status_code == 202
+    copies = wait_until(lambda: sum(len(x["rcpt_tos"]) for x in sink.messages) >= 2 and sink.messages,
+                        what="the control's two recipients")
+    subjects = [email.message_from_bytes(x["data"])["Subject"] for x in copies]
+    assert set(subjects) == {"control"}, subjects
+    assert sorted(r for x in copies for r in x["rcpt_tos"]) == ["auditor@example.net", "reader@example.net"]
+    events = json.loads(p.cli("events", "--kind", "processed", "--json").stdout)
+    assert len({ev["message_id"] for ev in events}) == 1, events
 
 
 def test_header_fields_are_validated(strict, sink):

@@ -96,9 +96,11 @@ def test_nodemailer_every_mechanism(oauth_postern, sink, idp):
     msgs = sink.wait_for(sent)
     subjects = {m["data"].split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in msgs}
     assert {"via PLAIN", "via LOGIN", "via CRAM-MD5", "via XOAUTH2", "via 465"} <= subjects
-    # A bad token is refused.
+    # An expired token is refused at AUTH with 535 5.7.8 (RFC 4954 §6),
+    # and nothing more is sent.
     out = nodemailer(p, user="acme", method="XOAUTH2", accessToken=token(idp[0], "acme", exp=int(time.time()) - 3600), subject="expired")
-    assert out.returncode != 0
+    assert out.returncode == 1 and "queued as" not in out.stdout, out.stdout
+    assert out.stderr.strip() == "535 5.7.8 Authentication credentials invalid", out.stderr
 
 
 def oauth_login(p, mechanism, payload):

@@ -91,7 +91,15 @@ def test_deferred_mail_is_listed_retried_and_deleted(slow_retry, sink):
     history = wait_events(p, 3, "--recipient", "DEFER-A@example.net")
     assert [e["event"] for e in history] == ["processed", "deferred", "delivered"]
     assert history[2]["attempt"] == 2
-    time.sleep(0.5)
+    # The other message was not made due: still queued after one attempt,
+    # its next attempt where its backoff put it (an hour on), so nothing
+    # of it can reach the sink during the test.
+    b_rcpt = b["recipients"][0]
+    assert b_rcpt["next_attempt"] is not None
+    still = {m["message_id"]: m for m in json.loads(p.cli("queue", "list", "--json").stdout)}
+    assert list(still) == [b["message_id"]], still
+    after = still[b["message_id"]]["recipients"][0]
+    assert (after["status"], after["attempts"], after["next_attempt"]) == ("queued", 1, b_rcpt["next_attempt"]), after
     assert len(sink.messages) == 1, "the other message was not retried"
 
     # Over the API (curl): the queue, the message, then delete it.

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import strip_received
+from conftest import ehlo_extensions, strip_received
 
 
 def message(subject):
@@ -49,14 +49,25 @@ def check_delivered(sink, body, mail_from, rcpts):
     return received
 
 
+# What every EHLO advertises, as smtplib reads it (keyword: parameters);
+# SIZE is the default limits.max_message_size (25 MiB, RFC 1870).
+BASE_EXTENSIONS = {
+    "pipelining": "", "size": "26214400", "8bitmime": "", "smtputf8": "",
+    "enhancedstatuscodes": "", "dsn": "", "chunking": "", "help": "",
+}
+
+
 def test_smtplib_starttls_auth_plain(postern, sink):
     body = message("smtplib starttls")
     with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=20) as s:
         s.ehlo("client.test")
-        assert not s.has_extn("auth"), "AUTH offered before TLS"
+        # Before TLS: STARTTLS and no AUTH (RFC 8314 §3.3).
+        assert ehlo_extensions(s) == {**BASE_EXTENSIONS, "starttls": ""}
         s.starttls(context=tls_context(postern))
         s.ehlo("client.test")
-        assert "PLAIN" in s.esmtp_features["auth"]
+        # After it: AUTH with the listener's mechanisms, no STARTTLS again
+        # (RFC 3207 §4.2).
+        assert ehlo_extensions(s) == {**BASE_EXTENSIONS, "auth": "PLAIN LOGIN"}
         s.login("apikey", postern.admin_key)  # smtplib picks PLAIN
         refused = s.sendmail("sender@example.org", ["rcpt@example.net", "other@example.com"], body)
         assert refused == {}
@@ -72,6 +83,8 @@ def test_smtplib_implicit_tls_auth_login(postern, sink):
         "127.0.0.1", postern.ports["submissions"], context=tls_context(postern), timeout=20
     ) as s:
         s.ehlo("client.test")
+        # Implicit TLS (RFC 8314 §3.3): AUTH at once, never STARTTLS.
+        assert ehlo_extensions(s) == {**BASE_EXTENSIONS, "auth": "PLAIN LOGIN"}
         s.user, s.password = "apikey", postern.admin_key
         code, _ = s.auth("LOGIN", s.auth_login)
         assert code == 235
@@ -160,6 +173,8 @@ def test_events_show_the_whole_path(postern, sink):
 def test_mx_accepts_only_relay_domains(postern, sink):
     with smtplib.SMTP("127.0.0.1", postern.ports["mx"], timeout=20) as s:
         s.ehlo("other-mta.test")
+        # The MX listener offers STARTTLS and never AUTH.
+        assert ehlo_extensions(s) == {**BASE_EXTENSIONS, "starttls": ""}
         code, _ = s.mail("someone@elsewhere.test")
         assert code == 250
         code, msg = s.rcpt("user@external.test")

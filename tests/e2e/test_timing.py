@@ -1,6 +1,7 @@
 """Unknown and known accounts get the same reply in the same time: a wrong
 password for a real account and any password for a made-up one both cost
-one Argon2 verification. Prints the medians; fails only on a gross gap."""
+one Argon2 verification. Prints the medians; fails on a gap above the
+measured noise (see the bound's comment)."""
 
 import base64
 import smtplib
@@ -42,4 +43,13 @@ def test_unknown_and_known_accounts_look_the_same(postern):
     k, u = statistics.median(known) * 1000, statistics.median(unknown) * 1000
     print(f"\nAUTH timing over {ROUNDS} tries each: known account median {k:.1f} ms, unknown account median {u:.1f} ms, difference {abs(k - u) / max(k, u) * 100:.1f}%")
     assert len(replies) == 1, f"replies differ: {replies}"
-    assert abs(k - u) < 0.5 * max(k, u), "timing reveals whether the account exists"
+    # How close is close enough, from measured distributions (debug build,
+    # 2 shared cores, load average about 6): one AUTH takes 500-1000 ms
+    # (nearly all of it the Argon2id verification), per-attempt spread
+    # about 13% (sd/median); the two medians came out 0.6-1.1% apart, and
+    # shuffling the 50 samples between the two groups gives median gaps
+    # of 7-15% at the 99th percentile (18% at most) - the noise floor. A
+    # 20% bound stays above that noise, and any path that skips the hash
+    # for unknown accounts (a gap near 100%), or does anything costing a
+    # fifth of a verification more for one kind of account, fails it.
+    assert abs(k - u) < 0.2 * max(k, u), "timing reveals whether the account exists"

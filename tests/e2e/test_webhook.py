@@ -11,14 +11,13 @@ import smtplib
 import ssl
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
-from conftest import DnsZone, Postern, certificate, free_port
+from conftest import DnsZone, Postern, certificate, free_port, wait_until
 
 
 class Receiver:
@@ -91,15 +90,12 @@ class Receiver:
             return [e for _, body in self.requests for e in json.loads(body)]
 
     def wait_events(self, n, timeout=30):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if len(self.events()) >= n:
-                return self.events()
-            time.sleep(0.1)
-        raise AssertionError(f"wanted {n} events, got {self.events()}")
+        wait_until(lambda: len(self.events()) >= n, timeout=timeout, what=f"{n} webhook events")
+        return self.events()
 
     def stop(self):
         self.server.shutdown()
+        # Closed, not just no longer served: connections are refused.
         self.server.server_close()
 
 
@@ -123,6 +119,17 @@ def hooked(sink):
 
 def api(p, key=None):
     return SendGridAPIClient(api_key=key or p.admin_key, host=f"http://127.0.0.1:{p.ports['http']}")
+
+
+def webhook_state(p):
+    return json.loads(p.cli("webhook", "show", "admin", "--json").stdout)
+
+
+def caught_up(p):
+    """Whether admin's webhook cursor has reached the newest event in the
+    log (the dispatcher sends only events after its cursor)."""
+    seqs = [e["seq"] for e in json.loads(p.cli("events", "--json").stdout)]
+    return webhook_state(p)["cursor"] >= max(seqs)
 
 
 def send(p, key, rcpts):
@@ -155,8 +162,10 @@ def test_signed_batched_events_survive_a_failing_receiver(hooked, sink):
         other = json.loads(p.cli("key", "create", "--account", "other", "--json").stdout)["key"]
         send(p, other, ["someone@example.net"])
         send(p, p.admin_key, ["ok@example.net", "reject-x@example.net"])
-        events = receiver.wait_events(4)
-        time.sleep(1.0)
+        receiver.wait_events(4)
+        # Once the webhook's cursor has passed every event in the log,
+        # nothing already logged can be posted again.
+        wait_until(lambda: caught_up(p), timeout=10, what="the webhook cursor at the end of the log")
         events = receiver.events()
         assert receiver.failed == 2, "the first two POSTs failed and were retried"
         ids = [e["sg_event_id"] for e in events]
@@ -212,12 +221,14 @@ def test_a_restart_resumes_where_delivery_stopped(hooked, sink):
     p.start()
     send(p, p.admin_key, ["two@example.net"])
     sink.wait_for(2)
-    time.sleep(1.0)
+    # The dispatcher tried the gone receiver with the new event and failed:
+    # the event is still owed.
+    wait_until(lambda: webhook_state(p)["last_error"], timeout=15, what="a failed POST to the stopped receiver")
     receiver2 = Receiver()
     try:
         p.cli("webhook", "set", "admin", "--url", receiver2.url)
         receiver2.wait_events(1)
-        time.sleep(0.8)
+        wait_until(lambda: caught_up(p), timeout=10, what="the webhook cursor at the end of the log")
         events = receiver2.events()
         # Exactly the event not yet taken: nothing lost, nothing replayed.
         assert [e["email"] for e in events] == ["two@example.net"], events

@@ -126,8 +126,42 @@ mod tests {
             .unwrap();
         assert_ne!(a.secret, b.secret);
         assert!(ApiKeys::looks_like_key(&a.secret), "{}", a.secret);
-        // 43 base64url characters carry 256 bits.
+        // 43 base64url characters carry 256 bits: the part after the prefix
+        // decodes (unpadded, URL-safe alphabet) to exactly 32 bytes, and
+        // re-encodes to itself (no stray bits in the last character).
         assert_eq!(a.secret.len(), KEY_PREFIX.len() + 43);
+        for k in [&a, &b] {
+            let raw = URL_SAFE_NO_PAD
+                .decode(&k.secret[KEY_PREFIX.len()..])
+                .expect("the key is base64url");
+            assert_eq!(raw.len(), KEY_RANDOM_BYTES);
+            assert_eq!(URL_SAFE_NO_PAD.encode(&raw), k.secret[KEY_PREFIX.len()..]);
+        }
+        // Random, not merely distinct: no byte position is the same across
+        // 64 keys (a fixed part, e.g. a counter's high bytes or a constant
+        // tail, would be). By chance one position repeats in all 64 with
+        // probability 32 * 256^-63: never.
+        let many: Vec<Vec<u8>> = {
+            let mut v = Vec::new();
+            for i in 0..64 {
+                let k = keys
+                    .create(&store, "admin", &format!("k{i}"), vec![], None)
+                    .await
+                    .unwrap();
+                v.push(
+                    URL_SAFE_NO_PAD
+                        .decode(&k.secret[KEY_PREFIX.len()..])
+                        .unwrap(),
+                );
+            }
+            v
+        };
+        for pos in 0..KEY_RANDOM_BYTES {
+            assert!(
+                many.iter().any(|k| k[pos] != many[0][pos]),
+                "byte {pos} is the same in every key"
+            );
+        }
         let stored = store.list_api_keys(None).await.unwrap();
         for k in &stored {
             assert!(!k
@@ -136,8 +170,28 @@ mod tests {
                 .any(|w| a.secret.as_bytes().windows(8).any(|s| s == w)));
         }
         assert_eq!(stored[0].scopes, vec!["full_access".to_string()]);
-        // The same secret is the same hash only with the same store secret.
+        // Stored is HMAC-SHA256 (RFC 2104) under the store's own secret,
+        // exactly: not the key, not its plain SHA-256.
+        let store_secret = store.secret(HASH_SECRET_NAME, 32).await.unwrap();
+        let expected = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, &store_secret),
+            a.secret.as_bytes(),
+        );
+        assert_eq!(a.record.hash, expected.as_ref());
+        let unkeyed = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, a.secret.as_bytes());
+        assert_ne!(a.record.hash, unkeyed.as_ref());
+        // The same store (reopened) hashes the same; another store, with a
+        // secret of its own, hashes the same key differently, so a table
+        // of hashes is useless without the secret.
         assert_eq!(keys.hash(&a.secret), a.record.hash);
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        let again = ApiKeys::new(&reopened).await.unwrap();
+        assert_eq!(again.hash(&a.secret), a.record.hash);
+        let other_dir = tempfile::tempdir().unwrap();
+        let other_store = EmbeddedStore::open(other_dir.path()).unwrap();
+        let other = ApiKeys::new(&other_store).await.unwrap();
+        assert_ne!(other.hash(&a.secret), a.record.hash);
     }
 }
 

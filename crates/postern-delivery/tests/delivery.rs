@@ -66,6 +66,8 @@ struct Sink {
     auth_seen: Arc<Mutex<Vec<String>>>,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<AtomicUsize>,
+    /// Sessions that have ended (the client quit or closed).
+    closed: Arc<AtomicUsize>,
     mail_commands: Arc<AtomicUsize>,
 }
 
@@ -96,13 +98,15 @@ fn start_sink_on(listener: TcpListener, opts: SinkOptions) -> Sink {
     let addr = listener.local_addr().unwrap();
     let received = Arc::new(Mutex::new(Vec::new()));
     let connections = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
     let mail_commands = Arc::new(AtomicUsize::new(0));
     let auth_seen = Arc::new(Mutex::new(Vec::new()));
-    let (r, c, m, a) = (
+    let (r, c, m, a, ended) = (
         received.clone(),
         connections.clone(),
         mail_commands.clone(),
         auth_seen.clone(),
+        closed.clone(),
     );
     tokio::spawn(async move {
         loop {
@@ -111,8 +115,10 @@ fn start_sink_on(listener: TcpListener, opts: SinkOptions) -> Sink {
             };
             let n = c.fetch_add(1, Ordering::SeqCst);
             let (opts, r, m, a) = (opts.clone(), r.clone(), m.clone(), a.clone());
+            let ended = ended.clone();
             tokio::spawn(async move {
                 let _ = sink_session(Box::new(stream), n, peer, opts, r, m, a).await;
+                ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -121,6 +127,7 @@ fn start_sink_on(listener: TcpListener, opts: SinkOptions) -> Sink {
         auth_seen,
         received,
         connections,
+        closed,
         mail_commands,
     }
 }
@@ -753,7 +760,10 @@ async fn required_tls_is_never_downgraded() {
     assert!(delivered.detail.contains("TLSv1.3"), "{}", delivered.detail);
     assert!(secure.received.lock().unwrap()[0].tls);
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The plaintext-only host's attempt ends deferred, for want of
+    // STARTTLS (polled for); nothing was delivered and no MAIL sent.
+    let deferred = node.wait_kind(&id_plain, EventKind::Deferred).await;
+    assert!(deferred.detail.contains("STARTTLS"), "{}", deferred.detail);
     let events = node
         .store
         .events(EventFilter {
@@ -762,12 +772,6 @@ async fn required_tls_is_never_downgraded() {
         })
         .await
         .unwrap();
-    assert!(
-        events
-            .iter()
-            .any(|e| e.kind == EventKind::Deferred && e.detail.contains("STARTTLS")),
-        "{events:?}"
-    );
     assert!(!events.iter().any(|e| e.kind == EventKind::Delivered));
     assert_eq!(
         plain.mail_commands.load(Ordering::SeqCst),
@@ -986,20 +990,12 @@ async fn smart_host_auth_is_sent_only_over_tls() {
             b"Subject: b\r\n\r\nx\r\n",
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let events = node
-        .store
-        .events(EventFilter {
-            message_id: Some(id),
-            ..EventFilter::default()
-        })
-        .await
-        .unwrap();
+    // Deferred (polled for): credentials are never offered without TLS.
+    let deferred = node.wait_kind(&id, EventKind::Deferred).await;
     assert!(
-        events
-            .iter()
-            .any(|e| e.kind == EventKind::Deferred && e.detail.contains("without TLS")),
-        "{events:?}"
+        deferred.detail.contains("without TLS"),
+        "{}",
+        deferred.detail
     );
     assert!(plain.auth_seen.lock().unwrap().is_empty());
     assert_eq!(plain.mail_commands.load(Ordering::SeqCst), 0);
@@ -1177,7 +1173,13 @@ async fn a_slow_destination_does_not_hold_up_the_others() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The slow host's two connections are taken (each stuck for 3 s in
+    // DATA) and the rest of its mail waits behind them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.connections.load(Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "slow host never busy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let started = std::time::Instant::now();
     let id = node
         .send(
@@ -1220,7 +1222,12 @@ async fn an_hourly_limit_makes_mail_wait_without_counting_attempts() {
     for id in &ids {
         node.final_events(id, 1).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The idle connection has closed (connection_idle, 50 ms): the
+    // destination is idle before the second batch.
+    wait_for("the idle connection closed", || {
+        sink.closed.load(Ordering::SeqCst) == sink.connections.load(Ordering::SeqCst)
+    })
+    .await;
     for i in 2..4 {
         let rcpt = format!("h{i}@example.net");
         node.send(
@@ -1230,22 +1237,13 @@ async fn an_hourly_limit_makes_mail_wait_without_counting_attempts() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Both held until the hour has room (polled for): from then on they
+    // cannot reach the sink during the test.
+    let waiting = node.wait_held(2).await;
     assert_eq!(sink.received.lock().unwrap().len(), 2);
-    let waiting = node
-        .store
-        .queued_messages(postern_store::QueueFilter::default())
-        .await
-        .unwrap();
-    assert_eq!(waiting.len(), 2);
-    let now = postern_core::time::now_millis();
     for m in &waiting {
         let r = &m.recipients[0];
         assert_eq!(r.attempts, 0, "waiting for the limit is not an attempt");
-        assert!(
-            r.next_attempt > now + 3_000_000,
-            "due when the hour has room"
-        );
     }
     let deferred = node
         .store
@@ -1282,18 +1280,13 @@ async fn a_source_address_cap_holds_across_destinations() {
         node.send("a@example.org", &[b.as_str()], b"Subject: s\r\n\r\nx\r\n")
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Three held for the next hour (polled for); the other three sent.
+    let waiting = node.wait_held(3).await;
     let sent = one.received.lock().unwrap().len() + two.received.lock().unwrap().len();
     assert_eq!(
         sent, 3,
         "the address sent its hourly 3, whatever the destination"
     );
-    let waiting = node
-        .store
-        .queued_messages(postern_store::QueueFilter::default())
-        .await
-        .unwrap();
-    assert_eq!(waiting.len(), 3);
     assert!(waiting.iter().all(|m| m.recipients[0].attempts == 0));
 }
 
@@ -1366,7 +1359,73 @@ async fn start_policy_server(
     (port, fetches)
 }
 
+/// Polls `condition` every 10 ms until it holds; panics naming `what`
+/// after 10 s.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Node {
+    /// Waits until exactly `count` messages are queued, every recipient
+    /// held back until at least 50 minutes from now (a limit's hour), and
+    /// returns them: once they are, none of them can be sent during the
+    /// test.
+    async fn wait_held(&self, count: usize) -> Vec<postern_store::QueuedMessage> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting = self
+                .store
+                .queued_messages(postern_store::QueueFilter::default())
+                .await
+                .unwrap();
+            let later = postern_core::time::now_millis() + 3_000_000;
+            if waiting.len() == count
+                && waiting
+                    .iter()
+                    .all(|m| m.recipients.iter().all(|r| r.next_attempt > later))
+            {
+                return waiting;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not {count} held messages: {waiting:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the message has `n` events of `kind` (10 s at most).
+    async fn wait_count(&self, id: &str, kind: EventKind, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self
+                .store
+                .events(EventFilter {
+                    message_id: Some(id.into()),
+                    kinds: vec![kind],
+                    ..EventFilter::default()
+                })
+                .await
+                .unwrap();
+            if events.len() >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} {kind} events for {id}",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits for an event of `kind` for the message.
     async fn wait_kind(&self, id: &str, kind: EventKind) -> postern_core::Event {
         for _ in 0..200 {
@@ -1523,8 +1582,11 @@ async fn mta_sts_policies_are_honoured() {
     assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
     assert!(e.info.tls.is_none());
 
-    // Let the deferred ones be retried a few times: still nothing leaks.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the deferred ones be retried (every 200-400 ms here): after
+    // three attempts each, still nothing leaks.
+    for id in [&badcert, &notls, &unlisted] {
+        node.wait_count(id, EventKind::Deferred, 3).await;
+    }
     let rcpts_at = |sink: &Sink| -> Vec<String> {
         sink.received
             .lock()
@@ -1924,7 +1986,11 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
     let e = node.wait_kind(&nodane, EventKind::Delivered).await;
     assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The refused ones are retried (every 200-400 ms): after three
+    // attempts each, still none reached a wrong host.
+    for id in [&mismatch, &notls, &forged] {
+        node.wait_count(id, EventKind::Deferred, 3).await;
+    }
     let rcpts = |sink: &Sink| -> Vec<String> {
         sink.received
             .lock()
@@ -2099,7 +2165,8 @@ async fn dane_stays_active_when_signatures_vanish_later() {
         .await;
     let e = node.wait_kind(&id, EventKind::Deferred).await;
     assert!(e.detail.contains("DNSSEC"), "{}", e.detail);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Retried (every 200-400 ms) and deferred again: not sent meanwhile.
+    node.wait_count(&id, EventKind::Deferred, 2).await;
     let rcpts: Vec<String> = sink
         .received
         .lock()

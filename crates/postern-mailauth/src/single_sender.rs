@@ -58,6 +58,16 @@ pub struct SenderVerification {
     limits: SendLimits,
 }
 
+/// A fresh token: 256 random bits, base64url without padding (43
+/// characters, safe in a URL path).
+fn new_token() -> Result<String, SenderError> {
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| SenderError::Mail("no randomness".into()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
 /// The SHA-256 of a token, as stored.
 fn token_hash(token: &str) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
@@ -153,11 +163,7 @@ impl SenderVerification {
         let Some(sender) = self.store.get_sender(id).await? else {
             return Err(SenderError::NotFound);
         };
-        let mut raw = [0u8; 32];
-        aws_lc_rs::rand::SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| SenderError::Mail("no randomness".into()))?;
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let token = new_token()?;
         let now = postern_core::time::now_millis();
         let expires_at = now + self.ttl.as_millis() as i64;
         match self
@@ -255,8 +261,36 @@ mod tests {
 
     #[test]
     fn tokens_are_stored_hashed() {
-        let h = token_hash("abc");
-        assert_eq!(h.len(), 32);
-        assert_ne!(h, b"abc".to_vec());
+        // SHA-256 exactly: the FIPS 180-2 test vector for "abc" (appendix
+        // B.1), so neither the token itself nor some other 32 bytes pass.
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let hex: String = token_hash("abc")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, abc);
+    }
+
+    #[test]
+    fn tokens_are_256_random_bits_in_base64url() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let tokens: Vec<String> = (0..64).map(|_| new_token().unwrap()).collect();
+        let raw: Vec<Vec<u8>> = tokens
+            .iter()
+            .map(|t| {
+                assert_eq!(t.len(), 43, "{t}");
+                assert!(t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                URL_SAFE_NO_PAD.decode(t).unwrap()
+            })
+            .collect();
+        assert!(raw.iter().all(|r| r.len() == 32));
+        // Every byte position varies across the 64 tokens: a constant or
+        // counter-like part would not (all 64 equal by chance at one of
+        // 32 positions: 32 * 256^-63).
+        for pos in 0..32 {
+            assert!(raw.iter().any(|r| r[pos] != raw[0][pos]), "byte {pos}");
+        }
     }
 }

@@ -46,7 +46,12 @@ async fn transactions_past_the_budget_get_452_and_the_session_goes_on() {
     assert!(a.cmd("DATA").await.starts_with("354"));
     let big = body(200 * KIB);
     a.send(&big).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The server has read A's body (all but the final CRLF it may still
+    // be looking at) into its lease.
+    harness::wait_for("A's body leased", || {
+        server.budget.in_use() >= big.len() - 2
+    })
+    .await;
 
     // B declares a size that does not fit: refused at MAIL.
     let mut b = connect(server.mx).await;

@@ -42,13 +42,45 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
     }
 }
 
+/// The keyword lines of an EHLO reply (RFC 5321 §4.1.1.1: the first line
+/// is the greeting, each further line one extension), in order.
+fn ehlo_keywords(reply: &str) -> Vec<String> {
+    let lines: Vec<&str> = reply.split("\r\n").filter(|l| !l.is_empty()).collect();
+    for (i, l) in lines.iter().enumerate() {
+        // "250-" on every line but the last, "250 " on the last (§4.2.1).
+        let sep = if i + 1 == lines.len() { "250 " } else { "250-" };
+        assert!(l.starts_with(sep), "line {i} of {reply:?}");
+    }
+    lines.iter().skip(1).map(|l| l[4..].to_owned()).collect()
+}
+
+/// What every EHLO advertises, whatever the listener and TLS state.
+fn base_keywords() -> Vec<String> {
+    let size = Config::default().limits.max_message_size;
+    [
+        "PIPELINING".to_owned(),
+        format!("SIZE {size}"),
+        "8BITMIME".to_owned(),
+        "SMTPUTF8".to_owned(),
+        "ENHANCEDSTATUSCODES".to_owned(),
+        "DSN".to_owned(),
+        "CHUNKING".to_owned(),
+        "HELP".to_owned(),
+    ]
+    .into()
+}
+
 #[tokio::test]
 async fn auth_is_neither_offered_nor_accepted_before_tls() {
     let server = start(Config::default()).await;
     let mut c = connect(server.submission).await;
     c.reply().await;
     let ehlo = c.cmd("EHLO client.test").await;
-    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    // Exactly the base extensions and STARTTLS: no AUTH before TLS
+    // (RFC 8314 §3.3, RFC 4954 §4).
+    let mut expected = base_keywords();
+    expected.push("STARTTLS".into());
+    assert_eq!(ehlo_keywords(&ehlo), expected, "{ehlo}");
     // Valid credentials: still refused, and not checked.
     let r = c.cmd(&format!("AUTH PLAIN {}", server.plain_auth())).await;
     assert!(r.starts_with("538 5.7.11 "), "{r}");
@@ -60,17 +92,24 @@ async fn auth_is_neither_offered_nor_accepted_before_tls() {
     // After STARTTLS the same credentials work.
     let mut c = starttls(&server, c).await;
     let ehlo = c.cmd("EHLO client.test").await;
-    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    // Over TLS: AUTH with the listener's mechanisms, and no second STARTTLS
+    // (RFC 3207 §4.2).
+    let mut expected = base_keywords();
+    expected.push("AUTH PLAIN LOGIN".into());
+    assert_eq!(ehlo_keywords(&ehlo), expected, "{ehlo}");
     let r = c.cmd(&format!("AUTH PLAIN {}", server.plain_auth())).await;
     assert!(r.starts_with("235 2.7.0 "), "{r}");
 
     // The mx listener never offers AUTH, even over TLS.
     let mut c = connect(server.mx).await;
     c.reply().await;
-    c.cmd("EHLO client.test").await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    let mut expected = base_keywords();
+    expected.push("STARTTLS".into());
+    assert_eq!(ehlo_keywords(&ehlo), expected, "{ehlo}");
     let mut c = starttls(&server, c).await;
     let ehlo = c.cmd("EHLO client.test").await;
-    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert_eq!(ehlo_keywords(&ehlo), base_keywords(), "{ehlo}");
 }
 
 #[tokio::test]

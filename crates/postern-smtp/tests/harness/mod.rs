@@ -26,7 +26,22 @@ pub struct Server {
     pub api_key: String,
     pub cert: CertificateDer<'static>,
     pub shutdown: watch::Sender<bool>,
+    /// The body memory budget the sessions lease from (to watch it).
+    pub budget: postern_queue::BodyBudget,
     _dir: tempfile::TempDir,
+}
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what`
+/// after 10 s.
+pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub async fn start(mut config: Config) -> Server {
@@ -51,13 +66,14 @@ pub async fn start(mut config: Config) -> Server {
         config.limits.max_connections_per_ip,
     );
     let config = Arc::new(config);
+    let budget = postern_queue::BodyBudget::new(
+        config.limits.body_memory_budget,
+        config.limits.body_memory_share(),
+    );
     let ctx = Arc::new(SmtpContext {
         relay_domains: config.relay_domains().into_iter().collect(),
         intake: Intake::new(store.clone(), config.server.hostname.clone())
-            .with_body_budget(postern_queue::BodyBudget::new(
-                config.limits.body_memory_budget,
-                config.limits.body_memory_share(),
-            ))
+            .with_body_budget(budget.clone())
             .with_quotas(postern_queue::Quotas::new(store.clone())),
         authenticator,
         limiter,
@@ -97,6 +113,7 @@ pub async fn start(mut config: Config) -> Server {
         api_key: issued.secret,
         cert,
         shutdown: tx,
+        budget,
         _dir: dir,
     }
 }
