@@ -249,15 +249,16 @@ def send_as(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
             return e.smtp_code, e.smtp_error.decode()
 
 
-def auth_plain(p, user, secret, source="127.0.0.1", role="submission"):
-    """One AUTH PLAIN after STARTTLS on a new connection from the loopback
-    address `source`: (code, text) of the reply. The connection is closed
+def auth_plain(p, user, secret, source="127.0.0.1", role="submission", authzid=""):
+    """One AUTH PLAIN (RFC 4616: authzid, user, secret) after STARTTLS on a
+    new connection from the loopback address `source`: (code, text) of the
+    reply. The connection is closed
     without QUIT, which a refused AUTH may already have ended."""
     s = smtplib.SMTP("127.0.0.1", p.ports[role], timeout=30, source_address=(source, 0))
     try:
         s.starttls(context=ssl.create_default_context(cafile=p.cert))
         s.ehlo()
-        token = base64.b64encode(f"\0{user}\0{secret}".encode()).decode()
+        token = base64.b64encode(f"{authzid}\0{user}\0{secret}".encode()).decode()
         code, text = s.docmd("AUTH", "PLAIN " + token)
         return code, text.decode()
     finally:
