@@ -1,6 +1,8 @@
 """End-to-end fixtures: the real `postern` binary on loopback, a third-party
 SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
 
+import base64
+import http.client
 import json
 import os
 import re
@@ -12,7 +14,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -162,7 +163,9 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config=""):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1"):
+        # host: the listeners' address; "[::]" makes them dual-stack, so
+        # IPv4 clients arrive as IPv4-mapped IPv6 addresses.
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.ports = {
@@ -182,23 +185,23 @@ shutdown_grace = "5s"
 
 [[listener]]
 role = "submission"
-address = "127.0.0.1:{self.ports['submission']}"
+address = "{host}:{self.ports['submission']}"
 
 [[listener]]
 role = "submissions"
-address = "127.0.0.1:{self.ports['submissions']}"
+address = "{host}:{self.ports['submissions']}"
 
 [[listener]]
 role = "mx"
-address = "127.0.0.1:{self.ports['mx']}"
+address = "{host}:{self.ports['mx']}"
 
 [[listener]]
 role = "submission"
-address = "127.0.0.1:{self.ports['submission_cram']}"
+address = "{host}:{self.ports['submission_cram']}"
 auth_mechanisms = ["CRAM-MD5", "PLAIN", "LOGIN"]
 
 [http]
-address = "127.0.0.1:{self.ports['http']}"
+address = "{host}:{self.ports['http']}"
 {http_config}
 
 [[route]]
@@ -378,6 +381,22 @@ def send_as(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
             return e.smtp_code, e.smtp_error.decode()
 
 
+def auth_plain(p, user, secret, source="127.0.0.1", role="submission", authzid=""):
+    """One AUTH PLAIN (RFC 4616: authzid, user, secret) after STARTTLS on a
+    new connection from the loopback address `source`: (code, text) of the
+    reply. The connection is closed
+    without QUIT, which a refused AUTH may already have ended."""
+    s = smtplib.SMTP("127.0.0.1", p.ports[role], timeout=30, source_address=(source, 0))
+    try:
+        s.starttls(context=ssl.create_default_context(cafile=p.cert))
+        s.ehlo()
+        token = base64.b64encode(f"{authzid}\0{user}\0{secret}".encode()).decode()
+        code, text = s.docmd("AUTH", "PLAIN " + token)
+        return code, text.decode()
+    finally:
+        s.close()
+
+
 @pytest.fixture
 def postern(sink):
     with tempfile.TemporaryDirectory() as d:
@@ -405,27 +424,36 @@ def strip_received(data: bytes) -> tuple[bytes, bytes]:
     return b"\r\n".join(lines[:i]) + b"\r\n", b"\r\n".join(lines[i:])
 
 
-def api(p, key, method, path, body=None):
-    """An HTTP API call with a bearer key: (status, decoded JSON or None)."""
-    status, _, data = api_with_headers(p, key, method, path, body)
+def api(p, key, method, path, body=None, source=None, headers=None):
+    """An HTTP API call with a bearer key (None: no Authorization header),
+    from the loopback address `source` if given, with extra `headers`:
+    (status, decoded JSON, the text if not JSON, or None)."""
+    status, _, data = api_with_headers(p, key, method, path, body, source, headers)
     return status, data
 
 
-def api_with_headers(p, key, method, path, body=None):
-    """Like `api`, with the response headers: (status, headers, JSON or None)."""
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{p.ports['http']}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+def api_with_headers(p, key, method, path, body=None, source=None, headers=None):
+    """Like `api`, with the response headers: (status, headers, data)."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", p.ports["http"], timeout=30,
+        source_address=(source, 0) if source else None,
     )
+    sent = {"Content-Type": "application/json"}
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    sent.update(headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, r.headers, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, e.headers, json.loads(raw) if raw else None
+        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None, headers=sent)
+        r = conn.getresponse()
+        raw = r.read()
+    finally:
+        conn.close()
+    if not raw:
+        return r.status, r.headers, None
+    try:
+        return r.status, r.headers, json.loads(raw)
+    except ValueError:
+        return r.status, r.headers, raw.decode(errors="replace")
 
 
 def certificate(directory, stem, names=(), ips=(), issuer=None, ca=False):

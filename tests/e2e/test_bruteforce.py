@@ -10,7 +10,7 @@ import statistics
 import threading
 import time
 
-from conftest import wait_until
+from conftest import auth_plain, wait_until
 
 ATTEMPTS = 1000
 ATTACKERS = 8
@@ -114,15 +114,7 @@ def test_attack_blocks_the_attacker_not_the_good_client(postern, sink):
 
 
 def wrong_login(postern, user, source):
-    ctx = ssl.create_default_context(cafile=postern.cert)
-    s = smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30, source_address=(source, 0))
-    try:
-        s.starttls(context=ctx)
-        s.ehlo()
-        token = base64.b64encode(f"\0{user}\0wrong-guess-9999".encode()).decode()
-        return s.docmd("AUTH", "PLAIN " + token)[0]
-    finally:
-        s.close()
+    return auth_plain(postern, user, "wrong-guess-9999", source)[0]
 
 
 def test_spraying_and_stuffing_are_detected(postern):

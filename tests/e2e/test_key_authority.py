@@ -31,6 +31,23 @@ def test_child_keys_inherit_networks_and_expiry_and_cannot_widen_them(postern):
     assert status == 403, grandchild
 
 
+def test_a_key_cannot_mint_a_full_access_key_with_an_empty_scope_list(postern):
+    p = postern
+    status, creator = api(p, p.admin_key, "POST", "/v3/api_keys", {"name": "creator", "scopes": ["api_keys.create"]})
+    assert status == 201, creator
+    # The key store reads "no scopes" as full access; an explicit empty
+    # list must not get there.
+    status, body = api(p, creator["api_key"], "POST", "/v3/api_keys", {"name": "x", "scopes": []})
+    assert status == 400 and body["errors"][0]["field"] == "scopes", (status, body)
+    status, body = api(p, creator["api_key"], "POST", "/v3/api_keys", {"name": "y", "scopes": ["full_access"]})
+    assert status == 403, (status, body)
+    # Left out, the scopes are the creator's own.
+    status, child = api(p, creator["api_key"], "POST", "/v3/api_keys", {"name": "z"})
+    assert status == 201 and child["scopes"] == ["api_keys.create"], child
+    full = [k for k in cli_json(p, "key", "list") if "full_access" in k["scopes"]]
+    assert len(full) == 1, "only the first-start admin key has full access"
+
+
 def test_on_behalf_of_refuses_disabled_subusers_and_ip_allowlists(postern):
     p = postern
     p.cli("account", "create", "acme")

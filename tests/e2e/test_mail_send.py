@@ -16,7 +16,7 @@ from sendgrid.helpers.mail import (
     Mail, MailSettings, SandBoxMode, To,
 )
 
-from conftest import wait_until
+from conftest import api, wait_until
 
 
 
@@ -206,3 +206,43 @@ def test_header_fields_are_validated(strict, sink):
     # The same request without the injection is sent (the setup is sound).
     assert sg.client.mail.send.post(request_body=request()).status_code == 202
     assert len(sink.wait_for(1)) == 1
+
+
+# Features the server does not have yet, each refused with 400 naming the
+# field, never accepted and silently ignored (a scheduled or templated
+# message sent at once, or with its placeholders unfilled, would be wrong).
+UNSUPPORTED = [
+    ("send_at", {"send_at": 1700000000}, {}),
+    ("batch_id", {"batch_id": "YOUR_BATCH_ID"}, {}),
+    ("personalizations.send_at", {}, {"send_at": 1700000000}),
+    ("personalizations.substitutions", {}, {"substitutions": {"-name-": "Ann"}}),
+    ("personalizations.dynamic_template_data", {}, {"dynamic_template_data": {"name": "Ann"}}),
+]
+
+
+def test_unsupported_features_are_refused_naming_the_field(postern, sink):
+    p = postern
+    for field, top, personalization in UNSUPPORTED:
+        request = {
+            "personalizations": [{"to": [{"email": "reader@example.net"}], **personalization}],
+            "from": {"email": "news@example.org"}, "subject": "s",
+            "content": [{"type": "text/plain", "value": "Hello -name-"}],
+            **top,
+        }
+        status, body = api(p, p.admin_key, "POST", "/v3/mail/send", request)
+        assert status == 400, (field, status, body)
+        assert body["errors"][0]["field"] == field, (field, body)
+        assert "not supported" in body["errors"][0]["message"], body
+    # The same request without them is sent, so the refusals above were
+    # for those fields alone.
+    request = {
+        "personalizations": [{"to": [{"email": "reader@example.net"}], "substitutions": {}}],
+        "from": {"email": "news@example.org"}, "subject": "s",
+        "content": [{"type": "text/plain", "value": "Hello"}],
+    }
+    assert api(p, p.admin_key, "POST", "/v3/mail/send", request)[0] == 202
+    sink.wait_for(1)
+    # Every refusal came before intake: the one message accepted is the
+    # only one the send log knows of.
+    processed = json.loads(p.cli("events", "--kind", "processed", "--json").stdout)
+    assert len(processed) == 1, processed

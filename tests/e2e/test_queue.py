@@ -25,10 +25,10 @@ def slow_retry(sink):
         p.stop()
 
 
-def send(p, rcpt, subject):
+def send(p, rcpt, subject, key=None):
     with smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30) as s:
         s.starttls(context=ssl.create_default_context(cafile=p.cert))
-        s.login("apikey", p.admin_key)
+        s.login("apikey", key or p.admin_key)
         s.sendmail("sender@example.org", [rcpt], f"Subject: {subject}\r\n\r\nbody\r\n".encode())
 
 
@@ -142,3 +142,87 @@ def test_deferred_mail_is_listed_retried_and_deleted(slow_retry, sink):
     # Both levers are in the audit log.
     audit = json.loads(p.cli("audit", "--kind", "queue.", "--json").stdout)
     assert {e["kind"] for e in audit} == {"queue.retry", "queue.delete"}
+
+
+def key(p, account, scopes):
+    return json.loads(p.cli("key", "create", "--account", account, "--scopes", scopes, "--json").stdout)["key"]
+
+
+def deferred(p, rcpt, key=None):
+    """Sends a message the sink defers; its id once the deferral is logged."""
+    send(p, rcpt, "deferred", key)
+    return wait_events(p, 1, "--recipient", rcpt, "--kind", "deferred")[0]["message_id"]
+
+
+def next_attempt(p, message_id):
+    """When the message's waiting recipient is next due (queue show)."""
+    shown = json.loads(p.cli("queue", "show", message_id, "--json").stdout)
+    return shown["recipients"][0]["next_attempt"]
+
+
+# retry_initial is an hour (slow_retry): a delivery within DELIVERED_WITHIN
+# seconds of a retry can only be that retry. The API wakes the scheduler at
+# once; the CLI writes the store, which the scheduler reads within its
+# two-second idle poll.
+DELIVERED_WITHIN = 10
+
+
+def test_retry_over_the_api_needs_the_scope_and_the_callers_own_message(slow_retry, sink):
+    p = slow_retry
+    first = deferred(p, "defer-one@example.net")
+    second = deferred(p, "defer-two@example.net")
+    due = {m: next_attempt(p, m) for m in (first, second)}
+    sink.handler.defer = False
+
+    # Without queue.update: 403, and nothing becomes due.
+    reader = key(p, "admin", "queue.read,queue.delete,messages.read,mail.send")
+    for path in (f"/v3/queue/{first}/retry", "/v3/queue/retry"):
+        code, body = curl(p, "POST", path, key=reader)
+        assert code == 403 and "queue.update" in body["errors"][0]["message"], (path, code, body)
+    # Another tenant, with the scope: the message is not found (exactly as
+    # an id that never existed), and retrying "all" touches only its own.
+    p.cli("account", "create", "other")
+    other = key(p, "other", "queue.update,queue.read")
+    code, body = curl(p, "POST", f"/v3/queue/{first}/retry", key=other)
+    assert (code, body) == curl(p, "POST", "/v3/queue/no-such-message/retry", key=other)
+    assert code == 404, body
+    assert curl(p, "POST", "/v3/queue/retry", key=other) == (200, {"recipients": 0})
+    assert {m: next_attempt(p, m) for m in due} == due, "nothing was made due"
+
+    # With the scope, one message: due now and delivered at once.
+    updater = key(p, "admin", "queue.update")
+    assert curl(p, "POST", f"/v3/queue/{first}/retry", key=updater) == (200, {"recipients": 1})
+    sink.wait_for(1, timeout=DELIVERED_WITHIN)
+    assert sink.messages[0]["rcpt_tos"] == ["defer-one@example.net"]
+    assert next_attempt(p, second) == due[second], "only the one message was retried"
+    # Then everything of the caller's.
+    assert curl(p, "POST", "/v3/queue/retry", key=updater) == (200, {"recipients": 1})
+    sink.wait_for(2, timeout=DELIVERED_WITHIN)
+    assert sink.messages[1]["rcpt_tos"] == ["defer-two@example.net"]
+    assert json.loads(p.cli("queue", "list", "--json").stdout) == []
+
+
+def test_cli_retry_all_optionally_for_one_account(slow_retry, sink):
+    p = slow_retry
+    p.cli("account", "create", "other")
+    mine = deferred(p, "defer-mine@example.net")
+    theirs = deferred(p, "defer-theirs@example.net", key(p, "other", "mail.send"))
+    due_mine = next_attempt(p, mine)
+    sink.handler.defer = False
+
+    out = p.cli("queue", "retry", "--all", "--account", "other").stdout
+    assert "1 recipient(s) due now" in out
+    sink.wait_for(1, timeout=DELIVERED_WITHIN)
+    assert sink.messages[0]["rcpt_tos"] == ["defer-theirs@example.net"]
+    assert [e["message_id"] for e in wait_events(p, 1, "--kind", "delivered")] == [theirs]
+    assert next_attempt(p, mine) == due_mine, "--account narrowed it to other's mail"
+
+    out = p.cli("queue", "retry", "--all").stdout
+    assert "1 recipient(s) due now" in out
+    sink.wait_for(2, timeout=DELIVERED_WITHIN)
+    assert sink.messages[1]["rcpt_tos"] == ["defer-mine@example.net"]
+    # Neither an id nor --all: refused rather than retrying everything.
+    refused = p.cli("queue", "retry", check=False)
+    assert refused.returncode != 0 and "--all" in refused.stderr
+    retries = [e["detail"] for e in json.loads(p.cli("audit", "--kind", "queue.retry", "--json").stdout)]
+    assert any("all account=other" in d for d in retries) and any("all account=*" in d for d in retries), retries

@@ -153,7 +153,7 @@ pub async fn serve_connections(
         while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((stream, peer)) => (stream, postern_core::network::canonical_peer(peer)),
                 Err(e) => {
                     // Out of file descriptors and the like: back off, not spin.
                     tracing::warn!(error = %e, "HTTP accept failed");

@@ -1,9 +1,19 @@
 //! IP networks as written in config files and access rules: CIDR, or a bare
 //! address meaning just that address.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub use ipnet::IpNet;
+
+/// A peer as every rule sees it. A dual-stack listener (`[::]`) reports an
+/// IPv4 client as an IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, RFC 4291
+/// §2.5.5.2); that client is the IPv4 address, so IPv4 deny lists,
+/// allowlists, per-address limits and per-/24 counts must apply to it (as
+/// a mapped address it would match none of them, and every IPv4 client
+/// would share one /64). Listeners pass each accepted peer through this.
+pub fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
 
 pub fn parse_network(s: &str) -> Option<IpNet> {
     let s = s.trim();
@@ -28,6 +38,19 @@ pub fn counting_network(ip: IpAddr) -> IpNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_mapped_peers_are_their_ipv4_address() {
+        let mapped: SocketAddr = "[::ffff:203.0.113.7]:4000".parse().unwrap();
+        assert_eq!(
+            canonical_peer(mapped),
+            "203.0.113.7:4000".parse::<SocketAddr>().unwrap()
+        );
+        let v6: SocketAddr = "[2001:db8::1]:25".parse().unwrap();
+        assert_eq!(canonical_peer(v6), v6);
+        let v4: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        assert_eq!(canonical_peer(v4), v4);
+    }
 
     #[test]
     fn parses_and_groups() {

@@ -81,7 +81,7 @@ pub async fn serve_listener(
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok((stream, peer)) => (stream, postern_core::network::canonical_peer(peer)),
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");

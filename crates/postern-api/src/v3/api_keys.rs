@@ -87,6 +87,16 @@ async fn create(
     let requested = body
         .scopes
         .unwrap_or_else(|| caller.principal.scopes.clone());
+    // An explicit empty list grants nothing the check below could refuse,
+    // and the key store reads "no scopes" as full access: refused, or any
+    // key allowed to create keys could mint a full-access one.
+    if requested.is_empty() {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "scopes",
+            "name at least one scope, or leave scopes out for the calling key's own",
+        ));
+    }
     check_scopes(&caller, &requested)?;
     let mut networks = Vec::new();
     for ip in body.allowed_ips.unwrap_or_default() {

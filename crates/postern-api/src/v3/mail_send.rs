@@ -396,6 +396,7 @@ fn build<'r>(
     })
 }
 
+/// Each refusal names the field the client sent, so it knows what to drop.
 fn unsupported(req: &MailSend) -> Result<(), ApiError> {
     if req.template_id.is_some() {
         return Err(bad(
@@ -403,23 +404,30 @@ fn unsupported(req: &MailSend) -> Result<(), ApiError> {
             "templates are not supported by this server",
         ));
     }
-    if req.send_at.is_some()
-        || req.batch_id.is_some()
-        || req.personalizations.iter().any(|p| p.send_at.is_some())
-    {
+    const SCHEDULING: &str = "scheduled sending is not supported by this server";
+    if req.send_at.is_some() {
+        return Err(bad("send_at", SCHEDULING));
+    }
+    if req.batch_id.is_some() {
+        return Err(bad("batch_id", SCHEDULING));
+    }
+    if req.personalizations.iter().any(|p| p.send_at.is_some()) {
+        return Err(bad("personalizations.send_at", SCHEDULING));
+    }
+    if req.personalizations.iter().any(|p| p.substitutions.0) {
         return Err(bad(
-            "send_at",
-            "scheduled sending is not supported by this server",
+            "personalizations.substitutions",
+            "substitutions are not supported by this server",
         ));
     }
     if req
         .personalizations
         .iter()
-        .any(|p| p.substitutions.0 || p.dynamic_template_data.0)
+        .any(|p| p.dynamic_template_data.0)
     {
         return Err(bad(
-            "personalizations.substitutions",
-            "substitutions and dynamic template data are not supported by this server",
+            "personalizations.dynamic_template_data",
+            "dynamic template data is not supported by this server",
         ));
     }
     Ok(())
