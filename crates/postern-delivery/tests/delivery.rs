@@ -1401,19 +1401,23 @@ impl Node {
         }
     }
 
+    /// The message's events of `kind`, oldest first.
+    async fn events_of(&self, id: &str, kind: EventKind) -> Vec<postern_core::Event> {
+        self.store
+            .events(EventFilter {
+                message_id: Some(id.into()),
+                kinds: vec![kind],
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap()
+    }
+
     /// Waits until the message has `n` events of `kind` (10 s at most).
     async fn wait_count(&self, id: &str, kind: EventKind, n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let events = self
-                .store
-                .events(EventFilter {
-                    message_id: Some(id.into()),
-                    kinds: vec![kind],
-                    ..EventFilter::default()
-                })
-                .await
-                .unwrap();
+            let events = self.events_of(id, kind).await;
             if events.len() >= n {
                 return;
             }
@@ -1429,16 +1433,7 @@ impl Node {
     /// Waits for an event of `kind` for the message.
     async fn wait_kind(&self, id: &str, kind: EventKind) -> postern_core::Event {
         for _ in 0..200 {
-            let events = self
-                .store
-                .events(EventFilter {
-                    message_id: Some(id.into()),
-                    kinds: vec![kind],
-                    ..EventFilter::default()
-                })
-                .await
-                .unwrap();
-            if let Some(e) = events.into_iter().next() {
+            if let Some(e) = self.events_of(id, kind).await.into_iter().next() {
                 return e;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
