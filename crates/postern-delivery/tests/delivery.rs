@@ -2054,3 +2054,180 @@ async fn dane_stays_active_when_signatures_vanish_later() {
         .collect();
     assert_eq!(rcpts, ["u@before.test"]);
 }
+
+/// A certificate authority (CA:TRUE, may sign certificates) named `name`.
+fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A TLS acceptor presenting a server certificate for `names` issued by
+/// `ca`, with the chain `[leaf, ca]` when `send_ca`, else `[leaf]`.
+fn issued_acceptor(
+    names: &[&str],
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    send_ca: bool,
+) -> tokio_rustls::TlsAcceptor {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = params.signed_by(&key, ca).unwrap();
+    let mut chain = vec![leaf.der().clone()];
+    if send_ca {
+        chain.push(ca.der().clone());
+    }
+    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// What each sink took, recipients only.
+fn rcpts_at(sink: &Sink) -> Vec<String> {
+    sink.received
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.rcpts.clone())
+        .collect()
+}
+
+/// RFC 7672 §3.1.2, DANE-TA(2): the record names a trust anchor; the host
+/// must send it in its chain (even a self-signed root), the chain must
+/// validate up to it, and the leaf must carry the MX host's name (§3.2.2).
+/// A chain from another CA, one that leaves the anchor out, or a leaf for
+/// another name is refused, and the mail is deferred, never sent.
+#[tokio::test]
+async fn dane_ta_needs_the_named_anchor_in_the_chain() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::TLSA;
+    let ca = test_ca("Postern Test TA");
+    let other_ca = test_ca("Someone Else's CA");
+    // "2 0 1": DANE-TA, the whole anchor certificate, SHA-256.
+    let ta_record = |anchor: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>| {
+        RData::TLSA(TLSA::new(
+            CertUsage::DaneTa,
+            Selector::Full,
+            Matching::Sha256,
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, anchor.der())
+                .as_ref()
+                .to_vec(),
+        ))
+    };
+    // MX hosts on one port: the right chain, a chain without the anchor,
+    // a chain from the anchor for another host name, and the right kind of
+    // chain at a host whose TLSA record names another CA.
+    let good_listener = TcpListener::bind("127.0.0.41:0").await.unwrap();
+    let port = good_listener.local_addr().unwrap().port();
+    let good = start_sink_on(
+        good_listener,
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.ta.test"], &ca, true)),
+            ..Default::default()
+        },
+    );
+    // A valid chain from the anchor, at a host whose record names another CA.
+    let other_ca_host = start_sink_on(
+        TcpListener::bind(("127.0.0.44", port)).await.unwrap(),
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.otherca.test"], &ca, true)),
+            ..Default::default()
+        },
+    );
+    let no_anchor = start_sink_on(
+        TcpListener::bind(("127.0.0.42", port)).await.unwrap(),
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.noanchor.test"], &ca, false)),
+            ..Default::default()
+        },
+    );
+    let wrong_name = start_sink_on(
+        TcpListener::bind(("127.0.0.43", port)).await.unwrap(),
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.elsewhere.test"], &ca, true)),
+            ..Default::default()
+        },
+    );
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let (dns, anchor) = start_signed_dns(
+        "test.",
+        vec![
+            ("mx.ta.test.", a([127, 0, 0, 41])),
+            ("_25._tcp.mx.ta.test.", ta_record(&ca)),
+            ("ta.test.", mx("mx.ta.test.")),
+            ("mx.otherca.test.", a([127, 0, 0, 44])),
+            ("_25._tcp.mx.otherca.test.", ta_record(&other_ca)),
+            ("otherca.test.", mx("mx.otherca.test.")),
+            ("mx.noanchor.test.", a([127, 0, 0, 42])),
+            ("_25._tcp.mx.noanchor.test.", ta_record(&ca)),
+            ("noanchor.test.", mx("mx.noanchor.test.")),
+            ("mx.wrongname.test.", a([127, 0, 0, 43])),
+            ("_25._tcp.mx.wrongname.test.", ta_record(&ca)),
+            ("wrongname.test.", mx("mx.wrongname.test.")),
+        ],
+        &[],
+    )
+    .await;
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    let node = start_node_with_resolver(resolver, port).await;
+    let send = |rcpt: &'static str| {
+        let node = &node;
+        async move {
+            node.send("a@example.org", &[rcpt], b"Subject: ta\r\n\r\nx\r\n")
+                .await
+        }
+    };
+
+    let ok = send("u@ta.test").await;
+    let e = node.wait_kind(&ok, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("dane"));
+    assert!(e.info.tls.is_some());
+    assert_eq!(e.info.remote_ip.as_deref(), Some("127.0.0.41"));
+
+    for (rcpt, why) in [
+        ("u@otherca.test", "the record names another CA"),
+        ("u@noanchor.test", "the anchor is not in the chain"),
+        ("u@wrongname.test", "the leaf is for another host name"),
+    ] {
+        let id = send(rcpt).await;
+        let e = node.wait_kind(&id, EventKind::Deferred).await;
+        assert!(
+            e.detail.contains("DANE TLSA records") && e.detail.contains("TLS policy: dane"),
+            "{why}: {}",
+            e.detail
+        );
+    }
+
+    // Negative check: the three deferred messages are retried every
+    // 200–400 ms; 1.5 s is several retries, none of which may deliver.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rcpts_at(&good), ["u@ta.test"]);
+    assert!(good.received.lock().unwrap().iter().all(|r| r.tls));
+    for refused in [&other_ca_host, &no_anchor, &wrong_name] {
+        assert!(rcpts_at(refused).is_empty());
+        assert_eq!(refused.mail_commands.load(Ordering::SeqCst), 0);
+        assert!(
+            refused.connections.load(Ordering::SeqCst) > 0,
+            "it was tried"
+        );
+    }
+    assert_eq!(probe.state(), DaneState::Active);
+}
