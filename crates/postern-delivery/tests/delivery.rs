@@ -285,6 +285,16 @@ async fn sink_session(
 /// A DNS server on loopback answering from a fixed table; anything not in
 /// it is NXDOMAIN.
 async fn start_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
+    start_dns_claiming(records, false).await
+}
+
+/// As `start_dns`; with `authentic_data`, every answer carries the AD bit,
+/// the upstream's claim that it validated the answer (RFC 4035 §3.2.3),
+/// though no answer is signed.
+async fn start_dns_claiming(
+    records: Vec<(&'static str, RData)>,
+    authentic_data: bool,
+) -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let mut table: HashMap<(String, RecordType), Vec<RData>> = HashMap::new();
@@ -311,7 +321,8 @@ async fn start_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
                 .set_op_code(OpCode::Query)
                 .set_recursion_desired(req.recursion_desired())
                 .set_recursion_available(true)
-                .set_authoritative(true);
+                .set_authoritative(true)
+                .set_authentic_data(authentic_data);
             resp.add_queries(req.queries().to_vec());
             for q in req.queries() {
                 let name = q.name().to_ascii().to_lowercase();
@@ -1699,7 +1710,11 @@ async fn start_signed_dns_strippable(
                 .set_op_code(OpCode::Query)
                 .set_recursion_desired(req.recursion_desired())
                 .set_recursion_available(true)
-                .set_authoritative(true);
+                .set_authoritative(true)
+                // The AD bit a validating upstream sets (RFC 4035 §3.2.3),
+                // here on forged and stripped answers too: Postern must
+                // judge the signatures, not this claim.
+                .set_authentic_data(true);
             if let Some(edns) = req.extensions() {
                 let mut e = hickory_proto::op::Edns::new();
                 e.set_dnssec_ok(edns.flags().dnssec_ok);
@@ -2230,4 +2245,135 @@ async fn dane_ta_needs_the_named_anchor_in_the_chain() {
         );
     }
     assert_eq!(probe.state(), DaneState::Active);
+}
+
+/// RFC 4035 §4.9.3: the AD bit is only as good as the upstream and the
+/// path to it, so Postern validates DNSSEC itself and never takes an
+/// upstream's word. An unsigned resolver path that sets AD on everything
+/// (the root's SOA included) does not switch DANE on, and its TLSA record
+/// is ignored; on a path that does validate, a TLSA answer with AD but a
+/// signature that fails is bogus: the host it pins is not used.
+#[tokio::test]
+async fn an_upstream_ad_bit_is_not_trusted() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::{SOA, TLSA};
+    let listener = TcpListener::bind("127.0.0.51:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // No STARTTLS: a TLSA record taken as secure would defer all mail to it.
+    let plain = start_sink_on(listener, SinkOptions::default());
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let root_soa = RData::SOA(SOA::new(
+        Name::from_str("a.root-servers.net.").unwrap(),
+        Name::from_str("nstld.verisign-grs.com.").unwrap(),
+        2026010100,
+        1800,
+        900,
+        604800,
+        86400,
+    ));
+    let dns = start_dns_claiming(
+        vec![
+            (".", root_soa),
+            ("adbit.example.", mx("mx.adbit.example.")),
+            ("mx.adbit.example.", a([127, 0, 0, 51])),
+            (
+                "_25._tcp.mx.adbit.example.",
+                RData::TLSA(TLSA::new(
+                    CertUsage::DaneEe,
+                    Selector::Spki,
+                    Matching::Sha256,
+                    vec![7; 32],
+                )),
+            ),
+        ],
+        true,
+    )
+    .await;
+    // The built-in root anchors, as `postern serve` has them.
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], None).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    let node = start_node_with_resolver(resolver, port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@adbit.example"],
+            b"Subject: ad\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
+    assert_eq!(rcpts_at(&plain), ["u@adbit.example"]);
+    assert_eq!(
+        probe.state(),
+        DaneState::Inactive,
+        "an AD bit on an unsigned root SOA is not a validated path"
+    );
+    // The SOA did come back (with AD), and failed validation.
+    let last = probe.status().last.expect("probed");
+    assert_eq!(
+        last.result,
+        ProbeResult::NotValidated("the SOA of . did not validate (Bogus)".into())
+    );
+
+    // A path that validates, and an attacker's TLSA answer: AD set, the
+    // signature broken, pinning the key the attacker's host presents.
+    let evil_listener = TcpListener::bind("127.0.0.52:0").await.unwrap();
+    let port = evil_listener.local_addr().unwrap().port();
+    let evil_cert = rcgen::generate_simple_self_signed(vec!["mx.evil.test".into()]).unwrap();
+    let evil_key = PrivateKeyDer::try_from(evil_cert.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![evil_cert.cert.der().clone()], evil_key)
+    .unwrap();
+    let evil = start_sink_on(
+        evil_listener,
+        SinkOptions {
+            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            ..Default::default()
+        },
+    );
+    let pin = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, evil_cert.cert.der())
+        .as_ref()
+        .to_vec();
+    let (dns, anchor) = start_signed_dns(
+        "test.",
+        vec![
+            ("mx.evil.test.", a([127, 0, 0, 52])),
+            (
+                "_25._tcp.mx.evil.test.",
+                // "3 0 1": DANE-EE, the attacker's whole certificate.
+                RData::TLSA(TLSA::new(
+                    CertUsage::DaneEe,
+                    Selector::Full,
+                    Matching::Sha256,
+                    pin,
+                )),
+            ),
+            ("evil.test.", mx("mx.evil.test.")),
+        ],
+        &["_25._tcp.mx.evil.test."],
+    )
+    .await;
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    let node = start_node_with_resolver(resolver, port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@evil.test"],
+            b"Subject: ad\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Deferred).await;
+    assert!(e.detail.contains("DANE: no usable MX host"), "{}", e.detail);
+    assert_eq!(probe.state(), DaneState::Active);
+    // Negative check: retries every 200–400 ms; in 1 s none may deliver.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(rcpts_at(&evil).is_empty());
+    assert_eq!(evil.mail_commands.load(Ordering::SeqCst), 0);
 }
