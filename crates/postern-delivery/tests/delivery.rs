@@ -553,16 +553,29 @@ fn tls_pair(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::Pat
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let ca = dir.join("sink-ca.pem");
     std::fs::write(&ca, ck.cert.pem()).unwrap();
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    (acceptor_of(&ck), ca)
+}
+
+/// A TLS acceptor presenting `ck`'s self-signed certificate.
+fn acceptor_of(ck: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsAcceptor {
+    acceptor_with(vec![ck.cert.der().clone()], &ck.signing_key)
+}
+
+/// A TLS acceptor presenting `chain` (leaf first) with the leaf's `key`.
+fn acceptor_with(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> tokio_rustls::TlsAcceptor {
+    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .with_single_cert(chain, key)
     .unwrap();
-    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 #[tokio::test]
@@ -1262,16 +1275,7 @@ fn acceptor_for(names: &[&str], ca: &std::path::Path) -> tokio_rustls::TlsAccept
     let mut pem = std::fs::read_to_string(ca).unwrap_or_default();
     pem.push_str(&ck.cert.pem());
     std::fs::write(ca, pem).unwrap();
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
-    .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    acceptor_of(&ck)
 }
 
 /// An HTTPS server answering `/.well-known/mta-sts.txt` with the policy
@@ -1481,14 +1485,6 @@ async fn mta_sts_policies_are_honoured() {
 
     // Let the deferred ones be retried a few times: still nothing leaks.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rcpts_at = |sink: &Sink| -> Vec<String> {
-        sink.received
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.rcpts.clone())
-            .collect()
-    };
     let mut at_good = rcpts_at(&good);
     at_good.sort();
     assert_eq!(at_good, ["u@enforce.example", "v@enforce.example"]);
@@ -1774,22 +1770,10 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
             .decode(b64)
             .unwrap()
     };
-    let acceptor = |ck: &rcgen::CertifiedKey<rcgen::KeyPair>| {
-        let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    };
     let pinned = start_sink_on(
         pinned_listener,
         SinkOptions {
-            tls: Some(acceptor(&pinned_cert)),
+            tls: Some(acceptor_of(&pinned_cert)),
             ..Default::default()
         },
     );
@@ -1797,7 +1781,7 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
     let other = start_sink_on(
         TcpListener::bind(("127.0.0.22", port)).await.unwrap(),
         SinkOptions {
-            tls: Some(acceptor(&other_cert)),
+            tls: Some(acceptor_of(&other_cert)),
             ..Default::default()
         },
     );
@@ -1885,18 +1869,13 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
     assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rcpts = |sink: &Sink| -> Vec<String> {
-        sink.received
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.rcpts.clone())
-            .collect()
-    };
-    assert_eq!(rcpts(&pinned), ["u@good.test"]);
-    assert!(rcpts(&other).is_empty(), "never to a host with another key");
+    assert_eq!(rcpts_at(&pinned), ["u@good.test"]);
+    assert!(
+        rcpts_at(&other).is_empty(),
+        "never to a host with another key"
+    );
     assert_eq!(
-        rcpts(&plain),
+        rcpts_at(&plain),
         ["u@nodane.test"],
         "never in plaintext to a host with TLSA records"
     );
@@ -2060,14 +2039,7 @@ async fn dane_stays_active_when_signatures_vanish_later() {
     let e = node.wait_kind(&id, EventKind::Deferred).await;
     assert!(e.detail.contains("DNSSEC"), "{}", e.detail);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rcpts: Vec<String> = sink
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.rcpts.clone())
-        .collect();
-    assert_eq!(rcpts, ["u@before.test"]);
+    assert_eq!(rcpts_at(&sink), ["u@before.test"]);
 }
 
 /// A certificate authority (CA:TRUE, may sign certificates) named `name`.
@@ -2101,16 +2073,7 @@ fn issued_acceptor(
     if send_ca {
         chain.push(ca.der().clone());
     }
-    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    acceptor_with(chain, &key)
 }
 
 /// What each sink took, recipients only.
@@ -2321,19 +2284,10 @@ async fn an_upstream_ad_bit_is_not_trusted() {
     let evil_listener = TcpListener::bind("127.0.0.52:0").await.unwrap();
     let port = evil_listener.local_addr().unwrap().port();
     let evil_cert = rcgen::generate_simple_self_signed(vec!["mx.evil.test".into()]).unwrap();
-    let evil_key = PrivateKeyDer::try_from(evil_cert.signing_key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![evil_cert.cert.der().clone()], evil_key)
-    .unwrap();
     let evil = start_sink_on(
         evil_listener,
         SinkOptions {
-            tls: Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            tls: Some(acceptor_of(&evil_cert)),
             ..Default::default()
         },
     );
@@ -2376,4 +2330,103 @@ async fn an_upstream_ad_bit_is_not_trusted() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(rcpts_at(&evil).is_empty());
     assert_eq!(evil.mail_commands.load(Ordering::SeqCst), 0);
+}
+
+/// RFC 8461 §2: a domain with both DANE and MTA-STS is delivered under
+/// DANE. Here the MTA-STS policy (enforce) lists only another MX host, so
+/// applied it would defer; with the host's TLSA record DNSSEC-proven, the
+/// mail goes out under DANE and the policy is not even fetched. A domain
+/// with the same policy and no TLSA shows the policy is live and binding.
+#[tokio::test]
+async fn dane_takes_precedence_over_mta_sts() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::{TLSA, TXT};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let listener = TcpListener::bind("127.0.0.61:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cert = rcgen::generate_simple_self_signed(vec!["mx.dane.test".into()]).unwrap();
+    let sink = start_sink_on(
+        listener,
+        SinkOptions {
+            tls: Some(acceptor_of(&cert)),
+            ..Default::default()
+        },
+    );
+    // "3 0 1": DANE-EE, the host's certificate.
+    let tlsa = RData::TLSA(TLSA::new(
+        CertUsage::DaneEe,
+        Selector::Full,
+        Matching::Sha256,
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.cert.der())
+            .as_ref()
+            .to_vec(),
+    ));
+    let policy = "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n";
+    let policies: HashMap<String, String> = ["mta-sts.both.test", "mta-sts.stsonly.test"]
+        .into_iter()
+        .map(|h| (h.to_string(), policy.to_string()))
+        .collect();
+    let policy_names: Vec<&str> = policies.keys().map(String::as_str).collect();
+    let (policy_port, fetches) =
+        start_policy_server(acceptor_for(&policy_names, &ca), policies.clone()).await;
+
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let txt = || RData::TXT(TXT::new(vec!["v=STSv1; id=20260101;".to_string()]));
+    let (dns, anchor) = start_signed_dns(
+        "test.",
+        vec![
+            ("mx.dane.test.", a([127, 0, 0, 61])),
+            ("_25._tcp.mx.dane.test.", tlsa),
+            ("both.test.", mx("mx.dane.test.")),
+            ("_mta-sts.both.test.", txt()),
+            ("mta-sts.both.test.", a([127, 0, 0, 1])),
+            // The same host under a name without TLSA records.
+            ("mx.nodane.test.", a([127, 0, 0, 61])),
+            ("stsonly.test.", mx("mx.nodane.test.")),
+            ("_mta-sts.stsonly.test.", txt()),
+            ("mta-sts.stsonly.test.", a([127, 0, 0, 1])),
+        ],
+        &[],
+    )
+    .await;
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let node = start_node_inner(
+        vec![],
+        resolver,
+        port,
+        Shaping::default(),
+        Some((ca.clone(), policy_port)),
+    )
+    .await;
+
+    let control = node
+        .send(
+            "a@example.org",
+            &["u@stsonly.test"],
+            b"Subject: sts\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&control, EventKind::Deferred).await;
+    assert!(e.detail.contains("matches its policy"), "{}", e.detail);
+
+    let both = node
+        .send(
+            "a@example.org",
+            &["u@both.test"],
+            b"Subject: both\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&both, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("dane"));
+    assert!(e.info.tls.is_some());
+    assert_eq!(rcpts_at(&sink), ["u@both.test"]);
+    let fetched = fetches.lock().unwrap().clone();
+    assert_eq!(fetched.get("mta-sts.stsonly.test"), Some(&1), "{fetched:?}");
+    assert_eq!(
+        fetched.get("mta-sts.both.test"),
+        None,
+        "MTA-STS not consulted under DANE: {fetched:?}"
+    );
 }
