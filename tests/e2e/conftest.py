@@ -73,6 +73,19 @@ def wait_port(port, timeout=30.0):
     raise TimeoutError(f"port {port} never opened")
 
 
+def poll(fetch, done, timeout=30.0, what="condition"):
+    """Calls `fetch` until `done(value)` holds, and returns that value;
+    fails with the last value after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout}s; last: {value!r}")
+        time.sleep(0.05)
+
+
 class SinkHandler:
     """Keeps every message exactly as it arrived."""
 
