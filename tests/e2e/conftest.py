@@ -97,6 +97,22 @@ def wait_for_clock(rfc3339):
         time.sleep(at - time.time() + 0.01)
 
 
+def poll(fetch, done, timeout=30.0, what="condition"):
+    """Calls `fetch` until `done(value)` holds, and returns that value;
+    fails after `timeout` seconds, naming the last value."""
+    last = []
+
+    def check():
+        last[:] = [fetch()]
+        return done(last[0])
+
+    try:
+        wait_until(check, timeout, what)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; last: {last[0]!r}") from None
+    return last[0]
+
+
 class SinkHandler:
     """Keeps every message exactly as it arrived."""
 

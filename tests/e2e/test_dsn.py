@@ -1,21 +1,26 @@
-"""A recipient the next hop refuses produces an RFC 3464 DSN to the sender,
-parsed here with Python's email package; NOTIFY=NEVER and a null sender
-produce none."""
+"""A recipient the next hop refuses, or one still deferred at
+`queue.max_age`, produces an RFC 3464 DSN to the sender, parsed here with
+Python's email package; RET=FULL returns the whole message; NOTIFY=NEVER
+and a null sender produce none."""
 
 import email
+import json
 import smtplib
 import ssl
+import tempfile
+import time
 from email import policy
 
-from conftest import wait_until
+from conftest import Postern, poll, wait_until
 
 
-def send(postern, mail_from, rcpts, body, rcpt_options=()):
+
+def send(postern, mail_from, rcpts, body, rcpt_options=(), mail_options=("RET=HDRS", "ENVID=batch-42")):
     with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
         s.starttls(context=ssl.create_default_context(cafile=postern.cert))
         s.login("apikey", postern.admin_key)
         s.ehlo()
-        code, _ = s.mail(mail_from, ["RET=HDRS", "ENVID=batch-42"])
+        code, _ = s.mail(mail_from, list(mail_options))
         assert code == 250
         for r in rcpts:
             code, msg = s.rcpt(r, list(rcpt_options))
@@ -111,3 +116,88 @@ def test_hard_bounces_are_suppressed_per_account(postern, sink):
     assert json.loads(sg.client.suppression.bounces.get().body) == []
     send(postern, "sender@example.org", [rcpt], b"Subject: third\r\n\r\nx\r\n")
     wait_for_kind(rcpt, "bounce", 2)
+
+
+def dsn_parts(message):
+    """A DSN as the sink got it: (parsed message, its three parts, the
+    per-recipient blocks of message/delivery-status)."""
+    parsed = email.message_from_bytes(message["data"], policy=policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "delivery-status"
+    parts = list(parsed.iter_parts())
+    assert parts[1].get_content_type() == "message/delivery-status"
+    return parsed, parts, parts[1].get_payload()[1:]
+
+
+def reports(sink):
+    return [m for m in sink.messages if b"multipart/report" in m["data"]]
+
+
+def test_ret_full_returns_the_whole_message(postern, sink):
+    # RFC 3461 §4.3: RET=FULL asks for the entire message in a failed DSN.
+    body = (
+        b"From: sender@example.org\r\nSubject: return it all\r\nMessage-ID: <full@example.org>\r\n"
+        b"\r\nthe whole body\r\n..a line that was dot-stuffed\r\nlast line\r\n"
+    )
+    send(postern, "sender@example.org", ["reject-full@example.net"], body, mail_options=["RET=FULL"])
+    dsn = poll(lambda: reports(sink), lambda r: r, what="a DSN")[0]
+    assert dsn["rcpt_tos"] == ["sender@example.org"]
+    _, parts, recipients = dsn_parts(dsn)
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "message/rfc822"]
+    assert [(r["Final-Recipient"], r["Action"], r["Status"]) for r in recipients] == [
+        ("rfc822; reject-full@example.net", "failed", "5.1.1")
+    ]
+    # The returned message is the original, headers and body (a line
+    # starting with a dot too: stuffed on the wire, RFC 5321 §4.5.2), byte
+    # for byte after Postern's own Received: line, last line break included.
+    returned = parts[2].get_payload()[0].as_bytes(policy=policy.SMTP)
+    assert returned.endswith(body), returned
+    assert returned.startswith(b"Received: "), returned[:80]
+
+
+def test_a_message_still_deferred_at_max_age_bounces_with_a_dsn(sink):
+    # "defer-" recipients get 452 from the sink every time: retried every
+    # 200-400 ms until queue.max_age (3 s) leaves no room for another try.
+    queue = 'retry_initial = "200ms"\nretry_max = "400ms"\nmax_age = "3s"'
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, queue_config=queue).start()
+        p.read_admin_key()
+        sent_at = time.monotonic()
+        send(p, "sender@example.org", ["defer-old@example.net"], b"Subject: too late\r\n\r\nbody\r\n",
+             mail_options=["ENVID=expiring-1"])
+
+        def events():
+            return [e for e in json.loads(p.cli("events", "--json").stdout) if e["recipient"] == "defer-old@example.net"]
+
+        settled = poll(events, lambda es: any(e["event"] == "bounce" for e in es), timeout=20, what="a bounce")
+        bounced_after = time.monotonic() - sent_at
+        dsn = poll(lambda: reports(sink), lambda r: r, timeout=20, what="a DSN")[0]
+        p.stop()
+
+    deferred = [e for e in settled if e["event"] == "deferred"]
+    bounce = [e for e in settled if e["event"] == "bounce"]
+    assert len(bounce) == 1 and [e["event"] for e in settled if e["event"] == "delivered"] == []
+    # Not given up before max_age came close: every try until then was made
+    # (the last try is the one after which the next would fall past 3 s).
+    assert bounced_after >= 3.0 - 0.4 * 1.2, bounced_after
+    assert len(deferred) >= 4, settled
+    assert all("452 4.2.2" in e["detail"] for e in deferred), deferred
+    b = bounce[0]
+    assert "queue.max_age reached" in b["detail"] and "452 4.2.2" in b["detail"], b
+    assert b["status"] == "4.4.7", b  # RFC 3463: delivery time expired
+    assert b["attempt"] == len(deferred) + 1, settled
+    assert "DSN queued as" in b["detail"], b
+
+    assert dsn["rcpt_tos"] == ["sender@example.org"]
+    parsed, parts, recipients = dsn_parts(dsn)
+    assert parsed["To"].addresses[0].addr_spec == "sender@example.org"
+    assert parts[1].get_payload()[0]["Original-Envelope-Id"] == "expiring-1"
+    assert len(recipients) == 1
+    r = recipients[0]
+    assert r["Final-Recipient"] == "rfc822; defer-old@example.net"
+    assert r["Action"] == "failed"
+    assert r["Status"] == "4.4.7"
+    assert "452 4.2.2" in r["Diagnostic-Code"] and "Mailbox full" in r["Diagnostic-Code"], r["Diagnostic-Code"]
+    # No RET: headers only (RFC 3461 §4.3 leaves it to the MTA).
+    assert parts[2].get_content_type() == "text/rfc822-headers"
+    assert "Subject: too late" in parts[2].get_content() and "body" not in parts[2].get_content().split("Subject")[1]

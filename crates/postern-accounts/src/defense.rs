@@ -317,6 +317,87 @@ mod tests {
         assert_eq!(d.check(ip("192.0.2.50"), "victim"), Verdict::Allow);
     }
 
+    /// IPv6 sources are grouped by /64 (what one subscriber or host
+    /// usually gets: RFC 6177 §3), IPv4 by /24; addresses outside the
+    /// group count apart.
+    #[test]
+    fn groups_ipv6_by_64_and_ipv4_by_24() {
+        let d = Defense::new(AuthConfig {
+            block_network_after_failures: 4,
+            ..AuthConfig::default()
+        });
+        // Four addresses in one /64, differing only in the interface id.
+        for a in [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2::2",
+            "2001:db8:1:2:ffff:ffff:ffff:fffe",
+            "2001:db8:1:2:abcd::7",
+        ] {
+            d.record_failure(ip(a), "apikey");
+        }
+        // Blocked: an address of that /64 that never failed, at both ends.
+        for inside in ["2001:db8:1:2::", "2001:db8:1:2:ffff:ffff:ffff:ffff"] {
+            assert_eq!(
+                d.check(ip(inside), "apikey"),
+                Verdict::Blocked("network"),
+                "{inside}"
+            );
+        }
+        // Not blocked: the neighbouring /64s on either side, and the same
+        // bits as IPv4.
+        for outside in [
+            "2001:db8:1:3::1",
+            "2001:db8:1:1:ffff:ffff:ffff:ffff",
+            "32.1.13.184",
+        ] {
+            assert_eq!(d.check(ip(outside), "apikey"), Verdict::Allow, "{outside}");
+        }
+
+        // IPv4: three failures in 192.0.2.0/24 and one next door do not
+        // reach four in either.
+        for a in ["192.0.2.1", "192.0.2.128", "192.0.2.255", "192.0.3.1"] {
+            d.record_failure(ip(a), "apikey");
+        }
+        assert_eq!(d.check(ip("192.0.2.7"), "apikey"), Verdict::Allow);
+        d.record_failure(ip("192.0.2.0"), "apikey");
+        assert_eq!(
+            d.check(ip("192.0.2.7"), "apikey"),
+            Verdict::Blocked("network")
+        );
+        assert_eq!(d.check(ip("192.0.3.7"), "apikey"), Verdict::Allow);
+    }
+
+    /// The default: a network is blocked at its 100th failure, not before,
+    /// when no single address has failed often enough to be blocked itself.
+    #[test]
+    fn a_network_is_blocked_at_its_hundredth_failure_by_default() {
+        let d = Defense::new(AuthConfig::default());
+        assert_eq!(d.config.block_network_after_failures, 100);
+        let source = |i: u32| ip(&format!("2001:db8:7:7:{:x}::{:x}", i / 7, i % 7 + 1));
+        let newcomer = ip("2001:db8:7:7:ffff::1");
+        for i in 0..99 {
+            assert_eq!(d.check(source(i), "apikey"), Verdict::Allow, "failure {i}");
+            let out = d.record_failure(source(i), "apikey");
+            assert!(
+                !out.detections
+                    .iter()
+                    .any(|d| matches!(d, Detection::NetworkBlocked { .. })),
+                "{i}: {out:?}"
+            );
+        }
+        assert_eq!(d.check(newcomer, "apikey"), Verdict::Allow);
+        let out = d.record_failure(source(99), "apikey");
+        let expected: IpNet = "2001:db8:7:7::/64".parse().unwrap();
+        assert!(
+            out.detections.contains(&Detection::NetworkBlocked {
+                network: expected,
+                failures: 100
+            }),
+            "{out:?}"
+        );
+        assert_eq!(d.check(newcomer, "apikey"), Verdict::Blocked("network"));
+    }
+
     #[test]
     fn blocks_a_network_and_honours_the_denylist() {
         let config = AuthConfig {

@@ -154,6 +154,40 @@ mod tests {
         assert_eq!(check_policy("bob", "violet-anchor-tundra-42"), Ok(()));
     }
 
+    /// With every slot taken, a verification waits `MAX_WAIT` (2 s) and is
+    /// then refused as busy, without hashing; once a slot is free again it
+    /// runs.
+    #[tokio::test]
+    async fn a_full_pool_refuses_after_the_wait() {
+        let h = PasswordHasher::new(1).unwrap();
+        let phc = h.hash("violet-anchor-tundra-42".into()).await.unwrap();
+        let held = h.slots.clone().acquire_owned().await.unwrap();
+        let started = std::time::Instant::now();
+        // Three times the bound, for a loaded machine; without the bound
+        // the call would wait as long as the slot is held (for ever here).
+        let busy = tokio::time::timeout(
+            MAX_WAIT * 3,
+            h.verify(Some(phc.clone()), "violet-anchor-tundra-42".into()),
+        )
+        .await
+        .expect("no answer within 6 s while the pool is full");
+        let waited = started.elapsed();
+        assert!(matches!(busy, Err(HashError::Busy)), "{busy:?}");
+        assert!(
+            waited >= MAX_WAIT,
+            "refused after {waited:?}, before MAX_WAIT"
+        );
+        assert!(matches!(
+            h.hash("another-password-77".into()).await,
+            Err(HashError::Busy)
+        ));
+        drop(held);
+        assert!(h
+            .verify(Some(phc), "violet-anchor-tundra-42".into())
+            .await
+            .unwrap());
+    }
+
     #[tokio::test]
     async fn hashes_are_argon2id_and_verify() {
         let h = PasswordHasher::new(2).unwrap();

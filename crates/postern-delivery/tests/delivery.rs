@@ -292,6 +292,16 @@ async fn sink_session(
 /// A DNS server on loopback answering from a fixed table; anything not in
 /// it is NXDOMAIN.
 async fn start_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
+    start_dns_claiming(records, false).await
+}
+
+/// As `start_dns`; with `authentic_data`, every answer carries the AD bit,
+/// the upstream's claim that it validated the answer (RFC 4035 §3.2.3),
+/// though no answer is signed.
+async fn start_dns_claiming(
+    records: Vec<(&'static str, RData)>,
+    authentic_data: bool,
+) -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let mut table: HashMap<(String, RecordType), Vec<RData>> = HashMap::new();
@@ -318,7 +328,8 @@ async fn start_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
                 .set_op_code(OpCode::Query)
                 .set_recursion_desired(req.recursion_desired())
                 .set_recursion_available(true)
-                .set_authoritative(true);
+                .set_authoritative(true)
+                .set_authentic_data(authentic_data);
             resp.add_queries(req.queries().to_vec());
             for q in req.queries() {
                 let name = q.name().to_ascii().to_lowercase();
@@ -549,16 +560,29 @@ fn tls_pair(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::Pat
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let ca = dir.join("sink-ca.pem");
     std::fs::write(&ca, ck.cert.pem()).unwrap();
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    (acceptor_of(&ck), ca)
+}
+
+/// A TLS acceptor presenting `ck`'s self-signed certificate.
+fn acceptor_of(ck: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsAcceptor {
+    acceptor_with(vec![ck.cert.der().clone()], &ck.signing_key)
+}
+
+/// A TLS acceptor presenting `chain` (leaf first) with the leaf's `key`.
+fn acceptor_with(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> tokio_rustls::TlsAcceptor {
+    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .with_single_cert(chain, key)
     .unwrap();
-    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca)
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 #[tokio::test]
@@ -1299,16 +1323,7 @@ fn acceptor_for(names: &[&str], ca: &std::path::Path) -> tokio_rustls::TlsAccept
     let mut pem = std::fs::read_to_string(ca).unwrap_or_default();
     pem.push_str(&ck.cert.pem());
     std::fs::write(ca, pem).unwrap();
-    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key)
-    .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    acceptor_of(&ck)
 }
 
 /// An HTTPS server answering `/.well-known/mta-sts.txt` with the policy
@@ -1582,14 +1597,6 @@ async fn mta_sts_policies_are_honoured() {
     for id in [&badcert, &notls, &unlisted] {
         node.wait_count(id, EventKind::Deferred, 3).await;
     }
-    let rcpts_at = |sink: &Sink| -> Vec<String> {
-        sink.received
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.rcpts.clone())
-            .collect()
-    };
     let mut at_good = rcpts_at(&good);
     at_good.sort();
     assert_eq!(at_good, ["u@enforce.example", "v@enforce.example"]);
@@ -1811,7 +1818,11 @@ async fn start_signed_dns_strippable(
                 .set_op_code(OpCode::Query)
                 .set_recursion_desired(req.recursion_desired())
                 .set_recursion_available(true)
-                .set_authoritative(true);
+                .set_authoritative(true)
+                // The AD bit a validating upstream sets (RFC 4035 §3.2.3),
+                // here on forged and stripped answers too: Postern must
+                // judge the signatures, not this claim.
+                .set_authentic_data(true);
             if let Some(edns) = req.extensions() {
                 let mut e = hickory_proto::op::Edns::new();
                 e.set_dnssec_ok(edns.flags().dnssec_ok);
@@ -1871,22 +1882,10 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
             .decode(b64)
             .unwrap()
     };
-    let acceptor = |ck: &rcgen::CertifiedKey<rcgen::KeyPair>| {
-        let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
-        tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    };
     let pinned = start_sink_on(
         pinned_listener,
         SinkOptions {
-            tls: Some(acceptor(&pinned_cert)),
+            tls: Some(acceptor_of(&pinned_cert)),
             ..Default::default()
         },
     );
@@ -1894,7 +1893,7 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
     let other = start_sink_on(
         TcpListener::bind(("127.0.0.22", port)).await.unwrap(),
         SinkOptions {
-            tls: Some(acceptor(&other_cert)),
+            tls: Some(acceptor_of(&other_cert)),
             ..Default::default()
         },
     );
@@ -1986,18 +1985,13 @@ async fn dane_tlsa_records_decide_and_never_fall_back() {
     for id in [&mismatch, &notls, &forged] {
         node.wait_count(id, EventKind::Deferred, 3).await;
     }
-    let rcpts = |sink: &Sink| -> Vec<String> {
-        sink.received
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.rcpts.clone())
-            .collect()
-    };
-    assert_eq!(rcpts(&pinned), ["u@good.test"]);
-    assert!(rcpts(&other).is_empty(), "never to a host with another key");
+    assert_eq!(rcpts_at(&pinned), ["u@good.test"]);
+    assert!(
+        rcpts_at(&other).is_empty(),
+        "never to a host with another key"
+    );
     assert_eq!(
-        rcpts(&plain),
+        rcpts_at(&plain),
         ["u@nodane.test"],
         "never in plaintext to a host with TLSA records"
     );
@@ -2162,12 +2156,398 @@ async fn dane_stays_active_when_signatures_vanish_later() {
     assert!(e.detail.contains("DNSSEC"), "{}", e.detail);
     // Retried (every 200-400 ms) and deferred again: not sent meanwhile.
     node.wait_count(&id, EventKind::Deferred, 2).await;
-    let rcpts: Vec<String> = sink
-        .received
+    assert_eq!(rcpts_at(&sink), ["u@before.test"]);
+}
+
+/// A certificate authority (CA:TRUE, may sign certificates) named `name`.
+fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A TLS acceptor presenting a server certificate for `names` issued by
+/// `ca`, with the chain `[leaf, ca]` when `send_ca`, else `[leaf]`.
+fn issued_acceptor(
+    names: &[&str],
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    send_ca: bool,
+) -> tokio_rustls::TlsAcceptor {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = params.signed_by(&key, ca).unwrap();
+    let mut chain = vec![leaf.der().clone()];
+    if send_ca {
+        chain.push(ca.der().clone());
+    }
+    acceptor_with(chain, &key)
+}
+
+/// What each sink took, recipients only.
+fn rcpts_at(sink: &Sink) -> Vec<String> {
+    sink.received
         .lock()
         .unwrap()
         .iter()
         .flat_map(|r| r.rcpts.clone())
+        .collect()
+}
+
+/// RFC 7672 §3.1.2, DANE-TA(2): the record names a trust anchor; the host
+/// must send it in its chain (even a self-signed root), the chain must
+/// validate up to it, and the leaf must carry the MX host's name (§3.2.2).
+/// A chain from another CA, one that leaves the anchor out, or a leaf for
+/// another name is refused, and the mail is deferred, never sent.
+#[tokio::test]
+async fn dane_ta_needs_the_named_anchor_in_the_chain() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::TLSA;
+    let ca = test_ca("Postern Test TA");
+    let other_ca = test_ca("Someone Else's CA");
+    // "2 0 1": DANE-TA, the whole anchor certificate, SHA-256.
+    let ta_record = |anchor: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>| {
+        RData::TLSA(TLSA::new(
+            CertUsage::DaneTa,
+            Selector::Full,
+            Matching::Sha256,
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, anchor.der())
+                .as_ref()
+                .to_vec(),
+        ))
+    };
+    // MX hosts on one port: the right chain, a chain without the anchor,
+    // a chain from the anchor for another host name, and the right kind of
+    // chain at a host whose TLSA record names another CA.
+    let good_listener = TcpListener::bind("127.0.0.41:0").await.unwrap();
+    let port = good_listener.local_addr().unwrap().port();
+    let good = start_sink_on(
+        good_listener,
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.ta.test"], &ca, true)),
+            ..Default::default()
+        },
+    );
+    // A valid chain from the anchor, at a host whose record names another CA.
+    let other_ca_host = start_sink_on(
+        TcpListener::bind(("127.0.0.44", port)).await.unwrap(),
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.otherca.test"], &ca, true)),
+            ..Default::default()
+        },
+    );
+    let no_anchor = start_sink_on(
+        TcpListener::bind(("127.0.0.42", port)).await.unwrap(),
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.noanchor.test"], &ca, false)),
+            ..Default::default()
+        },
+    );
+    let wrong_name = start_sink_on(
+        TcpListener::bind(("127.0.0.43", port)).await.unwrap(),
+        SinkOptions {
+            tls: Some(issued_acceptor(&["mx.elsewhere.test"], &ca, true)),
+            ..Default::default()
+        },
+    );
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let (dns, anchor) = start_signed_dns(
+        "test.",
+        vec![
+            ("mx.ta.test.", a([127, 0, 0, 41])),
+            ("_25._tcp.mx.ta.test.", ta_record(&ca)),
+            ("ta.test.", mx("mx.ta.test.")),
+            ("mx.otherca.test.", a([127, 0, 0, 44])),
+            ("_25._tcp.mx.otherca.test.", ta_record(&other_ca)),
+            ("otherca.test.", mx("mx.otherca.test.")),
+            ("mx.noanchor.test.", a([127, 0, 0, 42])),
+            ("_25._tcp.mx.noanchor.test.", ta_record(&ca)),
+            ("noanchor.test.", mx("mx.noanchor.test.")),
+            ("mx.wrongname.test.", a([127, 0, 0, 43])),
+            ("_25._tcp.mx.wrongname.test.", ta_record(&ca)),
+            ("wrongname.test.", mx("mx.wrongname.test.")),
+        ],
+        &[],
+    )
+    .await;
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    let node = start_node_with_resolver(resolver, port).await;
+    let send = |rcpt: &'static str| {
+        let node = &node;
+        async move {
+            node.send("a@example.org", &[rcpt], b"Subject: ta\r\n\r\nx\r\n")
+                .await
+        }
+    };
+
+    let ok = send("u@ta.test").await;
+    let e = node.wait_kind(&ok, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("dane"));
+    assert!(e.info.tls.is_some());
+    assert_eq!(e.info.remote_ip.as_deref(), Some("127.0.0.41"));
+
+    let mut refused_ids = Vec::new();
+    for (rcpt, why) in [
+        ("u@otherca.test", "the record names another CA"),
+        ("u@noanchor.test", "the anchor is not in the chain"),
+        ("u@wrongname.test", "the leaf is for another host name"),
+    ] {
+        let id = send(rcpt).await;
+        let e = node.wait_kind(&id, EventKind::Deferred).await;
+        assert!(
+            e.detail.contains("DANE TLSA records") && e.detail.contains("TLS policy: dane"),
+            "{why}: {}",
+            e.detail
+        );
+        refused_ids.push(id);
+    }
+
+    // The deferred ones are retried (every 200-400 ms): after three
+    // attempts each, none may have delivered.
+    for id in &refused_ids {
+        node.wait_count(id, EventKind::Deferred, 3).await;
+    }
+    assert_eq!(rcpts_at(&good), ["u@ta.test"]);
+    assert!(good.received.lock().unwrap().iter().all(|r| r.tls));
+    for refused in [&other_ca_host, &no_anchor, &wrong_name] {
+        assert!(rcpts_at(refused).is_empty());
+        assert_eq!(refused.mail_commands.load(Ordering::SeqCst), 0);
+        assert!(
+            refused.connections.load(Ordering::SeqCst) > 0,
+            "it was tried"
+        );
+    }
+    assert_eq!(probe.state(), DaneState::Active);
+}
+
+/// RFC 4035 §4.9.3: the AD bit is only as good as the upstream and the
+/// path to it, so Postern validates DNSSEC itself and never takes an
+/// upstream's word. An unsigned resolver path that sets AD on everything
+/// (the root's SOA included) does not switch DANE on, and its TLSA record
+/// is ignored; on a path that does validate, a TLSA answer with AD but a
+/// signature that fails is bogus: the host it pins is not used.
+#[tokio::test]
+async fn an_upstream_ad_bit_is_not_trusted() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::{SOA, TLSA};
+    let listener = TcpListener::bind("127.0.0.51:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // No STARTTLS: a TLSA record taken as secure would defer all mail to it.
+    let plain = start_sink_on(listener, SinkOptions::default());
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let root_soa = RData::SOA(SOA::new(
+        Name::from_str("a.root-servers.net.").unwrap(),
+        Name::from_str("nstld.verisign-grs.com.").unwrap(),
+        2026010100,
+        1800,
+        900,
+        604800,
+        86400,
+    ));
+    let dns = start_dns_claiming(
+        vec![
+            (".", root_soa),
+            ("adbit.example.", mx("mx.adbit.example.")),
+            ("mx.adbit.example.", a([127, 0, 0, 51])),
+            (
+                "_25._tcp.mx.adbit.example.",
+                RData::TLSA(TLSA::new(
+                    CertUsage::DaneEe,
+                    Selector::Spki,
+                    Matching::Sha256,
+                    vec![7; 32],
+                )),
+            ),
+        ],
+        true,
+    )
+    .await;
+    // The built-in root anchors, as `postern serve` has them.
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], None).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    let node = start_node_with_resolver(resolver, port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@adbit.example"],
+            b"Subject: ad\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
+    assert_eq!(rcpts_at(&plain), ["u@adbit.example"]);
+    assert_eq!(
+        probe.state(),
+        DaneState::Inactive,
+        "an AD bit on an unsigned root SOA is not a validated path"
+    );
+    // The SOA did come back (with AD), and failed validation.
+    let last = probe.status().last.expect("probed");
+    assert_eq!(
+        last.result,
+        ProbeResult::NotValidated("the SOA of . did not validate (Bogus)".into())
+    );
+
+    // A path that validates, and an attacker's TLSA answer: AD set, the
+    // signature broken, pinning the key the attacker's host presents.
+    let evil_listener = TcpListener::bind("127.0.0.52:0").await.unwrap();
+    let port = evil_listener.local_addr().unwrap().port();
+    let evil_cert = rcgen::generate_simple_self_signed(vec!["mx.evil.test".into()]).unwrap();
+    let evil = start_sink_on(
+        evil_listener,
+        SinkOptions {
+            tls: Some(acceptor_of(&evil_cert)),
+            ..Default::default()
+        },
+    );
+    let pin = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, evil_cert.cert.der())
+        .as_ref()
+        .to_vec();
+    let (dns, anchor) = start_signed_dns(
+        "test.",
+        vec![
+            ("mx.evil.test.", a([127, 0, 0, 52])),
+            (
+                "_25._tcp.mx.evil.test.",
+                // "3 0 1": DANE-EE, the attacker's whole certificate.
+                RData::TLSA(TLSA::new(
+                    CertUsage::DaneEe,
+                    Selector::Full,
+                    Matching::Sha256,
+                    pin,
+                )),
+            ),
+            ("evil.test.", mx("mx.evil.test.")),
+        ],
+        &["_25._tcp.mx.evil.test."],
+    )
+    .await;
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    let node = start_node_with_resolver(resolver, port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@evil.test"],
+            b"Subject: ad\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Deferred).await;
+    assert!(e.detail.contains("DANE: no usable MX host"), "{}", e.detail);
+    assert_eq!(probe.state(), DaneState::Active);
+    // Retried (every 200-400 ms): after three attempts, none delivered.
+    node.wait_count(&id, EventKind::Deferred, 3).await;
+    assert!(rcpts_at(&evil).is_empty());
+    assert_eq!(evil.mail_commands.load(Ordering::SeqCst), 0);
+}
+
+/// RFC 8461 §2: a domain with both DANE and MTA-STS is delivered under
+/// DANE. Here the MTA-STS policy (enforce) lists only another MX host, so
+/// applied it would defer; with the host's TLSA record DNSSEC-proven, the
+/// mail goes out under DANE and the policy is not even fetched. A domain
+/// with the same policy and no TLSA shows the policy is live and binding.
+#[tokio::test]
+async fn dane_takes_precedence_over_mta_sts() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::{TLSA, TXT};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let listener = TcpListener::bind("127.0.0.61:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cert = rcgen::generate_simple_self_signed(vec!["mx.dane.test".into()]).unwrap();
+    let sink = start_sink_on(
+        listener,
+        SinkOptions {
+            tls: Some(acceptor_of(&cert)),
+            ..Default::default()
+        },
+    );
+    // "3 0 1": DANE-EE, the host's certificate.
+    let tlsa = RData::TLSA(TLSA::new(
+        CertUsage::DaneEe,
+        Selector::Full,
+        Matching::Sha256,
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.cert.der())
+            .as_ref()
+            .to_vec(),
+    ));
+    let policy = "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n";
+    let policies: HashMap<String, String> = ["mta-sts.both.test", "mta-sts.stsonly.test"]
+        .into_iter()
+        .map(|h| (h.to_string(), policy.to_string()))
         .collect();
-    assert_eq!(rcpts, ["u@before.test"]);
+    let policy_names: Vec<&str> = policies.keys().map(String::as_str).collect();
+    let (policy_port, fetches) =
+        start_policy_server(acceptor_for(&policy_names, &ca), policies.clone()).await;
+
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let txt = || RData::TXT(TXT::new(vec!["v=STSv1; id=20260101;".to_string()]));
+    let (dns, anchor) = start_signed_dns(
+        "test.",
+        vec![
+            ("mx.dane.test.", a([127, 0, 0, 61])),
+            ("_25._tcp.mx.dane.test.", tlsa),
+            ("both.test.", mx("mx.dane.test.")),
+            ("_mta-sts.both.test.", txt()),
+            ("mta-sts.both.test.", a([127, 0, 0, 1])),
+            // The same host under a name without TLSA records.
+            ("mx.nodane.test.", a([127, 0, 0, 61])),
+            ("stsonly.test.", mx("mx.nodane.test.")),
+            ("_mta-sts.stsonly.test.", txt()),
+            ("mta-sts.stsonly.test.", a([127, 0, 0, 1])),
+        ],
+        &[],
+    )
+    .await;
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], Some(test_anchor(anchor))).unwrap());
+    let node = start_node_inner(
+        vec![],
+        resolver,
+        port,
+        Shaping::default(),
+        Some((ca.clone(), policy_port)),
+    )
+    .await;
+
+    let control = node
+        .send(
+            "a@example.org",
+            &["u@stsonly.test"],
+            b"Subject: sts\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&control, EventKind::Deferred).await;
+    assert!(e.detail.contains("matches its policy"), "{}", e.detail);
+
+    let both = node
+        .send(
+            "a@example.org",
+            &["u@both.test"],
+            b"Subject: both\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&both, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("dane"));
+    assert!(e.info.tls.is_some());
+    assert_eq!(rcpts_at(&sink), ["u@both.test"]);
+    let fetched = fetches.lock().unwrap().clone();
+    assert_eq!(fetched.get("mta-sts.stsonly.test"), Some(&1), "{fetched:?}");
+    assert_eq!(
+        fetched.get("mta-sts.both.test"),
+        None,
+        "MTA-STS not consulted under DANE: {fetched:?}"
+    );
 }

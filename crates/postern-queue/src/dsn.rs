@@ -173,9 +173,11 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
             out.extend_from_slice(headers_of(b.original));
         }
     }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
+    // RFC 2046 §5.1.1: the CRLF before a boundary delimiter belongs to the
+    // delimiter, not to the part, so one is always added: the returned
+    // content keeps its own last line break (RET=FULL returns the message
+    // whole, byte for byte).
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     out
 }
@@ -240,5 +242,32 @@ mod tests {
         assert!(text.contains("Subject: hi"), "headers are returned");
         assert!(!text.contains("secret body"), "the body only with RET=FULL");
         assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    #[test]
+    fn ret_full_returns_the_message_with_its_last_line_break() {
+        let original = b"Subject: hi\r\n\r\nsecret body\r\n";
+        let full = |original: &[u8]| {
+            let dsn = build(&Bounce {
+                reporting_mta: "relay.example",
+                original_sender: "a@example.org",
+                envid: None,
+                ret: Some(DsnReturn::Full),
+                arrival_millis: 0,
+                now_millis: 1000,
+                message_id: "0123",
+                recipients: &[],
+                original,
+            });
+            String::from_utf8(dsn).unwrap()
+        };
+        // The part's content runs up to the CRLF that belongs to the
+        // closing delimiter; it must still end with the message's own CRLF.
+        assert!(full(original).ends_with(
+            "Content-Type: message/rfc822\r\n\r\nSubject: hi\r\n\r\nsecret body\r\n\r\n--=_postern_dsn_0123--\r\n"
+        ));
+        // A message without a final line break gets none added to it.
+        assert!(full(b"Subject: hi\r\n\r\nno break")
+            .ends_with("\r\n\r\nno break\r\n--=_postern_dsn_0123--\r\n"));
     }
 }
