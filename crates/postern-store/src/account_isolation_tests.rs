@@ -395,3 +395,41 @@ async fn every_account_column_is_covered() {
         );
     }
 }
+
+/// What an account sees of the queue over the API: its own messages and
+/// its subusers', never another tenant's; the operator's exact filter
+/// (without subusers) sees only the account named.
+#[tokio::test]
+async fn a_parent_sees_its_subusers_queue_and_no_one_elses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::EmbeddedStore::open(dir.path()).unwrap();
+    for (name, parent) in [("acme", None), ("acme-eu", Some("acme")), ("rival", None)] {
+        store.create_account(account(name, parent)).await.unwrap();
+    }
+    for name in ["acme", "acme-eu", "rival"] {
+        store.enqueue(message(name)).await.unwrap();
+    }
+    let seen = |account: &str, with_subusers: bool| {
+        let store = &store;
+        let account = account.to_owned();
+        async move {
+            let mut v: Vec<String> = store
+                .queued_messages(QueueFilter {
+                    account: Some(account),
+                    with_subusers,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.account.unwrap_or_default())
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(seen("acme", true).await, ["acme", "acme-eu"]);
+    assert_eq!(seen("acme", false).await, ["acme"]);
+    assert_eq!(seen("acme-eu", true).await, ["acme-eu"]);
+    assert_eq!(seen("rival", true).await, ["rival"]);
+}

@@ -2382,13 +2382,16 @@ fn load_queued(conn: &Connection, id: &str, now: i64) -> Result<Option<QueuedMes
 fn queued_ids(conn: &Connection, f: &QueueFilter) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM messages m
-         WHERE (?1 IS NULL OR m.account_id = (SELECT id FROM accounts WHERE name = ?1))
+         WHERE (?1 IS NULL OR m.account_id IN
+                 (SELECT id FROM accounts WHERE name = ?1 OR (?4 AND parent = ?1)))
            AND (?2 IS NULL OR EXISTS (SELECT 1 FROM recipients r
                 WHERE r.message_id = m.id AND r.status = 0 AND r.domain = lower(?2)))
          ORDER BY received_at LIMIT ?3",
     )?;
     let limit = f.limit.map(|n| n as i64).unwrap_or(-1);
-    let rows = stmt.query_map(params![f.account, f.domain, limit], |r| r.get(0))?;
+    let rows = stmt.query_map(params![f.account, f.domain, limit, f.with_subusers], |r| {
+        r.get(0)
+    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
 

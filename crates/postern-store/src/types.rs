@@ -190,6 +190,9 @@ impl QueuedMessage {
 pub struct QueueFilter {
     /// Messages of this account (or subuser) only.
     pub account: Option<String>,
+    /// With `account`: its subusers' messages too (what the account sees
+    /// over the API, as with events).
+    pub with_subusers: bool,
     /// Messages with a queued recipient in this domain.
     pub domain: Option<String>,
     pub limit: Option<usize>,

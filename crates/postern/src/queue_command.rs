@@ -92,6 +92,8 @@ pub async fn run(config: &Config, command: QueueCommand) -> Result<()> {
                         account,
                         domain,
                         limit,
+                        // The operator names exactly the account they mean.
+                        with_subusers: false,
                     })
                     .await?;
                 if json {
@@ -130,6 +132,7 @@ pub async fn run(config: &Config, command: QueueCommand) -> Result<()> {
                     account: account.clone(),
                     domain: domain.clone(),
                     limit: None,
+                    with_subusers: false,
                 };
                 let n = store.retry_now(id.clone(), filter, now).await?;
                 let what = match &id {

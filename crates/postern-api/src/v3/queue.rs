@@ -38,6 +38,7 @@ async fn list(
         .store
         .queued_messages(QueueFilter {
             account: Some(caller.account.clone()),
+            with_subusers: true,
             domain: q.domain,
             limit: Some(q.limit.unwrap_or(100).min(10_000)),
         })
@@ -103,6 +104,7 @@ async fn retry_all(
     let now = postern_core::time::now_millis();
     let filter = QueueFilter {
         account: Some(caller.account.clone()),
+        with_subusers: true,
         domain: q.domain.clone(),
         limit: q.limit,
     };
