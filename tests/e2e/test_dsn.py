@@ -10,12 +10,12 @@ from email import policy
 from conftest import wait_until
 
 
-def send(postern, mail_from, rcpts, body, rcpt_options=()):
+def send(postern, mail_from, rcpts, body, rcpt_options=(), ret="HDRS", key=None):
     with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
         s.starttls(context=ssl.create_default_context(cafile=postern.cert))
-        s.login("apikey", postern.admin_key)
+        s.login("apikey", key or postern.admin_key)
         s.ehlo()
-        code, _ = s.mail(mail_from, ["RET=HDRS", "ENVID=batch-42"])
+        code, _ = s.mail(mail_from, [f"RET={ret}", "ENVID=batch-42"])
         assert code == 250
         for r in rcpts:
             code, msg = s.rcpt(r, list(rcpt_options))
@@ -111,3 +111,52 @@ def test_hard_bounces_are_suppressed_per_account(postern, sink):
     assert json.loads(sg.client.suppression.bounces.get().body) == []
     send(postern, "sender@example.org", [rcpt], b"Subject: third\r\n\r\nx\r\n")
     wait_for_kind(rcpt, "bounce", 2)
+
+
+def test_ret_full_returns_the_whole_message(postern, sink):
+    """RFC 3461 §4.3: RET=FULL asks for the whole message in the DSN (an
+    authenticated sender's own mail; unauthenticated mail gets headers
+    only, test_backscatter.py)."""
+    body = b"From: sender@example.org\r\nSubject: full return\r\n\r\nthe whole body\r\n"
+    send(postern, "sender@example.org", ["reject-full@example.net"], body, ret="FULL")
+    dsn = wait_until(lambda: [m for m in sink.messages if b"multipart/report" in m["data"]],
+                     timeout=30, what="the DSN")[0]
+    parsed = email.message_from_bytes(dsn["data"], policy=policy.default)
+    parts = list(parsed.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "message/rfc822"]
+    returned = parts[2].get_content()
+    assert returned["Subject"] == "full return"
+    assert returned.get_content().strip() == "the whole body"
+
+
+def test_a_suppression_holds_only_for_its_account(postern, sink):
+    """The suppression list is the account's own: another account's mail
+    to an address the first one suppressed is still attempted."""
+    import json
+    from sendgrid import SendGridAPIClient
+
+    rcpt = "reject-p@example.net"
+
+    def events(kind):
+        return [e for e in json.loads(postern.cli("events", "--kind", kind, "--json").stdout)
+                if e["recipient"] == rcpt]
+
+    send(postern, "sender@example.org", [rcpt], b"Subject: first\r\n\r\nx\r\n")
+    wait_until(lambda: len(events("bounce")) == 1, timeout=30, what="the first bounce")
+    sg = SendGridAPIClient(api_key=postern.admin_key, host=f"http://127.0.0.1:{postern.ports['http']}")
+    wait_until(lambda: json.loads(sg.client.suppression.bounces.get().body),
+               timeout=10, what="the admin account's suppression entry")
+
+    postern.cli("account", "create", "other")
+    other = json.loads(postern.cli("key", "create", "--account", "other", "--json").stdout)["key"]
+    send(postern, "sender@example.org", [rcpt], b"Subject: from other\r\n\r\nx\r\n", key=other)
+    # Attempted: the sink refuses it again, so a second bounce (other's).
+    bounced = wait_until(lambda: len(events("bounce")) == 2 and events("bounce"),
+                         timeout=30, what="the other account's bounce")
+    assert [e["account"] for e in bounced] == ["admin", "other"], bounced
+    assert events("dropped") == []
+    # The admin account's own next message is still dropped, never attempted.
+    send(postern, "sender@example.org", [rcpt], b"Subject: again\r\n\r\nx\r\n")
+    dropped = wait_until(lambda: events("dropped"), timeout=30, what="admin's dropped event")
+    assert [e["account"] for e in dropped] == ["admin"], dropped
+    assert len(events("bounce")) == 2
