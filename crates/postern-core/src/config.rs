@@ -1098,6 +1098,37 @@ mod tests {
         assert_eq!(c.store.synchronous, StoreSynchronous::Full);
     }
 
+    /// README, first start: submission with STARTTLS on 2587, implicit TLS
+    /// on 2465, inbound MX on 2025 and HTTP on 8025, all on loopback; and
+    /// a file that names no `[[listener]]` keeps those listeners.
+    #[test]
+    fn default_listeners_are_loopback_on_the_documented_ports() {
+        let documented = [
+            (ListenerRole::Submission, "127.0.0.1:2587"),
+            (ListenerRole::Submissions, "127.0.0.1:2465"),
+            (ListenerRole::Mx, "127.0.0.1:2025"),
+        ];
+        let routed = "[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:2626\"\ntls = \"none\"\n";
+        for text in ["", routed] {
+            let c = Config::parse(text).unwrap();
+            let listeners: Vec<(ListenerRole, String)> = c
+                .listener
+                .iter()
+                .map(|l| (l.role, l.address.to_string()))
+                .collect();
+            let expected: Vec<(ListenerRole, String)> = documented
+                .iter()
+                .map(|(role, address)| (*role, address.to_string()))
+                .collect();
+            assert_eq!(listeners, expected, "{text:?}");
+            assert_eq!(
+                c.http.address.map(|a| a.to_string()).as_deref(),
+                Some("127.0.0.1:8025"),
+                "{text:?}"
+            );
+        }
+    }
+
     #[test]
     fn store_synchronous_takes_the_three_sqlite_levels_only() {
         for (text, want) in [
