@@ -317,6 +317,24 @@ mod tests {
         assert_eq!(d.check(ip("192.0.2.50"), "victim"), Verdict::Allow);
     }
 
+    /// README: with the defaults, a network (/24) is blocked after 100
+    /// failures, though no one address in it reached its own 20.
+    #[test]
+    fn a_network_is_blocked_after_100_failures_by_default() {
+        let d = Defense::new(AuthConfig::default());
+        // 99 failures from ten addresses of 198.51.100.0/24, at most ten
+        // each (an address alone is blocked only after 20).
+        for i in 0..99 {
+            d.record_failure(ip(&format!("198.51.100.{}", i % 10)), "apikey");
+        }
+        let newcomer = ip("198.51.100.200");
+        assert_eq!(d.check(newcomer, "apikey"), Verdict::Allow, "99 failures");
+        d.record_failure(ip("198.51.100.9"), "apikey");
+        assert_eq!(d.check(newcomer, "apikey"), Verdict::Blocked("network"));
+        // The next network is not affected.
+        assert_eq!(d.check(ip("198.51.101.1"), "apikey"), Verdict::Allow);
+    }
+
     #[test]
     fn blocks_a_network_and_honours_the_denylist() {
         let config = AuthConfig {

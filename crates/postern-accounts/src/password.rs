@@ -154,6 +154,43 @@ mod tests {
         assert_eq!(check_policy("bob", "violet-anchor-tundra-42"), Ok(()));
     }
 
+    /// README, Security defaults: a login that waits more than 2 s
+    /// (`MAX_WAIT`) for a hashing slot is refused as busy (the caller
+    /// answers it as a temporary failure) rather than queued without end.
+    #[tokio::test]
+    async fn a_login_that_cannot_get_a_slot_in_time_is_told_busy() {
+        let h = PasswordHasher::new(1).unwrap();
+        // Another login holds the one slot.
+        let held = h.slots.clone().acquire_owned().await.unwrap();
+        let started = std::time::Instant::now();
+        // Bounded, so a pool that never gives up fails here rather than
+        // hanging the test.
+        let waited = tokio::time::timeout(
+            MAX_WAIT + Duration::from_secs(10),
+            h.verify(None, "violet-anchor-tundra-42".into()),
+        )
+        .await
+        .expect("the login waited for the slot without end");
+        assert!(matches!(waited, Err(HashError::Busy)), "{waited:?}");
+        // The README's figure: refused after 2 s, not before (and not much
+        // later: 3 s of slack for a loaded machine).
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert!(matches!(
+            h.hash("violet-anchor-tundra-42".into()).await,
+            Err(HashError::Busy)
+        ));
+        // Once the slot is free, logins are checked again.
+        drop(held);
+        assert!(!h
+            .verify(None, "violet-anchor-tundra-42".into())
+            .await
+            .unwrap());
+    }
+
     #[tokio::test]
     async fn hashes_are_argon2id_and_verify() {
         let h = PasswordHasher::new(2).unwrap();
