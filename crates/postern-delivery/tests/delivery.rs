@@ -292,6 +292,13 @@ async fn sink_session(
 /// A DNS server on loopback answering from a fixed table; anything not in
 /// it is NXDOMAIN.
 async fn start_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
+    start_dns_with(records, false).await
+}
+
+/// As `start_dns`; with `authentic_data`, every answer carries the AD bit
+/// (RFC 4035 §3.2.3: "all data validated") though none is signed: a
+/// resolver that lies about validation, or an attacker in its path.
+async fn start_dns_with(records: Vec<(&'static str, RData)>, authentic_data: bool) -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let mut table: HashMap<(String, RecordType), Vec<RData>> = HashMap::new();
@@ -318,7 +325,8 @@ async fn start_dns(records: Vec<(&'static str, RData)>) -> SocketAddr {
                 .set_op_code(OpCode::Query)
                 .set_recursion_desired(req.recursion_desired())
                 .set_recursion_available(true)
-                .set_authoritative(true);
+                .set_authoritative(true)
+                .set_authentic_data(authentic_data);
             resp.add_queries(req.queries().to_vec());
             for q in req.queries() {
                 let name = q.name().to_ascii().to_lowercase();
@@ -2113,6 +2121,77 @@ async fn dane_on_with_an_unsigned_resolver_still_delivers() {
     let e = node.wait_kind(&id, EventKind::Deferred).await;
     assert!(e.detail.contains("DANE required"), "{}", e.detail);
     assert_eq!(sink.received.lock().unwrap().len(), 1);
+}
+
+/// README: Postern validates DNSSEC itself, "never trusting an upstream
+/// AD bit". The resolver here marks every answer authentic (AD, RFC 4035
+/// §3.2.3) without a signature in sight, including the root's SOA the
+/// probe asks for and a TLSA record for the MX host. Believed, DANE would
+/// be active and that record would make TLS mandatory towards a host that
+/// has none, so the mail would be deferred; validated here, the probe
+/// fails and the mail goes out under the usual policy.
+#[tokio::test]
+async fn an_upstream_ad_bit_is_not_trusted() {
+    use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+    use hickory_proto::rr::rdata::{SOA, TLSA};
+    let listener = TcpListener::bind("127.0.0.34:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // No STARTTLS: only an opportunistic delivery can reach it.
+    let sink = start_sink_on(listener, SinkOptions::default());
+    let name = |n: &str| Name::from_str(n).unwrap();
+    let dns = start_dns_with(
+        vec![
+            (
+                ".",
+                RData::SOA(SOA::new(
+                    name("a.root-servers.net."),
+                    name("nstld.verisign-grs.com."),
+                    2026112300,
+                    1800,
+                    900,
+                    604800,
+                    86400,
+                )),
+            ),
+            (
+                "ad.example.",
+                RData::MX(MX::new(10, name("mx.ad.example."))),
+            ),
+            ("mx.ad.example.", RData::A(A(Ipv4Addr::new(127, 0, 0, 34)))),
+            (
+                "_25._tcp.mx.ad.example.",
+                RData::TLSA(TLSA::new(
+                    CertUsage::DaneEe,
+                    Selector::Spki,
+                    Matching::Sha256,
+                    vec![0; 32],
+                )),
+            ),
+        ],
+        true,
+    )
+    .await;
+    // As `postern serve` builds it with `dns.dane = true`: the built-in
+    // root trust anchors, queried through the configured server.
+    let resolver = Arc::new(MxResolver::with_dnssec(&[dns], None).unwrap());
+    let probe = resolver.dane_probe().unwrap();
+    assert!(
+        matches!(probe.probe().await, ProbeResult::NotValidated(_)),
+        "an AD bit alone validated the root"
+    );
+    assert_eq!(probe.state(), DaneState::Inactive);
+    let node = start_node_with_resolver(resolver, port).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["u@ad.example"],
+            b"Subject: ad\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&id, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
+    assert_eq!(sink.received.lock().unwrap().len(), 1);
+    assert_eq!(probe.state(), DaneState::Inactive);
 }
 
 /// RFC 7672 §2.1.1: once the path has validated, DANE stays on. An
