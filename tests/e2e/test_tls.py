@@ -43,3 +43,41 @@ def test_tls_sessions_are_counted_by_version_and_group(postern):
         and c.get(("TLSv1.3", "X25519")) == 1 and c.get(("TLSv1.2", "X25519")) == 1 and c,
         timeout=10, what="both sessions counted")
     assert sum(counts.values()) == 2, counts
+
+
+def starttls(p, ctx, session=None):
+    """An smtplib session upgraded with STARTTLS by hand, so that a saved
+    TLS session can be offered (smtplib's starttls() cannot); EHLO is sent
+    again over TLS (RFC 3207 §4.2), which also reads any session ticket
+    the server sent after the handshake."""
+    s = smtplib.SMTP("127.0.0.1", p.ports["submission"], timeout=30)
+    s.ehlo("client.test")
+    assert s.docmd("STARTTLS")[0] == 220
+    s.sock = ctx.wrap_socket(s.sock, server_hostname="127.0.0.1", session=session)
+    s.file = None
+    s.helo_resp = s.ehlo_resp = None
+    s.esmtp_features, s.does_esmtp = {}, False
+    assert s.ehlo("client.test")[0] == 250
+    return s
+
+
+def test_tls_sessions_are_resumed_by_ticket_and_from_the_cache(postern):
+    """README, performance: TLS session resumption, with tickets and a
+    session cache on the shared rustls config. TLS 1.3 resumes with a
+    ticket; TLS 1.2 without tickets (OP_NO_TICKET) can only resume by
+    session id, from the server's cache."""
+    for version, options in [(ssl.TLSVersion.TLSv1_3, 0), (ssl.TLSVersion.TLSv1_2, ssl.OP_NO_TICKET)]:
+        ctx = ssl.create_default_context(cafile=postern.cert)
+        ctx.minimum_version = ctx.maximum_version = version
+        ctx.options |= options
+        first = starttls(postern, ctx)
+        assert not first.sock.session_reused
+        session = first.sock.session
+        first.quit()
+        second = starttls(postern, ctx, session=session)
+        try:
+            assert second.sock.session_reused, f"{version.name}: a full handshake again"
+            # The resumed session works like any other.
+            assert second.noop()[0] == 250
+        finally:
+            second.quit()
