@@ -6,8 +6,11 @@ defaults")."""
 
 import re
 import smtplib
+import socket
 import ssl
 import urllib.request
+
+import pytest
 
 from conftest import wait_until
 
@@ -81,3 +84,32 @@ def test_tls_sessions_are_resumed_by_ticket_and_from_the_cache(postern):
             assert second.noop()[0] == 250
         finally:
             second.quit()
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
+def test_tls_1_1_and_1_0_are_refused_on_every_listener(postern):
+    """README: TLS 1.2 and 1.3 only, on every listener. Python's OpenSSL
+    still offers TLS 1.1 or 1.0 at security level 0, so the ClientHello is
+    sent; the server must end the handshake with an alert (the error names
+    an alert received from the peer, not a local refusal such as
+    NO_PROTOCOLS_AVAILABLE), and no session comes of it."""
+    for role in ("submission", "submissions", "mx"):
+        for version in (ssl.TLSVersion.TLSv1_1, ssl.TLSVersion.TLSv1):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(postern.cert)
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+            ctx.minimum_version = ctx.maximum_version = version
+            if role == "submissions":
+                sock = socket.create_connection(("127.0.0.1", postern.ports[role]), timeout=30)
+            else:
+                s = smtplib.SMTP("127.0.0.1", postern.ports[role], timeout=30)
+                s.ehlo("client.test")
+                assert s.docmd("STARTTLS")[0] == 220
+                sock = s.sock
+            try:
+                with pytest.raises(ssl.SSLError) as refused:
+                    ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+            finally:
+                sock.close()
+            reason = refused.value.reason or ""
+            assert "ALERT" in reason, (role, version.name, refused.value)
