@@ -22,6 +22,9 @@ python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.
 command -v npm >/dev/null || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null; }
 (cd tests/e2e/node && npm ci --no-audit --no-fund --loglevel=error)
 
+# docs/claims.md cites only tests that exist (no build or server needed,
+# so first).
+python3 -m pytest -q tests/docs
 cargo build --workspace --locked
 cargo test --workspace --locked
 python3 -m pytest -q tests/e2e

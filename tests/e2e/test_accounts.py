@@ -243,6 +243,9 @@ def test_each_subuser_has_its_own_hourly_limit(postern, sink):
                     s.rset()
                 results[name].append((code, msg))
     assert [c for c, _ in results["newsletter"]] == [250, 250, 450]
+    # 4.7.1 (RFC 3463: delivery not authorized, a policy refusal), as the
+    # README says.
+    assert results["newsletter"][2][1].startswith(b"4.7.1 "), results["newsletter"][2]
     assert b"limit of 2 messages per hour" in results["newsletter"][2][1]
     assert [c for c, _ in results["receipts"]] == [250, 250, 250], "a sibling's limit does not touch this stream"
     sink.wait_for(5)

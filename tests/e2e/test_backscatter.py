@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from conftest import Postern, wait_until
+from conftest import Postern, free_port, wait_until
 
 
 def test_unknown_relay_recipients_are_refused_at_rcpt(postern, sink):
@@ -77,3 +77,52 @@ def test_bounces_of_unauthenticated_mail_are_headers_only_and_rate_limited(unche
         assert b"Subject: spam" in m["data"], "the headers are returned"
     limited = [e for e in bounces if "rate limit" in e.get("detail", json.dumps(e))]
     assert len(limited) == 4, bounces
+
+
+def count_rcpts(sink):
+    """Counts every RCPT the sink is asked, per address (the call-aheads
+    among them), in a dict it returns and keeps filling."""
+    asked = {}
+    answer = sink.handler.handle_RCPT
+
+    async def counting(server, session, envelope, address, rcpt_options):
+        asked[address] = asked.get(address, 0) + 1
+        return await answer(server, session, envelope, address, rcpt_options)
+
+    sink.handler.handle_RCPT = counting
+    return asked
+
+
+def test_callahead_answers_are_cached(postern, sink):
+    """A yes is kept for relay.callahead_cache (1 h by default) and a no
+    for a tenth of it: asking again within that time asks the next hop
+    nothing. No message is sent, so every RCPT the sink sees is a
+    call-ahead."""
+    asked = count_rcpts(sink)
+    for _ in range(3):
+        with smtplib.SMTP("127.0.0.1", postern.ports["mx"], timeout=30) as s:
+            s.ehlo("mx.example.net")
+            s.mail("someone@example.com")
+            assert s.rcpt("alice@relay.test")[0] == 250
+            code, text = s.rcpt("reject-bob@relay.test")
+            assert code == 550 and text.startswith(b"5.1.1"), (code, text)
+            s.rset()
+    assert asked == {"alice@relay.test": 1, "reject-bob@relay.test": 1}, asked
+
+
+def test_an_unreachable_next_hop_gets_451(sink):
+    """When the relay domain's next hop cannot be asked, the recipient is
+    deferred with 451 4.4.3 (RFC 3463: directory server failure), never
+    accepted unchecked nor refused."""
+    # A next hop with nothing listening on its port.
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, free_port()).start()
+        try:
+            p.read_admin_key()
+            with smtplib.SMTP("127.0.0.1", p.ports["mx"], timeout=30) as s:
+                s.ehlo("mx.example.net")
+                s.mail("someone@example.com")
+                code, text = s.rcpt("alice@relay.test")
+                assert (code, text[:5]) == (451, b"4.4.3"), (code, text)
+        finally:
+            p.stop()

@@ -14,11 +14,10 @@ from email import policy
 from conftest import Postern, poll, wait_until
 
 
-
-def send(postern, mail_from, rcpts, body, rcpt_options=(), mail_options=("RET=HDRS", "ENVID=batch-42")):
+def send(postern, mail_from, rcpts, body, rcpt_options=(), mail_options=("RET=HDRS", "ENVID=batch-42"), key=None):
     with smtplib.SMTP("127.0.0.1", postern.ports["submission"], timeout=30) as s:
         s.starttls(context=ssl.create_default_context(cafile=postern.cert))
-        s.login("apikey", postern.admin_key)
+        s.login("apikey", key or postern.admin_key)
         s.ehlo()
         code, _ = s.mail(mail_from, list(mail_options))
         assert code == 250
@@ -201,3 +200,36 @@ def test_a_message_still_deferred_at_max_age_bounces_with_a_dsn(sink):
     # No RET: headers only (RFC 3461 §4.3 leaves it to the MTA).
     assert parts[2].get_content_type() == "text/rfc822-headers"
     assert "Subject: too late" in parts[2].get_content() and "body" not in parts[2].get_content().split("Subject")[1]
+
+
+def test_a_suppression_holds_only_for_its_account(postern, sink):
+    """The suppression list is the account's own: another account's mail
+    to an address the first one suppressed is still attempted."""
+    import json
+    from sendgrid import SendGridAPIClient
+
+    rcpt = "reject-p@example.net"
+
+    def events(kind):
+        return [e for e in json.loads(postern.cli("events", "--kind", kind, "--json").stdout)
+                if e["recipient"] == rcpt]
+
+    send(postern, "sender@example.org", [rcpt], b"Subject: first\r\n\r\nx\r\n")
+    wait_until(lambda: len(events("bounce")) == 1, timeout=30, what="the first bounce")
+    sg = SendGridAPIClient(api_key=postern.admin_key, host=f"http://127.0.0.1:{postern.ports['http']}")
+    wait_until(lambda: json.loads(sg.client.suppression.bounces.get().body),
+               timeout=10, what="the admin account's suppression entry")
+
+    postern.cli("account", "create", "other")
+    other = json.loads(postern.cli("key", "create", "--account", "other", "--json").stdout)["key"]
+    send(postern, "sender@example.org", [rcpt], b"Subject: from other\r\n\r\nx\r\n", key=other)
+    # Attempted: the sink refuses it again, so a second bounce (other's).
+    bounced = wait_until(lambda: len(events("bounce")) == 2 and events("bounce"),
+                         timeout=30, what="the other account's bounce")
+    assert [e["account"] for e in bounced] == ["admin", "other"], bounced
+    assert events("dropped") == []
+    # The admin account's own next message is still dropped, never attempted.
+    send(postern, "sender@example.org", [rcpt], b"Subject: again\r\n\r\nx\r\n")
+    dropped = wait_until(lambda: events("dropped"), timeout=30, what="admin's dropped event")
+    assert [e["account"] for e in dropped] == ["admin"], dropped
+    assert len(events("bounce")) == 2

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import Postern, free_port
+from conftest import Postern, free_port, wait_until
 
 HEADER_TIMEOUT = 1.0
 REQUEST_TIMEOUT = 2.0
@@ -109,3 +109,38 @@ def test_one_address_cannot_take_every_connection(limited):
         while chunk := m.recv(65536):
             body += chunk
     assert body.startswith(b"HTTP/1.1 200") and b"postern_http_connections_refused_total" in body, body[:300]
+
+
+def test_the_listener_holds_at_most_max_connections_in_all(sink):
+    """http.max_connections caps connections from all addresses together:
+    with three held open (each from its own address, so the per-address cap
+    plays no part), a fourth is closed at once; when one of the three
+    leaves, a new connection is served."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, http_config='header_timeout = "10s"\nmax_connections = 3').start()
+        try:
+            p.read_admin_key()
+            held = [connect(p, source=f"127.0.3.{i}") for i in (1, 2, 3)]
+            for s in held:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: postern\r\n")  # half a head: kept waiting
+            # Well within the 10 s header_timeout: a close here is the cap's.
+            took, _ = closed_after(connect(p, source="127.0.3.9"), 3)
+            assert took is not None, "a fourth connection was kept open for 3 s"
+            held[0].close()
+
+            def served():
+                s = connect(p, source="127.0.3.10")
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: postern\r\nConnection: close\r\n\r\n")
+                s.settimeout(5)
+                try:
+                    return s.recv(4096).startswith(b"HTTP/1.1 200")
+                except OSError:
+                    return False
+                finally:
+                    s.close()
+            # The slot comes back once the server has seen the close; polled.
+            wait_until(served, timeout=10, what="a connection served after one of three left")
+            for s in held[1:]:
+                s.close()
+        finally:
+            p.stop()

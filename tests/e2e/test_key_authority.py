@@ -76,3 +76,24 @@ def test_on_behalf_of_refuses_disabled_subusers_and_ip_allowlists(postern):
     p.cli("ip-access", "remove", "billing", "192.0.2.0/24")
     assert as_subuser("billing") == 200
     assert as_subuser("admin") == 403, "not a subuser of acme"
+
+
+def test_on_behalf_of_may_still_edit_the_allowlist_that_shuts_the_caller_out(postern):
+    """The one exception to the subuser's IP allowlist under On-Behalf-Of:
+    its own allowlist routes, so a parent whose subuser's rules leave the
+    parent's address out can still see and fix them."""
+    p = postern
+    p.cli("account", "create", "acme")
+    p.cli("subuser", "create", "news", "--account", "acme")
+    key = cli_json(p, "key", "create", "--account", "acme")["key"]
+    as_news = {"On-Behalf-Of": "news"}
+    # We connect from 127.0.0.1: outside the subuser's only network.
+    p.cli("ip-access", "add", "news", "192.0.2.0/24")
+    assert api(p, key, "GET", "/v3/api_keys", headers=as_news)[0] == 403
+    status, rules = api(p, key, "GET", "/v3/access_settings/whitelist", headers=as_news)
+    assert status == 200, rules
+    assert [r["ip"] for r in rules["result"]] == ["192.0.2.0/24"]
+    status, _ = api(p, key, "DELETE", f"/v3/access_settings/whitelist/{rules['result'][0]['id']}", headers=as_news)
+    assert status == 204
+    # Without the rule, acting for the subuser works again.
+    assert api(p, key, "GET", "/v3/api_keys", headers=as_news)[0] == 200

@@ -6,6 +6,7 @@ the sink; an unverified sender gets 403 with a clear message and a
 
 import base64
 import email
+import email.policy
 import json
 
 import pytest
@@ -246,3 +247,27 @@ def test_unsupported_features_are_refused_naming_the_field(postern, sink):
     # only one the send log knows of.
     processed = json.loads(p.cli("events", "--kind", "processed", "--json").stdout)
     assert len(processed) == 1, processed
+
+
+def test_cc_and_reply_to_reach_the_message(postern, sink):
+    """cc recipients get the message and are shown in Cc; reply_to becomes
+    the Reply-To field (RFC 5322 §3.6.2, §3.6.3)."""
+    p = postern
+    status, body = api(p, p.admin_key, "POST", "/v3/mail/send", {
+        "personalizations": [{
+            "to": [{"email": "reader@example.net"}],
+            "cc": [{"email": "copy@example.com", "name": "Copy"}],
+        }],
+        "from": {"email": "news@example.org"},
+        "reply_to": {"email": "replies@example.org", "name": "Replies"},
+        "subject": "with cc",
+        "content": [{"type": "text/plain", "value": "x"}],
+    })
+    assert status == 202, body
+    # Two domains: one transaction each.
+    got = sink.wait_for(2)
+    assert sorted(r for m in got for r in m["rcpt_tos"]) == ["copy@example.com", "reader@example.net"]
+    for m in got:
+        msg = email.message_from_bytes(m["data"], policy=email.policy.default)
+        assert [a.addr_spec for a in msg["Cc"].addresses] == ["copy@example.com"]
+        assert [a.addr_spec for a in msg["Reply-To"].addresses] == ["replies@example.org"]

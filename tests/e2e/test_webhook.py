@@ -259,13 +259,9 @@ def test_default_configuration_refuses_internal_and_plain_http_urls(postern):
 def wait_webhook_error(p, account, timeout=30):
     """Polls `postern webhook show` until the account's webhook records a
     failed delivery; its text."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        shown = json.loads(p.cli("webhook", "show", account, "--json").stdout)
-        if shown["last_error"]:
-            return shown["last_error"]
-        time.sleep(0.2)
-    raise AssertionError(f"no webhook failure recorded for {account}: {shown}")
+    return wait_until(
+        lambda: json.loads(p.cli("webhook", "show", account, "--json").stdout)["last_error"],
+        timeout=timeout, what=f"a webhook failure recorded for {account}")
 
 
 def verify_all(receiver, public_key):

@@ -725,6 +725,39 @@ mod tests {
             && r.entry.detail.contains("unknown_account")));
     }
 
+    /// README, Security defaults: SASL user names (and authorization
+    /// identities) with control characters are refused at input (RFC 4013
+    /// §2.3 prohibits them), even with a valid key, before any lookup:
+    /// the reason is `malformed_username`, not what a lookup would say.
+    #[tokio::test]
+    async fn names_with_control_characters_are_refused_before_any_lookup() {
+        let (_d, store, auth) = setup().await;
+        let key = auth
+            .api_keys()
+            .create(store.as_ref(), "admin", "k", vec![], None)
+            .await
+            .unwrap();
+        // The key itself is good. (Checked first: the failures below, five
+        // names from one address, are password spraying to the defence,
+        // which then blocks the address.)
+        assert!(login(&auth, &creds("apikey", &key.secret), "127.0.0.1")
+            .await
+            .is_ok());
+        for name in [
+            "apikey\r\n",
+            "api\u{1b}[2Jkey",
+            "apikey\u{9b}",
+            "apikey\u{7f}",
+        ] {
+            let r = login(&auth, &creds(name, &key.secret), "127.0.0.1").await;
+            assert!(is_invalid(&r, "malformed_username"), "{name:?}: {r:?}");
+        }
+        let mut with_authzid = creds("apikey", &key.secret);
+        with_authzid.authzid = "admin\r\nX".into();
+        let r = login(&auth, &with_authzid, "127.0.0.1").await;
+        assert!(is_invalid(&r, "malformed_username"), "{r:?}");
+    }
+
     #[tokio::test]
     async fn a_blocked_source_is_refused_before_checking() {
         let (_d, store, auth) = setup().await;

@@ -1098,6 +1098,82 @@ mod tests {
         assert_eq!(c.store.synchronous, StoreSynchronous::Full);
     }
 
+    /// README, first start: submission with STARTTLS on 2587, implicit TLS
+    /// on 2465, inbound MX on 2025 and HTTP on 8025, all on loopback; and
+    /// a file that names no `[[listener]]` keeps those listeners.
+    #[test]
+    fn default_listeners_are_loopback_on_the_documented_ports() {
+        let documented = [
+            (ListenerRole::Submission, "127.0.0.1:2587"),
+            (ListenerRole::Submissions, "127.0.0.1:2465"),
+            (ListenerRole::Mx, "127.0.0.1:2025"),
+        ];
+        let routed = "[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:2626\"\ntls = \"none\"\n";
+        for text in ["", routed] {
+            let c = Config::parse(text).unwrap();
+            let listeners: Vec<(ListenerRole, String)> = c
+                .listener
+                .iter()
+                .map(|l| (l.role, l.address.to_string()))
+                .collect();
+            let expected: Vec<(ListenerRole, String)> = documented
+                .iter()
+                .map(|(role, address)| (*role, address.to_string()))
+                .collect();
+            assert_eq!(listeners, expected, "{text:?}");
+            assert_eq!(
+                c.http.address.map(|a| a.to_string()).as_deref(),
+                Some("127.0.0.1:8025"),
+                "{text:?}"
+            );
+        }
+    }
+
+    /// The defaults the README states as fact ("Security defaults" and
+    /// the status paragraph), value by value: a change here must change
+    /// the README too.
+    #[test]
+    fn the_readme_defaults_are_the_defaults() {
+        const MIB: usize = 1024 * 1024;
+        let c = Config::default();
+        // The HTTP listener: 10 s for a head, 5 min for a request, 1024
+        // connections, 64 from one address.
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(300));
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.max_connections_per_ip, 64);
+        // Relay domains: a call-ahead by default, at most 5 DSNs an hour to
+        // one address and 200 in all.
+        assert_eq!(c.relay.recipient_check, RecipientCheck::Callahead);
+        assert_eq!(c.relay.dsn_per_address_per_hour, 5);
+        assert_eq!(c.relay.dsn_per_hour, 200);
+        // Bare CR/LF refused; senders verified.
+        assert_eq!(c.smtp.bare_line_endings, BareLineEndings::Reject);
+        assert!(c.smtp.require_verified_senders);
+        // 256 MiB for bodies in flight, a quarter of it (at least
+        // max_message_size) per holder.
+        assert_eq!(c.limits.body_memory_budget, 256 * MIB);
+        assert_eq!(c.limits.body_memory_share(), 64 * MIB);
+        assert!(c.limits.body_memory_share() >= c.limits.max_message_size);
+        // Brute force: slower after 3 failures, an IP blocked after 20, a
+        // network after 100; hashing on half the cores.
+        assert_eq!(c.auth.delay_after_failures, 3);
+        assert_eq!(c.auth.block_ip_after_failures, 20);
+        assert_eq!(c.auth.block_network_after_failures, 100);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.auth.password_hash_parallelism, (cores / 2).max(1));
+        // DKIM rotation overlap 7 days; DANE on, not required.
+        assert_eq!(
+            c.senders.dkim_rotation_overlap,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(c.dns.dane && !c.dns.dane_required);
+        // Webhooks: https to public addresses only unless relaxed.
+        assert!(!c.webhooks.allow_plain_http && !c.webhooks.allow_private_destinations);
+        // Durable: every commit synced.
+        assert_eq!(c.store.synchronous, StoreSynchronous::Full);
+    }
+
     #[test]
     fn store_synchronous_takes_the_three_sqlite_levels_only() {
         for (text, want) in [

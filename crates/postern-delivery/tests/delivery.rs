@@ -1069,6 +1069,69 @@ async fn connections_are_reused_up_to_the_message_limit() {
     assert_eq!(per_conn.get(&2), Some(&1), "{per_conn:?}");
 }
 
+/// README: delivery is shaped per destination, one MX host, "so every
+/// domain a provider serves shares it". Two domains whose MX is the same
+/// host, one connection per destination: that one connection carries both
+/// domains' mail (shaped per domain, each would have had its own).
+#[tokio::test]
+async fn domains_served_by_one_mx_host_share_its_connections() {
+    let sink = start_sink(SinkOptions::default()).await;
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let dns = start_dns(vec![
+        ("one.example.", mx("mx.provider.example.")),
+        ("two.example.", mx("mx.provider.example.")),
+        (
+            "mx.provider.example.",
+            RData::A(A(Ipv4Addr::new(127, 0, 0, 1))),
+        ),
+    ])
+    .await;
+    let node = start_shaped_node(
+        vec![],
+        Some(dns),
+        sink.addr.port(),
+        shaping("[queue]\nmax_connections_per_destination = 1\n"),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        for domain in ["one.example", "two.example"] {
+            let rcpt = format!("r{i}@{domain}");
+            ids.push(
+                node.send(
+                    "a@example.org",
+                    &[rcpt.as_str()],
+                    b"Subject: p\r\n\r\nx\r\n",
+                )
+                .await,
+            );
+        }
+    }
+    for id in &ids {
+        node.final_events(id, 1).await;
+    }
+    let got = sink.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 6);
+    assert_eq!(
+        sink.connections.load(Ordering::SeqCst),
+        1,
+        "one destination, one connection, for both domains"
+    );
+    let mut rcpts: Vec<String> = got.iter().flat_map(|r| r.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "r0@one.example",
+            "r0@two.example",
+            "r1@one.example",
+            "r1@two.example",
+            "r2@one.example",
+            "r2@two.example"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn accounts_send_from_their_ip_pool_with_its_ehlo_name() {
     use postern_store::{AccountRecord, AccountStore};

@@ -480,6 +480,33 @@ mod tests {
         assert!(s.decide("x@exаmple.org", &from("y@exаmple.org")).is_err());
     }
 
+    /// README, anti-spoofing: every mailbox of the header From must be
+    /// verified for the account, not only the first (RFC 5322 §3.6.2
+    /// allows a From with several authors, and readers may show any).
+    /// Relaxed alignment, so only the From check can refuse.
+    #[test]
+    fn every_from_mailbox_must_be_verified() {
+        let s = senders(false);
+        let from = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        for list in [
+            ["y@example.org", "ceo@evil.example"],
+            ["ceo@evil.example", "y@example.org"],
+        ] {
+            let e = s.decide("x@example.org", &from(&list)).unwrap_err();
+            assert!(
+                e.contains("From header domain evil.example"),
+                "{list:?}: {e}"
+            );
+        }
+        // A verified domain and a verified single sender together pass.
+        assert!(s
+            .decide(
+                "x@example.org",
+                &from(&["y@example.org", "alice@gmail.example"])
+            )
+            .is_ok());
+    }
+
     #[test]
     fn strict_alignment_and_relaxed() {
         let strict = senders(true);

@@ -65,3 +65,28 @@ impl DkimKeys {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README: `postern domain add` generates RSA-2048 and Ed25519 keys.
+    /// The sizes are read back from what is stored and published, not from
+    /// the constant the generator was given.
+    #[test]
+    fn generated_keys_are_rsa_2048_and_ed25519() {
+        let keys = DkimKeys::generate().unwrap();
+        let rsa = KeyPair::from_pkcs8(&keys.rsa_private).unwrap();
+        assert_eq!(rsa.public_modulus_len() * 8, 2048);
+        // The published `p=` (RFC 8017 RSAPublicKey) is the same key.
+        assert_eq!(rsa.public_key().as_ref(), keys.rsa_public.as_slice());
+        let ed = Ed25519KeyPair::from_pkcs8(&keys.ed25519_private).unwrap();
+        assert_eq!(ed.public_key().as_ref(), keys.ed25519_public.as_slice());
+        // RFC 8463 §4: the raw 32-byte Ed25519 public key.
+        assert_eq!(keys.ed25519_public.len(), 32);
+        // Fresh keys each time.
+        let again = DkimKeys::generate().unwrap();
+        assert_ne!(again.rsa_public, keys.rsa_public);
+        assert_ne!(again.ed25519_public, keys.ed25519_public);
+    }
+}

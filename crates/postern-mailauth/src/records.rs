@@ -318,6 +318,64 @@ mod tests {
         assert_eq!(none.records()[3].value, "v=spf1 a:mta.example.net -all");
     }
 
+    /// README: `postern domain add` prints both DKIM keys, the return-path
+    /// MX and SPF, SPF, DMARC `p=none`, "and optionally TLS-RPT and
+    /// MTA-STS": which records verification requires, and the two optional
+    /// ones (RFC 8460 §3, RFC 8461 §3.1), marked so in the zone snippet.
+    #[test]
+    fn tls_rpt_and_mta_sts_are_printed_as_optional() {
+        let keys = keys();
+        let setup = DomainSetup {
+            domain: "example.com",
+            selector: "pst1",
+            keys: &keys,
+            mail_host: "mta.example.net",
+            source_ips: &[],
+            return_path_label: "pst-bounces",
+            dmarc_rua: "dmarc@example.com",
+        };
+        let records = setup.records();
+        let listed: Vec<(&str, &str, bool)> = records
+            .iter()
+            .map(|r| (r.name.as_str(), r.rtype, r.required))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("pst1-rsa._domainkey.example.com", "TXT", true),
+                ("pst1-ed._domainkey.example.com", "TXT", true),
+                ("pst-bounces.example.com", "MX", true),
+                ("pst-bounces.example.com", "TXT", true),
+                ("example.com", "TXT", false),
+                ("_dmarc.example.com", "TXT", true),
+                ("_smtp._tls.example.com", "TXT", false),
+                ("_mta-sts.example.com", "TXT", false),
+            ]
+        );
+        let value = |name: &str| {
+            records
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.value.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            value("_smtp._tls.example.com"),
+            "v=TLSRPTv1; rua=mailto:dmarc@example.com"
+        );
+        assert!(value("_mta-sts.example.com").starts_with("v=STSv1; id="));
+        // In the zone snippet each record follows its comment line.
+        let zone = zone_snippet(&records);
+        let lines: Vec<&str> = zone.lines().collect();
+        for name in ["_smtp._tls.example.com.", "_mta-sts.example.com."] {
+            let at = lines.iter().position(|l| l.starts_with(name)).unwrap();
+            assert!(
+                lines[at - 1].starts_with("; ") && lines[at - 1].ends_with("(optional)"),
+                "{name}: {zone}"
+            );
+        }
+    }
+
     #[test]
     fn long_txt_values_split_at_255() {
         let v = "x".repeat(600);

@@ -145,18 +145,21 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn both_signatures_verify_with_the_published_records_and_break_on_change() {
-        let keys = DkimKeys::generate().unwrap();
-        let setup = DomainSetup {
+    /// example.com's setup with `keys`, selector pst1.
+    fn setup(keys: &DkimKeys) -> DomainSetup<'_> {
+        DomainSetup {
             domain: "example.com",
             selector: "pst1",
-            keys: &keys,
+            keys,
             mail_host: "mta.example.net",
             source_ips: &[],
             return_path_label: "pst-bounces",
             dmarc_rua: "dmarc@example.com",
-        };
+        }
+    }
+
+    /// The setup's DKIM key records, as the verifier's DNS cache.
+    fn published(setup: &DomainSetup) -> Published {
         let published = Published(Mutex::new(HashMap::new()));
         for r in setup
             .records()
@@ -170,6 +173,26 @@ mod tests {
                 std::time::Instant::now(),
             );
         }
+        published
+    }
+
+    /// Whether each DKIM signature of `message` passes against `published`.
+    async fn verdicts(published: &Published, message: &[u8]) -> Vec<bool> {
+        let verifier = MessageAuthenticator::new_cloudflare().unwrap();
+        let msg = AuthenticatedMessage::parse(message).unwrap();
+        verifier
+            .verify_dkim(mail_auth::Parameters::new(&msg).with_txt_cache(published))
+            .await
+            .iter()
+            .map(|r| matches!(r.result(), DkimResult::Pass))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn both_signatures_verify_with_the_published_records_and_break_on_change() {
+        let keys = DkimKeys::generate().unwrap();
+        let setup = setup(&keys);
+        let published = published(&setup);
         let signer = DomainSigner::new(
             "example.com",
             Some((&setup.rsa_selector(), &keys.rsa_private)),
@@ -189,20 +212,9 @@ mod tests {
             "{text}"
         );
 
-        let verifier = MessageAuthenticator::new_cloudflare().unwrap();
         let verify = |message: Vec<u8>| {
-            let verifier = &verifier;
             let published = &published;
-            async move {
-                let msg = AuthenticatedMessage::parse(&message).unwrap();
-                let results = verifier
-                    .verify_dkim(mail_auth::Parameters::new(&msg).with_txt_cache(published))
-                    .await;
-                results
-                    .iter()
-                    .map(|r| matches!(r.result(), DkimResult::Pass))
-                    .collect::<Vec<bool>>()
-            }
+            async move { verdicts(published, &message).await }
         };
         let mut signed = headers.clone();
         signed.extend_from_slice(body);
@@ -226,5 +238,48 @@ mod tests {
         second_from.extend_from_slice(b"From: mallory@evil.example\r\n");
         second_from.extend_from_slice(body);
         assert_eq!(verify(second_from).await, vec![false, false]);
+    }
+
+    /// The content of a DER TLV at the start of `der`, and what follows it.
+    fn der_tlv(der: &[u8]) -> (&[u8], &[u8]) {
+        let (len, head) = match der[1] {
+            n if n < 0x80 => (n as usize, 2),
+            n => {
+                let bytes = (n & 0x7f) as usize;
+                let len = der[2..2 + bytes]
+                    .iter()
+                    .fold(0usize, |l, b| l << 8 | *b as usize);
+                (len, 2 + bytes)
+            }
+        };
+        (&der[head..head + len], &der[head + len..])
+    }
+
+    /// The PKCS#1 RSAPrivateKey inside a PKCS#8 PrivateKeyInfo (RFC 5208
+    /// §5: version, algorithm, then the key as an OCTET STRING): the form
+    /// earlier versions stored.
+    fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Vec<u8> {
+        let (info, _) = der_tlv(pkcs8);
+        let (_version, rest) = der_tlv(info);
+        let (_algorithm, rest) = der_tlv(rest);
+        assert_eq!(rest[0], 0x04, "an OCTET STRING");
+        der_tlv(rest).0.to_vec()
+    }
+
+    /// README, dependencies: DKIM RSA keys are generated as PKCS#8, and
+    /// keys stored as PKCS#1 by earlier versions still load (and sign).
+    #[tokio::test]
+    async fn a_pkcs1_rsa_key_from_an_earlier_version_still_signs() {
+        let keys = DkimKeys::generate().unwrap();
+        let pkcs1 = pkcs1_from_pkcs8(&keys.rsa_private);
+        // Really PKCS#1: aws-lc-rs reads it as an RSAPrivateKey.
+        assert!(aws_lc_rs::rsa::KeyPair::from_der(&pkcs1).is_ok());
+        let setup = setup(&keys);
+        let signer =
+            DomainSigner::new("example.com", Some((&setup.rsa_selector(), &pkcs1)), None).unwrap();
+        let body = b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: old key\r\n\r\nHello\r\n";
+        let mut signed = signer.sign(body).unwrap();
+        signed.extend_from_slice(body);
+        assert_eq!(verdicts(&published(&setup), &signed).await, vec![true]);
     }
 }

@@ -181,13 +181,8 @@ impl WebhookDispatcher {
         }
     }
 
-    /// 1 s, 2 s, 4 s … up to `retry_max`, with ±20 % jitter so receivers
-    /// coming back are not hit by every sender at once.
     fn retry_delay(&self, failures: u32) -> Duration {
-        let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(20));
-        let capped = base.min(self.config.retry_max);
-        let factor = rand::rng().random_range(0.8..1.2);
-        capped.mul_f64(factor)
+        retry_delay(self.config.retry_max, failures)
     }
 
     /// Sends everything new for one webhook, a batch at a time.
@@ -316,6 +311,37 @@ impl WebhookDispatcher {
             Ok(())
         } else {
             Err(format!("{url}: HTTP {status}"))
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s … up to `retry_max`, with ±20 % jitter so receivers
+/// coming back are not hit by every sender at once.
+fn retry_delay(retry_max: Duration, failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(20));
+    let capped = base.min(retry_max);
+    let factor = rand::rng().random_range(0.8..1.2);
+    capped.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README: event webhooks are retried with backoff: the delay after
+    /// the n-th failure in a row doubles from 1 s up to
+    /// `webhooks.retry_max`, each within ±20 % (jitter).
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let cap = Duration::from_secs(5);
+        for (failures, base) in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (64, 5.0)] {
+            for _ in 0..100 {
+                let d = retry_delay(cap, failures).as_secs_f64();
+                assert!(
+                    d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9,
+                    "after {failures} failures: {d} s"
+                );
+            }
         }
     }
 }
