@@ -20,7 +20,7 @@
 # mail never goes into a median, and makes the script exit non-zero at the
 # end.
 #
-#   bash bench/side-by-side.sh            # full run (a few minutes, plus about 10 for the large scenario)
+#   bash bench/side-by-side.sh            # full run (a few minutes, plus about 7 for the large scenario)
 #   ROUNDS=1 bash bench/side-by-side.sh   # quicker, noisier
 #   ONLY=large bash bench/side-by-side.sh # large messages and memory only
 #   ONLY=smoke bash bench/side-by-side.sh # sets every peer up, sends a few messages through each, stops
@@ -628,9 +628,8 @@ idle_memory() { # count mode(plain|starttls)
 # Samples memory every 0.2 s until SIGTERM (exec: the PID of "rss_sampler &"
 # is the sampler's own), then prints the peaks as JSON:
 #   postern PID: its VmRSS (and VmHWM at the end);
-#   tree ROOT_PID (Postfix's master, OpenSMTPD's parent): VmRSS summed over
-#   the root and all its descendants (smtpd, cleanup, qmgr, smtp, ...; or
-#   OpenSMTPD's privilege-separated processes) at each sample, max over
+#   tree ROOT_PID (Postfix's master): VmRSS summed over the root and all its
+#   descendants (smtpd, cleanup, qmgr, smtp, ...) at each sample, max over
 #   samples; and the same sum of Pss (shared pages counted once across
 #   processes).
 rss_sampler() { # postern|tree PID READY-FILE
@@ -704,8 +703,10 @@ stop_sampler() { kill -TERM "$SAMPLER"; wait "$SAMPLER" || true; }
 # MAIL carries SIZE=. A 4xx (Postern's budget answers 452 4.3.1) is counted
 # and the message sent again after a short backoff until accepted, so MiB/s
 # is of messages accepted and delivered to the sink. The same load then goes
-# to Postfix, whose processes' memory is summed, and to OpenSMTPD, likewise.
-# Last, API_CLIENTS (50)
+# to Postfix, whose processes' memory is summed. Not to OpenSMTPD: 6.8.0p2
+# has no CHUNKING (RFC 3030), so the BDAT half of the load fails there ("the
+# server does not advertise CHUNKING", in a smoke check) and it cannot take
+# the same load. Last, API_CLIENTS (50)
 # concurrent /v3/mail/send requests with an API_ATTACHMENT (10 MiB)
 # attachment, base64, against Postern alone (503 retried likewise).
 large_scenario() {
@@ -713,7 +714,7 @@ large_scenario() {
   local api_n=${API_CLIENTS:-50} att=${API_ATTACHMENT:-$((10 * 1024 * 1024))}
   local common=(--connections "$n" --messages "$msgs" --size "$size" --mix --size-param --retry-4xx
     --relay-to rcpt@relay.bench.test --timeout "${LARGE_TIMEOUT:-600}")
-  local a b c d pn_mem pf_mem api_mem os_mem pf_master
+  local a b c pn_mem pf_mem api_mem pf_master
   stop_postern; setup_postern
   local base; base=$(rss_kib "$PN_PID")
 
@@ -728,21 +729,14 @@ large_scenario() {
         --starttls --user bench@postfix.bench.test --password benchpass "${common[@]}" --label "postfix large"); echo "$b"
   stop_sampler; pf_mem=$(cat "$WORK/mem-postfix.json")
 
-  restart_opensmtpd
-  start_sampler tree "$OS_PID" "$WORK/mem-opensmtpd.json"
-  d=$("$LOADGEN" --server 127.0.0.1:$OS_SUB --relay-server 127.0.0.1:$OS_MX --sink 127.0.0.1:$OS_SINK \
-        --starttls --user bench --password benchpass "${common[@]}" --label "opensmtpd large"); echo "$d"
-  stop_sampler; os_mem=$(cat "$WORK/mem-opensmtpd.json")
-
   start_sampler postern "$PN_PID" "$WORK/mem-api.json"
   c=$("$LOADGEN" --server 127.0.0.1:$PN_SUB --api 127.0.0.1:$PN_HTTP --sink 127.0.0.1:$PN_SINK \
         --password "$PN_KEY" --connections "$api_n" --messages 1 --attachment-size "$att" --retry-4xx \
         --timeout "${LARGE_TIMEOUT:-600}" --label "postern api large"); echo "$c"
   stop_sampler; api_mem=$(cat "$WORK/mem-api.json")
 
-  check_runs "large scenario" "$a" "$b" "$c" "$d"
-  python3 "$SUMMARY" large "$a" "$b" "$c" "$pn_mem" "$pf_mem" "$api_mem" "$base" "$BUDGET" "$MAX_SIZE" "$d" "$os_mem" \
-    | tee -a "$WORK/summary.jsonl"
+  check_runs "large scenario" "$a" "$b" "$c"
+  python3 "$SUMMARY" large "$a" "$b" "$c" "$pn_mem" "$pf_mem" "$api_mem" "$base" "$BUDGET" "$MAX_SIZE" | tee -a "$WORK/summary.jsonl"
 }
 
 stop_all() { stop_postern; stop_postfix postfix; stop_postfix postfix-opendkim; stop_opendkim; stop_opensmtpd; }

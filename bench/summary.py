@@ -11,7 +11,7 @@ against each, and PASS or MISS against each of its targets.
     python3 bench/summary.py scenario NAME DESCRIPTION postern=RUNS PEER=RUNS...
     python3 bench/summary.py rsa-bound POSTERN_SIGNED_RUNS RSA_RATE_JSON
     python3 bench/summary.py check LABEL RUN_JSON...
-    python3 bench/summary.py large SMTP POSTFIX API PN_MEM PF_MEM API_MEM BASE_KIB BUDGET MAX_SIZE [OPENSMTPD OS_MEM]
+    python3 bench/summary.py large SMTP POSTFIX API PN_MEM PF_MEM API_MEM BASE_KIB BUDGET MAX_SIZE
 
 RUNS are files of runs, one JSON object a line; PEER is a server's name as
 in TARGETS (postfix, opensmtpd, postfix-opendkim). RSA_RATE_JSON is the line
@@ -129,13 +129,12 @@ def rsa_bound(signed_runs, rate):
     }
 
 
-def large(a, b, c, pn, pf, api, base_kib, budget, max_size, d=None, os_mem=None):
+def large(a, b, c, pn, pf, api, base_kib, budget, max_size):
     """The large-message scenario's line: throughput, and Postern's peak
-    memory beside the body memory budget (and OpenSMTPD's, when `d` and
-    `os_mem` are its run and memory)."""
+    memory beside the body memory budget."""
     mib = lambda kib: round(kib / 1024, 1)
     peak_kib = max(pn["vmhwm_kib"], pn["peak_rss_kib"], api["vmhwm_kib"], api["peak_rss_kib"])
-    line = {
+    return {
         "scenario": f"{a['connections']} clients x {a['messages_per_connection']} msgs of {a['message_bytes'] / 2**20:.0f} MiB "
                     "(DATA/BDAT x STARTTLS+AUTH submission/plaintext unauthenticated relay, a quarter each; 4xx retried), "
                     f"then {c['connections']} /v3/mail/send with a {c['attachment_bytes'] / 2**20:.0f} MiB attachment (Postern only)",
@@ -161,16 +160,6 @@ def large(a, b, c, pn, pf, api, base_kib, budget, max_size, d=None, os_mem=None)
         "postern_api_seconds": c["e2e_seconds"],
         "loadgen_peak_rss_mib": mib(max(a["loadgen_peak_rss_kib"], b["loadgen_peak_rss_kib"])),
     }
-    if d is not None:
-        line.update({
-            "opensmtpd_peak_rss_sum_mib": mib(os_mem["peak_rss_kib"]),
-            "opensmtpd_peak_pss_sum_mib": mib(os_mem["peak_pss_kib"]),
-            "opensmtpd_processes_at_peak": os_mem["processes_at_peak"],
-            "opensmtpd_smtp_e2e_mib_per_s": d["e2e_mib_per_s"],
-            "opensmtpd_smtp_4xx": d["pushbacks"],
-            "opensmtpd_smtp_seconds": d["e2e_seconds"],
-        })
-    return line
 
 
 def read_runs(path):
@@ -209,8 +198,7 @@ def main(argv):
         return 2 if bad else 0
     if command == "large":
         runs = [json.loads(x) for x in args[:6]]
-        extra = [json.loads(x) for x in args[9:11]]
-        line = large(*runs, int(args[6]), int(args[7]), int(args[8]), *extra)
+        line = large(*runs, int(args[6]), int(args[7]), int(args[8]))
         print(json.dumps(line))
         print(f"large messages: Postern's peak RSS {max(line['postern_vmhwm_mib'], line['postern_peak_rss_smtp_mib'], line['postern_peak_rss_api_mib'])} MiB "
               f"for a body memory budget of {line['budget_mib']:.0f} MiB ({line['postern_peak_over_budget']}x the budget)",
