@@ -36,37 +36,86 @@ def test_unclean_runs_never_enter_the_median():
     assert summary.clean_median([run(5, errors=1)]) == (None, [("r", ["1 errors"])])
 
 
-@pytest.mark.parametrize("name,target", sorted(summary.TARGETS.items()))
-def test_each_target_is_pass_at_or_above_and_miss_below(name, target):
-    pf = [run(100)]
-    at = summary.scenario(name, "d", [run(100 * target)], pf)
-    below = summary.scenario(name, "d", [run(100 * target - 1)], pf)
-    assert (at["verdict"], at["ratio"], at["target_ratio"]) == ("PASS", target, target)
-    assert below["verdict"] == "MISS" and below["ratio"] < target
+TARGET_CASES = sorted((name, peer, target) for name, by_peer in summary.TARGETS.items()
+                      for peer, target in by_peer.items())
+
+
+def peers_at(name, rate):
+    """Every peer TARGETS names for `name` at `rate`."""
+    return {peer: [run(rate)] for peer in summary.TARGETS.get(name, {"postfix": 0})}
+
+
+@pytest.mark.parametrize("name,peer,target", TARGET_CASES)
+def test_each_target_is_pass_at_or_above_and_miss_below(name, peer, target):
+    # Every other peer far behind, so that only `peer` decides.
+    others = {p: [run(1)] for p in summary.TARGETS[name] if p != peer}
+    at = summary.scenario(name, "d", {"postern": [run(100 * target)], peer: [run(100)], **others})
+    below = summary.scenario(name, "d", {"postern": [run(100 * target - 1)], peer: [run(100)], **others})
+    assert (at["verdicts"][peer], at["ratio"][peer], at["target_ratio"][peer]) == ("PASS", target, target)
+    assert at["verdict"] == "PASS"
+    assert below["verdicts"][peer] == "MISS" and below["ratio"][peer] < target
+    assert below["verdict"] == "MISS"
 
 
 def test_targets_are_the_agreed_ones():
-    assert summary.TARGETS == {"50x10": 10.0, "50x1": 6.0, "signed-verp": 3.5, "domains": 8.0}
+    assert summary.TARGETS == {
+        "50x10": {"postfix": 10.0, "opensmtpd": 10.0},
+        "50x1": {"postfix": 6.0},
+        "signed-verp": {"postfix": 3.5, "postfix-opendkim": 6.0},
+        "domains": {"postfix": 8.0},
+    }
+    assert summary.RSA_BOUND_TARGET_PERCENT == 70.0
+
+
+def test_every_peer_gets_its_median_and_ratio_and_one_miss_fails_the_line():
+    line = summary.scenario("signed-verp", "d", {
+        "postern": [run(2000), run(2100), run(2200)],
+        "postfix": [run(500), run(400), run(600)],
+        "postfix-opendkim": [run(300), run(400), run(350)],
+    })
+    assert line["msgs_per_s"] == {"postern": 2100, "postfix": 500, "postfix-opendkim": 350}
+    assert line["ratio"] == {"postfix": 4.2, "postfix-opendkim": 6.0}
+    assert line["verdicts"] == {"postfix": "PASS", "postfix-opendkim": "PASS"}
+    line = summary.scenario("signed-verp", "d", {
+        "postern": [run(2000)], "postfix": [run(500)], "postfix-opendkim": [run(400)]})
+    assert line["verdicts"] == {"postfix": "PASS", "postfix-opendkim": "MISS"} and line["verdict"] == "MISS"
+    # A peer without a target (OpenSMTPD at 50x1) is reported, not judged.
+    line = summary.scenario("50x1", "d", {"postern": [run(600)], "postfix": [run(100)], "opensmtpd": [run(200)]})
+    assert line["ratio"] == {"postfix": 6.0, "opensmtpd": 3.0} and line["verdicts"] == {"postfix": "PASS"}
+
+
+def test_a_target_without_runs_of_its_peer_is_an_error_not_a_pass():
+    with pytest.raises(ValueError, match="opensmtpd"):
+        summary.scenario("50x10", "d", {"postern": [run(5000)], "postfix": [run(100)]})
 
 
 def test_a_side_without_a_clean_run_is_a_miss_not_a_figure():
-    line = summary.scenario("50x10", "d", [run(5000, errors=2)], [run(100)])
-    assert (line["postern_msgs_per_s"], line["ratio"], line["verdict"]) == (None, None, "MISS")
+    line = summary.scenario("50x10", "d", {"postern": [run(5000, errors=2)], "postfix": [run(100)],
+                                           "opensmtpd": [run(100)]})
+    assert (line["msgs_per_s"]["postern"], line["ratio"]["postfix"], line["verdict"]) == (None, None, "MISS")
     assert line["left_out"] == ["r: 2 errors"]
+    line = summary.scenario("50x10", "d", {"postern": [run(5000)], "postfix": [run(100)],
+                                           "opensmtpd": [run(100, delivered=3, label="os")]})
+    assert (line["ratio"]["opensmtpd"], line["verdicts"]["opensmtpd"]) == (None, "MISS")
+    assert line["left_out"] == ["os: 3 of 5000 accepted messages delivered"]
     # A reference line has no target and no verdict.
-    assert summary.scenario("signing-reference", "d", [run(10)], [run(1)])["verdict"] is None
+    assert summary.scenario("signing-reference", "d", {"postern": [run(10)], "postfix": [run(1)]})["verdict"] is None
 
 
 def test_the_command_line_exits_non_zero_when_a_run_was_left_out(tmp_path):
-    pn, pf = tmp_path / "pn", tmp_path / "pf"
+    pn, pf, os_ = tmp_path / "pn", tmp_path / "pf", tmp_path / "os"
     pn.write_text("\n".join(json.dumps(r) for r in [run(1000), run(1200), run(50_000, errors=1, label="bad")]) + "\n")
     pf.write_text(json.dumps(run(100)) + "\n")
-    cmd = [sys.executable, str(HERE / "summary.py"), "scenario", "50x10", "fifty by ten", str(pn), str(pf)]
+    os_.write_text(json.dumps(run(125)) + "\n")
+    cmd = [sys.executable, str(HERE / "summary.py"), "scenario", "50x10", "fifty by ten",
+           f"postern={pn}", f"postfix={pf}", f"opensmtpd={os_}"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2, out.stderr
     line = json.loads(out.stdout)
-    assert (line["postern_msgs_per_s"], line["ratio"], line["verdict"]) == (1100, 11.0, "PASS")
-    assert "PASS: fifty by ten: 11.0x Postfix, target 10.0x" in out.stderr
+    assert (line["msgs_per_s"]["postern"], line["ratio"], line["verdict"]) == (
+        1100, {"postfix": 11.0, "opensmtpd": 8.8}, "MISS")
+    assert "PASS: fifty by ten: 11.0x postfix, target 10.0x" in out.stderr
+    assert "MISS: fifty by ten: 8.8x opensmtpd, target 10.0x" in out.stderr
     assert "left out of the median: bad: 1 errors" in out.stderr
     # All clean: exit 0, whether PASS or MISS.
     pn.write_text(json.dumps(run(500)) + "\n")
@@ -76,6 +125,23 @@ def test_the_command_line_exits_non_zero_when_a_run_was_left_out(tmp_path):
     assert subprocess.run(check + [json.dumps(run(1))]).returncode == 0
     assert subprocess.run(check + [json.dumps(run(1)), json.dumps(run(1, delivered=0))],
                           capture_output=True).returncode == 2
+
+
+def test_rsa_bound_is_the_signed_median_over_the_signing_rate(tmp_path):
+    rate = {"rsa2048_signatures_per_s": 3000, "threads": 2, "seconds": 5.0, "signatures": 15000}
+    signed = [run(2000), run(2200), run(2100, errors=1), run(2150)]
+    line = summary.rsa_bound(signed, rate)
+    # The unclean 2100 is left out: the median of 2000, 2150, 2200.
+    assert (line["postern_signed_msgs_per_s"], line["percent_of_rsa_bound"], line["verdict"]) == (2150, 71.7, "PASS")
+    assert summary.rsa_bound([run(2099)], rate)["verdict"] == "MISS"
+    assert summary.rsa_bound([run(2100)], rate)["verdict"] == "PASS"
+    assert summary.rsa_bound([run(1, errors=1)], rate)["percent_of_rsa_bound"] is None
+    runs = tmp_path / "signed"
+    runs.write_text("\n".join(json.dumps(r) for r in signed) + "\n")
+    out = subprocess.run([sys.executable, str(HERE / "summary.py"), "rsa-bound", str(runs), json.dumps(rate)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and json.loads(out.stdout)["percent_of_rsa_bound"] == 71.7, out
+    assert "PASS: Postern signs at 71.7 %" in out.stderr
 
 
 def test_large_reports_peak_memory_against_the_budget():
@@ -91,11 +157,24 @@ def test_large_reports_peak_memory_against_the_budget():
     assert line["postern_peak_over_budget"] == round(926 / 256, 2)
 
 
-def test_the_script_parses_and_measures_every_target():
+def test_the_script_parses_and_measures_every_target_against_its_peers():
     script = HERE / "side-by-side.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    measured = set(re.findall(r"^\s*scenario ([\w-]+) ", text, re.M))
-    assert set(summary.TARGETS) <= measured, measured
+    default = re.search(r'^PEERS_DEFAULT="([^"]*)"', text, re.M).group(1).split()
+    # One logical line per scenario call (continuations joined), with the
+    # peers its PEERS= prefix names, or the default.
+    joined = text.replace("\\\n", " ")
+    measured = {}
+    for peers, name in re.findall(r'^\s*(?:PEERS="([^"]*)"\s+)?(?:\w+=\S+\s+)*scenario ([\w-]+) ', joined, re.M):
+        measured[name] = peers.split() if peers else default
+    assert set(summary.TARGETS) <= set(measured), measured
+    for name, by_peer in summary.TARGETS.items():
+        assert measured[name][0] == "postern" and set(by_peer) <= set(measured[name]), (name, measured[name])
+    # Every peer a scenario names can be run.
+    runnable = set(re.findall(r"^\s{4}([\w-]+)\)$", text[text.index("run_load() {"):], re.M))
+    assert {p for peers in measured.values() for p in peers} <= runnable, runnable
+    # The RSA-bound limit is measured in the signing scenario.
+    assert "rsa_bound" in text[text.index("signing_scenario() {"):text.index("rsa_bound() {")]
     # No median is taken anywhere but in summary.py.
     assert "statistics.median" not in text
