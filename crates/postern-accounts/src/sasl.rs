@@ -47,8 +47,15 @@ pub fn decode_plain(payload: &[u8]) -> Result<Credentials, SaslError> {
     };
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| SaslError::Malformed);
     let (authzid, username, secret) = (text(authzid)?, text(authcid)?, text(passwd)?);
-    // RFC 4616 §2: authcid and passwd are non-empty, at most 255 octets.
-    if username.is_empty() || secret.is_empty() || username.len() > 255 || secret.len() > 255 {
+    // RFC 4616 §2: authcid and passwd are non-empty; all three fields are
+    // at most 255 octets (the limit every server must accept; longer is
+    // refused here, so nothing longer reaches a lookup, a log or the audit).
+    if username.is_empty()
+        || secret.is_empty()
+        || username.len() > 255
+        || secret.len() > 255
+        || authzid.len() > 255
+    {
         return Err(SaslError::Malformed);
     }
     Ok(Credentials {
@@ -84,6 +91,24 @@ mod tests {
         assert_eq!(decode_plain(b"\0\0pw"), Err(SaslError::Malformed));
         assert_eq!(decode_plain(b"\0u\0p\0extra"), Err(SaslError::Malformed));
         assert_eq!(decode_plain(b"\0u\0\xff"), Err(SaslError::Malformed));
+    }
+
+    /// Every field is bounded at 255 octets at input (RFC 4616 §2), the
+    /// LOGIN fields too: 255 is taken, 256 refused.
+    #[test]
+    fn fields_are_bounded_at_255_octets() {
+        let (ok, long) = ("u".repeat(255), "u".repeat(256));
+        let plain = |z: &str, c: &str, p: &str| decode_plain(format!("{z}\0{c}\0{p}").as_bytes());
+        assert_eq!(plain("", &ok, "pw").unwrap().username, ok);
+        assert_eq!(plain(&ok, "a", "pw").unwrap().authzid, ok);
+        assert_eq!(plain("", &long, "pw"), Err(SaslError::Malformed));
+        assert_eq!(plain(&long, "a", "pw"), Err(SaslError::Malformed));
+        assert_eq!(plain("", "a", &long), Err(SaslError::Malformed));
+        assert_eq!(decode_login_field(ok.as_bytes()).unwrap(), ok);
+        assert_eq!(
+            decode_login_field(long.as_bytes()),
+            Err(SaslError::Malformed)
+        );
     }
 
     #[test]
