@@ -264,9 +264,10 @@ require_verified_senders = {"true" if enforce_senders else "false"}
             timeout=60,
         )
 
-    def start(self, wrapper=(), preexec_fn=None):
+    def start(self, wrapper=(), preexec_fn=None, env=None):
         """Runs `postern serve`; under `wrapper` (a command such as strace
-        that runs the rest of its arguments) when given."""
+        that runs the rest of its arguments) when given; with `env` as its
+        whole environment when given."""
         self._note_unasked_exit()
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
@@ -275,6 +276,7 @@ require_verified_senders = {"true" if enforce_senders else "false"}
                 stderr=logf,
                 text=True,
                 preexec_fn=preexec_fn,
+                env=env,
             )
         self._exit_expected = False
         self.pid = self._server_pid() if wrapper else self.proc.pid
