@@ -196,3 +196,83 @@ async fn one_network_holds_only_its_share() {
         .starts_with("250"));
     assert_eq!(server.queued().await, 2);
 }
+
+/// A submission session from `source`, authenticated with `key`, in a
+/// transaction and ready for DATA.
+async fn authenticated_from(
+    server: &harness::Server,
+    source: &str,
+    key: &str,
+) -> harness::Client<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use base64::Engine;
+    let mut c = connect_from(source, server.submission).await;
+    c.reply().await;
+    c.cmd("EHLO client.test").await;
+    let mut c = harness::starttls(server, c).await;
+    c.cmd("EHLO client.test").await;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0apikey\0{key}"));
+    let r = c.cmd(&format!("AUTH PLAIN {auth}")).await;
+    assert!(r.starts_with("235"), "{r}");
+    c
+}
+
+/// Authenticated mail is held to its account's share, wherever it comes
+/// from: the account's second session from another network is refused
+/// while another tenant from the slow upload's own address goes through.
+#[tokio::test]
+async fn an_account_holds_only_its_share_from_any_network() {
+    let mut c = Config::default();
+    c.limits.max_message_size = 256 * KIB;
+    c.limits.body_memory_budget = 1024 * KIB;
+    c.limits.body_memory_per_client = Some(256 * KIB);
+    let server = start(c).await;
+
+    // The admin account's unfinished 200 KiB body, from 127.0.0.1.
+    let mut slow = authenticated_from(&server, "127.0.0.1", &server.api_key).await;
+    assert!(slow
+        .cmd("MAIL FROM:<a@sender.test>")
+        .await
+        .starts_with("250"));
+    assert!(slow
+        .cmd("RCPT TO:<x@relay.example>")
+        .await
+        .starts_with("250"));
+    assert!(slow.cmd("DATA").await.starts_with("354"));
+    slow.send(&body(200 * KIB)).await;
+
+    // The same account from another network: refused once that body is
+    // read (polled).
+    let mut same = authenticated_from(&server, "127.0.1.1", &server.api_key).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = same.cmd("MAIL FROM:<a@sender.test> SIZE=100000").await;
+        if r.starts_with("452 4.3.1") {
+            break;
+        }
+        assert!(r.starts_with("250"), "{r}");
+        same.cmd("RSET").await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the account was never held to its share"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Another tenant from the slow upload's own address: not affected.
+    let mut other = authenticated_from(&server, "127.0.0.1", &server.other_key).await;
+    assert!(other
+        .cmd("MAIL FROM:<b@sender.test> SIZE=100000")
+        .await
+        .starts_with("250"));
+    assert!(other
+        .cmd("RCPT TO:<y@relay.example>")
+        .await
+        .starts_with("250"));
+    assert!(other.cmd("DATA").await.starts_with("354"));
+    other.send(&body(100 * KIB)).await;
+    let r = other.cmd(".").await;
+    assert!(r.starts_with("250"), "{r}");
+
+    assert!(slow.cmd(".").await.starts_with("250"));
+    assert_eq!(server.queued().await, 2);
+}

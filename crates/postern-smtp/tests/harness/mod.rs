@@ -24,6 +24,8 @@ pub struct Server {
     pub mx: SocketAddr,
     pub store: Arc<EmbeddedStore>,
     pub api_key: String,
+    /// A key of a second tenant, "tenant2".
+    pub other_key: String,
     pub cert: CertificateDer<'static>,
     pub shutdown: watch::Sender<bool>,
     /// The body memory budget the sessions lease from (to watch it).
@@ -55,6 +57,17 @@ pub async fn start(mut config: Config) -> Server {
     let issued = authenticator
         .api_keys()
         .create(store.as_ref(), "admin", "test", vec![], None)
+        .await
+        .unwrap();
+    postern_store::AccountStore::create_account(
+        store.as_ref(),
+        postern_store::AccountRecord::new("tenant2", None, postern_core::time::now_millis()),
+    )
+    .await
+    .unwrap();
+    let other = authenticator
+        .api_keys()
+        .create(store.as_ref(), "tenant2", "test", vec![], None)
         .await
         .unwrap();
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
@@ -111,6 +124,7 @@ pub async fn start(mut config: Config) -> Server {
         mx: addrs[2],
         store,
         api_key: issued.secret,
+        other_key: other.secret,
         cert,
         shutdown: tx,
         budget,
