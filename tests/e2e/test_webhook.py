@@ -172,6 +172,10 @@ def test_signed_batched_events_survive_a_failing_receiver(hooked, sink):
         assert len(ids) == len(set(ids)) == 4, events
         assert sorted(e["event"] for e in events) == ["bounce", "delivered", "processed", "processed"]
         assert {e["email"] for e in events} == {"ok@example.net", "reject-x@example.net"}
+        # Batched: the two processed events are logged in one intake and
+        # travel in one POST (batch_size 1 would make every POST carry one).
+        sizes = [len(json.loads(body)) for _, body in receiver.requests]
+        assert max(sizes) >= 2 and sum(sizes) == 4, sizes
 
         bounce = next(e for e in events if e["event"] == "bounce")
         assert bounce["type"] == "bounce"
