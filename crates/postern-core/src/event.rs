@@ -252,6 +252,52 @@ mod tests {
         assert!(v.get("type").is_none());
     }
 
+    /// Every kind's webhook form has exactly the fields SendGrid's event
+    /// webhook sends for it (plus `postern_account`): common ones, then
+    /// `response` (delivered, deferred), `attempt` (deferred), `reason`
+    /// (bounce, dropped), `type`/`status`/`bounce_classification` (bounce),
+    /// `tls` and `ip` where a connection was made. The match is exhaustive:
+    /// a new kind cannot be added without its form here.
+    #[test]
+    fn every_kind_has_sendgrids_fields_and_no_others() {
+        use std::collections::BTreeSet;
+        let common = [
+            "email",
+            "timestamp",
+            "event",
+            "sg_event_id",
+            "sg_message_id",
+            "postern_account",
+        ];
+        for kind in EventKind::ALL {
+            let mut e = event(kind);
+            e.info.source_ip = Some("192.0.2.1".into());
+            let v = e.to_webhook_json();
+            let got: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+            let extra: &[&str] = match kind {
+                EventKind::Processed => &[],
+                EventKind::Delivered => &["response", "tls", "ip"],
+                EventKind::Deferred => &["response", "attempt", "tls", "ip"],
+                EventKind::Bounce => &[
+                    "reason",
+                    "type",
+                    "status",
+                    "bounce_classification",
+                    "tls",
+                    "ip",
+                ],
+                EventKind::Dropped => &["reason"],
+            };
+            let want: BTreeSet<&str> = common.iter().chain(extra).copied().collect();
+            assert_eq!(got, want, "{kind:?}");
+            assert_eq!(v["event"], kind.as_str());
+        }
+        // A block is a bounce of type "blocked" (SendGrid's two types).
+        let mut blocked = event(EventKind::Bounce);
+        blocked.info.classification = Some("block".into());
+        assert_eq!(blocked.to_webhook_json()["type"], "blocked");
+    }
+
     #[test]
     fn json_form_flattens_attempt_info() {
         let v = event(EventKind::Delivered).to_json();
