@@ -51,6 +51,22 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// The settings a node's delivery uses, from its configuration (port 25
+    /// for MX hosts, 443 for MTA-STS policies).
+    pub fn from_config(config: &postern_core::Config) -> Self {
+        ClientSettings {
+            ehlo_name: config.server.hostname.clone(),
+            connect_timeout: config.queue.connect_timeout,
+            command_timeout: config.queue.command_timeout,
+            mx_port: SMTP_PORT,
+            ca_file: config.queue.tls_ca_file.clone(),
+            mta_sts_port: 443,
+            mta_sts: config.queue.mta_sts,
+        }
+    }
+}
+
+impl ClientSettings {
     /// The port in TLSA names (`_25._tcp.`): the real SMTP port even when
     /// tests connect to a sink elsewhere.
     fn mx_port_for_tlsa(&self) -> u16 {

@@ -147,6 +147,29 @@ async fn start_body(c: &mut harness::Client<tokio::net::TcpStream>, size: usize)
     c.send(&body(size)).await;
 }
 
+/// Polls `MAIL FROM:<from> SIZE=100000` (RSET after each 250) until it
+/// gets 452 4.3.1: the server reads the holder's slow body at its own
+/// pace. Fails after 10 s naming `holder`.
+async fn refused_once_held<S>(c: &mut harness::Client<S>, from: &str, holder: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = c.cmd(&format!("MAIL FROM:<{from}> SIZE=100000")).await;
+        if r.starts_with("452 4.3.1") {
+            return;
+        }
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("RSET").await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{holder} was never held to its share"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A slow upload from one network holds that network's share of the
 /// budget: the network's next transaction is refused while another
 /// network's goes through, although the total has room for both.
@@ -167,20 +190,7 @@ async fn one_network_holds_only_its_share() {
     let mut same = connect_from("127.0.0.2", server.mx).await;
     same.reply().await;
     same.cmd("EHLO client.test").await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = same.cmd("MAIL FROM:<c@sender.test> SIZE=100000").await;
-        if r.starts_with("452 4.3.1") {
-            break;
-        }
-        assert!(r.starts_with("250"), "{r}");
-        same.cmd("RSET").await;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "127.0.0.0/24 was never held to its share"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    refused_once_held(&mut same, "c@sender.test", "127.0.0.0/24").await;
 
     // Another network is not affected: a whole message goes through.
     let mut other = connect_from("127.0.1.1", server.mx).await;
@@ -243,20 +253,7 @@ async fn an_account_holds_only_its_share_from_any_network() {
     // The same account from another network: refused once that body is
     // read (polled).
     let mut same = authenticated_from(&server, "127.0.1.1", &server.api_key).await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = same.cmd("MAIL FROM:<a@sender.test> SIZE=100000").await;
-        if r.starts_with("452 4.3.1") {
-            break;
-        }
-        assert!(r.starts_with("250"), "{r}");
-        same.cmd("RSET").await;
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the account was never held to its share"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    refused_once_held(&mut same, "a@sender.test", "the account").await;
 
     // Another tenant from the slow upload's own address: not affected.
     let mut other = authenticated_from(&server, "127.0.0.1", &server.other_key).await;

@@ -155,13 +155,8 @@ pub async fn serve(config: Config) -> Result<()> {
             // Its own client: static routes only, so no DANE resolver.
             let probe_client = SmtpClient::new(
                 ClientSettings {
-                    ehlo_name: config.server.hostname.clone(),
-                    connect_timeout: config.queue.connect_timeout,
-                    command_timeout: config.queue.command_timeout,
-                    mx_port: postern_delivery::client::SMTP_PORT,
-                    ca_file: config.queue.tls_ca_file.clone(),
-                    mta_sts_port: 443,
                     mta_sts: false,
+                    ..ClientSettings::from_config(&config)
                 },
                 Arc::new(MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?),
             )
@@ -304,15 +299,7 @@ pub async fn serve(config: Config) -> Result<()> {
         .collect();
 
     let client = SmtpClient::with_policy_store(
-        ClientSettings {
-            ehlo_name: config.server.hostname.clone(),
-            connect_timeout: config.queue.connect_timeout,
-            command_timeout: config.queue.command_timeout,
-            mx_port: postern_delivery::client::SMTP_PORT,
-            ca_file: config.queue.tls_ca_file.clone(),
-            mta_sts_port: 443,
-            mta_sts: config.queue.mta_sts,
-        },
+        ClientSettings::from_config(&config),
         resolver,
         Some(store.clone()),
     )
