@@ -24,6 +24,8 @@
 #   bash bench/side-by-side.sh            # full run (a few minutes, plus about 7 for the large scenario)
 #   ROUNDS=1 bash bench/side-by-side.sh   # quicker, noisier
 #   ONLY=large bash bench/side-by-side.sh # large messages and memory only
+#   ONLY=sizes bash bench/side-by-side.sh # 1 MiB and 10 MiB messages against Postfix
+#   ONLY=profile bash bench/side-by-side.sh # cost per message by stage, beside the floors
 #   ONLY=smoke bash bench/side-by-side.sh # sets every peer up, sends a few messages through each, stops
 #
 # Needs root (Postfix's master and OpenSMTPD's parent run as root; packages
@@ -66,6 +68,8 @@ install_packages() {
   command -v opendkim >/dev/null || need+=(opendkim)
   command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
   command -v swaks >/dev/null || need+=(swaks)
+  command -v perf >/dev/null || need+=(linux-perf)
+  command -v curl >/dev/null || need+=(curl)
   command -v openssl >/dev/null || need+=(openssl)
   python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
   [ ${#need[@]} = 0 ] && return
@@ -593,13 +597,94 @@ domains_scenario() {
 signing_scenario() {
   PEERS="postern postfix postfix-opendkim opensmtpd" \
     scenario signing-reference 50 10 "${REPS_10:-10}" ", unsigned, no VERP, sender checks off (reference for the next line; postfix-opendkim signs)"
-  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain add example.org --account admin >/dev/null
-  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain verify example.org --operator >/dev/null
-  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain return-path example.org on >/dev/null
+  signing_on
   PEERS="postern postfix postfix-opendkim" \
     scenario signed-verp 50 10 "${REPS_10:-10}" ", Postern DKIM-signing each message (RSA-2048 + Ed25519) with VERP return paths, sender checks off; Postfix unsigned; Postfix+OpenDKIM signing (RSA-2048)"
-  "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" domain remove example.org >/dev/null
+  signing_off
   rsa_bound
+}
+
+# The loadgen's From domain set up in Postern: verified, so each message is
+# DKIM-signed (RSA-2048 and Ed25519, the keys `domain add` makes), with VERP
+# return paths.
+pn_cli() { "$ROOT/target/release/postern" --config "$WORK/postern/postern.toml" "$@" >/dev/null; }
+signing_on() {
+  pn_cli domain add example.org --account admin
+  pn_cli domain verify example.org --operator
+  pn_cli domain return-path example.org on
+}
+signing_off() { pn_cli domain remove example.org; }
+
+pn_metric() { curl -fsS "http://127.0.0.1:$PN_HTTP/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+
+# Issue 11 item 4: Postern's CPU per message by stage, beside the physical
+# floors, for the signed 50x10 load (bench/cost_budget.py says how). One run
+# without a profiler gives the CPU and commits per message; a second, under
+# `perf record --call-graph dwarf`, the share of each stage. The floors are
+# measured after the runs, each alone: one RSA-2048 signature on one core,
+# one small fdatasync on the queue's file system, one plain SMTP transaction
+# with Postfix's smtp-source and smtp-sink.
+profile_scenario() {
+  local n=${PROFILE_REPS:-20} msgs c0 c1 k0 k1 hz out rsa fsync floor
+  stop_postern; setup_postern; signing_on
+  run_load postern 50 10 2 >/dev/null
+  local pn_load=("$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls
+    --user apikey --password "$PN_KEY" --connections 50 --messages 10 --size "$SIZE" --rounds "$n" --timeout 600)
+  hz=$(getconf CLK_TCK)
+  c0=$(cpu_ticks "$PN_PID"); k0=$(pn_metric postern_store_commits_total)
+  out=$(python3 "$ROOT/bench/cost_budget.py" run "$WORK/loadgen-cpu" -- "${pn_load[@]}" --label "postern profile (no profiler)")
+  c1=$(cpu_ticks "$PN_PID"); k1=$(pn_metric postern_store_commits_total)
+  echo "$out"; check_runs "profile" "$out"
+  msgs=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["accepted"])' "$out")
+  perf record -q -F "${PROFILE_HZ:-999}" --call-graph dwarf,16384 -p "$PN_PID" -o "$WORK/perf.data" 2>/dev/null &
+  local perf_pid=$!
+  sleep 1
+  out=$("${pn_load[@]}" --label "postern profile (under perf)"); echo "$out"; check_runs "profile" "$out"
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  perf script -i "$WORK/perf.data" -F comm,tid,ip,sym > "$WORK/perf-script.txt" 2>/dev/null
+  signing_off
+  stop_postern
+  rsa=$("$ROOT/target/release/examples/rsa_rate" 1 "${RSA_SECONDS:-5}")
+  fsync=$(python3 "$ROOT/bench/cost_budget.py" fsync "$WORK/postern/data")
+  floor=$(python3 "$ROOT/bench/cost_budget.py" smtp-floor "${SMTP_FLOOR_PORT:-7626}")
+  echo "$rsa"; echo "$fsync"; echo "$floor"
+  python3 - "$WORK/profile-stats.json" "$(( c1 - c0 ))" "$hz" "$msgs" "$(( ${k1%.*} - ${k0%.*} ))" \
+    "$(cat "$WORK/loadgen-cpu")" "$rsa" "$fsync" "$floor" <<'PY'
+import json, sys
+out, ticks, hz, msgs, commits, lg, rsa, fsync, floor = sys.argv[1:]
+json.dump({"postern_cpu_s": int(ticks) / int(hz), "messages": int(msgs), "commits": int(commits),
+           "loadgen_cpu_s": float(lg), "rsa_per_s_one_core": json.loads(rsa)["rsa2048_signatures_per_s"],
+           "fsync_us": json.loads(fsync)["fsync_us"],
+           "smtp_floor_us": json.loads(floor)["plain_smtp_transaction_us"]}, open(out, "w"))
+PY
+  python3 "$ROOT/bench/cost_budget.py" budget "$WORK/perf-script.txt" "$WORK/profile-stats.json" | tee -a "$WORK/summary.jsonl"
+}
+
+# Issue 11 item 5: 1 MiB and 10 MiB messages (DATA over STARTTLS + AUTH),
+# Postern against Postfix, each on a fresh Postern process: MiB/s end to end
+# and peak memory, and whether Postern's MiB/s holds from 1 MiB to 10 MiB
+# (it would not if any step grew faster than the message). 100 MiB and
+# 200 MiB of mail (20 clients x 5 of 1 MiB; 10 clients x 2 of 10 MiB).
+sizes_scenario() {
+  local spec size n m a b pn_mem pf_mem pf_master args=()
+  for spec in "1 20 5" "10 10 2"; do
+    read -r size n m <<< "$spec"
+    local common=(--connections "$n" --messages "$m" --size "$((size * 1024 * 1024))" --size-param
+      --timeout "${LARGE_TIMEOUT:-600}")
+    stop_postern; setup_postern
+    start_sampler postern "$PN_PID" "$WORK/mem-postern-$size.json"
+    a=$("$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls --user apikey \
+          --password "$PN_KEY" "${common[@]}" --label "postern ${size} MiB"); echo "$a"
+    stop_sampler; pn_mem=$(cat "$WORK/mem-postern-$size.json")
+    pf_master=$(tr -d ' ' < "$WORK/postfix/queue/pid/master.pid")
+    start_sampler tree "$pf_master" "$WORK/mem-postfix-$size.json"
+    b=$("$LOADGEN" --server 127.0.0.1:$PF_SUB --sink 127.0.0.1:$PF_SINK --starttls \
+          --user bench@postfix.bench.test --password benchpass "${common[@]}" --label "postfix ${size} MiB"); echo "$b"
+    stop_sampler; pf_mem=$(cat "$WORK/mem-postfix-$size.json")
+    check_runs "sizes ${size} MiB" "$a" "$b"
+    args+=("$a" "$b" "$pn_mem" "$pf_mem")
+  done
+  python3 "$SUMMARY" sizes "${args[@]}" | tee -a "$WORK/summary.jsonl" || BAD_RUNS=1
 }
 
 # Measured after the signing runs, never during them (it takes every core).
@@ -802,6 +887,8 @@ main() {
     domains) domains_scenario ;;
     signing) signing_scenario ;;
     large) large_scenario ;;
+    sizes) sizes_scenario ;;
+    profile) profile_scenario ;;
     idle)
       stop_postern; setup_postern; idle_memory 10000 plain
       stop_postern; setup_postern; idle_memory 1000 starttls
@@ -832,6 +919,9 @@ all_scenarios() {
   idle_memory 1000 starttls
   # Large messages and memory, on a fresh server process (a few minutes).
   large_scenario
+  sizes_scenario
+  # Last: the profile and the floors (the RSA floor takes a core).
+  profile_scenario
   log "summary:"; cat "$WORK/summary.jsonl" >&2
 }
 

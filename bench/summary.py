@@ -12,12 +12,14 @@ against each, and PASS or MISS against each of its targets.
     python3 bench/summary.py rsa-bound POSTERN_SIGNED_RUNS RSA_RATE_JSON
     python3 bench/summary.py check LABEL RUN_JSON...
     python3 bench/summary.py large SMTP POSTFIX API PN_MEM PF_MEM API_MEM BASE_KIB BUDGET MAX_SIZE
+    python3 bench/summary.py sizes (POSTERN POSTFIX PN_MEM PF_MEM)...   smallest size first
 
 RUNS are files of runs, one JSON object a line; PEER is a server's name as
 in TARGETS (postfix, opensmtpd, postfix-opendkim). RSA_RATE_JSON is the line
 of `postern-mailauth`'s example rsa_rate.
 Exit status: 0, or 2 when a run was left out (or, for `check`, is not
-clean). PASS or MISS is a result, not an error: it does not change it.
+clean; for `sizes`, when Postern's MiB/s fell by more than half from the
+smallest size to the largest). PASS or MISS is a result, not an error: it does not change it.
 """
 
 import json
@@ -162,6 +164,42 @@ def large(a, b, c, pn, pf, api, base_kib, budget, max_size):
     }
 
 
+# Throughput per byte falling by more than half from 1 MiB to 10 MiB
+# messages would mean work that grows faster than the message (issue 11
+# item 5: nothing quadratic in dot-stuffing, header parsing, body hashing
+# or the store write).
+LINEAR_FLOOR = 0.5
+
+
+def sizes(pairs):
+    """The 1 MiB / 10 MiB line: per size, each server's MiB/s end to end and
+    peak memory, Postern's ratio, and whether Postern's MiB/s held from the
+    smallest size to the largest. pairs: [(postern_run, postfix_run,
+    postern_mem, postfix_mem)], smallest size first."""
+    mib = lambda kib: round(kib / 1024, 1)
+    rows = []
+    for pn, pf, pn_mem, pf_mem in pairs:
+        rows.append({
+            "message_mib": round(pn["message_bytes"] / 2**20, 1),
+            "messages": pn["accepted"],
+            "postern_mib_per_s": pn["e2e_mib_per_s"],
+            "postfix_mib_per_s": pf["e2e_mib_per_s"],
+            "ratio": round(pn["e2e_mib_per_s"] / pf["e2e_mib_per_s"], 2) if pf["e2e_mib_per_s"] else None,
+            "postern_peak_rss_mib": mib(max(pn_mem["peak_rss_kib"], pn_mem["vmhwm_kib"])),
+            "postfix_peak_rss_sum_mib": mib(pf_mem["peak_rss_kib"]),
+            "postfix_peak_pss_sum_mib": mib(pf_mem["peak_pss_kib"]),
+        })
+    first, last = rows[0]["postern_mib_per_s"], rows[-1]["postern_mib_per_s"]
+    held = round(last / first, 2) if first else None
+    return {
+        "scenario": "sizes",
+        "rows": rows,
+        "postern_mib_per_s_largest_over_smallest": held,
+        "linear_floor": LINEAR_FLOOR,
+        "linear": held is not None and held >= LINEAR_FLOOR,
+    }
+
+
 def read_runs(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -204,6 +242,21 @@ def main(argv):
               f"for a body memory budget of {line['budget_mib']:.0f} MiB ({line['postern_peak_over_budget']}x the budget)",
               file=sys.stderr)
         return 0
+    if command == "sizes":
+        if len(args) % 4 or not args:
+            print("sizes: postern-run postfix-run postern-mem postfix-mem, per size", file=sys.stderr)
+            return 64
+        parsed = [json.loads(x) for x in args]
+        line = sizes([tuple(parsed[i:i + 4]) for i in range(0, len(parsed), 4)])
+        print(json.dumps(line))
+        for r in line["rows"]:
+            print(f"{r['message_mib']} MiB messages: Postern {r['postern_mib_per_s']} MiB/s, peak RSS {r['postern_peak_rss_mib']} MiB; "
+                  f"Postfix {r['postfix_mib_per_s']} MiB/s, peak RSS {r['postfix_peak_rss_sum_mib']} MiB "
+                  f"(PSS {r['postfix_peak_pss_sum_mib']}); {r['ratio']}x", file=sys.stderr)
+        verdict = "linear" if line["linear"] else "NOT LINEAR"
+        print(f"{verdict}: Postern's MiB/s at the largest size is {line['postern_mib_per_s_largest_over_smallest']} "
+              f"of that at the smallest (floor {LINEAR_FLOOR})", file=sys.stderr)
+        return 0 if line["linear"] else 2
     print(__doc__, file=sys.stderr)
     return 64
 

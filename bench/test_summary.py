@@ -178,3 +178,38 @@ def test_the_script_parses_and_measures_every_target_against_its_peers():
     assert "rsa_bound" in text[text.index("signing_scenario() {"):text.index("rsa_bound() {")]
     # No median is taken anywhere but in summary.py.
     assert "statistics.median" not in text
+
+
+def sized(mib_per_s, size_mib, accepted=20):
+    return {"label": "s", "errors": 0, "accepted": accepted, "delivered": accepted,
+            "e2e_mib_per_s": mib_per_s, "message_bytes": size_mib * 2**20}
+
+
+def mem(peak_kib):
+    return {"peak_rss_kib": peak_kib, "vmhwm_kib": peak_kib // 2, "peak_pss_kib": peak_kib // 3}
+
+
+def test_sizes_reports_each_size_and_flags_throughput_that_does_not_hold():
+    line = summary.sizes([(sized(80.0, 1), sized(40.0, 1), mem(200 * 1024), mem(300 * 1024)),
+                          (sized(60.0, 10), sized(50.0, 10), mem(400 * 1024), mem(350 * 1024))])
+    assert [r["message_mib"] for r in line["rows"]] == [1.0, 10.0]
+    assert line["rows"][0]["ratio"] == 2.0
+    assert line["rows"][1]["postern_peak_rss_mib"] == 400.0
+    assert line["rows"][1]["postfix_peak_pss_sum_mib"] == round(350 / 3, 1)
+    assert line["postern_mib_per_s_largest_over_smallest"] == 0.75
+    assert line["linear"] is True
+    # 10 MiB at a third of 1 MiB's rate: work growing faster than the size.
+    slow = summary.sizes([(sized(90.0, 1), sized(40.0, 1), mem(1), mem(1)),
+                          (sized(30.0, 10), sized(50.0, 10), mem(1), mem(1))])
+    assert slow["linear"] is False
+
+
+def test_sizes_command_exits_non_zero_when_not_linear():
+    args = [json.dumps(x) for x in (sized(90.0, 1), sized(40.0, 1), mem(1), mem(1),
+                                    sized(30.0, 10), sized(50.0, 10), mem(1), mem(1))]
+    out = subprocess.run([sys.executable, str(HERE / "summary.py"), "sizes", *args], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "NOT LINEAR" in out.stderr
+    assert json.loads(out.stdout)["linear"] is False
+    bad = subprocess.run([sys.executable, str(HERE / "summary.py"), "sizes", *args[:3]], capture_output=True, text=True)
+    assert bad.returncode == 64
