@@ -2,6 +2,7 @@
 SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
 
 import base64
+import email
 import http.client
 import json
 import os
@@ -488,6 +489,22 @@ def send_as(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
             return 250, ""
         except smtplib.SMTPDataError as e:
             return e.smtp_code, e.smtp_error.decode()
+
+
+def link_in(sink, address, count):
+    """The verification link in the count-th mail to `address`."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        mails = [m for m in sink.messages if address in m["rcpt_tos"]]
+        if len(mails) >= count:
+            m = mails[count - 1]
+            assert m["mail_from"] in ("", "<>"), "verification mails have a null return path"
+            msg = email.message_from_bytes(m["data"])
+            assert msg["Auto-Submitted"] == "auto-generated"
+            text = msg.get_payload(decode=True).decode()
+            return re.search(r"(http://\S+/v3/verified_senders/verify/\S+)", text).group(1)
+        time.sleep(0.05)
+    raise TimeoutError(f"no verification mail #{count} to {address}")
 
 
 def auth_plain(p, user, secret, source="127.0.0.1", role="submission", authzid=""):
