@@ -12,8 +12,10 @@ import subprocess
 import tempfile
 
 import pyotp
+from dnslib.server import DNSServer
 
-from conftest import BIN, Postern, link_in
+from conftest import BIN, Postern, free_port, link_in
+from test_dkim import MutableZone
 
 # The commands that change nothing, and why they are not audited.
 READ_ONLY = {
@@ -99,7 +101,14 @@ def test_every_mutating_command_is_audited_with_the_cli_user(sink):
     stale = set(READ_ONLY) - set(listed)
     assert not stale, f"read-only commands the CLI no longer has: {stale}"
 
-    config = """
+    zone = MutableZone()
+    dns_port = free_port()
+    dns = DNSServer(zone, port=dns_port, address="127.0.0.1")
+    dns.start_thread()
+    config = f"""
+[dns]
+nameservers = ["127.0.0.1:{dns_port}"]
+
 [senders]
 verification_resend_interval = "0s"
 
@@ -146,10 +155,21 @@ ehlo_name = "three.postern.test"
             run(("key", "revoke"), key["id"], kinds=["key.revoke"])
 
             run(("domain", "add"), "example.org", "--account", "shop", "--json", kinds=["domain.add"])
-            run(("domain", "rotate"), "example.org", "--json", kinds=["domain.rotate"])
             run(("domain", "return-path"), "example.org", "on", kinds=["domain.return_path"])
             run(("domain", "verify"), "example.org", "--operator", kinds=["domain.verify.operator"])
             run(("domain", "remove"), "example.org", kinds=["domain.remove"])
+            # `domain verify` over DNS: verifying retires the other
+            # accounts' claims, and a published rotation is promoted; each
+            # change has its entry.
+            claim = json.loads(run(("domain", "add"), "example.net", "--account", "shop", "--json",
+                                   kinds=["domain.add"]))
+            run(("domain", "add"), "example.net", "--account", "admin", kinds=["domain.add"])
+            zone.records = [r for r in claim["records"] if r["required"]]
+            run(("domain", "verify"), "example.net", "--account", "shop",
+                kinds=["domain.verify", "domain.claim.retired"])
+            rotated = json.loads(run(("domain", "rotate"), "example.net", "--json", kinds=["domain.rotate"]))
+            zone.records = [r for r in rotated["records"] if r["required"]]
+            run(("domain", "verify"), "example.net", kinds=["domain.rotate.promote"])
 
             carol = json.loads(run(("sender", "add"), "carol@example.com", "--account", "shop", "--json",
                                    kinds=["sender.add"]))["id"]
@@ -178,6 +198,7 @@ ehlo_name = "three.postern.test"
             run(("queue", "delete"), message["message_id"], kinds=["queue.delete"])
         finally:
             p.stop()
+            dns.stop()
 
     # Every command is either read-only or was run above: a new command
     # that is neither fails here, audited or not.
