@@ -2,6 +2,7 @@
 SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
 
 import base64
+import email
 import http.client
 import json
 import os
@@ -238,6 +239,15 @@ require_verified_senders = {"true" if enforce_senders else "false"}
 {extra_config}
 """
         )
+        self._init_process()
+
+    def _init_process(self):
+        """What every run needs besides the configuration: `workdir` and
+        `data_dir` are set by then."""
+        # The working directory of the server and the CLI (None: the
+        # test's); only the embedded default's relative data directory
+        # depends on it.
+        self.cwd = None
         self.proc = None
         # The server's own pid: proc.pid, unless it runs under a wrapper.
         self.pid = None
@@ -255,13 +265,22 @@ require_verified_senders = {"true" if enforce_senders else "false"}
     def cert(self):
         return str(self.data_dir / "tls" / "cert.pem")
 
-    def cli(self, *args, check=True):
+    def location_args(self):
+        """The arguments that name this server's configuration."""
+        return ["--config", str(self.config_path)]
+
+    def cli(self, *args, check=True, input=None, env=None):
+        """Runs `postern ARGS` on this server's data directory; `input` is
+        its standard input, `env` (when given) its whole environment."""
         return subprocess.run(
-            [str(BIN), "--config", str(self.config_path), *args],
+            [str(BIN), *self.location_args(), *args],
             capture_output=True,
             text=True,
             check=check,
             timeout=60,
+            input=input,
+            env=env,
+            cwd=self.cwd,
         )
 
     def start(self, wrapper=(), preexec_fn=None, env=None):
@@ -271,12 +290,13 @@ require_verified_senders = {"true" if enforce_senders else "false"}
         self._note_unasked_exit()
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                [*wrapper, str(BIN), "serve", "--config", str(self.config_path)],
+                [*wrapper, str(BIN), "serve", *self.location_args()],
                 stdout=subprocess.PIPE,
                 stderr=logf,
                 text=True,
                 preexec_fn=preexec_fn,
                 env=env,
+                cwd=self.cwd,
             )
         self._exit_expected = False
         self.pid = self._server_pid() if wrapper else self.proc.pid
@@ -368,6 +388,78 @@ require_verified_senders = {"true" if enforce_senders else "false"}
         return self.proc.returncode
 
 
+class DefaultPostern(Postern):
+    """`postern serve` with no `--config`, as a user first runs it (README,
+    "What `postern serve` does on first start"): the embedded default, so
+    its fixed ports, with `workdir` as the working directory. `data_dir`,
+    when given, is passed as `--data-dir`; otherwise the default
+    `./postern-data` applies. Those ports are the same for every run, so
+    start it only in a network namespace of its own (`in_own_network`)."""
+
+    PORTS = {"submission": 2587, "submissions": 2465, "mx": 2025, "http": 8025}
+
+    def __init__(self, workdir, data_dir=None):
+        self.workdir = Path(workdir)
+        self.chosen_data_dir = data_dir
+        self.data_dir = Path(data_dir) if data_dir is not None else self.workdir / "postern-data"
+        self.ports = dict(self.PORTS)
+        self._init_process()
+        self.cwd = self.workdir
+
+    def location_args(self):
+        return [] if self.chosen_data_dir is None else ["--data-dir", str(self.chosen_data_dir)]
+
+
+# unshare(2)'s flag for a new network namespace (<linux/sched.h>).
+CLONE_NEWNET = 0x40000000
+# <linux/sockios.h> and <net/if.h>: read and set an interface's flags.
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def in_own_network(fn):
+    """Runs `fn()` and returns its result, in a thread of its own that is
+    alone in a new network namespace with only loopback up: every socket
+    `fn` opens, and every process it starts (they inherit the thread's
+    namespace), sees no other listener on the machine, so fixed ports can
+    be bound and probed without meeting another test's or user's. Skips
+    the test only when the namespace cannot be made (unshare needs
+    CAP_SYS_ADMIN)."""
+    import ctypes
+    import fcntl
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    outcome = {}
+
+    def run():
+        # A network namespace belongs to a thread (unshare affects only
+        # the caller), so the rest of the test process keeps its own.
+        if libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            outcome["refused"] = f"unshare(CLONE_NEWNET): {os.strerror(err)}"
+            return
+        try:
+            # `ip link set lo up`, without needing iproute2: a new
+            # namespace's loopback starts down.
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                req = struct.pack("16sH14x", b"lo", 0)
+                flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
+                fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+            outcome["value"] = fn()
+        except BaseException as e:  # re-raised in the test's own thread
+            outcome["error"] = e
+
+    t = threading.Thread(target=run, name="own-network")
+    t.start()
+    t.join()
+    if "refused" in outcome:
+        pytest.skip(f"no network namespace of its own ({outcome['refused']}): the "
+                    "test binds Postern's fixed default ports, safe only there")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 @pytest.fixture
 def sink():
     s = Sink()
@@ -397,6 +489,22 @@ def send_as(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
             return 250, ""
         except smtplib.SMTPDataError as e:
             return e.smtp_code, e.smtp_error.decode()
+
+
+def link_in(sink, address, count):
+    """The verification link in the count-th mail to `address`."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        mails = [m for m in sink.messages if address in m["rcpt_tos"]]
+        if len(mails) >= count:
+            m = mails[count - 1]
+            assert m["mail_from"] in ("", "<>"), "verification mails have a null return path"
+            msg = email.message_from_bytes(m["data"])
+            assert msg["Auto-Submitted"] == "auto-generated"
+            text = msg.get_payload(decode=True).decode()
+            return re.search(r"(http://\S+/v3/verified_senders/verify/\S+)", text).group(1)
+        time.sleep(0.05)
+    raise TimeoutError(f"no verification mail #{count} to {address}")
 
 
 def auth_plain(p, user, secret, source="127.0.0.1", role="submission", authzid=""):

@@ -139,7 +139,13 @@ pub async fn run(config: &Config, command: SenderCommand) -> Result<()> {
                 println!("{} is now a verified sender of account {}", s.address, s.account);
             }
             SenderCommand::Resend { id } => {
+                let Some(s) = store.get_sender(id).await? else {
+                    bail!("no sender {id}");
+                };
                 senders.send(id).await?;
+                // A new token replaces the old one (the earlier link stops
+                // working): a change, audited as the API's resend is.
+                crate::account_command::audit(&store, "sender.resend", Some(&s.account), format!("sender={} id={id}", s.address)).await?;
                 println!("a new verification link was mailed");
             }
             SenderCommand::Verify { id, operator } => {
