@@ -152,11 +152,30 @@ class SinkHandler:
 
 
 class Sink:
-    def __init__(self):
+    def __init__(self, tls=None, auth=None):
+        """tls: a `certificate()` to offer STARTTLS with, and then nothing
+        but EHLO, STARTTLS and QUIT is taken before it. auth: (user,
+        password) that must be given with AUTH (over TLS only) before MAIL;
+        the session's `auth_data` is then the user name."""
         self.handler = SinkHandler()
         self.port = free_port()
+        options = {}
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls["cert"], tls["key"])
+            options.update(tls_context=context, require_starttls=True)
+        if auth is not None:
+            from aiosmtpd.smtp import AuthResult, LoginPassword
+
+            def authenticate(server, session, envelope, mechanism, data):
+                ok = isinstance(data, LoginPassword) and (data.login, data.password) == tuple(x.encode() for x in auth)
+                # handled=False: aiosmtpd then answers a failure with 535
+                # (its default, True, would leave the client waiting).
+                return AuthResult(success=ok, handled=False, auth_data=auth[0] if ok else None)
+
+            options.update(auth_required=True, authenticator=authenticate)
         self.controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, decode_data=False
+            self.handler, hostname="127.0.0.1", port=self.port, decode_data=False, **options
         )
         self.controller.start()
 
@@ -180,9 +199,12 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1"):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1", relay_config="", route_every_domain=True):
         # host: the listeners' address; "[::]" makes them dual-stack, so
         # IPv4 clients arrive as IPv4-mapped IPv6 addresses.
+        # relay_config: more keys of the [relay] table.
+        # route_every_domain: the "*" route to the sink; without it only
+        # relay.test is routed (to the sink) and other domains go to MX.
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.ports = {
@@ -222,12 +244,13 @@ address = "{host}:{self.ports['http']}"
 {http_config}
 
 [[route]]
-domain = "*"
+domain = "{"*" if route_every_domain else "relay.test"}"
 next_hop = "127.0.0.1:{sink_port}"
 tls = "none"
 
 [relay]
 domains = ["relay.test"]
+{relay_config}
 
 [smtp]
 # Sender verification has its own tests (test_senders.py); elsewhere any
@@ -623,12 +646,14 @@ class DnsZone:
     """A DNS server on loopback (dnslib, UDP) answering A queries for the
     names the test sets, and changing its answers when the test says so.
     TTL 0: a resolver must ask again each time rather than keep an answer.
-    Names it does not know are NXDOMAIN."""
+    Names it does not know are NXDOMAIN. Every question asked is kept, in
+    order, in `queries` as (name, type), the root as "."."""
 
     def __init__(self):
         from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
         self.a = {}
+        self.queries = []
         self.lock = threading.Lock()
         zone = self
 
@@ -639,6 +664,7 @@ class DnsZone:
                 reply = request.reply()
                 qname = str(request.q.qname).lower().rstrip(".")
                 with zone.lock:
+                    zone.queries.append((qname or ".", QTYPE[request.q.qtype]))
                     ips = zone.a.get(qname)
                 if ips is None:
                     reply.header.rcode = RCODE.NXDOMAIN

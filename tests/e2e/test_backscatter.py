@@ -8,10 +8,12 @@ is rate-limited per address, so a forged sender cannot be flooded."""
 import json
 import smtplib
 import tempfile
+import time
+from collections import Counter
 
 import pytest
 
-from conftest import Postern, free_port, wait_until
+from conftest import Postern, Sink, certificate, free_port, wait_until
 
 
 def test_unknown_relay_recipients_are_refused_at_rcpt(postern, sink):
@@ -41,9 +43,7 @@ def test_unknown_relay_recipients_are_refused_at_rcpt(postern, sink):
 @pytest.fixture
 def unchecked(sink):
     with tempfile.TemporaryDirectory() as d:
-        p = Postern(d, sink.port, extra_config='[relay]\ndomains = ["relay.test"]\nrecipient_check = "any"\ndsn_per_address_per_hour = 2\n')
-        # The fixture's [relay] table is replaced by ours (domains kept).
-        p.config_path.write_text(p.config_path.read_text().replace('[relay]\ndomains = ["relay.test"]\n\n[smtp]', '[smtp]', 1))
+        p = Postern(d, sink.port, relay_config='recipient_check = "any"\ndsn_per_address_per_hour = 2\n')
         p.start()
         p.read_admin_key()
         yield p
@@ -79,18 +79,32 @@ def test_bounces_of_unauthenticated_mail_are_headers_only_and_rate_limited(unche
     assert len(limited) == 4, bounces
 
 
-def count_rcpts(sink):
-    """Counts every RCPT the sink is asked, per address (the call-aheads
-    among them), in a dict it returns and keeps filling."""
-    asked = {}
+def rcpts_asked(sink):
+    """Every RCPT the sink is asked (the call-aheads among them), as
+    (address, over TLS, authenticated user or None), in a list it returns
+    and keeps filling."""
+    asked = []
     answer = sink.handler.handle_RCPT
 
-    async def counting(server, session, envelope, address, rcpt_options):
-        asked[address] = asked.get(address, 0) + 1
+    async def recording(server, session, envelope, address, rcpt_options):
+        asked.append((address, session.ssl is not None, session.auth_data if session.authenticated else None))
         return await answer(server, session, envelope, address, rcpt_options)
 
-    sink.handler.handle_RCPT = counting
+    sink.handler.handle_RCPT = recording
     return asked
+
+
+def times_asked(asked, address):
+    return sum(1 for a in asked if a[0] == address)
+
+
+def rcpt_on_mx(p, address):
+    """One RCPT to the mx listener in a session of its own (refusals
+    within one session slow it down), and its reply."""
+    with smtplib.SMTP("127.0.0.1", p.ports["mx"], timeout=30) as s:
+        s.ehlo("mx.example.net")
+        s.mail("someone@example.com")
+        return s.rcpt(address)
 
 
 def test_callahead_answers_are_cached(postern, sink):
@@ -98,7 +112,7 @@ def test_callahead_answers_are_cached(postern, sink):
     for a tenth of it: asking again within that time asks the next hop
     nothing. No message is sent, so every RCPT the sink sees is a
     call-ahead."""
-    asked = count_rcpts(sink)
+    asked = rcpts_asked(sink)
     for _ in range(3):
         with smtplib.SMTP("127.0.0.1", postern.ports["mx"], timeout=30) as s:
             s.ehlo("mx.example.net")
@@ -107,7 +121,106 @@ def test_callahead_answers_are_cached(postern, sink):
             code, text = s.rcpt("reject-bob@relay.test")
             assert code == 550 and text.startswith(b"5.1.1"), (code, text)
             s.rset()
-    assert asked == {"alice@relay.test": 1, "reject-bob@relay.test": 1}, asked
+    assert Counter(a[0] for a in asked) == {"alice@relay.test": 1, "reject-bob@relay.test": 1}, asked
+
+
+def test_a_no_is_cached_for_a_tenth_of_callahead_cache_and_no_longer(sink):
+    """README: "a yes is cached for relay.callahead_cache, a no for a
+    tenth of it". With 30 s, a refusal is answered from the cache for 3 s
+    and the next hop is asked again right after (not after 30 s), while
+    the yes is still cached."""
+    cache, tenth = 30.0, 3.0
+    bob = "reject-bob@relay.test"
+    asked = rcpts_asked(sink)
+    with tempfile.TemporaryDirectory() as d:
+        p = Postern(d, sink.port, relay_config=f'callahead_cache = "{int(cache)}s"').start()
+        try:
+            p.read_admin_key()
+            assert rcpt_on_mx(p, "alice@relay.test")[0] == 250
+            # The server caches the no after this moment and before the
+            # reply arrives: it expires between sent + tenth and
+            # answered + tenth.
+            sent = time.monotonic()
+            code, text = rcpt_on_mx(p, bob)
+            answered = time.monotonic()
+            assert (code, text[:5]) == (550, b"5.1.1"), (code, text)
+            assert times_asked(asked, bob) == 1, asked
+
+            code, text = rcpt_on_mx(p, bob)
+            assert (code, text[:5]) == (550, b"5.1.1"), (code, text)
+            assert time.monotonic() - sent < tenth, "too slow to ask within the tenth"
+            assert times_asked(asked, bob) == 1, "a no is cached"
+
+            def asked_again():
+                began = time.monotonic()
+                code, _ = rcpt_on_mx(p, bob)
+                assert code == 550, code
+                return times_asked(asked, bob) == 2 and (began, time.monotonic())
+
+            began, ended = wait_until(asked_again, timeout=cache / 2, what="a second call-ahead for the refused address")
+            # Not before the tenth had passed...
+            assert ended - sent >= tenth, f"asked again after {ended - sent:.2f} s"
+            # ...and right after it: the RCPT before this one was still
+            # cached, so this one began at most a poll (50 ms) and a
+            # session after the expiry; 2 s of slack is far less than the
+            # 27 s more a no cached for the whole callahead_cache would take.
+            assert began - answered < tenth + 2, f"asked again only after {began - answered:.2f} s"
+            # The yes is still cached: alice was asked once.
+            assert rcpt_on_mx(p, "alice@relay.test")[0] == 250
+            assert times_asked(asked, "alice@relay.test") == 1, asked
+        finally:
+            p.stop()
+
+
+def test_callahead_uses_the_routes_tls_and_credentials(tmp_path):
+    """README: the call-ahead goes to the relay domain's route "with the
+    route's TLS policy and credentials". The next hop takes nothing before
+    STARTTLS and no MAIL before AUTH with the route's user and password,
+    and its certificate is trusted only through the route's ca_file."""
+    ca = certificate(tmp_path, "callahead-ca", ca=True)
+    leaf = certificate(tmp_path, "callahead-hop", ips=["127.0.0.1"], issuer=ca)
+    secure = Sink(tls=leaf, auth=("relay-user", "relay-secret"))
+    asked = rcpts_asked(secure)
+
+    def route(tls, password):
+        return f"""
+[[route]]
+domain = "relay.test"
+next_hop = "127.0.0.1:{secure.port}"
+tls = "{tls}"
+ca_file = "{ca['cert']}"
+auth_username = "relay-user"
+auth_password = "{password}"
+"""
+
+    try:
+        # The "*" route goes to a port nothing listens on: only the
+        # relay.test route can answer.
+        (tmp_path / "right").mkdir()
+        p = Postern(tmp_path / "right", free_port(), extra_config=route("required", "relay-secret")).start()
+        try:
+            p.read_admin_key()
+            assert rcpt_on_mx(p, "alice@relay.test")[0] == 250
+            code, text = rcpt_on_mx(p, "reject-bob@relay.test")
+            assert (code, text[:5]) == (550, b"5.1.1"), (code, text)
+        finally:
+            p.stop()
+        assert asked == [("alice@relay.test", True, "relay-user"), ("reject-bob@relay.test", True, "relay-user")], asked
+
+        # The same next hop behind a route with another password: it gives
+        # no answer, so the recipient is deferred (RFC 3463 4.4.3), never
+        # accepted or refused on a guess.
+        (tmp_path / "wrong").mkdir()
+        p = Postern(tmp_path / "wrong", free_port(), extra_config=route("required", "not-the-secret")).start()
+        try:
+            p.read_admin_key()
+            code, text = rcpt_on_mx(p, "carol@relay.test")
+            assert (code, text[:5]) == (451, b"4.4.3"), (code, text)
+        finally:
+            p.stop()
+        assert [a[0] for a in asked].count("carol@relay.test") == 0, asked
+    finally:
+        secure.stop()
 
 
 def test_an_unreachable_next_hop_gets_451(sink):

@@ -17,6 +17,8 @@
 //! seen to validate, a later failure is what an on-path attacker stripping
 //! signatures looks like, so it must not switch DANE off.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, SystemTime};
@@ -109,12 +111,45 @@ pub struct DaneStatus {
     pub last: Option<ProbeReport>,
 }
 
+/// Where a probe's answer comes from: the validating resolver in service
+/// (`TokioResolver`); the tests put a stand-in here to drive the periodic
+/// task with a paused clock, which real network I/O cannot run under.
+trait SoaLookup: Send + Sync {
+    /// The validation proof of each SOA record of `zone` that came back,
+    /// asked of the path afresh (no cached answer), or why none came back.
+    fn soa_proofs<'a>(
+        &'a self,
+        zone: &'a Name,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Proof>, String>> + Send + 'a>>;
+}
+
+impl SoaLookup for TokioResolver {
+    fn soa_proofs<'a>(
+        &'a self,
+        zone: &'a Name,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Proof>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.clear_cache();
+            let lookup = self
+                .lookup(zone.clone(), RecordType::SOA)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(lookup
+                .records()
+                .iter()
+                .filter(|r| r.record_type() == RecordType::SOA)
+                .map(|r| r.proof())
+                .collect())
+        })
+    }
+}
+
 /// Probes the resolver path and holds the resulting state.
 pub struct DnssecProbe {
     /// A validating resolver of its own, with the same name servers and
     /// trust anchors as the one DANE lookups use; its cache is cleared
     /// before each probe so every probe asks the path again.
-    resolver: TokioResolver,
+    resolver: Box<dyn SoaLookup>,
     zone: Name,
     state: AtomicU8,
     last: Mutex<Option<ProbeReport>>,
@@ -126,6 +161,10 @@ pub struct DnssecProbe {
 impl DnssecProbe {
     /// `zone`: the zone whose trust anchors `resolver` holds.
     pub fn new(resolver: TokioResolver, zone: Name) -> Self {
+        Self::with_lookup(Box::new(resolver), zone)
+    }
+
+    fn with_lookup(resolver: Box<dyn SoaLookup>, zone: Name) -> Self {
         describe_metrics();
         metrics::gauge!(METRIC_ACTIVE).set(0.0);
         DnssecProbe {
@@ -170,19 +209,8 @@ impl DnssecProbe {
     }
 
     async fn probe_locked(&self) -> ProbeResult {
-        self.resolver.clear_cache();
-        let result = match self
-            .resolver
-            .lookup(self.zone.clone(), RecordType::SOA)
-            .await
-        {
-            Ok(lookup) => {
-                let proofs: Vec<Proof> = lookup
-                    .records()
-                    .iter()
-                    .filter(|r| r.record_type() == RecordType::SOA)
-                    .map(|r| r.proof())
-                    .collect();
+        let result = match self.resolver.soa_proofs(&self.zone).await {
+            Ok(proofs) => {
                 if proofs.is_empty() {
                     ProbeResult::NotValidated(format!("no SOA record for {} came back", self.zone))
                 } else if proofs.iter().all(|p| *p == Proof::Secure) {
@@ -288,4 +316,133 @@ fn describe_metrics() {
             "Probes of whether the resolver path supplies DNSSEC data that validates, by result"
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    /// Answers every probe the same way and counts the probes.
+    struct Counting {
+        probes: Arc<AtomicUsize>,
+        answer: Result<Vec<Proof>, String>,
+    }
+
+    impl SoaLookup for Counting {
+        fn soa_proofs<'a>(
+            &'a self,
+            _zone: &'a Name,
+        ) -> Pin<Box<dyn Future<Output = Result<Vec<Proof>, String>> + Send + 'a>> {
+            self.probes.fetch_add(1, Ordering::SeqCst);
+            let answer = self.answer.clone();
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn probe_answering(answer: Result<Vec<Proof>, String>) -> (Arc<DnssecProbe>, Arc<AtomicUsize>) {
+        let probes = Arc::new(AtomicUsize::new(0));
+        let lookup = Counting {
+            probes: probes.clone(),
+            answer,
+        };
+        (
+            Arc::new(DnssecProbe::with_lookup(Box::new(lookup), Name::root())),
+            probes,
+        )
+    }
+
+    /// Lets the periodic task run until it waits on its timer again. The
+    /// runtime has one thread and the stand-in lookup never waits, so a
+    /// woken task is done within a couple of polls; 100 yields leave it far
+    /// more than it needs, which is what makes the "no probe yet" checks
+    /// below meaningful (the clock is paused, so no yield moves it).
+    async fn let_the_task_run() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_at_start_and_every_ten_minutes() {
+        let (probe, probes) = probe_answering(Ok(vec![Proof::Secure]));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(probe.clone().run(stopped));
+
+        let_the_task_run().await;
+        assert_eq!(probes.load(Ordering::SeqCst), 1, "one probe at start");
+        assert_eq!(probe.state(), DaneState::Active);
+
+        // Up to a millisecond before the ten minutes: still one.
+        tokio::time::advance(Duration::from_secs(600) - Duration::from_millis(1)).await;
+        let_the_task_run().await;
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            1,
+            "no second probe before ten minutes"
+        );
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let_the_task_run().await;
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            2,
+            "the second at ten minutes"
+        );
+
+        // And so on, every ten minutes.
+        tokio::time::advance(Duration::from_secs(599)).await;
+        let_the_task_run().await;
+        assert_eq!(probes.load(Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let_the_task_run().await;
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            3,
+            "the third at twenty minutes"
+        );
+
+        // Shutdown ends the task without another probe. The clock is
+        // paused and advances by itself only to the next timer, so the
+        // one-second timeout cannot be reached by a task that ends.
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the probe task ends at shutdown")
+            .expect("the probe task does not panic");
+        assert_eq!(probes.load(Ordering::SeqCst), 3);
+    }
+
+    /// What the warning reports, as state: behind a resolver that drops
+    /// DNSSEC data DANE is inactive, and the last probe says why.
+    #[tokio::test(start_paused = true)]
+    async fn a_path_that_does_not_validate_leaves_dane_inactive_and_says_why() {
+        for (answer, why) in [
+            (
+                Ok(vec![Proof::Insecure]),
+                "the SOA of . did not validate (Insecure)",
+            ),
+            (Ok(vec![]), "no SOA record for . came back"),
+            (
+                Err("request timed out".to_string()),
+                "SOA lookup for .: request timed out",
+            ),
+        ] {
+            let (probe, probes) = probe_answering(answer);
+            assert_eq!(probe.state(), DaneState::Unknown, "not probed yet");
+            let (_stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(probe.clone().run(stopped));
+            let_the_task_run().await;
+            assert_eq!(probes.load(Ordering::SeqCst), 1);
+            let status = probe.status();
+            assert_eq!(status.state, DaneState::Inactive, "{why}");
+            assert_eq!(status.zone, ".");
+            assert_eq!(
+                status.last.map(|l| l.result),
+                Some(ProbeResult::NotValidated(why.to_string()))
+            );
+            task.abort();
+        }
+    }
 }
