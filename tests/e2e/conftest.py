@@ -122,6 +122,8 @@ class SinkHandler:
         self.reply = "250 2.0.0 OK sink"
         # While true, "defer-" addresses get a temporary failure.
         self.defer = True
+        # The TLS version of every completed STARTTLS handshake, in order.
+        self.handshakes = []
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         # Addresses starting with "reject-" do not exist here.
@@ -132,6 +134,13 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
+    def handle_STARTTLS(self, server, session, envelope):
+        # aiosmtpd calls this once a STARTTLS handshake has completed (never
+        # for one that failed); the session goes on either way.
+        with self.lock:
+            self.handshakes.append(session.ssl["ssl_object"].version())
+        return True
+
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append(
@@ -141,6 +150,9 @@ class SinkHandler:
                     "data": envelope.original_content,
                     "peer": session.peer[0],
                     "helo": session.host_name,
+                    # The TLS version the message came over ("TLSv1.3"),
+                    # None for plaintext.
+                    "tls": session.ssl["ssl_object"].version() if session.ssl else None,
                     # When the sink took it (its 250 follows at once).
                     "at": time.monotonic(),
                     # The connection it came on (one object per connection).
@@ -151,11 +163,16 @@ class SinkHandler:
 
 
 class Sink:
-    def __init__(self):
+    """aiosmtpd on loopback; with `tls_context` (an ssl.SSLContext for the
+    server side) it offers STARTTLS (RFC 3207) and speaks whatever TLS that
+    context allows."""
+
+    def __init__(self, tls_context=None):
         self.handler = SinkHandler()
         self.port = free_port()
         self.controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, decode_data=False
+            self.handler, hostname="127.0.0.1", port=self.port, decode_data=False,
+            tls_context=tls_context,
         )
         self.controller.start()
 
@@ -163,6 +180,11 @@ class Sink:
     def messages(self):
         with self.handler.lock:
             return list(self.handler.messages)
+
+    @property
+    def handshakes(self):
+        with self.handler.lock:
+            return list(self.handler.handshakes)
 
     def wait_for(self, count, timeout=30.0):
         deadline = time.time() + timeout
@@ -474,6 +496,30 @@ def api_with_headers(p, key, method, path, body=None, source=None, headers=None)
         return r.status, r.headers, raw.decode(errors="replace")
 
 
+_SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? (\S+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def metric_samples(p, name):
+    """Every sample of the metric `name` on the server's /metrics, as
+    [(labels dict, value)]."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{p.ports['http']}/metrics", timeout=10).read().decode()
+    samples = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == name:
+            samples.append((dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return samples
+
+
+def metric(p, name, **labels):
+    """The sum of the samples of `name` that carry all of `labels` (0 when
+    none has been recorded)."""
+    return sum(v for got, v in metric_samples(p, name) if labels.items() <= got.items())
+
+
 def certificate(directory, stem, names=(), ips=(), issuer=None, ca=False):
     """A certificate and key made with cryptography, written to
     DIRECTORY/STEM-cert.pem and STEM-key.pem: for the DNS `names` and IP
@@ -509,6 +555,14 @@ def certificate(directory, stem, names=(), ips=(), issuer=None, ca=False):
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return {"cert": cert_path, "key": key_path, "_cert": cert, "_key": key}
+
+
+def server_context(made):
+    """A server-side ssl.SSLContext presenting the certificate `certificate`
+    made."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(made["cert"], made["key"])
+    return ctx
 
 
 class DnsZone:
