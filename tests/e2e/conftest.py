@@ -4,6 +4,7 @@ SMTP sink (aiosmtpd) as its next hop, and helpers for real clients."""
 import base64
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import TLSSetupException
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("POSTERN_BIN", ROOT / "target" / "debug" / "postern"))
@@ -122,8 +124,10 @@ class SinkHandler:
         self.reply = "250 2.0.0 OK sink"
         # While true, "defer-" addresses get a temporary failure.
         self.defer = True
-        # The TLS version of every completed STARTTLS handshake, in order.
+        # The TLS version of every completed STARTTLS handshake, in order,
+        # and OpenSSL's reason for every one that failed.
         self.handshakes = []
+        self.failed_handshakes = []
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         # Addresses starting with "reject-" do not exist here.
@@ -140,6 +144,16 @@ class SinkHandler:
         with self.lock:
             self.handshakes.append(session.ssl["ssl_object"].version())
         return True
+
+    async def handle_exception(self, error):
+        # As aiosmtpd does without this hook (log, answer 500), and a
+        # STARTTLS handshake that failed (aiosmtpd then closes the
+        # connection) is kept with OpenSSL's reason for it.
+        if isinstance(error, TLSSetupException):
+            with self.lock:
+                self.failed_handshakes.append(getattr(error.__cause__, "reason", None) or repr(error.__cause__))
+        logging.getLogger("mail.log").exception("SMTP session exception")
+        return f"500 Error: ({error.__class__.__name__}) {error}"
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
@@ -185,6 +199,11 @@ class Sink:
     def handshakes(self):
         with self.handler.lock:
             return list(self.handler.handshakes)
+
+    @property
+    def failed_handshakes(self):
+        with self.handler.lock:
+            return list(self.handler.failed_handshakes)
 
     def wait_for(self, count, timeout=30.0):
         deadline = time.time() + timeout

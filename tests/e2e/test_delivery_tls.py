@@ -65,11 +65,16 @@ def test_delivery_never_falls_to_tls_1_1(tls_1_1_sink):
             lambda: json.loads(p.cli("events", "--json", "--recipient", "u@old-tls.test", "--kind", "deferred").stdout),
             lambda ev: len(ev) >= 2, timeout=30, what="two deferred attempts")
         for e in deferred:
-            # Postern did offer its ClientHello (STARTTLS was accepted) and
-            # the handshake is what failed.
+            # STARTTLS was accepted and the handshake is what failed.
             assert "TLS handshake with 127.0.0.1" in e["detail"], e
             assert "(TLS policy: opportunistic)" in e["detail"], e
         assert [e["attempt"] for e in deferred[:2]] == [1, 2], deferred
+        # The sink's side of it: every ClientHello Postern sent was refused
+        # as an unsupported protocol, since it offered nothing below TLS 1.2
+        # (RFC 8446 §4.2.1, RFC 5246 §E.1), not for a cipher or anything
+        # else.
+        failed = sink.failed_handshakes
+        assert len(failed) >= 2 and set(failed) == {"UNSUPPORTED_PROTOCOL"}, failed
         # Each failed handshake is counted as one.
         assert metric(p, "postern_delivery_tls_total", result="handshake_failed", policy="opportunistic") >= 2
         # Nothing but the control message ever arrived, and no handshake
