@@ -5,6 +5,7 @@ import base64
 import email
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import TLSSetupException
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("POSTERN_BIN", ROOT / "target" / "debug" / "postern"))
@@ -123,6 +125,10 @@ class SinkHandler:
         self.reply = "250 2.0.0 OK sink"
         # While true, "defer-" addresses get a temporary failure.
         self.defer = True
+        # The TLS version of every completed STARTTLS handshake, in order,
+        # and OpenSSL's reason for every one that failed.
+        self.handshakes = []
+        self.failed_handshakes = []
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         # Addresses starting with "reject-" do not exist here.
@@ -133,6 +139,23 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
+    def handle_STARTTLS(self, server, session, envelope):
+        # aiosmtpd calls this once a STARTTLS handshake has completed (never
+        # for one that failed); the session goes on either way.
+        with self.lock:
+            self.handshakes.append(session.ssl["ssl_object"].version())
+        return True
+
+    async def handle_exception(self, error):
+        # As aiosmtpd does without this hook (log, answer 500), and a
+        # STARTTLS handshake that failed (aiosmtpd then closes the
+        # connection) is kept with OpenSSL's reason for it.
+        if isinstance(error, TLSSetupException):
+            with self.lock:
+                self.failed_handshakes.append(getattr(error.__cause__, "reason", None) or repr(error.__cause__))
+        logging.getLogger("mail.log").exception("SMTP session exception")
+        return f"500 Error: ({error.__class__.__name__}) {error}"
+
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append(
@@ -142,6 +165,9 @@ class SinkHandler:
                     "data": envelope.original_content,
                     "peer": session.peer[0],
                     "helo": session.host_name,
+                    # The TLS version the message came over ("TLSv1.3"),
+                    # None for plaintext.
+                    "tls": session.ssl["ssl_object"].version() if session.ssl else None,
                     # When the sink took it (its 250 follows at once).
                     "at": time.monotonic(),
                     # The connection it came on (one object per connection).
@@ -152,14 +178,19 @@ class SinkHandler:
 
 
 class Sink:
-    def __init__(self, tls=None, auth=None):
-        """tls: a `certificate()` to offer STARTTLS with, and then nothing
-        but EHLO, STARTTLS and QUIT is taken before it. auth: (user,
-        password) that must be given with AUTH (over TLS only) before MAIL;
-        the session's `auth_data` is then the user name."""
+    """aiosmtpd on loopback. tls: a `certificate()` to offer STARTTLS with,
+    and then nothing but EHLO, STARTTLS and QUIT is taken before it.
+    tls_context: instead, an ssl.SSLContext for the server side; STARTTLS
+    (RFC 3207) is offered, not required, in whatever TLS that context
+    allows. auth: (user, password) that must be given with AUTH (over TLS
+    only) before MAIL; the session's `auth_data` is then the user name."""
+
+    def __init__(self, tls=None, auth=None, tls_context=None):
         self.handler = SinkHandler()
         self.port = free_port()
         options = {}
+        if tls_context is not None:
+            options.update(tls_context=tls_context)
         if tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(tls["cert"], tls["key"])
@@ -183,6 +214,16 @@ class Sink:
     def messages(self):
         with self.handler.lock:
             return list(self.handler.messages)
+
+    @property
+    def handshakes(self):
+        with self.handler.lock:
+            return list(self.handler.handshakes)
+
+    @property
+    def failed_handshakes(self):
+        with self.handler.lock:
+            return list(self.handler.failed_handshakes)
 
     def wait_for(self, count, timeout=30.0):
         deadline = time.time() + timeout
@@ -605,6 +646,30 @@ def api_with_headers(p, key, method, path, body=None, source=None, headers=None)
         return r.status, r.headers, raw.decode(errors="replace")
 
 
+_SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? (\S+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def metric_samples(p, name):
+    """Every sample of the metric `name` on the server's /metrics, as
+    [(labels dict, value)]."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{p.ports['http']}/metrics", timeout=10).read().decode()
+    samples = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == name:
+            samples.append((dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return samples
+
+
+def metric(p, name, **labels):
+    """The sum of the samples of `name` that carry all of `labels` (0 when
+    none has been recorded)."""
+    return sum(v for got, v in metric_samples(p, name) if labels.items() <= got.items())
+
+
 def certificate(directory, stem, names=(), ips=(), issuer=None, ca=False):
     """A certificate and key made with cryptography, written to
     DIRECTORY/STEM-cert.pem and STEM-key.pem: for the DNS `names` and IP
@@ -640,6 +705,14 @@ def certificate(directory, stem, names=(), ips=(), issuer=None, ca=False):
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return {"cert": cert_path, "key": key_path, "_cert": cert, "_key": key}
+
+
+def server_context(made):
+    """A server-side ssl.SSLContext presenting the certificate `certificate`
+    made."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(made["cert"], made["key"])
+    return ctx
 
 
 class DnsZone:

@@ -4,30 +4,21 @@ counted under its protocol version and the key exchange group agreed
 (`postern_smtp_tls_sessions_total{version,group}`, README "Security
 defaults")."""
 
-import re
 import smtplib
 import socket
 import ssl
-import urllib.request
 
 import pytest
 
-from conftest import wait_until
-
-SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
-LABEL = re.compile(r'(\w+)="([^"]*)"')
+from conftest import metric_samples, wait_until
 
 
 def tls_sessions(p):
     """{(version, group): count} from postern_smtp_tls_sessions_total."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{p.ports['http']}/metrics", timeout=10).read().decode()
-    counts = {}
-    for line in text.splitlines():
-        m = SAMPLE.match(line)
-        if m and m.group(1) == "postern_smtp_tls_sessions_total":
-            labels = dict(LABEL.findall(m.group(2)))
-            counts[(labels.get("version"), labels.get("group"))] = float(m.group(3))
-    return counts
+    return {
+        (labels.get("version"), labels.get("group")): value
+        for labels, value in metric_samples(p, "postern_smtp_tls_sessions_total")
+    }
 
 
 def test_tls_sessions_are_counted_by_version_and_group(postern):

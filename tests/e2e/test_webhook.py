@@ -17,7 +17,7 @@ import pytest
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
-from conftest import DnsZone, Postern, certificate, free_port, wait_until
+from conftest import DnsZone, Postern, certificate, free_port, server_context, wait_until
 
 
 class Receiver:
@@ -275,12 +275,6 @@ def verify_all(receiver, public_key):
     assert receiver.requests
     for headers, body in receiver.requests:
         assert verifier.verify_signature(body, headers[EventWebhookHeader.SIGNATURE], headers[EventWebhookHeader.TIMESTAMP], key)
-
-
-def server_context(made):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(made["cert"], made["key"])
-    return ctx
 
 
 def post_errors(p):

@@ -1395,15 +1395,38 @@ async fn start_policy_server(
     acceptor: tokio_rustls::TlsAcceptor,
     policies: HashMap<String, String>,
 ) -> (u16, Arc<Mutex<HashMap<String, usize>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = start_policy_server_on(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        acceptor,
+        policies,
+    );
+    (server.port, server.fetches)
+}
+
+struct PolicyServer {
+    port: u16,
+    /// Requests read (after a completed TLS handshake), per Host header.
+    fetches: Arc<Mutex<HashMap<String, usize>>>,
+    /// TCP connections accepted, whatever became of their handshake.
+    connections: Arc<AtomicUsize>,
+}
+
+/// As `start_policy_server`, on a listener the test bound.
+fn start_policy_server_on(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    policies: HashMap<String, String>,
+) -> PolicyServer {
     let port = listener.local_addr().unwrap().port();
     let fetches = Arc::new(Mutex::new(HashMap::new()));
-    let counted = fetches.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (counted, accepted) = (fetches.clone(), connections.clone());
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (acceptor, policies, counted) =
                 (acceptor.clone(), policies.clone(), counted.clone());
             tokio::spawn(async move {
@@ -1434,7 +1457,115 @@ async fn start_policy_server(
             });
         }
     });
-    (port, fetches)
+    PolicyServer {
+        port,
+        fetches,
+        connections,
+    }
+}
+
+/// A `metrics` recorder keeping counters in memory, for a test to read
+/// what the delivery code counted. Installed with
+/// `metrics::set_default_local_recorder`, it records what runs on the
+/// test's thread only: `#[tokio::test]` runs the node and every task it
+/// spawns on that thread (a current-thread runtime), and the tests that
+/// run beside it in other threads count elsewhere.
+#[derive(Default)]
+struct Counters(Arc<Mutex<HashMap<CounterKey, u64>>>);
+
+/// A counter's name and its labels, sorted.
+type CounterKey = (String, Vec<(String, String)>);
+
+struct CounterCell {
+    key: CounterKey,
+    counts: Arc<Mutex<HashMap<CounterKey, u64>>>,
+}
+
+impl metrics::CounterFn for CounterCell {
+    fn increment(&self, value: u64) {
+        *self
+            .counts
+            .lock()
+            .unwrap()
+            .entry(self.key.clone())
+            .or_default() += value;
+    }
+
+    fn absolute(&self, value: u64) {
+        let mut counts = self.counts.lock().unwrap();
+        let c = counts.entry(self.key.clone()).or_default();
+        *c = (*c).max(value);
+    }
+}
+
+impl metrics::Recorder for Counters {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let mut labels: Vec<(String, String)> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        labels.sort();
+        metrics::Counter::from_arc(Arc::new(CounterCell {
+            key: (key.name().to_owned(), labels),
+            counts: self.0.clone(),
+        }))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+impl Counters {
+    /// The counter `name` summed by the value of its label `label`
+    /// (counters without that label are left out).
+    fn by(&self, name: &str, label: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for ((n, labels), count) in self.0.lock().unwrap().iter() {
+            if n != name {
+                continue;
+            }
+            if let Some((_, v)) = labels.iter().find(|(k, _)| k == label) {
+                *out.entry(v.clone()).or_default() += count;
+            }
+        }
+        out
+    }
+}
+
+/// `[(value, count)]` as the map `Counters::by` returns.
+fn counted(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 /// Polls `condition` every 10 ms until it holds; panics naming `what`
@@ -1687,6 +1818,224 @@ async fn mta_sts_policies_are_honoured() {
         fetched.get("mta-sts.badcert.example"),
         Some(&1),
         "{fetched:?}"
+    );
+}
+
+/// RFC 8461 §3.3: the policy is fetched over HTTPS, and the server's
+/// certificate must chain to a trusted root (here the Mozilla roots plus
+/// the test's `queue.tls_ca_file`) and carry `mta-sts.<domain>`. A policy
+/// server with a self-signed certificate for the right name, not in the
+/// CA file, gives no policy: the domain is served as one without a policy
+/// (opportunistic, so plaintext to a host without STARTTLS), and the fetch
+/// is counted as failed. A second domain with the same `enforce` policy
+/// from a trusted server is held to it (deferred, its only MX host is not
+/// listed): what the first would get if its policy were taken.
+#[tokio::test]
+async fn an_mta_sts_policy_behind_an_untrusted_certificate_is_not_used() {
+    use hickory_proto::rr::rdata::TXT;
+    let counters = Counters::default();
+    let _recording = metrics::set_default_local_recorder(&counters);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let plain = start_sink_on(
+        TcpListener::bind("127.0.0.71:0").await.unwrap(),
+        SinkOptions::default(),
+    );
+    // Both policy servers on the one port policies are fetched from, on
+    // two addresses.
+    let trusted_listener = TcpListener::bind("127.0.0.72:0").await.unwrap();
+    let policy_port = trusted_listener.local_addr().unwrap().port();
+    let untrusted_listener = TcpListener::bind(("127.0.0.73", policy_port))
+        .await
+        .unwrap();
+    let policy =
+        "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.example\r\nmax_age: 86400\r\n";
+    let serving = |host: &str| HashMap::from([(host.to_string(), policy.to_string())]);
+    let trusted = start_policy_server_on(
+        trusted_listener,
+        acceptor_for(&["mta-sts.trusted.example"], &ca),
+        serving("mta-sts.trusted.example"),
+    );
+    let rogue =
+        rcgen::generate_simple_self_signed(vec!["mta-sts.untrusted.example".into()]).unwrap();
+    let untrusted = start_policy_server_on(
+        untrusted_listener,
+        acceptor_of(&rogue),
+        serving("mta-sts.untrusted.example"),
+    );
+
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let txt = || RData::TXT(TXT::new(vec!["v=STSv1; id=20261202;".to_string()]));
+    let dns = start_dns(vec![
+        ("mx.plain.example.", a([127, 0, 0, 71])),
+        ("trusted.example.", mx("mx.plain.example.")),
+        ("_mta-sts.trusted.example.", txt()),
+        ("mta-sts.trusted.example.", a([127, 0, 0, 72])),
+        ("untrusted.example.", mx("mx.plain.example.")),
+        ("_mta-sts.untrusted.example.", txt()),
+        ("mta-sts.untrusted.example.", a([127, 0, 0, 73])),
+    ])
+    .await;
+    let node = start_node_full(
+        vec![],
+        Some(dns),
+        plain.addr.port(),
+        Shaping::default(),
+        Some((ca, policy_port)),
+    )
+    .await;
+
+    let held = node
+        .send(
+            "a@example.org",
+            &["u@trusted.example"],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&held, EventKind::Deferred).await;
+    assert!(e.detail.contains("matches its policy"), "{}", e.detail);
+
+    let free = node
+        .send(
+            "a@example.org",
+            &["u@untrusted.example"],
+            b"Subject: s\r\n\r\nx\r\n",
+        )
+        .await;
+    let e = node.wait_kind(&free, EventKind::Delivered).await;
+    assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
+    assert!(e.info.tls.is_none(), "{:?}", e.info.tls);
+    assert_eq!(rcpts_at(&plain), ["u@untrusted.example"]);
+
+    // The untrusted server was reached, and its handshake is where the
+    // fetch ended: it never read a request.
+    assert!(untrusted.connections.load(Ordering::SeqCst) >= 1);
+    assert!(untrusted.fetches.lock().unwrap().is_empty());
+    assert_eq!(
+        *trusted.fetches.lock().unwrap(),
+        HashMap::from([("mta-sts.trusted.example".to_string(), 1)])
+    );
+    assert_eq!(
+        counters.by("postern_mta_sts_fetch_total", "result"),
+        counted(&[("ok", 1), ("failed", 1)])
+    );
+}
+
+/// README: under `testing` mail is delivered, "and the failures are
+/// logged and counted" (RFC 8461 §5: a testing policy's failures are
+/// reported, not acted on). Four domains under `testing`, each delivered:
+/// one whose MX passes (counted as such, not as a failure), one whose MX
+/// presents a certificate for another name, one whose MX the policy does
+/// not list, and one whose MX offers no STARTTLS. Each failure is counted
+/// once under its own result of `postern_mta_sts_total`, and nothing else.
+#[tokio::test]
+async fn mta_sts_testing_failures_are_counted() {
+    use hickory_proto::rr::rdata::TXT;
+    let counters = Counters::default();
+    let _recording = metrics::set_default_local_recorder(&counters);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    // MX sinks share one port on different loopback addresses; every host
+    // is its own destination, so no connection is reused across domains
+    // (a reused connection has no handshake to check).
+    let good_listener = TcpListener::bind("127.0.0.74:0").await.unwrap();
+    let port = good_listener.local_addr().unwrap().port();
+    let tls = |names: &[&str]| SinkOptions {
+        tls: Some(acceptor_for(names, &ca)),
+        ..Default::default()
+    };
+    let good = start_sink_on(good_listener, tls(&["mx.good.example"]));
+    let other = start_sink_on(
+        TcpListener::bind(("127.0.0.75", port)).await.unwrap(),
+        tls(&["mx.other.example"]),
+    );
+    // A valid chain, for another name.
+    let bad = start_sink_on(
+        TcpListener::bind(("127.0.0.76", port)).await.unwrap(),
+        tls(&["wrong.example"]),
+    );
+    let plain = start_sink_on(
+        TcpListener::bind(("127.0.0.77", port)).await.unwrap(),
+        SinkOptions::default(),
+    );
+    let testing =
+        |mx: &str| format!("version: STSv1\r\nmode: testing\r\nmx: {mx}\r\nmax_age: 86400\r\n");
+    let policies: HashMap<String, String> = [
+        ("mta-sts.passes.example", testing("mx.good.example")),
+        ("mta-sts.badcert.example", testing("mx.bad.example")),
+        ("mta-sts.unlisted.example", testing("mx.listed.example")),
+        ("mta-sts.notls.example", testing("mx.plain.example")),
+    ]
+    .into_iter()
+    .map(|(h, p)| (h.to_string(), p))
+    .collect();
+    let policy_names: Vec<&str> = policies.keys().map(String::as_str).collect();
+    let (policy_port, _) = start_policy_server(acceptor_for(&policy_names, &ca), policies).await;
+
+    let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
+    let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
+    let mut records = vec![
+        ("mx.good.example.", a([127, 0, 0, 74])),
+        ("mx.other.example.", a([127, 0, 0, 75])),
+        ("mx.bad.example.", a([127, 0, 0, 76])),
+        ("mx.plain.example.", a([127, 0, 0, 77])),
+        ("passes.example.", mx("mx.good.example.")),
+        ("badcert.example.", mx("mx.bad.example.")),
+        ("unlisted.example.", mx("mx.other.example.")),
+        ("notls.example.", mx("mx.plain.example.")),
+    ];
+    for d in ["passes", "badcert", "unlisted", "notls"] {
+        let txt_name: &'static str = Box::leak(format!("_mta-sts.{d}.example.").into_boxed_str());
+        let host: &'static str = Box::leak(format!("mta-sts.{d}.example.").into_boxed_str());
+        records.push((
+            txt_name,
+            RData::TXT(TXT::new(vec!["v=STSv1; id=1;".into()])),
+        ));
+        records.push((host, a([127, 0, 0, 1])));
+    }
+    let dns = start_dns(records).await;
+    let node = start_node_full(
+        vec![],
+        Some(dns),
+        port,
+        Shaping::default(),
+        Some((ca.clone(), policy_port)),
+    )
+    .await;
+
+    for d in ["passes", "badcert", "unlisted", "notls"] {
+        let rcpt = format!("u@{d}.example");
+        let id = node
+            .send(
+                "a@example.org",
+                &[rcpt.as_str()],
+                b"Subject: s\r\n\r\nx\r\n",
+            )
+            .await;
+        let e = node.wait_kind(&id, EventKind::Delivered).await;
+        assert_eq!(e.info.tls_policy.as_deref(), Some("mta-sts-testing"), "{d}");
+    }
+    assert_eq!(rcpts_at(&good), ["u@passes.example"]);
+    assert_eq!(rcpts_at(&bad), ["u@badcert.example"]);
+    assert_eq!(rcpts_at(&other), ["u@unlisted.example"]);
+    assert_eq!(rcpts_at(&plain), ["u@notls.example"]);
+    // Every policy was fetched and taken (the results below need one).
+    assert_eq!(
+        counters.by("postern_mta_sts_fetch_total", "result"),
+        counted(&[("ok", 4)])
+    );
+    // passes: its certificate checks out; unlisted: the host is not in
+    // the policy, though its certificate is good; badcert: the name is
+    // wrong; notls: no STARTTLS at all.
+    assert_eq!(
+        counters.by("postern_mta_sts_total", "result"),
+        counted(&[
+            ("testing_ok", 2),
+            ("testing_mx_mismatch", 1),
+            ("testing_failure", 1),
+            ("testing_no_tls", 1),
+        ])
     );
 }
 
