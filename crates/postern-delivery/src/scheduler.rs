@@ -72,8 +72,9 @@ pub struct Scheduler {
     /// DSNs for mail that came in without authentication: headers only,
     /// and at most this many (backscatter to forged senders).
     pub unauthenticated_dsns: Arc<crate::dsn_limit::DsnLimiter>,
-    /// Message bytes claimed for delivery and held in memory at most (one
-    /// message more when a single one is larger).
+    /// Message bytes claimed for delivery and held in memory at most (a
+    /// single message larger than this is claimed alone, when nothing else
+    /// is held).
     pub max_body_bytes: usize,
 }
 
