@@ -1064,9 +1064,9 @@ pub fn encode_data(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Input bytes encoded per write when a body is streamed: the encoded copy
-/// of a message never exists whole, so a delivery holds the stored body
-/// plus one chunk, not twice the message.
+/// Most bytes handed to the connection per write when a body is streamed:
+/// the encoded copy of a message never exists whole, so a delivery holds
+/// the stored body plus one chunk, not twice the message.
 const DATA_CHUNK: usize = 64 * 1024;
 
 /// Dot-stuffs (RFC 5321 §4.5.2) a body given in pieces. Any bare CR or LF
@@ -1096,21 +1096,43 @@ impl DataEncoder {
     pub fn encode(&mut self, piece: &[u8], out: &mut Vec<u8>) {
         out.reserve(piece.len() + piece.len() / 64 + 2);
         for &b in piece {
-            match b {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\r' | b'\n' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.at_line_start = true;
-                    self.after_cr = b == b'\r';
+            self.push(b, out);
+        }
+    }
+
+    /// Appends the encoding of as much of `piece` as keeps `out` within
+    /// `limit` bytes, and returns how many bytes of `piece` it took. One
+    /// input byte becomes at most two (a stuffed dot, or a bare CR or LF
+    /// written as CRLF), so at least one byte is taken whenever `out` has
+    /// two bytes of room.
+    pub fn encode_within(&mut self, piece: &[u8], out: &mut Vec<u8>, limit: usize) -> usize {
+        let limit = limit.max(out.len() + 2);
+        let mut used = 0;
+        for &b in piece {
+            if out.len() + 2 > limit {
+                break;
+            }
+            self.push(b, out);
+            used += 1;
+        }
+        used
+    }
+
+    fn push(&mut self, b: u8, out: &mut Vec<u8>) {
+        match b {
+            b'\n' if self.after_cr => self.after_cr = false,
+            b'\r' | b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+                self.after_cr = b == b'\r';
+            }
+            _ => {
+                if self.at_line_start && b == b'.' {
+                    out.push(b'.');
                 }
-                _ => {
-                    if self.at_line_start && b == b'.' {
-                        out.push(b'.');
-                    }
-                    out.push(b);
-                    self.at_line_start = false;
-                    self.after_cr = false;
-                }
+                out.push(b);
+                self.at_line_start = false;
+                self.after_cr = false;
             }
         }
     }
@@ -1185,28 +1207,11 @@ impl Conn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        tokio::time::timeout(self.timeout, async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        })
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+        send_within(&mut self.stream, self.timeout, bytes).await
     }
 
-    /// Writes a body dot-stuffed, one chunk at a time. Each chunk has the
-    /// whole write timeout (RFC 5321 §4.5.3.2.5 times each data block, not
-    /// the message), so a slow but moving peer is not cut off.
     async fn send_body(&mut self, body: &[u8]) -> io::Result<()> {
-        let mut encoder = DataEncoder::default();
-        let mut out = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 8);
-        for piece in body.chunks(DATA_CHUNK) {
-            out.clear();
-            encoder.encode(piece, &mut out);
-            self.send(&out).await?;
-        }
-        out.clear();
-        encoder.finish(&mut out);
-        self.send(&out).await
+        write_body(&mut self.stream, self.timeout, body).await
     }
 
     async fn reply(&mut self) -> io::Result<(u16, String)> {
@@ -1262,6 +1267,45 @@ impl Conn {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// Writes `bytes` and flushes them within `timeout`.
+async fn send_within<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    timeout: Duration,
+    bytes: &[u8],
+) -> io::Result<()> {
+    tokio::time::timeout(timeout, async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+}
+
+/// Writes a body dot-stuffed, in pieces of at most [`DATA_CHUNK`] bytes as
+/// written (stuffing and CRLF repairs included, so a body of dot-led lines
+/// does not make larger pieces). Each piece has the whole write timeout
+/// (RFC 5321 §4.5.3.2.5 times each data block, not the message), so a slow
+/// but moving peer is not cut off. Generic over the writer so tests can see
+/// the pieces it is handed.
+async fn write_body<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    timeout: Duration,
+    body: &[u8],
+) -> io::Result<()> {
+    let mut encoder = DataEncoder::default();
+    let mut out = Vec::with_capacity(DATA_CHUNK);
+    let mut rest = body;
+    while !rest.is_empty() {
+        out.clear();
+        let used = encoder.encode_within(rest, &mut out, DATA_CHUNK);
+        rest = &rest[used..];
+        send_within(w, timeout, &out).await?;
+    }
+    out.clear();
+    encoder.finish(&mut out);
+    send_within(w, timeout, &out).await
 }
 
 impl AsyncRead for Stream {
@@ -1345,6 +1389,68 @@ mod tests {
         assert_eq!(
             whole,
             b"..a\r\n..\r\n...b\r\nc\r\nd\r\n\r\n\r\n..e\r\n..\r\n.\r\n"
+        );
+    }
+
+    /// A writer that accepts everything and records the size of each
+    /// piece it is handed.
+    #[derive(Default)]
+    struct RecordingWriter {
+        pieces: Vec<usize>,
+        written: Vec<u8>,
+    }
+
+    impl AsyncWrite for RecordingWriter {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let me = self.get_mut();
+            me.pieces.push(buf.len());
+            me.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The body goes to the connection dot-stuffed in pieces of at most
+    /// 64 KiB as written, never as one encoded copy, even when stuffing
+    /// makes the encoding larger than the body (every line here starts
+    /// with a dot, and some end in a bare LF that becomes CRLF); and the
+    /// pieces are full ones, not line by line.
+    #[tokio::test]
+    async fn bodies_are_written_in_pieces_of_at_most_64_kib() {
+        let mut body = Vec::new();
+        while body.len() < 1024 * 1024 {
+            body.extend_from_slice(b".a dot-led line\r\n.\n..\r\n");
+        }
+        let mut w = RecordingWriter::default();
+        write_body(&mut w, Duration::from_secs(5), &body)
+            .await
+            .unwrap();
+        let encoded = encode_data(&body);
+        assert!(
+            encoded.len() > body.len() + body.len() / 8,
+            "stuffing grows it"
+        );
+        assert_eq!(w.written, encoded, "the same bytes as the one-shot form");
+        let largest = w.pieces.iter().copied().max().unwrap();
+        assert!(largest <= 64 * 1024, "a piece of {largest} bytes");
+        // All but the last body piece and the end-of-data line are full
+        // (within the one byte an input byte may not split across).
+        let body_pieces = &w.pieces[..w.pieces.len() - 2];
+        assert!(
+            body_pieces.iter().all(|&n| n >= 64 * 1024 - 1),
+            "{:?}",
+            w.pieces
         );
     }
 

@@ -72,8 +72,9 @@ pub struct Scheduler {
     /// DSNs for mail that came in without authentication: headers only,
     /// and at most this many (backscatter to forged senders).
     pub unauthenticated_dsns: Arc<crate::dsn_limit::DsnLimiter>,
-    /// Message bytes claimed for delivery and held in memory at most (one
-    /// message more when a single one is larger).
+    /// Message bytes claimed for delivery and held in memory at most (a
+    /// single message larger than this is claimed alone, when nothing else
+    /// is held).
     pub max_body_bytes: usize,
 }
 
@@ -165,9 +166,11 @@ impl Scheduler {
             }
             let now = postern_core::time::now_millis();
             // Room in jobs and in bytes: large messages claim fewer at once.
-            let bytes_room = this
-                .max_body_bytes
-                .saturating_sub(shared.bytes_in_memory.load(Ordering::Acquire));
+            // What is claimed fits in the room; only with nothing held is a
+            // message larger than the whole bound taken (alone), so such a
+            // message is still delivered.
+            let held = shared.bytes_in_memory.load(Ordering::Acquire);
+            let bytes_room = this.max_body_bytes.saturating_sub(held);
             let room = if bytes_room == 0 {
                 0
             } else {
@@ -182,6 +185,7 @@ impl Scheduler {
                         room,
                         LEASE.as_millis() as i64,
                         i64::try_from(bytes_room).unwrap_or(i64::MAX),
+                        held == 0,
                     )
                     .await
                 {
@@ -208,6 +212,10 @@ impl Scheduler {
                 IDLE_POLL
             } else {
                 match this.store.next_due().await {
+                    // Due already, yet nothing was claimed: it did not fit in
+                    // the bytes left, and waits for a delivery to finish
+                    // (`changed`) rather than the loop asking again at once.
+                    Ok(Some(t)) if t <= now && claimed == 0 => IDLE_POLL,
                     Ok(Some(t)) => Duration::from_millis(
                         (t - now).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
                     ),

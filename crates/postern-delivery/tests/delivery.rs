@@ -399,6 +399,29 @@ async fn start_node_inner(
     shaping: Shaping,
     mta_sts: Option<(std::path::PathBuf, u16)>,
 ) -> Node {
+    let (node, _) = start_node_watched(
+        routes,
+        resolver,
+        mx_port,
+        shaping,
+        mta_sts,
+        64 * 1024 * 1024,
+    )
+    .await;
+    node
+}
+
+/// A node whose scheduler claims through a [`WatchedStore`] (returned, to
+/// read what the scheduler held) and holds at most `max_body_bytes` of
+/// bodies.
+async fn start_node_watched(
+    routes: Vec<RouteConfig>,
+    resolver: Arc<MxResolver>,
+    mx_port: u16,
+    shaping: Shaping,
+    mta_sts: Option<(std::path::PathBuf, u16)>,
+    max_body_bytes: usize,
+) -> (Node, Arc<WatchedStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let intake = Intake::new(store.clone(), "postern.test".into());
@@ -415,8 +438,14 @@ async fn start_node_inner(
         resolver,
     )
     .unwrap();
+    let watched = Arc::new(WatchedStore {
+        inner: store.clone(),
+        handed_out: Mutex::new(Vec::new()),
+        at_claims: Mutex::new(Vec::new()),
+        claims: AtomicUsize::new(0),
+    });
     let scheduler = Scheduler {
-        store: store.clone(),
+        store: watched.clone(),
         client: Arc::new(client),
         router: Arc::new(Router::new(&routes)),
         retry: RetrySchedule {
@@ -431,15 +460,122 @@ async fn start_node_inner(
         shaping,
         accounts: Some(store.clone()),
         unauthenticated_dsns: Arc::new(postern_delivery::dsn_limit::DsnLimiter::new(100, 1000)),
-        max_body_bytes: 64 * 1024 * 1024,
+        max_body_bytes,
     };
     let (tx, rx) = watch::channel(false);
     tokio::spawn(scheduler.run(rx, Duration::from_secs(5)));
-    Node {
+    let node = Node {
         store,
         intake,
         shutdown: tx,
         _dir: dir,
+    };
+    (node, watched)
+}
+
+/// The embedded store, watching what the scheduler holds: it keeps a weak
+/// reference to every body it hands out in a claim, so the bodies still
+/// alive are the ones the scheduler (its backlogs, workers and the
+/// recording of outcomes) holds. Bodies come into memory only through
+/// claims, so what is alive just after each claim is the most held
+/// between that claim and the next: the largest of these is the peak.
+struct WatchedStore {
+    inner: Arc<EmbeddedStore>,
+    handed_out: Mutex<Vec<std::sync::Weak<Vec<u8>>>>,
+    /// After each claim that returned work: the sizes of the bodies alive.
+    at_claims: Mutex<Vec<Vec<usize>>>,
+    /// Claims asked for, whether or not they returned work.
+    claims: AtomicUsize,
+}
+
+impl WatchedStore {
+    fn alive(&self) -> Vec<usize> {
+        let mut handed = self.handed_out.lock().unwrap();
+        handed.retain(|w| w.strong_count() > 0);
+        handed
+            .iter()
+            .filter_map(|w| w.upgrade().map(|b| b.len()))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl QueueStore for WatchedStore {
+    async fn enqueue(&self, msg: postern_store::NewMessage) -> postern_store::Result<()> {
+        self.inner.enqueue(msg).await
+    }
+    async fn claim_due_within(
+        &self,
+        now: i64,
+        limit: usize,
+        lease_millis: i64,
+        max_bytes: i64,
+        at_least_one: bool,
+    ) -> postern_store::Result<Vec<postern_store::DeliveryJob>> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        let jobs = self
+            .inner
+            .claim_due_within(now, limit, lease_millis, max_bytes, at_least_one)
+            .await?;
+        if !jobs.is_empty() {
+            self.handed_out
+                .lock()
+                .unwrap()
+                .extend(jobs.iter().map(|j| Arc::downgrade(&j.body)));
+            let alive = self.alive();
+            self.at_claims.lock().unwrap().push(alive);
+        }
+        Ok(jobs)
+    }
+    async fn settle(
+        &self,
+        outcomes: Vec<postern_store::RecipientOutcome>,
+    ) -> postern_store::Result<()> {
+        self.inner.settle(outcomes).await
+    }
+    async fn release_all_leases(&self) -> postern_store::Result<u64> {
+        self.inner.release_all_leases().await
+    }
+    async fn next_due(&self) -> postern_store::Result<Option<i64>> {
+        self.inner.next_due().await
+    }
+    async fn queue_summary(&self) -> postern_store::Result<postern_store::QueueSummary> {
+        self.inner.queue_summary().await
+    }
+    async fn postpone(
+        &self,
+        recipients: Vec<(postern_core::MessageId, u32)>,
+        next_attempt: i64,
+    ) -> postern_store::Result<()> {
+        self.inner.postpone(recipients, next_attempt).await
+    }
+    async fn queued_messages(
+        &self,
+        filter: postern_store::QueueFilter,
+    ) -> postern_store::Result<Vec<postern_store::QueuedMessage>> {
+        self.inner.queued_messages(filter).await
+    }
+    async fn queued_message(
+        &self,
+        id: String,
+    ) -> postern_store::Result<Option<postern_store::QueuedMessage>> {
+        self.inner.queued_message(id).await
+    }
+    async fn retry_now(
+        &self,
+        id: Option<String>,
+        filter: postern_store::QueueFilter,
+        now: i64,
+    ) -> postern_store::Result<u64> {
+        self.inner.retry_now(id, filter, now).await
+    }
+    async fn delete_queued(
+        &self,
+        id: String,
+        reason: String,
+        now: i64,
+    ) -> postern_store::Result<u64> {
+        self.inner.delete_queued(id, reason, now).await
     }
 }
 
@@ -617,6 +753,94 @@ async fn delivers_byte_exact_with_dot_stuffing() {
     assert!(got[0]
         .wire
         .ends_with(b"\r\nSubject: x\r\n\r\n..dot\r\nend\r\n.\r\n"));
+}
+
+/// The scheduler claims queued mail only while the bodies it holds fit in
+/// its bound (`max_body_bytes`, the body memory budget), and a message
+/// larger than the whole bound is still delivered, held alone. Eight
+/// 300 KiB messages to a sink that takes a second over each: without the
+/// bound all eight would be held at once (2.4 MiB); with 1,000 KiB at
+/// most three fit. Then a 1.5 MiB message with a small one behind it.
+#[tokio::test]
+async fn claims_keep_held_bodies_within_the_bound_and_deliver_everything() {
+    const KIB: usize = 1024;
+    const BOUND: usize = 1000 * KIB;
+    let sink = start_sink(SinkOptions {
+        data_delay: Some(Duration::from_secs(1)),
+        ..SinkOptions::default()
+    })
+    .await;
+    let resolver = Arc::new(MxResolver::new(&[]).unwrap());
+    let (node, watched) = start_node_watched(
+        vec![route("*", &sink, RouteTls::None, None)],
+        resolver,
+        25,
+        Shaping::default(),
+        None,
+        BOUND,
+    )
+    .await;
+    let body = |size: usize, tag: usize| {
+        let mut b = format!("Subject: {tag}\r\n\r\n").into_bytes();
+        let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+        while b.len() + line.len() <= size {
+            b.extend_from_slice(line);
+        }
+        b.resize(size, b'x');
+        b
+    };
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(
+            node.send(
+                "a@example.org",
+                &[&format!("r{i}@example.net")],
+                &body(300 * KIB, i),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        node.final_events(id, 1).await;
+    }
+    let big = node
+        .send("a@example.org", &["big@example.net"], &body(1536 * KIB, 8))
+        .await;
+    let small = node
+        .send("a@example.org", &["small@example.net"], &body(10 * KIB, 9))
+        .await;
+    for id in [&big, &small] {
+        node.final_events(id, 1).await;
+    }
+
+    let got = sink.received.lock().unwrap().clone();
+    assert_eq!(got.len(), 10, "every message delivered once");
+    let snapshots = watched.at_claims.lock().unwrap().clone();
+    for alive in &snapshots {
+        let held: usize = alive.iter().sum();
+        assert!(
+            held <= BOUND || alive.len() == 1,
+            "held {held} bytes in {alive:?} (bound {BOUND})"
+        );
+    }
+    // The scheduler did hold several messages at once, so the bound, not
+    // one-at-a-time delivery, is what kept it within.
+    let most = snapshots
+        .iter()
+        .map(|a| a.iter().sum::<usize>())
+        .max()
+        .unwrap();
+    assert!(most >= 2 * 300 * KIB, "at most {most} bytes held at once");
+    assert!(
+        // (Stored bodies carry Postern's Received field too.)
+        snapshots.iter().any(|a| a.len() == 1 && a[0] > 1536 * KIB),
+        "the large message was held alone: {snapshots:?}"
+    );
+    // Work that does not fit waits for a delivery to finish; the loop does
+    // not ask the store again and again meanwhile (about four seconds of
+    // deliveries here; a claim per turn of a busy loop would be thousands).
+    let claims = watched.claims.load(Ordering::SeqCst);
+    assert!(claims < 200, "{claims} claims");
 }
 
 #[tokio::test]

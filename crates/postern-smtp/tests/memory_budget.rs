@@ -2,11 +2,18 @@
 //! covered is refused with 452 4.3.1 (at MAIL when the SIZE does not fit,
 //! or at the end of DATA/BDAT when the budget ran out mid-body), the session
 //! stays usable, and bytes sent without a transaction are never kept.
+//! Outside the budget, each connection reads through an 8 KiB buffer.
 
 mod harness;
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
 use harness::{connect, start};
+use postern_core::config::ListenerRole;
 use postern_core::Config;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 
 const KIB: usize = 1024;
 
@@ -272,4 +279,101 @@ async fn an_account_holds_only_its_share_from_any_network() {
 
     assert!(slow.cmd(".").await.starts_with("250"));
     assert_eq!(server.queued().await, 2);
+}
+
+/// A stream that records how many bytes each read asks for.
+struct AskRecorder {
+    inner: DuplexStream,
+    asked: Arc<Mutex<Vec<usize>>>,
+}
+
+impl AsyncRead for AskRecorder {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        me.asked.lock().unwrap().push(buf.remaining());
+        Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AskRecorder {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Outside the budget, a connection holds a read buffer of 8 KiB: the
+/// session asks its stream for at most 8 KiB per read, and reads a body
+/// through 8 KiB asks (a 1 MiB body takes at least 128 of them), whatever
+/// the client sends at once. The stream here can hand over 64 KiB per read.
+#[tokio::test]
+async fn a_session_reads_through_an_8_kib_buffer() {
+    // The default limits: a 1 MiB body is within them.
+    let server = start(Config::default()).await;
+    let (ours, theirs) = tokio::io::duplex(64 * KIB);
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let stream = AskRecorder {
+        inner: theirs,
+        asked: asked.clone(),
+    };
+    let listener = Arc::new(postern_smtp::ListenerContext {
+        role: ListenerRole::Mx,
+        address: server.mx,
+        tls: None,
+        allow_plaintext_auth: false,
+        auth_mechanisms: postern_smtp::mechanism_bits(&[]),
+    });
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let session = postern_smtp::session::Session::new(
+        stream,
+        server.ctx.clone(),
+        listener,
+        "127.0.0.1:40000".parse().unwrap(),
+        None,
+        shutdown,
+    );
+    let running = tokio::spawn(session.run(true));
+
+    let mut c = harness::Client::new(ours);
+    assert!(c.reply().await.unwrap().starts_with("220"));
+    assert!(c.cmd("EHLO client.test").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<x@relay.example>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let big = body(1024 * KIB);
+    // The session reads while the client writes (the duplex holds 64 KiB),
+    // so it always has more waiting than one read can take.
+    c.send(&big).await;
+    assert!(
+        c.cmd(".").await.starts_with("250"),
+        "the message was queued"
+    );
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+    let _ = running.await;
+    assert_eq!(server.queued().await, 1);
+
+    let asked = asked.lock().unwrap().clone();
+    let largest = asked.iter().copied().max().unwrap();
+    assert!(largest <= 8 * KIB, "a read asked for {largest} bytes");
+    let full = asked.iter().filter(|&&n| n == 8 * KIB).count();
+    assert!(
+        full >= big.len() / (8 * KIB),
+        "{full} reads of 8 KiB for a body of {} bytes",
+        big.len()
+    );
 }

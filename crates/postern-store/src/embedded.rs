@@ -665,6 +665,7 @@ impl QueueStore for EmbeddedStore {
         limit: usize,
         lease_millis: i64,
         max_bytes: i64,
+        at_least_one: bool,
     ) -> Result<Vec<DeliveryJob>> {
         self.write(move |conn| {
             let mut claimed: BTreeMap<(String, String), Vec<JobRecipient>> = BTreeMap::new();
@@ -672,9 +673,10 @@ impl QueueStore for EmbeddedStore {
                 // The due recipients in order, each with the running total
                 // of its messages' sizes (length() reads a blob's size from
                 // the record header, not its content); a recipient is taken
-                // while the total before it is under `max_bytes`, so the
-                // first always is. A message with several recipients counts
-                // once per recipient: an overestimate, on the safe side.
+                // while the total with it stays within `max_bytes`, and the
+                // first one regardless when `at_least_one`. A message with
+                // several recipients counts once per recipient: an
+                // overestimate, on the safe side.
                 let mut stmt = conn.prepare_cached(
                     "WITH due AS (
                         SELECT r.rowid AS rid, r.next_attempt AS at, length(m.body) AS len
@@ -682,13 +684,15 @@ impl QueueStore for EmbeddedStore {
                         WHERE r.status = 0 AND r.next_attempt <= ?1 AND r.lease_until <= ?1
                         ORDER BY r.next_attempt LIMIT ?3),
                      sized AS (
-                        SELECT rid, SUM(len) OVER (ORDER BY at, rid ROWS UNBOUNDED PRECEDING) - len AS before
+                        SELECT rid,
+                               SUM(len) OVER (ORDER BY at, rid ROWS UNBOUNDED PRECEDING) AS total,
+                               ROW_NUMBER() OVER (ORDER BY at, rid) AS n
                         FROM due)
                      UPDATE recipients SET lease_until = ?2
-                     WHERE rowid IN (SELECT rid FROM sized WHERE before < ?4)
+                     WHERE rowid IN (SELECT rid FROM sized WHERE total <= ?4 OR (n = 1 AND ?5))
                      RETURNING message_id, idx, address, domain, attempts, notify, orcpt",
                 )?;
-                let rows = stmt.query_map(params![now, now + lease_millis, limit as i64, max_bytes], |r| {
+                let rows = stmt.query_map(params![now, now + lease_millis, limit as i64, max_bytes, at_least_one], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(3)?,
@@ -2875,27 +2879,41 @@ mod tests {
         assert!(others.is_empty());
     }
 
-    /// Claims stop at a byte bound (at least one is always taken), so what
-    /// a node loads for delivery stays bounded whatever the messages weigh.
+    /// Claims stop at a byte bound (the first is taken however large only
+    /// when asked), so what a node loads for delivery stays within it
+    /// whatever the messages weigh.
     #[tokio::test]
     async fn claims_stop_at_the_byte_bound() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        for i in 0..5 {
+        for i in 0..6 {
             let mut m = message(&[&format!("r{i}@one.example")]);
             m.body = vec![b'x'; 100_000];
             store.enqueue(m).await.unwrap();
         }
         let jobs = store
-            .claim_due_within(i64::MAX / 4, 100, 60_000, 250_000)
+            .claim_due_within(i64::MAX / 4, 100, 60_000, 250_000, true)
             .await
             .unwrap();
-        assert_eq!(jobs.len(), 3, "0, 100k and 200k before each: under 250k");
+        assert_eq!(jobs.len(), 2, "100k and 200k fit in 250k, 300k does not");
         let jobs = store
-            .claim_due_within(i64::MAX / 4, 100, 60_000, 1)
+            .claim_due_within(i64::MAX / 4, 100, 60_000, 200_000, false)
             .await
             .unwrap();
-        assert_eq!(jobs.len(), 1, "one always, however large");
+        assert_eq!(jobs.len(), 2, "exactly the bound fits");
+        let jobs = store
+            .claim_due_within(i64::MAX / 4, 100, 60_000, 99_999, false)
+            .await
+            .unwrap();
+        assert!(
+            jobs.is_empty(),
+            "nothing fits, and none was asked for regardless"
+        );
+        let jobs = store
+            .claim_due_within(i64::MAX / 4, 100, 60_000, 1, true)
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1, "one regardless, however large");
         let rest = store.claim_due(i64::MAX / 4, 100, 60_000).await.unwrap();
         assert_eq!(rest.len(), 1);
     }

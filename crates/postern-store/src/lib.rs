@@ -64,20 +64,24 @@ pub trait QueueStore: Send + Sync {
         limit: usize,
         lease_millis: i64,
     ) -> Result<Vec<DeliveryJob>> {
-        self.claim_due_within(now, limit, lease_millis, i64::MAX)
+        self.claim_due_within(now, limit, lease_millis, i64::MAX, true)
             .await
     }
 
-    /// As `claim_due`, stopping once the claimed recipients' messages add
-    /// up to `max_bytes` (at least one is always claimed): what a node
-    /// loads to deliver stays within its memory bound however large the
-    /// messages are.
+    /// As `claim_due`, taking recipients only while the claimed recipients'
+    /// messages add up to at most `max_bytes`: what a node loads to deliver
+    /// stays within its memory bound however large the messages are. With
+    /// `at_least_one`, the first due recipient is taken however large its
+    /// message (a node holding nothing must still deliver a message larger
+    /// than its bound); without it, a first message over `max_bytes`
+    /// leaves the claim empty.
     async fn claim_due_within(
         &self,
         now: i64,
         limit: usize,
         lease_millis: i64,
         max_bytes: i64,
+        at_least_one: bool,
     ) -> Result<Vec<DeliveryJob>>;
 
     /// Records the outcome of attempts, with their events, in one commit.

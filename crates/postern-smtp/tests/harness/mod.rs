@@ -30,6 +30,9 @@ pub struct Server {
     pub shutdown: watch::Sender<bool>,
     /// The body memory budget the sessions lease from (to watch it).
     pub budget: postern_queue::BodyBudget,
+    /// What the listeners' sessions share, to run a session over a stream
+    /// of a test's own.
+    pub ctx: Arc<SmtpContext>,
     _dir: tempfile::TempDir,
 }
 
@@ -128,6 +131,7 @@ pub async fn start(mut config: Config) -> Server {
         cert,
         shutdown: tx,
         budget,
+        ctx,
         _dir: dir,
     }
 }
