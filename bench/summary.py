@@ -177,8 +177,11 @@ def sizes(pairs):
     smallest size to the largest. pairs: [(postern_run, postfix_run,
     postern_mem, postfix_mem)], smallest size first."""
     mib = lambda kib: round(kib / 1024, 1)
-    rows = []
+    rows, left_out = [], []
     for pn, pf, pn_mem, pf_mem in pairs:
+        for run in (pn, pf):
+            if problems(run):
+                left_out.append(f"{run.get('label', '?')}: {', '.join(problems(run))}")
         rows.append({
             "message_mib": round(pn["message_bytes"] / 2**20, 1),
             "messages": pn["accepted"],
@@ -188,12 +191,16 @@ def sizes(pairs):
             "postern_peak_rss_mib": mib(max(pn_mem["peak_rss_kib"], pn_mem["vmhwm_kib"])),
             "postfix_peak_rss_sum_mib": mib(pf_mem["peak_rss_kib"]),
             "postfix_peak_pss_sum_mib": mib(pf_mem["peak_pss_kib"]),
+            "postern_4xx": pn.get("pushbacks"),
+            "postfix_4xx": pf.get("pushbacks"),
         })
     first, last = rows[0]["postern_mib_per_s"], rows[-1]["postern_mib_per_s"]
-    held = round(last / first, 2) if first else None
+    # A run with errors or undelivered mail gives no verdict.
+    held = round(last / first, 2) if first and not left_out else None
     return {
         "scenario": "sizes",
         "rows": rows,
+        "left_out": left_out,
         "postern_mib_per_s_largest_over_smallest": held,
         "linear_floor": LINEAR_FLOOR,
         "linear": held is not None and held >= LINEAR_FLOOR,
@@ -253,6 +260,10 @@ def main(argv):
             print(f"{r['message_mib']} MiB messages: Postern {r['postern_mib_per_s']} MiB/s, peak RSS {r['postern_peak_rss_mib']} MiB; "
                   f"Postfix {r['postfix_mib_per_s']} MiB/s, peak RSS {r['postfix_peak_rss_sum_mib']} MiB "
                   f"(PSS {r['postfix_peak_pss_sum_mib']}); {r['ratio']}x", file=sys.stderr)
+        for why in line["left_out"]:
+            print(f"no verdict: {why}", file=sys.stderr)
+        if line["left_out"]:
+            return 2
         verdict = "linear" if line["linear"] else "NOT LINEAR"
         print(f"{verdict}: Postern's MiB/s at the largest size is {line['postern_mib_per_s_largest_over_smallest']} "
               f"of that at the smallest (floor {LINEAR_FLOOR})", file=sys.stderr)

@@ -213,3 +213,12 @@ def test_sizes_command_exits_non_zero_when_not_linear():
     assert json.loads(out.stdout)["linear"] is False
     bad = subprocess.run([sys.executable, str(HERE / "summary.py"), "sizes", *args[:3]], capture_output=True, text=True)
     assert bad.returncode == 64
+
+
+def test_sizes_gives_no_verdict_on_a_run_with_errors():
+    bad = dict(sized(97.5, 10), errors=5)
+    line = summary.sizes([(sized(140.0, 1), sized(130.0, 1), mem(1), mem(1)),
+                          (bad, sized(210.0, 10), mem(1), mem(1))])
+    assert line["linear"] is False
+    assert line["postern_mib_per_s_largest_over_smallest"] is None
+    assert line["left_out"] == ["s: 5 errors"]

@@ -1787,6 +1787,47 @@ impl Counters {
     }
 }
 
+/// The log lines written on the test's thread, as `postern serve` formats
+/// them (without colours or times). Installed with
+/// `tracing::subscriber::set_default`, so, like `Counters`, it sees the
+/// node's tasks (they run on the test's thread) and not the tests beside it.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .without_time()
+                .with_max_level(tracing::Level::INFO)
+                .finish(),
+        )
+    }
+
+    /// The captured lines at `level` ("WARN") that contain every one of
+    /// `parts`.
+    fn lines(&self, level: &str, parts: &[&str]) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.trim_start().starts_with(level) && parts.iter().all(|p| l.contains(p)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// `[(value, count)]` as the map `Counters::by` returns.
 fn counted(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -2158,6 +2199,8 @@ async fn mta_sts_testing_failures_are_counted() {
     use hickory_proto::rr::rdata::TXT;
     let counters = Counters::default();
     let _recording = metrics::set_default_local_recorder(&counters);
+    let logs = LogCapture::default();
+    let _logging = logs.install();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     // MX sinks share one port on different loopback addresses; every host
@@ -2261,6 +2304,25 @@ async fn mta_sts_testing_failures_are_counted() {
             ("testing_no_tls", 1),
         ])
     );
+    // …and each failure is logged as a warning naming where it happened
+    // (README: "under `testing` it is delivered and the failures are
+    // logged and counted"); the domain that passes logs none.
+    for (what, host) in [
+        ("MX host not in the policy", "mx.other.example"),
+        ("no STARTTLS", "mx.plain.example"),
+        (
+            "certificate would be refused under enforce",
+            "mx.bad.example",
+        ),
+    ] {
+        assert_eq!(
+            logs.lines("WARN", &["MTA-STS testing", what, host]).len(),
+            1,
+            "{what} for {host}"
+        );
+    }
+    assert_eq!(logs.lines("WARN", &["MTA-STS testing"]).len(), 3);
+    assert!(logs.lines("WARN", &["mx.good.example"]).is_empty());
 }
 
 #[tokio::test]
