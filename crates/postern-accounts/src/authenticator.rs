@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::api_key::ApiKeys;
 use crate::defense::{Defense, Verdict};
+use crate::login_cache::{LoginCache, Lookups};
 use crate::oauth::OAuthVerifier;
 use crate::password::{HashError, PasswordHasher};
 use crate::sasl::Credentials;
@@ -96,6 +97,7 @@ pub struct Authenticator {
     hasher: PasswordHasher,
     defense: Arc<Defense>,
     oauth: Option<Arc<OAuthVerifier>>,
+    lookups: Arc<LoginCache>,
 }
 
 impl Authenticator {
@@ -109,6 +111,7 @@ impl Authenticator {
             hasher,
             defense: Arc::new(Defense::new(config.clone())),
             oauth: None,
+            lookups: Arc::new(LoginCache::default()),
         })
     }
 
@@ -219,18 +222,21 @@ impl Authenticator {
         if has_control(&creds.username) || has_control(&creds.authzid) {
             return Err(CheckFailure::Invalid("malformed_username"));
         }
+        let l = self.lookups.begin(self.store.as_ref()).await?;
         match attempt.proof {
-            Proof::CramMd5 { challenge } => return self.check_cram_md5(attempt, challenge).await,
-            Proof::BearerToken => return self.check_bearer(attempt).await,
+            Proof::CramMd5 { challenge } => {
+                return self.check_cram_md5(&l, attempt, challenge).await
+            }
+            Proof::BearerToken => return self.check_bearer(&l, attempt).await,
             Proof::Secret => {}
         }
         if creds.username == API_KEY_USERNAME {
-            return self.check_api_key(attempt).await;
+            return self.check_api_key(&l, attempt).await;
         }
         // Password (basic) auth. The hash is verified whether or not the
         // account exists or allows passwords (against a dummy hash if not),
         // so the time taken says nothing about the account.
-        let account = self.store.get_account(creds.username.clone()).await?;
+        let account = l.account(&creds.username).await?;
         let phc = account
             .as_ref()
             .filter(|a| a.allow_password_auth)
@@ -251,9 +257,9 @@ impl Authenticator {
         if !verified {
             return Err(CheckFailure::Invalid("wrong_password"));
         }
-        self.check_account(&account, attempt.ip).await?;
+        self.check_account(&l, &account, attempt.ip).await?;
         let (acting_as, account_id) = self
-            .acting_for(&account, &creds.authzid, &creds.username, attempt.ip)
+            .acting_for(&l, &account, &creds.authzid, &creds.username, attempt.ip)
             .await?;
         Ok(Principal {
             account: acting_as,
@@ -268,11 +274,12 @@ impl Authenticator {
     /// against a dummy state so the work done is the same.
     async fn check_cram_md5(
         &self,
+        l: &Lookups<'_>,
         attempt: &LoginAttempt<'_>,
         challenge: &str,
     ) -> Result<Principal, CheckFailure> {
         let creds = attempt.creds;
-        let account = self.store.get_account(creds.username.clone()).await?;
+        let account = l.account(&creds.username).await?;
         let state = account
             .as_ref()
             .filter(|a| a.allow_password_auth)
@@ -295,7 +302,7 @@ impl Authenticator {
         if !verified {
             return Err(CheckFailure::Invalid("wrong_password"));
         }
-        self.check_account(&account, attempt.ip).await?;
+        self.check_account(l, &account, attempt.ip).await?;
         Ok(Principal {
             account_id: account.id,
             account: account.name,
@@ -305,7 +312,11 @@ impl Authenticator {
     }
 
     /// OAuth: a JWT from a configured issuer names the account.
-    async fn check_bearer(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, CheckFailure> {
+    async fn check_bearer(
+        &self,
+        l: &Lookups<'_>,
+        attempt: &LoginAttempt<'_>,
+    ) -> Result<Principal, CheckFailure> {
         let Some(verifier) = &self.oauth else {
             return Err(CheckFailure::Invalid("oauth_not_configured"));
         };
@@ -316,10 +327,10 @@ impl Authenticator {
         if !claimed.is_empty() && *claimed != account_name {
             return Err(CheckFailure::Invalid("token_user_mismatch"));
         }
-        let Some(account) = self.store.get_account(account_name).await? else {
+        let Some(account) = l.account(&account_name).await? else {
             return Err(CheckFailure::Invalid("unknown_account"));
         };
-        self.check_account(&account, attempt.ip).await?;
+        self.check_account(l, &account, attempt.ip).await?;
         Ok(Principal {
             account_id: account.id,
             account: account.name,
@@ -328,10 +339,14 @@ impl Authenticator {
         })
     }
 
-    async fn check_api_key(&self, attempt: &LoginAttempt<'_>) -> Result<Principal, CheckFailure> {
+    async fn check_api_key(
+        &self,
+        l: &Lookups<'_>,
+        attempt: &LoginAttempt<'_>,
+    ) -> Result<Principal, CheckFailure> {
         let creds = attempt.creds;
         let hash = self.keys.hash(&creds.secret);
-        let Some(record) = self.store.find_api_key_by_hash(hash).await? else {
+        let Some(record) = l.api_key(hash).await? else {
             return Err(CheckFailure::Invalid("unknown_key"));
         };
         if record.revoked_at.is_some() {
@@ -343,10 +358,10 @@ impl Authenticator {
         {
             return Err(CheckFailure::Invalid("expired"));
         }
-        let Some(account) = self.store.get_account(record.account.clone()).await? else {
+        let Some(account) = l.account(&record.account).await? else {
             return Err(CheckFailure::Invalid("unknown_account"));
         };
-        self.check_account(&account, attempt.ip).await?;
+        self.check_account(l, &account, attempt.ip).await?;
         if !record.networks.is_empty()
             && !record
                 .networks
@@ -357,7 +372,7 @@ impl Authenticator {
             return Err(CheckFailure::Invalid("key_ip_not_allowed"));
         }
         let (acting_as, account_id) = self
-            .acting_for(&account, &creds.authzid, &creds.username, attempt.ip)
+            .acting_for(l, &account, &creds.authzid, &creds.username, attempt.ip)
             .await?;
         self.touch(&record);
         Ok(Principal {
@@ -374,6 +389,7 @@ impl Authenticator {
     /// On-Behalf-Of). Anything else is refused.
     async fn acting_for(
         &self,
+        l: &Lookups<'_>,
         account: &AccountRecord,
         authzid: &str,
         username: &str,
@@ -382,9 +398,9 @@ impl Authenticator {
         if authzid.is_empty() || authzid == username || authzid == account.name {
             return Ok((account.name.clone(), account.id));
         }
-        match self.store.get_account(authzid.to_owned()).await? {
+        match l.account(authzid).await? {
             Some(sub) if sub.parent.as_deref() == Some(account.name.as_str()) => {
-                self.check_account(&sub, ip).await?;
+                self.check_account(l, &sub, ip).await?;
                 Ok((sub.name, sub.id))
             }
             _ => Err(CheckFailure::Invalid("authzid_not_permitted")),
@@ -406,7 +422,12 @@ impl Authenticator {
         ip: IpAddr,
         manage_allowlist: bool,
     ) -> Result<(String, i64), OnBehalfRefusal> {
-        let parent = match self.store.get_account(account.to_owned()).await {
+        let l = self
+            .lookups
+            .begin(self.store.as_ref())
+            .await
+            .map_err(|e| OnBehalfRefusal::Temporary(e.to_string()))?;
+        let parent = match l.account(account).await {
             Ok(Some(a)) => a,
             Ok(None) => return Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted")),
             Err(e) => return Err(OnBehalfRefusal::Temporary(e.to_string())),
@@ -415,7 +436,7 @@ impl Authenticator {
             return Err(OnBehalfRefusal::NotPermitted("authzid_not_permitted"));
         }
         if manage_allowlist {
-            return match self.store.get_account(subuser.to_owned()).await {
+            return match l.account(subuser).await {
                 Ok(Some(sub)) if sub.parent.as_deref() == Some(parent.name.as_str()) => {
                     if sub.disabled || parent.disabled {
                         Err(OnBehalfRefusal::NotPermitted("account_disabled"))
@@ -427,7 +448,7 @@ impl Authenticator {
                 Err(e) => Err(OnBehalfRefusal::Temporary(e.to_string())),
             };
         }
-        match self.acting_for(&parent, subuser, "", ip).await {
+        match self.acting_for(&l, &parent, subuser, "", ip).await {
             Ok(acting) => Ok(acting),
             Err(CheckFailure::Invalid(reason)) => Err(OnBehalfRefusal::NotPermitted(reason)),
             Err(CheckFailure::Temporary(e)) => Err(OnBehalfRefusal::Temporary(e)),
@@ -452,19 +473,24 @@ impl Authenticator {
 
     /// The account (and its parent, for a subuser) must be enabled, and the
     /// client must be inside their IP allowlists where they have one.
-    async fn check_account(&self, account: &AccountRecord, ip: IpAddr) -> Result<(), CheckFailure> {
+    async fn check_account(
+        &self,
+        l: &Lookups<'_>,
+        account: &AccountRecord,
+        ip: IpAddr,
+    ) -> Result<(), CheckFailure> {
         if account.disabled {
             return Err(CheckFailure::Invalid("account_disabled"));
         }
         let mut chain = vec![account.name.clone()];
         if let Some(parent_name) = &account.parent {
-            match self.store.get_account(parent_name.clone()).await? {
+            match l.account(parent_name).await? {
                 Some(parent) if !parent.disabled => chain.push(parent.name),
                 _ => return Err(CheckFailure::Invalid("account_disabled")),
             }
         }
         for name in chain {
-            let rules = self.store.ip_rules(name).await?;
+            let rules = l.ip_rules(&name).await?;
             if !rules.is_empty()
                 && !rules
                     .iter()
@@ -586,6 +612,79 @@ mod tests {
         assert!(is_invalid(
             &login(&auth, &creds("apikey", &expired.secret), "127.0.0.1").await,
             "expired"
+        ));
+    }
+
+    /// Logins are answered from memory while the store's auth version
+    /// stands, and a change made by another process (the CLI) counts at the
+    /// very next login.
+    #[tokio::test]
+    async fn logins_are_cached_until_anything_they_read_changes() {
+        let (d, store, auth) = setup().await;
+        let issued = auth
+            .api_keys()
+            .create(store.as_ref(), "admin", "k", vec!["mail.send".into()], None)
+            .await
+            .unwrap();
+        let key = || creds("apikey", &issued.secret);
+        assert!(login(&auth, &key(), "127.0.0.1").await.is_ok());
+        let version = store.auth_version().await.unwrap();
+
+        // That the cache answers: the key revoked in the file with the
+        // version wound back by hand to the one the cache holds (no real
+        // change can do that), and the stale record still logs in...
+        let db = rusqlite::Connection::open(d.path().join("postern.db")).unwrap();
+        db.execute_batch(&format!(
+            "UPDATE api_keys SET revoked_at = 5; UPDATE auth_config_version SET version = {version}"
+        ))
+        .unwrap();
+        assert!(login(&auth, &key(), "127.0.0.1").await.is_ok());
+        // ...until the version moves.
+        db.execute_batch("UPDATE auth_config_version SET version = version + 1")
+            .unwrap();
+        assert!(is_invalid(
+            &login(&auth, &key(), "127.0.0.1").await,
+            "revoked"
+        ));
+        db.execute_batch("UPDATE api_keys SET revoked_at = NULL")
+            .unwrap();
+        assert!(login(&auth, &key(), "127.0.0.1").await.is_ok());
+
+        // Real changes from another handle on the same files, as the CLI
+        // makes them, each refuse the next login.
+        let cli = EmbeddedStore::open(d.path()).unwrap();
+        cli.add_ip_rule("admin".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap();
+        assert!(is_invalid(
+            &login(&auth, &key(), "127.0.0.1").await,
+            "ip_not_allowed"
+        ));
+        cli.remove_ip_rule("admin".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap();
+        assert!(login(&auth, &key(), "127.0.0.1").await.is_ok());
+        let disabled = AccountUpdate {
+            disabled: Some(true),
+            ..Default::default()
+        };
+        cli.update_account("admin".into(), disabled).await.unwrap();
+        assert!(is_invalid(
+            &login(&auth, &key(), "127.0.0.1").await,
+            "account_disabled"
+        ));
+        let enabled = AccountUpdate {
+            disabled: Some(false),
+            ..Default::default()
+        };
+        cli.update_account("admin".into(), enabled).await.unwrap();
+        assert!(login(&auth, &key(), "127.0.0.1").await.is_ok());
+        cli.revoke_api_key(issued.record.id.clone(), 9)
+            .await
+            .unwrap();
+        assert!(is_invalid(
+            &login(&auth, &key(), "127.0.0.1").await,
+            "revoked"
         ));
     }
 

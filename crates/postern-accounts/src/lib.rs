@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod authenticator;
 pub mod cram_md5;
 pub mod defense;
+mod login_cache;
 pub mod oauth;
 pub mod password;
 pub mod sasl;

@@ -95,6 +95,19 @@ fn create_private_file(path: &Path) -> Result<()> {
 }
 
 impl EmbeddedStore {
+    /// A one-row version read inline, on a connection of its own, rather
+    /// than through the blocking pool: it is asked on every message or
+    /// login and costs microseconds, less than the pool's round trip.
+    fn inline_version(&self, sql: &str) -> Result<i64> {
+        let mut guard = self.inline_reader.lock().map_err(|_| StoreError::Closed)?;
+        if guard.is_none() {
+            *guard = Some(open_connection(&self.path, self.synchronous)?);
+        }
+        let conn = guard.as_ref().ok_or(StoreError::Closed)?;
+        let version = conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
+        Ok(version)
+    }
+
     /// Opens (creating if needed) `<dir>/postern.db`.
     pub fn open(dir: &Path) -> Result<Self> {
         Self::open_with_anchor(dir, None)
@@ -934,6 +947,10 @@ impl CredentialStore for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn auth_version(&self) -> Result<i64> {
+        self.inline_version("SELECT version FROM auth_config_version WHERE id = 1")
     }
 
     async fn find_api_key_by_hash(&self, hash: Vec<u8>) -> Result<Option<ApiKeyRecord>> {
@@ -2267,15 +2284,7 @@ impl DomainStore for EmbeddedStore {
     }
 
     async fn senders_version(&self) -> Result<i64> {
-        let mut guard = self.inline_reader.lock().map_err(|_| StoreError::Closed)?;
-        if guard.is_none() {
-            *guard = Some(open_connection(&self.path, self.synchronous)?);
-        }
-        let conn = guard.as_ref().ok_or(StoreError::Closed)?;
-        let version: i64 = conn
-            .prepare_cached("SELECT version FROM sender_config_version WHERE id = 1")?
-            .query_row([], |r| r.get(0))?;
-        Ok(version)
+        self.inline_version("SELECT version FROM sender_config_version WHERE id = 1")
     }
 
     async fn retire_previous(&self, now: i64) -> Result<Vec<String>> {
@@ -3667,6 +3676,75 @@ mod tests {
             store.verify_audit().await.unwrap(),
             AuditVerification::BrokenAt { seq: 3 }
         );
+    }
+
+    /// Every change a login could see moves `auth_version`, whichever
+    /// handle (process) makes it; reads and other tables do not.
+    #[tokio::test]
+    async fn auth_version_moves_with_every_change_a_login_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // A second handle on the same files, as the CLI has.
+        let cli = EmbeddedStore::open(dir.path()).unwrap();
+        let key = ApiKeyRecord {
+            id: "k1".into(),
+            account: "admin".into(),
+            name: "first".into(),
+            hash: vec![1, 2, 3],
+            scopes: vec!["mail.send".into()],
+            created_at: 5,
+            expires_at: None,
+            revoked_at: None,
+            networks: vec![],
+            last_used_at: None,
+        };
+        let mut seen = store.auth_version().await.unwrap();
+        let mut moved = |what: &str, now: i64| {
+            assert!(now > seen, "{what} moves the version ({seen} -> {now})");
+            seen = now;
+        };
+        cli.insert_api_key(key).await.unwrap();
+        moved("a new key", store.auth_version().await.unwrap());
+        cli.update_api_key("k1".into(), None, Some(vec!["stats.read".into()]))
+            .await
+            .unwrap();
+        moved("new scopes", store.auth_version().await.unwrap());
+        cli.revoke_api_key("k1".into(), 9).await.unwrap();
+        moved("a revocation", store.auth_version().await.unwrap());
+        cli.create_account(account("t", None)).await.unwrap();
+        moved("a new account", store.auth_version().await.unwrap());
+        let disable = AccountUpdate {
+            disabled: Some(true),
+            ..Default::default()
+        };
+        cli.update_account("t".into(), disable).await.unwrap();
+        moved("disabling", store.auth_version().await.unwrap());
+        cli.add_ip_rule("t".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap();
+        moved("an IP rule", store.auth_version().await.unwrap());
+        cli.remove_ip_rule("t".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap();
+        moved("removing it", store.auth_version().await.unwrap());
+        cli.delete_account("t".into()).await.unwrap();
+        moved("deleting the account", store.auth_version().await.unwrap());
+        // Reads, and the audit log a login writes, leave it alone.
+        store.find_api_key_by_hash(vec![1, 2, 3]).await.unwrap();
+        store.get_account("admin".into()).await.unwrap();
+        store.ip_rules("admin".into()).await.unwrap();
+        store
+            .append_audit(AuditEntry {
+                at: 1,
+                kind: "auth.success".into(),
+                actor: "apikey".into(),
+                account: Some("admin".into()),
+                client_ip: None,
+                detail: String::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.auth_version().await.unwrap(), seen);
     }
 
     #[tokio::test]

@@ -237,6 +237,9 @@ pub trait CredentialStore: Send + Sync {
     ) -> Result<bool>;
     /// A random secret, created on first use and the same ever after.
     async fn secret(&self, name: &'static str, len: usize) -> Result<Vec<u8>>;
+    /// Changes whenever an API key, an account or an IP rule changes (by
+    /// any process): what a login looked up may be cached on it.
+    async fn auth_version(&self) -> Result<i64>;
 }
 
 /// Accounts, subusers and their IP access rules.

@@ -370,6 +370,36 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE domains ADD COLUMN return_path_mode INTEGER NOT NULL DEFAULT 0;
     UPDATE domains SET return_path_mode = 1 WHERE verified_by = 'dns';
     "#,
+    // 22: a version of everything a login reads (keys, accounts, IP
+    // rules), bumped by triggers on every change from any process, so the
+    // authenticator can cache what it looked up and still see a revocation
+    // or a new rule at the next login. A key's last use is written at most
+    // once a minute, so that bump is rare.
+    r#"
+    CREATE TABLE auth_config_version (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO auth_config_version (id, version) VALUES (1, 0);
+    CREATE TRIGGER auth_keys_ins AFTER INSERT ON api_keys BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_keys_upd AFTER UPDATE ON api_keys BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_keys_del AFTER DELETE ON api_keys BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_accounts_ins AFTER INSERT ON accounts BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_accounts_upd AFTER UPDATE ON accounts BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_accounts_del AFTER DELETE ON accounts BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_ip_ins AFTER INSERT ON ip_access BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_ip_upd AFTER UPDATE ON ip_access BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    CREATE TRIGGER auth_ip_del AFTER DELETE ON ip_access BEGIN
+        UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
+    "#,
 ];
 
 /// Tables that hold rows owned by an account: each has `account` (the
