@@ -25,6 +25,7 @@
 #   ROUNDS=1 bash bench/side-by-side.sh   # quicker, noisier
 #   ONLY=large bash bench/side-by-side.sh # large messages and memory only
 #   ONLY=sizes bash bench/side-by-side.sh # 1 MiB and 10 MiB messages against Postfix
+#   ONLY=throughput bash bench/side-by-side.sh # the 50x10 and 50x1 scenarios only
 #   ONLY=profile bash bench/side-by-side.sh # cost per message by stage, beside the floors
 #   ONLY=smoke bash bench/side-by-side.sh # sets every peer up, sends a few messages through each, stops
 #
@@ -909,6 +910,10 @@ main() {
     signing) signing_scenario ;;
     large) large_scenario ;;
     sizes) sizes_scenario ;;
+    throughput)
+      scenario 50x10 50 10 "${REPS_10:-10}" "; unsigned, sender checks off"
+      scenario 50x1 50 1 "${REPS_1:-40}" "; unsigned, sender checks off"
+      ;;
     profile) profile_scenario ;;
     idle)
       stop_postern; setup_postern; idle_memory 10000 plain
