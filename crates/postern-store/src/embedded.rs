@@ -3678,15 +3678,9 @@ mod tests {
         );
     }
 
-    /// Every change a login could see moves `auth_version`, whichever
-    /// handle (process) makes it; reads and other tables do not.
-    #[tokio::test]
-    async fn auth_version_moves_with_every_change_a_login_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        // A second handle on the same files, as the CLI has.
-        let cli = EmbeddedStore::open(dir.path()).unwrap();
-        let key = ApiKeyRecord {
+    /// Key "k1" of admin, hash [1, 2, 3], for mail.send.
+    fn key_k1() -> ApiKeyRecord {
+        ApiKeyRecord {
             id: "k1".into(),
             account: "admin".into(),
             name: "first".into(),
@@ -3697,7 +3691,18 @@ mod tests {
             revoked_at: None,
             networks: vec![],
             last_used_at: None,
-        };
+        }
+    }
+
+    /// Every change a login could see moves `auth_version`, whichever
+    /// handle (process) makes it; reads and other tables do not.
+    #[tokio::test]
+    async fn auth_version_moves_with_every_change_a_login_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // A second handle on the same files, as the CLI has.
+        let cli = EmbeddedStore::open(dir.path()).unwrap();
+        let key = key_k1();
         let mut seen = store.auth_version().await.unwrap();
         let mut moved = |what: &str, now: i64| {
             assert!(now > seen, "{what} moves the version ({seen} -> {now})");
@@ -3751,18 +3756,7 @@ mod tests {
     async fn api_keys_and_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let key = ApiKeyRecord {
-            id: "k1".into(),
-            account: "admin".into(),
-            name: "first".into(),
-            hash: vec![1, 2, 3],
-            scopes: vec!["mail.send".into()],
-            created_at: 5,
-            expires_at: None,
-            revoked_at: None,
-            networks: vec![],
-            last_used_at: None,
-        };
+        let key = key_k1();
         store.insert_api_key(key.clone()).await.unwrap();
         assert!(matches!(
             store.insert_api_key(key.clone()).await,
