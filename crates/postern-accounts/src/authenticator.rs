@@ -241,6 +241,7 @@ impl Authenticator {
             .as_ref()
             .filter(|a| a.allow_password_auth)
             .and_then(|a| a.password_hash.clone());
+        let phc_checked = phc.clone();
         let verified = match self.hasher.verify(phc, creds.secret.clone()).await {
             Ok(v) => v,
             Err(HashError::Busy) => {
@@ -257,6 +258,17 @@ impl Authenticator {
         if !verified {
             return Err(CheckFailure::Invalid("wrong_password"));
         }
+        // Hashing can take seconds (it may wait for the pool): what the
+        // account may do is read again as of now, so a change committed
+        // meanwhile (disabled, a new IP rule, a new password) counts.
+        let l = self.lookups.begin(self.store.as_ref()).await?;
+        let Some(account) = l
+            .account(&creds.username)
+            .await?
+            .filter(|a| a.allow_password_auth && a.password_hash == phc_checked)
+        else {
+            return Err(CheckFailure::Invalid("account_changed"));
+        };
         self.check_account(&l, &account, attempt.ip).await?;
         let (acting_as, account_id) = self
             .acting_for(&l, &account, &creds.authzid, &creds.username, attempt.ip)

@@ -8,9 +8,10 @@
 //! benchmark). When it moves, everything cached is dropped: a revoked key,
 //! a disabled account or a new rule counts from the next login on.
 //!
-//! Only keys that exist are kept, so guessed keys cannot fill the cache;
-//! accounts are kept found or not (a password login names one), and each
-//! map is emptied when it reaches `MAX_ENTRIES`.
+//! Only keys and accounts that exist are kept, so guessed keys, made-up
+//! user names and On-Behalf-Of headers cannot fill the cache (a miss costs
+//! what every lookup cost before); each map is emptied when it reaches
+//! `MAX_ENTRIES`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,7 +29,7 @@ pub(crate) struct LoginCache {
 struct Cached {
     version: Option<i64>,
     keys: HashMap<Vec<u8>, ApiKeyRecord>,
-    accounts: HashMap<String, Option<AccountRecord>>,
+    accounts: HashMap<String, AccountRecord>,
     ip_rules: HashMap<String, Vec<IpRule>>,
 }
 
@@ -101,13 +102,15 @@ impl Lookups<'_> {
 
     pub(crate) async fn account(&self, name: &str) -> Result<Option<AccountRecord>, StoreError> {
         if let Some(a) = self.with(|c| c.accounts.get(name).cloned()) {
-            return Ok(a);
+            return Ok(Some(a));
         }
         let found = self.store.get_account(name.to_owned()).await?;
-        self.with(|c| {
-            put(&mut c.accounts, name.to_owned(), found.clone());
-            Some(())
-        });
+        if let Some(a) = &found {
+            self.with(|c| {
+                put(&mut c.accounts, name.to_owned(), a.clone());
+                Some(())
+            });
+        }
         Ok(found)
     }
 
@@ -121,5 +124,48 @@ impl Lookups<'_> {
             Some(())
         });
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_store::{AccountStore, EmbeddedStore};
+
+    fn held(cache: &LoginCache) -> (usize, usize, usize) {
+        let c = cache.inner.lock().unwrap();
+        (c.keys.len(), c.accounts.len(), c.ip_rules.len())
+    }
+
+    /// Names and keys that do not exist are never kept: a client cannot
+    /// fill the cache with made-up user names, guessed keys or On-Behalf-Of
+    /// headers.
+    #[tokio::test]
+    async fn only_what_exists_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cache = LoginCache::default();
+        let l = cache.begin(&store).await.unwrap();
+        for i in 0..100 {
+            assert!(l.account(&format!("ghost{i}")).await.unwrap().is_none());
+            assert!(l.api_key(vec![i; 32]).await.unwrap().is_none());
+        }
+        assert_eq!(held(&cache), (0, 0, 0));
+        assert!(l.account("admin").await.unwrap().is_some());
+        assert!(l.ip_rules("admin").await.unwrap().is_empty());
+        assert_eq!(held(&cache), (0, 1, 1));
+        // A login that began on an older version neither reads nor fills
+        // the cache once a newer one has begun.
+        let old = cache.begin(&store).await.unwrap();
+        store
+            .add_ip_rule("admin".into(), "192.0.2.0/24".into())
+            .await
+            .unwrap();
+        let new = cache.begin(&store).await.unwrap();
+        assert_eq!(held(&cache), (0, 0, 0));
+        assert!(old.account("admin").await.unwrap().is_some());
+        assert_eq!(held(&cache), (0, 0, 0));
+        assert_eq!(new.ip_rules("admin").await.unwrap().len(), 1);
+        assert_eq!(held(&cache), (0, 0, 1));
     }
 }
