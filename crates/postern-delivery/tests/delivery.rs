@@ -1828,6 +1828,23 @@ impl LogCapture {
     }
 }
 
+/// For each of `domains` ("passes" for passes.example): the `_mta-sts` TXT
+/// record `txt` (RFC 8461 §3.1) and the policy host's address, 127.0.0.1,
+/// where the tests' policy server listens.
+fn mta_sts_records(domains: &[&str], txt: &str) -> Vec<(&'static str, RData)> {
+    let mut records = Vec::new();
+    for d in domains {
+        let txt_name: &'static str = Box::leak(format!("_mta-sts.{d}.example.").into_boxed_str());
+        let host: &'static str = Box::leak(format!("mta-sts.{d}.example.").into_boxed_str());
+        records.push((
+            txt_name,
+            RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![txt.to_string()])),
+        ));
+        records.push((host, RData::A(A(Ipv4Addr::LOCALHOST))));
+    }
+    records
+}
+
 /// `[(value, count)]` as the map `Counters::by` returns.
 fn counted(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -1905,6 +1922,13 @@ impl Node {
     }
 
     /// Waits for an event of `kind` for the message.
+    /// Sends `body` from a@example.org to `rcpt` alone and waits for the
+    /// message's first event of `kind`.
+    async fn send_until(&self, rcpt: &str, body: &[u8], kind: EventKind) -> postern_core::Event {
+        let id = self.send("a@example.org", &[rcpt], body).await;
+        self.wait_kind(&id, kind).await
+    }
+
     async fn wait_kind(&self, id: &str, kind: EventKind) -> postern_core::Event {
         for _ in 0..200 {
             if let Some(e) = self.events_of(id, kind).await.into_iter().next() {
@@ -1926,7 +1950,6 @@ impl Node {
 
 #[tokio::test]
 async fn mta_sts_policies_are_honoured() {
-    use hickory_proto::rr::rdata::TXT;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     // MX sinks share one port on different loopback addresses.
@@ -1985,7 +2008,6 @@ async fn mta_sts_policies_are_honoured() {
 
     let mx = |host: &str| RData::MX(MX::new(10, Name::from_str(host).unwrap()));
     let a = |ip: [u8; 4]| RData::A(A(Ipv4Addr::from(ip)));
-    let txt = |s: &str| RData::TXT(TXT::new(vec![s.to_string()]));
     let mut records = vec![
         ("mx.good.example.", a([127, 0, 0, 11])),
         ("mx.bad.example.", a([127, 0, 0, 12])),
@@ -1998,12 +2020,10 @@ async fn mta_sts_policies_are_honoured() {
         // No policy at all: opportunistic, plaintext allowed.
         ("nopolicy.example.", mx("mx.plain.example.")),
     ];
-    for d in ["enforce", "badcert", "notls", "unlisted", "testing"] {
-        let txt_name: &'static str = Box::leak(format!("_mta-sts.{d}.example.").into_boxed_str());
-        let host: &'static str = Box::leak(format!("mta-sts.{d}.example.").into_boxed_str());
-        records.push((txt_name, txt("v=STSv1; id=20261123;")));
-        records.push((host, a([127, 0, 0, 1])));
-    }
+    records.extend(mta_sts_records(
+        &["enforce", "badcert", "notls", "unlisted", "testing"],
+        "v=STSv1; id=20261123;",
+    ));
     let dns = start_dns(records).await;
     let node = start_node_full(
         vec![],
@@ -2161,14 +2181,13 @@ async fn an_mta_sts_policy_behind_an_untrusted_certificate_is_not_used() {
     let e = node.wait_kind(&held, EventKind::Deferred).await;
     assert!(e.detail.contains("matches its policy"), "{}", e.detail);
 
-    let free = node
-        .send(
-            "a@example.org",
-            &["u@untrusted.example"],
+    let e = node
+        .send_until(
+            "u@untrusted.example",
             b"Subject: s\r\n\r\nx\r\n",
+            EventKind::Delivered,
         )
         .await;
-    let e = node.wait_kind(&free, EventKind::Delivered).await;
     assert_eq!(e.info.tls_policy.as_deref(), Some("opportunistic"));
     assert!(e.info.tls.is_none(), "{:?}", e.info.tls);
     assert_eq!(rcpts_at(&plain), ["u@untrusted.example"]);
@@ -2196,7 +2215,6 @@ async fn an_mta_sts_policy_behind_an_untrusted_certificate_is_not_used() {
 /// once under its own result of `postern_mta_sts_total`, and nothing else.
 #[tokio::test]
 async fn mta_sts_testing_failures_are_counted() {
-    use hickory_proto::rr::rdata::TXT;
     let counters = Counters::default();
     let _recording = metrics::set_default_local_recorder(&counters);
     let logs = LogCapture::default();
@@ -2252,15 +2270,10 @@ async fn mta_sts_testing_failures_are_counted() {
         ("unlisted.example.", mx("mx.other.example.")),
         ("notls.example.", mx("mx.plain.example.")),
     ];
-    for d in ["passes", "badcert", "unlisted", "notls"] {
-        let txt_name: &'static str = Box::leak(format!("_mta-sts.{d}.example.").into_boxed_str());
-        let host: &'static str = Box::leak(format!("mta-sts.{d}.example.").into_boxed_str());
-        records.push((
-            txt_name,
-            RData::TXT(TXT::new(vec!["v=STSv1; id=1;".into()])),
-        ));
-        records.push((host, a([127, 0, 0, 1])));
-    }
+    records.extend(mta_sts_records(
+        &["passes", "badcert", "unlisted", "notls"],
+        "v=STSv1; id=1;",
+    ));
     let dns = start_dns(records).await;
     let node = start_node_full(
         vec![],
@@ -3220,14 +3233,13 @@ async fn dane_takes_precedence_over_mta_sts() {
     )
     .await;
 
-    let control = node
-        .send(
-            "a@example.org",
-            &["u@stsonly.test"],
+    let e = node
+        .send_until(
+            "u@stsonly.test",
             b"Subject: sts\r\n\r\nx\r\n",
+            EventKind::Deferred,
         )
         .await;
-    let e = node.wait_kind(&control, EventKind::Deferred).await;
     assert!(e.detail.contains("matches its policy"), "{}", e.detail);
 
     let both = node
