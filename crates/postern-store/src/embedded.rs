@@ -538,11 +538,13 @@ fn insert_event(
         _ => None,
     };
     // The account comes from the message, which is still queued whenever an
-    // event is written for it.
+    // event is written for it; one lookup of it gives both columns (a
+    // LEFT JOIN on a one-row VALUES, so a message already gone still gets
+    // its event, with no account, as two scalar subqueries gave it).
     conn.prepare_cached(
         "INSERT INTO events (at, message_id, kind, recipient, detail, account, account_id, info)
-         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT account FROM messages WHERE id = ?2),
-                 (SELECT account_id FROM messages WHERE id = ?2), ?6)",
+         SELECT ?1, ?2, ?3, ?4, ?5, m.account, m.account_id, ?6
+         FROM (SELECT 1) LEFT JOIN messages m ON m.id = ?2",
     )?
     .execute(params![
         at,
