@@ -523,6 +523,14 @@ kick_opensmtpd() {
   while :; do sleep 1; "$OS_DIR/smtpctl" schedule all >/dev/null 2>&1 || true; done
 }
 
+# The load generator pointed at Postern's submission listener with
+# STARTTLS and the admin API key (the sink on Postern's sink port), as an
+# array in PN_LOAD for the callers to add the load's own arguments.
+pn_load_target() {
+  PN_LOAD=("$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls
+    --user apikey --password "$PN_KEY")
+}
+
 run_load() { # target conns msgs rounds [extra loadgen args…]
   local target=$1 conns=$2 msgs=$3 rounds=${4:-1}
   shift 4 || shift $#
@@ -530,8 +538,7 @@ run_load() { # target conns msgs rounds [extra loadgen args…]
     --label "$target ${conns}x${msgs}")
   case $target in
     postern)
-      "$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls \
-        --user apikey --password "$PN_KEY" "${common[@]}" "$@" ;;
+      pn_load_target; "${PN_LOAD[@]}" "${common[@]}" "$@" ;;
     postfix)
       "$LOADGEN" --server 127.0.0.1:$PF_SUB --sink 127.0.0.1:$PF_SINK --starttls \
         --user bench@postfix.bench.test --password benchpass "${common[@]}" "$@" ;;
@@ -632,8 +639,8 @@ profile_load() { # name conns msgs reps signed|unsigned
   stop_postern; setup_postern
   [ "$signed" = signed ] && signing_on
   run_load postern "$conns" "$msgs" 2 >/dev/null
-  local pn_load=("$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls
-    --user apikey --password "$PN_KEY" --connections "$conns" --messages "$msgs" --size "$SIZE" --rounds "$reps" --timeout 600)
+  pn_load_target
+  local pn_load=("${PN_LOAD[@]}" --connections "$conns" --messages "$msgs" --size "$SIZE" --rounds "$reps" --timeout 600)
   c0=$(cpu_ticks "$PN_PID"); k0=$(pn_metric postern_store_commits_total)
   out=$(python3 "$ROOT/bench/cost_budget.py" run "$WORK/profile-$name.loadgen-cpu" -- "${pn_load[@]}" --label "postern $name (no profiler)")
   c1=$(cpu_ticks "$PN_PID"); k1=$(pn_metric postern_store_commits_total)
@@ -695,8 +702,8 @@ sizes_scenario() {
       --retry-4xx --timeout "${LARGE_TIMEOUT:-600}")
     stop_postern; setup_postern
     start_sampler postern "$PN_PID" "$WORK/mem-postern-$size.json"
-    a=$("$LOADGEN" --server 127.0.0.1:$PN_SUB --sink 127.0.0.1:$PN_SINK --starttls --user apikey \
-          --password "$PN_KEY" "${common[@]}" --label "postern ${size} MiB"); echo "$a"
+    pn_load_target
+    a=$("${PN_LOAD[@]}" "${common[@]}" --label "postern ${size} MiB"); echo "$a"
     stop_sampler; pn_mem=$(cat "$WORK/mem-postern-$size.json")
     pf_master=$(tr -d ' ' < "$WORK/postfix/queue/pid/master.pid")
     start_sampler tree "$pf_master" "$WORK/mem-postfix-$size.json"

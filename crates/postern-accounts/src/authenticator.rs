@@ -554,6 +554,14 @@ mod tests {
         (dir, store, auth)
     }
 
+    async fn set_disabled(store: &EmbeddedStore, name: String, disabled: bool) {
+        let update = AccountUpdate {
+            disabled: Some(disabled),
+            ..Default::default()
+        };
+        store.update_account(name, update).await.unwrap();
+    }
+
     fn is_invalid(r: &Result<Principal, Rejection>, why: &str) -> bool {
         matches!(r, Err(Rejection::Invalid { reason, .. }) if *reason == why)
     }
@@ -582,30 +590,12 @@ mod tests {
             "authzid_not_permitted"
         ));
 
-        store
-            .update_account(
-                "admin".into(),
-                AccountUpdate {
-                    disabled: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        set_disabled(&store, "admin".into(), true).await;
         assert!(is_invalid(
             &login(&auth, &creds("apikey", &issued.secret), "127.0.0.1").await,
             "account_disabled"
         ));
-        store
-            .update_account(
-                "admin".into(),
-                AccountUpdate {
-                    disabled: Some(false),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        set_disabled(&store, "admin".into(), false).await;
 
         store
             .revoke_api_key(issued.record.id.clone(), 1)
@@ -676,20 +666,12 @@ mod tests {
             .await
             .unwrap();
         assert!(login(&auth, &key(), "127.0.0.1").await.is_ok());
-        let disabled = AccountUpdate {
-            disabled: Some(true),
-            ..Default::default()
-        };
-        cli.update_account("admin".into(), disabled).await.unwrap();
+        set_disabled(&cli, "admin".into(), true).await;
         assert!(is_invalid(
             &login(&auth, &key(), "127.0.0.1").await,
             "account_disabled"
         ));
-        let enabled = AccountUpdate {
-            disabled: Some(false),
-            ..Default::default()
-        };
-        cli.update_account("admin".into(), enabled).await.unwrap();
+        set_disabled(&cli, "admin".into(), false).await;
         assert!(login(&auth, &key(), "127.0.0.1").await.is_ok());
         cli.revoke_api_key(issued.record.id.clone(), 9)
             .await
@@ -737,30 +719,12 @@ mod tests {
         );
 
         // Disabling the parent stops the subuser's credentials at once.
-        store
-            .update_account(
-                "acme".into(),
-                AccountUpdate {
-                    disabled: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        set_disabled(&store, "acme".into(), true).await;
         assert!(is_invalid(
             &login(&auth, &creds("apikey", &key.secret), "127.0.0.1").await,
             "account_disabled"
         ));
-        store
-            .update_account(
-                "acme".into(),
-                AccountUpdate {
-                    disabled: Some(false),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        set_disabled(&store, "acme".into(), false).await;
 
         store
             .add_ip_rule("acme".into(), "192.0.2.0/24".into())
