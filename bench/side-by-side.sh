@@ -168,6 +168,13 @@ make_cert() {
 #   Cyrus SASL with a sasldb          SMTP AUTH as a Postfix site runs it;
 #   ECDSA P-256 certificate           RSA-2048 would make every handshake
 #                                     pay an RSA signature;
+#   the server's suite order,         as Postern: OpenSSL would follow the
+#   AES-128-GCM-SHA256 first          client's order (AES-256-GCM-SHA384
+#                                     first), a SHA-384 key schedule;
+#                                     Postfix 3.7 has no setting for TLS 1.3
+#                                     suites, so an OpenSSL configuration
+#                                     file (OPENSSL_CONF) sets them (and
+#                                     OpenSMTPD's);
 #   smtpd_tls_protocols = >=TLSv1.2   and TLS 1.3 where the client has it;
 #   default_process_limit = 200       enough smtpd processes for every
 #                                     concurrent client;
@@ -175,6 +182,21 @@ make_cert() {
 #                                     second, as Postern's retry_initial.
 # The queue is Postfix's own on this machine's disk, so each message is
 # fsynced before 250 as always.
+# An OpenSSL configuration file (read through OPENSSL_CONF) that makes an
+# OpenSSL server choose TLS 1.3 suites in Postern's order.
+server_order_openssl_cnf() { # FILE
+  cat > "$1" <<CONF
+openssl_conf = bench_openssl
+[bench_openssl]
+ssl_conf = bench_ssl
+[bench_ssl]
+system_default = bench_tls
+[bench_tls]
+Ciphersuites = TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+Options = ServerPreference
+CONF
+}
+
 # setup_postfix NAME SUB MX SINK [MAIN.CF LINES…]: a private instance in
 # $WORK/NAME; the extra lines go at the end of main.cf (the signing peer
 # adds its milter there).
@@ -196,6 +218,7 @@ sasldb_path: $pf/sasl/sasldb2
 CONF
   # Debian's Cyrus SASL as loaded by smtpd ignored sasldb_path here and always
   # opened /etc/sasldb2, so the bench user goes there (readable by postfix).
+  server_order_openssl_cnf "$pf/etc/openssl.cnf"
   echo -n "benchpass" | saslpasswd2 -p -c -f /etc/sasldb2 -u postfix.bench.test bench
   chown root:postfix /etc/sasldb2; chmod 640 /etc/sasldb2
   cat > "$pf/etc/main.cf" <<CONF
@@ -224,6 +247,8 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
 smtpd_tls_protocols = >=TLSv1.2
+tls_preempt_cipherlist = yes
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME OPENSSL_CONF=$pf/etc/openssl.cnf
 default_process_limit = 200
 alias_maps =
 alias_database =
@@ -426,7 +451,9 @@ start_opensmtpd() {
   # file" (the bundled libasr's directive), so names come from /etc/hosts
   # and no DNS is asked, as Postfix runs with smtpd_peername_lookup = no.
   printf 'lookup file\n' > "$os/resolv.conf"
-  unshare --mount sh -c 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"' sh "$os/resolv.conf" \
+  # Its TLS 1.3 suites in Postern's order, as Postfix's (setup_postfix).
+  server_order_openssl_cnf "$os/openssl.cnf"
+  OPENSSL_CONF="$os/openssl.cnf" unshare --mount sh -c 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"' sh "$os/resolv.conf" \
     "$OS_DIR/smtpd" -d -f "$os/smtpd.conf" >> "$os/stdout" 2>> "$os/stderr" &
   OS_PID=$!
   echo "$OS_PID" > "$os/pid"
@@ -881,6 +908,21 @@ large_scenario() {
 
 stop_all() { stop_postern; stop_postfix postfix; stop_postfix postfix-opendkim; stop_opendkim; stop_opensmtpd; }
 
+# The TLS 1.3 suite and group each submission port agrees on with OpenSSL's
+# client and its default order (AES-256-GCM-SHA384 first), into the
+# summary: the peers are set to choose as Postern does.
+tls_suites() {
+  local peer port line
+  for peer in postern:$PN_SUB postfix:$PF_SUB postfix-opendkim:$PD_SUB opensmtpd:$OS_SUB; do
+    port=${peer#*:}; peer=${peer%%:*}
+    line=$(openssl s_client -connect "127.0.0.1:$port" -starttls smtp -brief < /dev/null 2>&1 \
+      | awk -F': *' '/^Ciphersuite/ {s=$2} /^(Negotiated TLS1.3 group|Server Temp Key)/ {g=$2} END {print s "|" g}')
+    log "TLS with OpenSSL's client order, $peer: ${line%%|*} (${line#*|})"
+    printf '{"scenario": "tls-suite", "peer": "%s", "suite": "%s", "group": "%s"}\n' \
+      "$peer" "${line%%|*}" "${line#*|}" >> "$WORK/summary.jsonl"
+  done
+}
+
 # A few messages through every server (ROUNDS=1 ONLY=smoke): the plumbing
 # works, nothing is measured.
 smoke() {
@@ -908,6 +950,7 @@ main() {
   verify_opendkim
   setup_opensmtpd
   setup_postern
+  tls_suites
   log "warm-up"
   for peer in postern postfix postfix-opendkim opensmtpd; do run_load $peer 10 10 >/dev/null; done
   case "${ONLY:-}" in
