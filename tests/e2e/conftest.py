@@ -60,10 +60,30 @@ def server_health(request):
         pytest.fail("server health:\n" + "\n".join(problems), pytrace=False)
 
 
+def _ephemeral_low():
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Listener ports come from below the kernel's ephemeral range, in turn. A
+# port the kernel hands out for port 0 is an ephemeral one: free when asked,
+# it could be taken by the source port of any outgoing connection (the
+# suite makes thousands) before the server bound it, and the server then
+# failed to start.
+_PORTS = iter(range(20000 + (os.getpid() % 64) * 100, _ephemeral_low()))
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in _PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left below the ephemeral range")
 
 
 def wait_port(port, timeout=30.0):
