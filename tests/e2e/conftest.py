@@ -739,15 +739,20 @@ class DnsZone:
     """A DNS server on loopback (dnslib, UDP) answering A queries for the
     names the test sets, and changing its answers when the test says so.
     TTL 0: a resolver must ask again each time rather than keep an answer.
-    Names it does not know are NXDOMAIN. Every question asked is kept, in
-    order, in `queries` as (name, type), the root as "."."""
+    Names it does not know are NXDOMAIN. While `mute` is true it answers
+    nothing at all (a dead server; each question is still recorded). Every
+    question asked is kept, in order, in `queries` as (name, type), the
+    root as "."."""
 
     def __init__(self):
         from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
         self.a = {}
+        self.mute = False
         self.queries = []
         self.lock = threading.Lock()
+        # Released on stop: the questions a mute server sat on end then.
+        self._stopped = threading.Event()
         zone = self
 
         class Resolver(BaseResolver):
@@ -759,6 +764,9 @@ class DnsZone:
                 with zone.lock:
                     zone.queries.append((qname or ".", QTYPE[request.q.qtype]))
                     ips = zone.a.get(qname)
+                    mute = zone.mute
+                if mute:
+                    zone._stopped.wait()
                 if ips is None:
                     reply.header.rcode = RCODE.NXDOMAIN
                 elif request.q.qtype == QTYPE.A:
@@ -775,5 +783,11 @@ class DnsZone:
         with self.lock:
             self.a[name.lower().rstrip(".")] = list(ips)
 
+    def asked(self, name, qtype="A"):
+        """How many times `name` was asked for `qtype`."""
+        with self.lock:
+            return self.queries.count((name.lower().rstrip("."), qtype))
+
     def stop(self):
+        self._stopped.set()
         self.server.stop()

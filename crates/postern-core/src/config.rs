@@ -43,6 +43,8 @@ pub struct Config {
     pub route: Vec<RouteConfig>,
     pub dns: DnsConfig,
     pub relay: RelayConfig,
+    /// What `mx` listeners check about a client before they greet it.
+    pub screen: ScreenConfig,
     pub smtp: SmtpConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
@@ -115,6 +117,7 @@ impl Default for Config {
             route: Vec::new(),
             dns: DnsConfig::default(),
             relay: RelayConfig::default(),
+            screen: ScreenConfig::default(),
             smtp: SmtpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
@@ -337,8 +340,9 @@ pub struct RouteConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
-    /// Name servers for MX, MTA-STS, TLSA and domain-record lookups and for
-    /// webhook hosts; empty means the system's resolver.
+    /// Name servers for MX, MTA-STS, TLSA and domain-record lookups, for
+    /// webhook hosts and for the screening of `mx` clients (DNSBL, reverse
+    /// DNS); empty means the system's resolver.
     pub nameservers: Vec<SocketAddr>,
     /// Validate DNSSEC (from the root trust anchors, not trusting the
     /// upstream's AD bit) and honour DANE TLSA records (RFC 7672). DANE is
@@ -409,6 +413,99 @@ pub enum RecipientCheck {
     /// Every address (the next hop refuses later; bounces then go out,
     /// rate-limited): only for next hops that accept everything.
     Any,
+}
+
+/// `[screen]`: the checks an `mx` listener makes of a client before it
+/// sends the 220 greeting, as Postfix's postscreen does: DNS block and
+/// allow lists, a client that talks before the greeting, and (logged by
+/// default) reverse DNS and the HELO name. Submission listeners are never
+/// screened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScreenConfig {
+    /// How long the greeting is held back; a client that sends anything
+    /// meanwhile is refused (RFC 5321 §3.1: the client waits for the
+    /// greeting). 0 turns the pregreet check off.
+    #[serde(with = "crate::duration")]
+    pub greet_delay: Duration,
+    /// Clients never screened (IP or CIDR), as postscreen passes
+    /// `mynetworks`.
+    pub exempt_networks: Vec<String>,
+    /// The summed weight of the `[[screen.dnsbl]]` zones listing a client
+    /// at which it is refused.
+    pub threshold: i32,
+    /// At or below this sum (allow lists have negative weights) the client
+    /// is allowlisted: it skips every other check.
+    pub allowlist_threshold: i32,
+    /// Each DNS lookup gets this long; one that takes longer counts as "not
+    /// listed" (and is counted), so a dead list never holds up mail.
+    #[serde(with = "crate::duration")]
+    pub lookup_timeout: Duration,
+    /// How long an answer that lists something (or names a host) is kept.
+    #[serde(with = "crate::duration")]
+    pub cache_ttl: Duration,
+    /// How long an empty answer (not listed, no such name) is kept.
+    #[serde(with = "crate::duration")]
+    pub negative_cache_ttl: Duration,
+    /// Answers kept at most.
+    pub cache_entries: usize,
+    /// Forward-confirmed reverse DNS of the client (its PTR names resolve
+    /// back to it).
+    pub fcrdns: ScreenAction,
+    /// The HELO/EHLO name: its syntax, our own host name, an address
+    /// literal that is not the client's.
+    pub helo: ScreenAction,
+    /// DNS block lists (positive weight) and allow lists (negative).
+    pub dnsbl: Vec<DnsblConfig>,
+}
+
+impl Default for ScreenConfig {
+    fn default() -> Self {
+        ScreenConfig {
+            greet_delay: Duration::from_secs(1),
+            exempt_networks: vec!["127.0.0.0/8".into(), "::1".into()],
+            threshold: 1,
+            allowlist_threshold: -1,
+            lookup_timeout: Duration::from_secs(2),
+            cache_ttl: Duration::from_secs(600),
+            negative_cache_ttl: Duration::from_secs(60),
+            cache_entries: 50_000,
+            fcrdns: ScreenAction::Log,
+            helo: ScreenAction::Log,
+            dnsbl: Vec::new(),
+        }
+    }
+}
+
+/// What a failed screening check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScreenAction {
+    /// Refuse the client.
+    Reject,
+    /// Log and count the failure; the client goes on.
+    Log,
+    /// Do not check.
+    Off,
+}
+
+/// One `[[screen.dnsbl]]` zone (RFC 5782).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblConfig {
+    pub zone: String,
+    /// Added to the client's score when the zone lists it; negative for an
+    /// allow list (DNSWL).
+    #[serde(default = "default_dnsbl_weight")]
+    pub weight: i32,
+    /// Only these answers (127.0.0.0/8 codes) count as a listing; empty:
+    /// any answer in 127.0.0.0/8 does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<std::net::Ipv4Addr>,
+}
+
+fn default_dnsbl_weight() -> i32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -864,6 +961,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_screen()?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(
@@ -1061,6 +1159,61 @@ impl Config {
         Ok(())
     }
 
+    fn validate_screen(&self) -> Result<(), ConfigError> {
+        let s = &self.screen;
+        // RFC 5321 §4.5.3.2.1: a client waits 5 minutes for the greeting;
+        // a delay near that would lose legitimate mail.
+        if s.greet_delay > Duration::from_secs(60) {
+            return Err(invalid("screen.greet_delay", "must be at most 1m"));
+        }
+        if s.lookup_timeout.is_zero() || s.lookup_timeout > Duration::from_secs(60) {
+            return Err(invalid(
+                "screen.lookup_timeout",
+                "must be above zero and at most 1m",
+            ));
+        }
+        if s.cache_entries == 0 {
+            return Err(invalid("screen.cache_entries", "must be at least 1"));
+        }
+        if s.threshold < 1 || s.allowlist_threshold >= s.threshold {
+            return Err(invalid(
+                "screen.threshold",
+                "must be at least 1, and above screen.allowlist_threshold",
+            ));
+        }
+        for (i, n) in s.exempt_networks.iter().enumerate() {
+            if crate::network::parse_network(n).is_none() {
+                return Err(invalid(
+                    format!("screen.exempt_networks[{i}]"),
+                    "must be an IP address or CIDR",
+                ));
+            }
+        }
+        let mut zones = HashSet::new();
+        for (i, z) in s.dnsbl.iter().enumerate() {
+            if normalize_domain(&z.zone).is_err() || !zones.insert(z.zone.to_lowercase()) {
+                return Err(invalid(
+                    format!("screen.dnsbl[{i}].zone"),
+                    "must be a domain name, once",
+                ));
+            }
+            if z.weight == 0 {
+                return Err(invalid(
+                    format!("screen.dnsbl[{i}].weight"),
+                    "must not be 0 (positive: a block list, negative: an allow list)",
+                ));
+            }
+            // RFC 5782 §2.1: listings are answered in 127.0.0.0/8.
+            if let Some(c) = z.codes.iter().find(|c| c.octets()[0] != 127) {
+                return Err(invalid(
+                    format!("screen.dnsbl[{i}].codes"),
+                    format!("{c} is not in 127.0.0.0/8"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Relay domains, lower-cased.
     pub fn relay_domains(&self) -> Vec<String> {
         self.relay
@@ -1172,6 +1325,66 @@ mod tests {
         assert!(!c.webhooks.allow_plain_http && !c.webhooks.allow_private_destinations);
         // Durable: every commit synced.
         assert_eq!(c.store.synchronous, StoreSynchronous::Full);
+        // Screening: a 1 s greeting delay, thresholds 1 and -1, lookups of
+        // at most 2 s cached 10 min (empty ones 1 min), reverse DNS and
+        // HELO logged only, loopback exempt.
+        let s = &c.screen;
+        assert_eq!(s.greet_delay, Duration::from_secs(1));
+        assert_eq!((s.threshold, s.allowlist_threshold), (1, -1));
+        assert_eq!(s.lookup_timeout, Duration::from_secs(2));
+        assert_eq!(s.cache_ttl, Duration::from_secs(600));
+        assert_eq!(s.negative_cache_ttl, Duration::from_secs(60));
+        assert_eq!((s.fcrdns, s.helo), (ScreenAction::Log, ScreenAction::Log));
+        assert_eq!(s.exempt_networks, ["127.0.0.0/8", "::1"]);
+        assert!(s.dnsbl.is_empty());
+    }
+
+    /// `[screen]` values that cannot work are refused, naming the key.
+    #[test]
+    fn screen_settings_are_validated() {
+        for (text, key) in [
+            ("greet_delay = \"2m\"", "screen.greet_delay"),
+            ("lookup_timeout = \"0s\"", "screen.lookup_timeout"),
+            ("cache_entries = 0", "screen.cache_entries"),
+            ("threshold = 0", "screen.threshold"),
+            ("allowlist_threshold = 1", "screen.threshold"),
+            (
+                "exempt_networks = [\"10.0.0.0/33\"]",
+                "screen.exempt_networks[0]",
+            ),
+            (
+                "[[screen.dnsbl]]\nzone = \"bad zone\"",
+                "screen.dnsbl[0].zone",
+            ),
+            (
+                "[[screen.dnsbl]]\nzone = \"a.test\"\n[[screen.dnsbl]]\nzone = \"A.test\"",
+                "screen.dnsbl[1].zone",
+            ),
+            (
+                "[[screen.dnsbl]]\nzone = \"a.test\"\nweight = 0",
+                "screen.dnsbl[0].weight",
+            ),
+            (
+                "[[screen.dnsbl]]\nzone = \"a.test\"\ncodes = [\"10.0.0.2\"]",
+                "screen.dnsbl[0].codes",
+            ),
+        ] {
+            let e = Config::parse(&format!("[screen]\n{text}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+        let c = Config::parse(
+            "[screen]\ngreet_delay = \"0s\"\nfcrdns = \"reject\"\nhelo = \"off\"\n[[screen.dnsbl]]\nzone = \"bl.test\"\nweight = 2\ncodes = [\"127.0.0.2\"]\n[[screen.dnsbl]]\nzone = \"wl.test\"\nweight = -5\n",
+        )
+        .unwrap();
+        assert!(c.screen.greet_delay.is_zero());
+        assert_eq!(c.screen.fcrdns, ScreenAction::Reject);
+        assert_eq!(c.screen.helo, ScreenAction::Off);
+        assert_eq!(c.screen.dnsbl.len(), 2);
+        assert_eq!(
+            c.screen.dnsbl[0].codes,
+            [std::net::Ipv4Addr::new(127, 0, 0, 2)]
+        );
+        assert_eq!(c.screen.dnsbl[1].weight, -5);
     }
 
     #[test]

@@ -247,32 +247,50 @@ impl MxResolver {
     /// The MX records of a name as they are ("pref host"), without the
     /// address fallback: for checking what a domain published.
     pub async fn mx_records(&self, name: &str) -> Result<Vec<String>, String> {
-        match self.resolver.mx_lookup(name).await {
-            Ok(l) => Ok(l
-                .iter()
+        records_or_none(self.resolver.mx_lookup(name).await, "MX", name, |l| {
+            l.iter()
                 .map(|mx| format!("{} {}", mx.preference(), mx.exchange().to_utf8()))
-                .collect()),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-            Err(e) => Err(format!("MX lookup for {name}: {e}")),
-        }
+                .collect()
+        })
     }
 
     /// TXT records of a name, each joined from its strings (RFC 7208 §3.3
     /// style). Ok(empty) when the name has none; Err for lookup trouble.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
-        match self.resolver.txt_lookup(name).await {
-            Ok(l) => Ok(l
-                .iter()
+        records_or_none(self.resolver.txt_lookup(name).await, "TXT", name, |l| {
+            l.iter()
                 .map(|t| {
                     t.txt_data()
                         .iter()
                         .map(|part| String::from_utf8_lossy(part).into_owned())
                         .collect::<String>()
                 })
-                .collect()),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-            Err(e) => Err(format!("TXT lookup for {name}: {e}")),
-        }
+                .collect()
+        })
+    }
+
+    /// The IPv4 addresses (A records) of `name`, asked as a fully-qualified
+    /// name (no search domains): for DNSBL queries (RFC 5782 §2.1).
+    /// Ok(empty) when the name has none.
+    pub async fn ipv4(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, String> {
+        let answer = self.resolver.ipv4_lookup(absolute(name)).await;
+        records_or_none(answer, "A", name, |l| l.iter().map(|a| a.0).collect())
+    }
+
+    /// The PTR names of an address (for forward-confirmed reverse DNS).
+    /// Ok(empty) when it has none.
+    pub async fn ptr_names(&self, ip: IpAddr) -> Result<Vec<String>, String> {
+        let answer = self.resolver.reverse_lookup(ip).await;
+        records_or_none(answer, "PTR", &ip.to_string(), |l| {
+            l.iter().map(|p| p.0.to_utf8()).collect()
+        })
+    }
+
+    /// The A and AAAA records of a host name asked as fully qualified;
+    /// Ok(empty) when it has none.
+    pub async fn host_addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let answer = self.resolver.lookup_ip(absolute(host)).await;
+        records_or_none(answer, "address", host, |l| l.iter().collect())
     }
 
     /// Addresses of one host.
@@ -289,6 +307,31 @@ impl MxResolver {
                 "address lookup for {host}: {e}"
             ))),
         }
+    }
+}
+
+/// A lookup's records, or none when the name does not exist or has none
+/// of the type asked (NXDOMAIN, no data); Err for any other failure.
+fn records_or_none<L, T>(
+    answer: Result<L, hickory_resolver::ResolveError>,
+    rtype: &str,
+    name: &str,
+    records: impl FnOnce(L) -> Vec<T>,
+) -> Result<Vec<T>, String> {
+    match answer {
+        Ok(l) => Ok(records(l)),
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+        Err(e) => Err(format!("{rtype} lookup for {name}: {e}")),
+    }
+}
+
+/// `name` with a trailing dot, so the resolver asks it as it is and never
+/// with a search domain appended.
+fn absolute(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
     }
 }
 

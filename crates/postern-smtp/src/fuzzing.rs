@@ -269,6 +269,7 @@ impl SessionHarness {
                         "XOAUTH2".into(),
                         "OAUTHBEARER".into(),
                     ]),
+                    screen: None,
                 }));
             }
         }

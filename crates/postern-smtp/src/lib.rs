@@ -11,6 +11,7 @@ pub mod limits;
 pub mod listener;
 pub mod recipients;
 pub mod reply;
+pub mod screen;
 pub mod session;
 pub mod tls;
 

@@ -37,6 +37,9 @@ pub struct ListenerContext {
     pub allow_plaintext_auth: bool,
     /// smtp-proto `AUTH_*` bits of the mechanisms offered here.
     pub auth_mechanisms: u64,
+    /// Screening before the greeting (crate::screen): given to `mx`
+    /// listeners only; a submission listener's is ignored.
+    pub screen: Option<Arc<crate::screen::Screener>>,
 }
 
 /// Turns configured mechanism names into smtp-proto's bits; unknown names
@@ -138,6 +141,29 @@ async fn handle_connection(
         }
         return;
     }
+    let mut stream = stream;
+    let (refusal, check_helo) = match lctx.screen.as_ref() {
+        Some(screener) if lctx.role == ListenerRole::Mx => {
+            match crate::screen::admit(screener, &mut stream, peer.ip()).await {
+                crate::screen::Admission::Pass { check_helo } => (None, check_helo),
+                crate::screen::Admission::Refuse(reply) => (Some(reply), false),
+                crate::screen::Admission::Drop(reply) => {
+                    if let Some(reply) = reply {
+                        let mut out = Vec::new();
+                        reply.write_to(&mut out);
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            stream.write_all(&out),
+                        )
+                        .await;
+                    }
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+        }
+        _ => (None, false),
+    };
     let session = Session::new(
         stream,
         ctx.clone(),
@@ -145,12 +171,15 @@ async fn handle_connection(
         peer,
         None,
         shutdown.clone(),
-    );
+    )
+    .screened(refusal, check_helo);
     match session.run(true).await {
         SessionEnd::Closed(_) => {}
         SessionEnd::StartTls(stream) => {
             if let Some((tls_stream, desc)) = handshake(stream, peer, &lctx, &ctx).await {
-                let session = Session::new(tls_stream, ctx, lctx, peer, Some(desc), shutdown);
+                // The screening's verdict holds for the whole connection.
+                let session = Session::new(tls_stream, ctx, lctx, peer, Some(desc), shutdown)
+                    .screened(None, check_helo);
                 // No new greeting after STARTTLS (RFC 3207 §4.2).
                 let _ = session.run(false).await;
             }

@@ -337,6 +337,7 @@ async fn a_session_reads_through_an_8_kib_buffer() {
         tls: None,
         allow_plaintext_auth: false,
         auth_mechanisms: postern_smtp::mechanism_bits(&[]),
+        screen: None,
     });
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let session = postern_smtp::session::Session::new(

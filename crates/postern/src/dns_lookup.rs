@@ -1,5 +1,5 @@
-//! Postern's resolver as the record lookup for domain checks and as the
-//! address lookup for webhook hosts.
+//! Postern's resolver as the record lookup for domain checks, as the
+//! address lookup for webhook hosts, and as the DNS of the `mx` screening.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use postern_api::webhook::destination::{HostLookup, SystemLookup};
 use postern_delivery::MxResolver;
 use postern_mailauth::check::RecordLookup;
+use postern_smtp::screen::{Query, ScreenDns};
 
 pub struct ResolverLookup(pub MxResolver);
 
@@ -25,6 +26,42 @@ impl RecordLookup for ResolverLookup {
             }
         })
     }
+}
+
+impl ScreenDns for ResolverLookup {
+    fn resolve<'a>(
+        &'a self,
+        query: &'a Query,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            match query {
+                Query::Ipv4(name) => self
+                    .0
+                    .ipv4(name)
+                    .await
+                    .map(|v| v.iter().map(ToString::to_string).collect()),
+                Query::Ptr(ip) => self.0.ptr_names(*ip).await,
+                Query::Addresses(host) => self
+                    .0
+                    .host_addresses(host)
+                    .await
+                    .map(|v| v.iter().map(ToString::to_string).collect()),
+            }
+        })
+    }
+}
+
+/// The screening of `mx` clients, asking `[dns] nameservers` (the same
+/// resolver construction as delivery's).
+pub fn screener(
+    config: &postern_core::Config,
+) -> anyhow::Result<Arc<postern_smtp::screen::Screener>> {
+    let resolver = MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?;
+    Ok(postern_smtp::screen::Screener::new(
+        &config.screen,
+        &config.server.hostname,
+        Arc::new(ResolverLookup(resolver)),
+    ))
 }
 
 /// Webhook hosts resolve where the rest of Postern's names do: through

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use postern_accounts::Authenticator;
-use postern_core::config::RecipientCheck;
+use postern_core::config::{ListenerRole, RecipientCheck};
 use postern_core::Config;
 use postern_delivery::{ClientSettings, MxResolver, Router, Scheduler, SmtpClient};
 use postern_queue::{Intake, RetrySchedule};
@@ -72,6 +72,13 @@ pub async fn serve(config: Config) -> Result<()> {
     let default_pair = crate::bootstrap::default_tls_pair(&config)?;
     let mut tls_configs: HashMap<(PathBuf, PathBuf), TlsAcceptor> = HashMap::new();
     let mut listeners = Vec::new();
+    // One screening (and one cache) for every mx listener; submission
+    // listeners are never screened.
+    let screener = if config.listener.iter().any(|l| l.role == ListenerRole::Mx) {
+        Some(crate::dns_lookup::screener(&config)?)
+    } else {
+        None
+    };
     for (i, l) in config.listener.iter().enumerate() {
         let pair = match (&l.tls_cert, &l.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -98,6 +105,7 @@ pub async fn serve(config: Config) -> Result<()> {
                 tls: Some(acceptor),
                 allow_plaintext_auth: l.allow_plaintext_auth,
                 auth_mechanisms: postern_smtp::mechanism_bits(&l.auth_mechanisms),
+                screen: screener.clone().filter(|_| l.role == ListenerRole::Mx),
             }),
         ));
     }

@@ -3,7 +3,7 @@
 use postern_core::config::ListenerRole;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Session;
+use super::{Close, Session};
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Whether AUTH may be offered and used right now: only on submission
@@ -22,16 +22,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.listener.role != ListenerRole::Submissions
     }
 
-    pub(crate) fn ehlo(&mut self, host: String, extended: bool) {
+    pub(crate) fn ehlo(&mut self, host: String, extended: bool) -> Result<(), Close> {
         // RFC 5321 §4.1.4: EHLO/HELO resets any transaction in progress.
         self.txn = None;
+        if self.check_helo {
+            if let Some(screener) = self.listener.screen.clone() {
+                let ip = self.peer.ip();
+                if let Some(problem) = screener.check_helo(&host, ip) {
+                    if let Some(reply) = crate::screen::helo_verdict(&screener, ip, &host, &problem)
+                    {
+                        // Refused: no name is recorded, so MAIL stays out
+                        // of sequence until an acceptable HELO/EHLO.
+                        self.conn.helo = None;
+                        return self.error(reply);
+                    }
+                }
+            }
+        }
         self.conn.helo = Some(host);
         self.conn.esmtp = extended;
         let greeting = format!("{} Hello [{}]", self.hostname(), self.peer.ip());
         if !extended {
             self.out
                 .extend_from_slice(format!("250 {greeting}\r\n").as_bytes());
-            return;
+            return Ok(());
         }
         // EHLO replies are written by hand: smtp-proto's generator fixes its
         // own greeting text, and the keyword lines carry no status codes
@@ -74,5 +88,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.out
                 .extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
         }
+        Ok(())
     }
 }

@@ -94,6 +94,11 @@ pub struct Session<S> {
     shutdown: watch::Receiver<bool>,
     /// Set while discarding the rest of an overlong line.
     discarding_line: bool,
+    /// Screening refused the client: this replaces the greeting, and every
+    /// command but QUIT is answered 503 (RFC 5321 §3.1).
+    refusal: Option<Reply>,
+    /// Screening asks for the HELO name to be checked (crate::screen).
+    check_helo: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -118,7 +123,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             auth: None,
             shutdown,
             discarding_line: false,
+            refusal: None,
+            check_helo: false,
         }
+    }
+
+    /// What screening decided (crate::screen::admit): a refusal to greet
+    /// with, or whether the HELO name is checked. Kept across STARTTLS by
+    /// passing it to the new session.
+    pub fn screened(mut self, refusal: Option<Reply>, check_helo: bool) -> Self {
+        self.refusal = refusal;
+        self.check_helo = check_helo;
+        self
     }
 
     /// Starts the session as if AUTH had already succeeded, so the fuzz
@@ -265,9 +281,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         metrics::counter!("postern_smtp_commands_total", "command" => request.name()).increment(1);
+        if self.refusal.is_some() && !matches!(request, Request::Quit) {
+            // RFC 5321 §3.1: after a 554 greeting the server waits for QUIT
+            // and answers anything else with 503.
+            self.error(common::bad_sequence(
+                "this connection was refused; send QUIT",
+            ))?;
+            return Ok(Step::Continue);
+        }
         match request {
-            Request::Ehlo { host } => self.ehlo(host, true),
-            Request::Helo { host } => self.ehlo(host, false),
+            Request::Ehlo { host } => self.ehlo(host, true)?,
+            Request::Helo { host } => self.ehlo(host, false)?,
             Request::Lhlo { .. } => self.error(Reply::new(500, (5, 5, 1), "LHLO is for LMTP"))?,
             Request::StartTls => return self.starttls(),
             Request::Auth {

@@ -118,6 +118,7 @@ pub async fn start(mut config: Config) -> Server {
             tls: Some(tokio_rustls::TlsAcceptor::from(tls.clone())),
             allow_plaintext_auth: false,
             auth_mechanisms: postern_smtp::mechanism_bits(&["PLAIN".into(), "LOGIN".into()]),
+            screen: None,
         });
         tokio::spawn(serve_listener(l, lctx, ctx.clone(), rx.clone()));
     }
