@@ -260,10 +260,11 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1", relay_config="", route_every_domain=True):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1", relay_config="", route_every_domain=True, relay_domains=("relay.test",)):
         # host: the listeners' address; "[::]" makes them dual-stack, so
         # IPv4 clients arrive as IPv4-mapped IPv6 addresses.
-        # relay_config: more keys of the [relay] table.
+        # relay_config: more keys of the [relay] table; relay_domains: its
+        # domains (mail for them is accepted on the mx listener).
         # route_every_domain: the "*" route to the sink; without it only
         # relay.test is routed (to the sink) and other domains go to MX.
         self.workdir = Path(workdir)
@@ -310,7 +311,7 @@ next_hop = "127.0.0.1:{sink_port}"
 tls = "none"
 
 [relay]
-domains = ["relay.test"]
+domains = {json.dumps(list(relay_domains))}
 {relay_config}
 
 [smtp]
@@ -664,6 +665,19 @@ def api_with_headers(p, key, method, path, body=None, source=None, headers=None)
         return r.status, r.headers, json.loads(raw)
     except ValueError:
         return r.status, r.headers, raw.decode(errors="replace")
+
+
+def curl(p, method, path, key=None):
+    """An HTTP API call made with curl (a client other than Python's):
+    (status, decoded JSON or None)."""
+    out = subprocess.run(
+        ["curl", "-sS", "-X", method, "-w", "\n%{http_code}",
+         "-H", f"Authorization: Bearer {key or p.admin_key}",
+         f"http://127.0.0.1:{p.ports['http']}{path}"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code), (json.loads(body) if body.strip() else None)
 
 
 _SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? (\S+)$')

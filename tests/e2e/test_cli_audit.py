@@ -8,13 +8,14 @@ all with the actor `cli:` and the user's name from $USER."""
 import json
 import os
 import re
+import smtplib
 import subprocess
 import tempfile
 
 import pyotp
 from dnslib.server import DNSServer
 
-from conftest import BIN, Postern, free_port, link_in
+from conftest import BIN, Postern, free_port, link_in, wait_until
 from test_dkim import MutableZone
 
 # The commands that change nothing, and why they are not audited.
@@ -37,6 +38,8 @@ READ_ONLY = {
     ("webhook", "show"): "prints a webhook's settings",
     ("queue", "list"): "lists the queue",
     ("queue", "show"): "prints one queued message",
+    ("quarantine", "list"): "lists held messages",
+    ("quarantine", "show"): "prints one held message",
 }
 
 USER = "auditor"
@@ -125,7 +128,10 @@ ehlo_name = "three.postern.test"
     with tempfile.TemporaryDirectory() as d:
         # A running server: the commands work beside it (README: "also
         # while it runs"), and it delivers the verification mails.
-        p = Postern(d, sink.port, extra_config=config).start()
+        p = Postern(d, sink.port, extra_config=config,
+                    # The sink defers "defer-" recipients at RCPT, which a
+                    # call-ahead would pass on to the client.
+                    relay_config='recipient_check = "any"').start()
         try:
             p.read_admin_key()
             run = AuditedCli(p)
@@ -196,6 +202,28 @@ ehlo_name = "three.postern.test"
             run(("queue", "retry"), message["message_id"], kinds=["queue.retry"])
             run(("queue", "retry"), "--all", "--account", "shop", kinds=["queue.retry"])
             run(("queue", "delete"), message["message_id"], kinds=["queue.delete"])
+
+            # Inbound mail the sink defers stays queued for the quarantine.
+            with smtplib.SMTP("127.0.0.1", p.ports["mx"], timeout=30) as s:
+                s.sendmail("someone@outside.example", ["defer-held@relay.test"], b"Subject: q\r\n\r\nx\r\n")
+            inbound = wait_until(lambda: [e["message_id"] for e in json.loads(p.cli("events", "--json").stdout)
+                                          if e["event"] == "deferred" and e["recipient"] == "defer-held@relay.test"],
+                                 what="the inbound message deferred")[0]
+
+            def hold():
+                # Refused (and not audited) while a delivery attempt, every
+                # second or two here, holds the message.
+                try:
+                    run(("quarantine", "hold-queued"), inbound, "--reason", "audit test", kinds=["quarantine.hold"])
+                    return True
+                except AssertionError as e:
+                    if "in progress" in str(e):
+                        return False
+                    raise
+            wait_until(hold, what="hold-queued")
+            run(("quarantine", "release"), inbound, kinds=["quarantine.release"])
+            wait_until(hold, what="hold-queued again")
+            run(("quarantine", "delete"), inbound, kinds=["quarantine.delete"])
         finally:
             p.stop()
             dns.stop()

@@ -6,13 +6,12 @@ recipient whose mailbox is full is deferred (classified), shows in
 import json
 import smtplib
 import ssl
-import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import Postern
+from conftest import Postern, curl
 
 
 @pytest.fixture
@@ -44,17 +43,6 @@ def wait_events(p, count, *args, timeout=30):
             return found
         time.sleep(0.2)
     raise AssertionError(f"wanted {count} events for {args}: {events(p, *args)}")
-
-
-def curl(p, method, path, key=None):
-    out = subprocess.run(
-        ["curl", "-sS", "-X", method, "-w", "\n%{http_code}",
-         "-H", f"Authorization: Bearer {key or p.admin_key}",
-         f"http://127.0.0.1:{p.ports['http']}{path}"],
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout
-    body, _, code = out.rpartition("\n")
-    return int(code), (json.loads(body) if body.strip() else None)
 
 
 def test_deferred_mail_is_listed_retried_and_deleted(slow_retry, sink):

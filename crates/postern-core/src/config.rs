@@ -61,6 +61,25 @@ pub struct Config {
     /// OAUTHBEARER (RFC 7628).
     pub oauth_issuer: Vec<OAuthIssuerConfig>,
     pub audit: AuditConfig,
+    pub quarantine: QuarantineConfig,
+}
+
+/// `[quarantine]`: inbound mail held for a decision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    /// Held messages are deleted this long after they were held (each
+    /// expiry recorded in the send log and the audit log).
+    #[serde(with = "crate::duration")]
+    pub retention: Duration,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        QuarantineConfig {
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 /// `[audit]`: where the key that signs the audit chain's recorded head is.
@@ -128,6 +147,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             oauth_issuer: Vec::new(),
             audit: AuditConfig::default(),
+            quarantine: QuarantineConfig::default(),
         }
     }
 }
@@ -1082,6 +1102,11 @@ impl Config {
         }
         if self.senders.verification_token_ttl.is_zero() {
             return Err(invalid("senders.verification_token_ttl", "must not be 0"));
+        }
+        // 0 would delete every held message at the next sweep: mail
+        // accepted (250) and then thrown away unseen.
+        if self.quarantine.retention < Duration::from_secs(1) {
+            return Err(invalid("quarantine.retention", "must be at least 1s"));
         }
         if let Some(u) = &self.http.public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {

@@ -20,11 +20,17 @@ pub enum EventKind {
     /// A permanent failure or expiry; no more attempts.
     Bounce,
     /// Not attempted at all (suppressed address, refused by policy, deleted
-    /// from the queue by an operator).
+    /// from the queue or the quarantine).
     Dropped,
+    /// Held in quarantine instead of queued (Postern's own kind: SendGrid
+    /// has no quarantine), with the reason. Released recipients then get
+    /// `processed`, deleted or expired ones `dropped`.
+    Quarantined,
 }
 
 impl EventKind {
+    /// The kinds SendGrid's event webhook knows (what a webhook can be set
+    /// to send and its test sends); `Quarantined` is not among them.
     pub const ALL: [EventKind; 5] = [
         EventKind::Processed,
         EventKind::Delivered,
@@ -40,6 +46,7 @@ impl EventKind {
             EventKind::Deferred => "deferred",
             EventKind::Bounce => "bounce",
             EventKind::Dropped => "dropped",
+            EventKind::Quarantined => "quarantined",
         }
     }
 }
@@ -59,9 +66,10 @@ impl FromStr for EventKind {
             "deferred" => EventKind::Deferred,
             "bounce" => EventKind::Bounce,
             "dropped" => EventKind::Dropped,
+            "quarantined" => EventKind::Quarantined,
             other => {
                 return Err(format!(
-                    "unknown event kind {other:?} (processed, delivered, deferred, bounce, dropped)"
+                    "unknown event kind {other:?} (processed, delivered, deferred, bounce, dropped, quarantined)"
                 ))
             }
         })
@@ -184,7 +192,7 @@ impl Event {
                     );
                 }
             }
-            EventKind::Dropped => {
+            EventKind::Dropped | EventKind::Quarantined => {
                 obj.insert("reason".into(), self.detail.clone().into());
             }
             EventKind::Processed => {}
@@ -230,7 +238,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for k in EventKind::ALL {
+        for k in EventKind::ALL.into_iter().chain([EventKind::Quarantined]) {
             assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
         }
         assert!("failed".parse::<EventKind>().is_err());
@@ -269,7 +277,7 @@ mod tests {
             "sg_message_id",
             "postern_account",
         ];
-        for kind in EventKind::ALL {
+        for kind in EventKind::ALL.into_iter().chain([EventKind::Quarantined]) {
             let mut e = event(kind);
             e.info.source_ip = Some("192.0.2.1".into());
             let v = e.to_webhook_json();
@@ -286,7 +294,7 @@ mod tests {
                     "tls",
                     "ip",
                 ],
-                EventKind::Dropped => &["reason"],
+                EventKind::Dropped | EventKind::Quarantined => &["reason"],
             };
             let want: BTreeSet<&str> = common.iter().chain(extra).copied().collect();
             assert_eq!(got, want, "{kind:?}");

@@ -504,6 +504,9 @@ impl QueueStore for WatchedStore {
     async fn enqueue(&self, msg: postern_store::NewMessage) -> postern_store::Result<()> {
         self.inner.enqueue(msg).await
     }
+    async fn hold(&self, msg: postern_store::HeldMessage) -> postern_store::Result<()> {
+        self.inner.hold(msg).await
+    }
     async fn claim_due_within(
         &self,
         now: i64,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use postern_core::{Envelope, MessageId, Principal};
-use postern_store::{NewMessage, QueueStore, StoreError};
+use postern_store::{HeldMessage, NewMessage, QueueStore, StoreError};
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -388,6 +388,50 @@ impl Intake {
         Ok(id)
     }
 
+    /// Holds an inbound message in quarantine instead of queueing it (a
+    /// check found it doubtful: DMARC `p=quarantine`, a virus, spam), with
+    /// the reason, the client and the trace header `submit` would add.
+    /// Returns only once it is durable, as `submit` does: the caller may
+    /// then say 250, since accepting a message takes responsibility for it
+    /// (RFC 5321 §4.1.1.4, §6.1) and held mail is kept until released,
+    /// deleted or expired. Each recipient gets a `quarantined` event with
+    /// the reason. Inbound only: mail from an authenticated account is
+    /// refused here (the quarantine's release queues mail as relay mail).
+    pub async fn hold(&self, sub: Submission, reason: String) -> Result<MessageId, IntakeError> {
+        if sub.principal.is_some() {
+            return Err(IntakeError::SenderRefused(
+                "the quarantine holds inbound mail only (received without authentication)".into(),
+            ));
+        }
+        if sub.envelope.recipients.is_empty() {
+            return Err(IntakeError::NoRecipients);
+        }
+        // As in `submit`: return-path recipients go to `take_returned`.
+        for r in &sub.envelope.recipients {
+            if self.is_return_path(&r.address).await {
+                return Err(IntakeError::BounceRefused(
+                    "return-path recipients are not held".into(),
+                ));
+            }
+        }
+        let id = MessageId::generate();
+        let now = postern_core::time::now_millis();
+        let head = self.received_header(&sub, &id, now).into_bytes();
+        self.store
+            .hold(HeldMessage {
+                id: id.clone(),
+                held_at: now,
+                client_ip: Some(sub.client.ip.to_string()),
+                helo: Some(sub.client.helo),
+                reason,
+                head,
+                body: sub.body,
+                envelope: sub.envelope,
+            })
+            .await?;
+        Ok(id)
+    }
+
     /// RFC 5321 §4.4 trace information, with the RFC 3848 protocol keyword.
     /// The HELO name is peer-controlled: anything but printable ASCII is
     /// replaced so the header cannot be broken or folded by it.
@@ -464,6 +508,110 @@ mod tests {
         assert!(body.ends_with("\r\nSubject: hi\r\n\r\nbody\r\n"));
         // Every header line of the trace is CRLF-terminated, with no bare LF.
         assert!(!body.replace("\r\n", "").contains('\n'));
+    }
+
+    fn inbound(rcpts: &[&str]) -> Submission {
+        Submission {
+            envelope: Envelope {
+                mail_from: "ceo@forged.example".into(),
+                recipients: rcpts
+                    .iter()
+                    .map(|a| Recipient {
+                        address: (*a).into(),
+                        domain: a.rsplit_once('@').unwrap().1.into(),
+                        notify: vec![],
+                        orcpt: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            principal: None,
+            client: ClientInfo {
+                ip: "192.0.2.77".parse().unwrap(),
+                helo: "mx.forged.example".into(),
+                protocol: "ESMTP",
+                tls: None,
+            },
+            body: b"Subject: wire transfer\r\n\r\nurgent\r\n".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn hold_keeps_the_message_with_its_trace_and_reason_and_queues_nothing() {
+        use postern_store::{EventFilter, EventStore, QuarantineFilter, QuarantineStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let intake = Intake::new(store.clone(), "gw.example".into());
+        let id = intake
+            .hold(inbound(&["ap@corp.example"]), "DMARC p=quarantine".into())
+            .await
+            .unwrap();
+        assert!(store
+            .claim_due(i64::MAX / 2, 10, 1000)
+            .await
+            .unwrap()
+            .is_empty());
+        let all = QuarantineFilter::default();
+        let m = store
+            .quarantined_message(id.to_string(), all.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.reason, "DMARC p=quarantine");
+        assert_eq!(m.client_ip.as_deref(), Some("192.0.2.77"));
+        assert_eq!(m.helo.as_deref(), Some("mx.forged.example"));
+        assert_eq!(m.mail_from, "ceo@forged.example");
+        let body = store
+            .quarantined_body(id.to_string(), all)
+            .await
+            .unwrap()
+            .unwrap();
+        let body = String::from_utf8(body).unwrap();
+        assert!(
+            body.starts_with("Received: from mx.forged.example ([192.0.2.77])\r\n\tby gw.example (Postern) with ESMTP id "),
+            "{body}"
+        );
+        assert!(body.ends_with("\r\nSubject: wire transfer\r\n\r\nurgent\r\n"));
+        let events = store
+            .events(EventFilter {
+                message_id: Some(id.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, postern_core::EventKind::Quarantined);
+        assert!(events[0]
+            .detail
+            .starts_with("DMARC p=quarantine from=<ceo@forged.example>"));
+    }
+
+    #[tokio::test]
+    async fn hold_refuses_authenticated_mail_and_no_recipients() {
+        use postern_store::{QuarantineFilter, QuarantineStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let intake = Intake::new(store.clone(), "gw.example".into());
+        assert!(matches!(
+            intake.hold(inbound(&[]), "r".into()).await,
+            Err(IntakeError::NoRecipients)
+        ));
+        let mut sub = inbound(&["ap@corp.example"]);
+        sub.principal = Some(Principal {
+            account: "acme".into(),
+            account_id: 1,
+            key_id: "k".into(),
+            scopes: vec![],
+        });
+        assert!(matches!(
+            intake.hold(sub, "r".into()).await,
+            Err(IntakeError::SenderRefused(_))
+        ));
+        assert!(store
+            .quarantined(QuarantineFilter::default())
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 pub mod body_budget;
 pub mod dsn;
 pub mod intake;
+pub mod quarantine;
 pub mod quota;
 pub mod retry;
 

@@ -193,6 +193,17 @@ async fn visible(store: &EmbeddedStore, name: &str) -> Vec<(&'static str, usize)
                     .count(),
         ),
         (
+            "quarantine_recipients",
+            store
+                .quarantined(QuarantineFilter {
+                    account: n(name),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
+        ),
+        (
             "audit",
             store
                 .audit(AuditFilter {
@@ -274,6 +285,23 @@ async fn a_reused_name_inherits_nothing() {
     store.add_domain(domain("shop")).await.unwrap();
     store.add_sender(sender("shop")).await.unwrap();
     store.enqueue(message("shop")).await.unwrap();
+    // Inbound mail held for its verified domain is the account's too.
+    let mut inbound = message("shop");
+    inbound.envelope.recipients[0].address = "staff@shop.example".into();
+    inbound.envelope.recipients[0].domain = "shop.example".into();
+    store
+        .hold(HeldMessage {
+            id: MessageId::generate(),
+            held_at: 1,
+            envelope: inbound.envelope,
+            client_ip: None,
+            helo: None,
+            reason: "test".into(),
+            head: Vec::new(),
+            body: inbound.body,
+        })
+        .await
+        .unwrap();
     store
         .append_audit(AuditEntry {
             at: postern_core::time::now_millis(),

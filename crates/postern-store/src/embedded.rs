@@ -22,6 +22,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::audit_anchor::{AnchorCheck, AnchorSource, AnchoredVerdict, AuditAnchor, AuditHead};
+
+mod quarantine;
 use crate::schema;
 use crate::*;
 
@@ -778,6 +780,10 @@ impl QueueStore for EmbeddedStore {
         .await
     }
 
+    async fn hold(&self, msg: HeldMessage) -> Result<()> {
+        self.hold_impl(msg).await
+    }
+
     async fn claim_due_within(
         &self,
         now: i64,
@@ -1385,6 +1391,13 @@ impl AccountStore for EmbeddedStore {
                 )?;
                 removed.insert((*table).to_owned(), n as u64);
             }
+            // A held message whose every recipient was the account's goes
+            // with them; one also held for others stays for them.
+            conn.execute(
+                "DELETE FROM quarantine WHERE NOT EXISTS
+                     (SELECT 1 FROM quarantine_recipients WHERE quarantine_id = quarantine.id)",
+                [],
+            )?;
             conn.execute("DELETE FROM accounts WHERE id = ?1", [id])?;
             Ok(Some(removed))
         })

@@ -55,6 +55,12 @@ pub trait QueueStore: Send + Sync {
     /// (fsync'd WAL / committed transaction): the caller may then say `250`.
     async fn enqueue(&self, msg: NewMessage) -> Result<()>;
 
+    /// Stores a message in quarantine instead of the queue, each recipient
+    /// owned by the account that holds its domain verified (if any), with a
+    /// `quarantined` event per recipient. Returns only once it is durable,
+    /// as `enqueue`: the caller may then say `250`.
+    async fn hold(&self, msg: HeldMessage) -> Result<()>;
+
     /// Leases up to `limit` due recipients, grouped into jobs per message and
     /// recipient domain. A lease that is not settled before it expires makes
     /// the recipients due again (a crashed node's work is taken over).
@@ -114,6 +120,65 @@ pub trait QueueStore: Send + Sync {
     /// Removes a message's waiting recipients from the queue, recording a
     /// `dropped` event with `reason` for each. Returns how many.
     async fn delete_queued(&self, id: String, reason: String, now: i64) -> Result<u64>;
+}
+
+/// The quarantine: inbound mail held for a decision. Every call takes a
+/// filter saying whose recipients the caller may see and act on (an
+/// account's, with its subusers', or all for the operator); a message
+/// with none of them is "not found" to that caller.
+#[async_trait]
+pub trait QuarantineStore: Send + Sync {
+    /// Held messages with at least one visible recipient, oldest first.
+    async fn quarantined(&self, filter: QuarantineFilter) -> Result<Vec<QuarantinedMessage>>;
+    async fn quarantined_message(
+        &self,
+        id: String,
+        filter: QuarantineFilter,
+    ) -> Result<Option<QuarantinedMessage>>;
+    /// The whole message as stored (trace header first).
+    async fn quarantined_body(
+        &self,
+        id: String,
+        filter: QuarantineFilter,
+    ) -> Result<Option<Vec<u8>>>;
+    /// Queues the message for its visible recipients (or only `recipient`,
+    /// when named and visible) as accepted relay mail is queued, and takes
+    /// them out of quarantine, in one commit; each gets a `processed`
+    /// event with `detail`. Returns the recipients released (empty: none
+    /// matched).
+    async fn release_quarantined(
+        &self,
+        id: String,
+        filter: QuarantineFilter,
+        recipient: Option<String>,
+        now: i64,
+        detail: String,
+    ) -> Result<Vec<QuarantinedRecipient>>;
+    /// Takes the visible recipients (or `recipient`) out of quarantine for
+    /// good, each with a `dropped` event carrying `reason`.
+    async fn delete_quarantined(
+        &self,
+        id: String,
+        filter: QuarantineFilter,
+        recipient: Option<String>,
+        now: i64,
+        reason: String,
+    ) -> Result<Vec<QuarantinedRecipient>>;
+    /// Deletes every message held before `held_before` (a `dropped` event
+    /// with `reason` for each recipient); returns what was deleted.
+    async fn expire_quarantined(
+        &self,
+        held_before: i64,
+        now: i64,
+        reason: String,
+    ) -> Result<Vec<QuarantinedMessage>>;
+    /// Moves the waiting recipients of a queued message that came in
+    /// without authentication into quarantine under the same id, in one
+    /// commit, each with a `quarantined` event carrying `reason`.
+    async fn hold_queued(&self, id: String, reason: String, now: i64) -> Result<HoldQueued>;
+    /// Messages held now, and recipients held, released, deleted and
+    /// expired since the store was created (by any process).
+    async fn quarantine_stats(&self) -> Result<QuarantineStats>;
 }
 
 /// Sending domains: their DKIM keys and verification state.
@@ -361,6 +426,7 @@ pub trait Store:
     + TlsPolicyStore
     + DomainStore
     + SenderStore
+    + QuarantineStore
 {
 }
 impl<
@@ -373,7 +439,8 @@ impl<
             + SuppressionStore
             + TlsPolicyStore
             + DomainStore
-            + SenderStore,
+            + SenderStore
+            + QuarantineStore,
     > Store for T
 {
 }

@@ -400,6 +400,47 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER auth_ip_del AFTER DELETE ON ip_access BEGIN
         UPDATE auth_config_version SET version = version + 1 WHERE id = 1; END;
     "#,
+    // 23: the quarantine: inbound mail held instead of queued, with why,
+    // when and from which client. The message is kept whole (trace header
+    // included) with its envelope; each recipient belongs to the account
+    // that holds its domain verified when it was held (NULL: only the
+    // operator sees it), so a tenant sees and acts on its own recipients
+    // only. A recipient released or deleted leaves; the entry goes with
+    // its last recipient.
+    r#"
+    CREATE TABLE quarantine (
+        id         TEXT PRIMARY KEY,
+        held_at    INTEGER NOT NULL,
+        mail_from  TEXT NOT NULL,
+        envelope   TEXT NOT NULL,      -- JSON of postern_core::Envelope
+        client_ip  TEXT,               -- NULL when moved from the queue
+        helo       TEXT,
+        reason     TEXT NOT NULL,
+        smtputf8   INTEGER NOT NULL,
+        eight_bit  INTEGER NOT NULL,
+        body       BLOB NOT NULL
+    );
+    CREATE INDEX quarantine_by_time ON quarantine(held_at);
+    CREATE TABLE quarantine_recipients (
+        quarantine_id TEXT NOT NULL REFERENCES quarantine(id) ON DELETE CASCADE,
+        idx           INTEGER NOT NULL,  -- the recipient's place in the envelope
+        address       TEXT NOT NULL,
+        domain        TEXT NOT NULL,
+        account       TEXT,
+        account_id    INTEGER,
+        PRIMARY KEY (quarantine_id, idx)
+    );
+    CREATE INDEX quarantine_recipients_by_account_id ON quarantine_recipients(account_id, quarantine_id);
+    -- Recipients held, released, deleted and expired, counted in the
+    -- commit of each action by whichever process took it (server or CLI),
+    -- for the server's `postern_quarantine_total` counter.
+    CREATE TABLE quarantine_counters (
+        action TEXT PRIMARY KEY,
+        n      INTEGER NOT NULL
+    );
+    INSERT INTO quarantine_counters (action, n)
+        VALUES ('held', 0), ('released', 0), ('deleted', 0), ('expired', 0);
+    "#,
 ];
 
 /// Tables that hold rows owned by an account: each has `account` (the
@@ -418,6 +459,7 @@ pub const ACCOUNT_OWNED_TABLES: &[&str] = &[
     "verified_senders",
     "messages",
     "events",
+    "quarantine_recipients",
 ];
 
 /// Brings the schema up to date. The version is read inside an immediate

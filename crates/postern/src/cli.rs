@@ -109,6 +109,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::queue_command::QueueCommand,
     },
+    /// Inbound mail held for a decision: list, show, release, delete.
+    Quarantine {
+        #[command(subcommand)]
+        command: crate::quarantine_command::QuarantineCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -397,6 +402,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Queue { command } => {
             let config = load_config(&cli.global)?;
             crate::queue_command::run(&config, command).await
+        }
+        Command::Quarantine { command } => {
+            let config = load_config(&cli.global)?;
+            crate::quarantine_command::run(&config, command).await
         }
         Command::Events(query) => {
             let config = load_config(&cli.global)?;

@@ -20,7 +20,7 @@ pub struct Query {
     #[arg(long)]
     pub include_subusers: bool,
     /// Only these kinds (repeat or comma-separate): processed, delivered,
-    /// deferred, bounce, dropped.
+    /// deferred, bounce, dropped, quarantined.
     #[arg(long, value_delimiter = ',')]
     pub kind: Vec<String>,
     /// From this time: a duration ago (`1h`) or `2026-11-23T10:00:00Z`.

@@ -11,6 +11,7 @@ mod dns_lookup;
 mod domain_command;
 mod events_command;
 mod key_command;
+mod quarantine_command;
 mod queue_command;
 mod sender_command;
 mod serve;

@@ -227,6 +227,13 @@ pub async fn serve(config: Config) -> Result<()> {
             }
         }
     });
+    // Held inbound mail is deleted once its retention is over; the same
+    // task keeps the held gauge current (the CLI changes it too).
+    tokio::spawn(postern_queue::quarantine::run_retention(
+        store.clone() as Arc<dyn postern_store::Store>,
+        config.quarantine.retention,
+        shutdown_rx.clone(),
+    ));
     let resolver = Arc::new(
         if config.dns.dane {
             MxResolver::with_dnssec(&config.dns.nameservers, None)

@@ -101,6 +101,8 @@ async fn message(
     let status = match events.last().map(|e| e.kind) {
         Some(EventKind::Delivered) => "delivered",
         Some(EventKind::Bounce | EventKind::Dropped) => "not_delivered",
+        // Postern's own: held, waiting for a release or a deletion.
+        Some(EventKind::Quarantined) => "quarantined",
         _ => "processing",
     };
     let from = events

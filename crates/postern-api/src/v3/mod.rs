@@ -10,6 +10,7 @@ mod mail_json;
 mod mail_send;
 pub(crate) use mail_send::fuzz_one as fuzz_mail_send;
 mod messages;
+mod quarantine;
 mod queue;
 mod subusers;
 mod suppression;
@@ -36,6 +37,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(suppression::routes())
         .merge(messages::routes())
         .merge(queue::routes())
+        .merge(quarantine::routes())
         .merge(webhooks::routes())
         .merge(whitelabel::routes())
         .merge(verified_senders::routes())
