@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::address::normalize_domain;
 
+mod inbound;
+pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -43,6 +46,8 @@ pub struct Config {
     pub route: Vec<RouteConfig>,
     pub dns: DnsConfig,
     pub relay: RelayConfig,
+    /// SPF, DKIM, DMARC and ARC on unauthenticated mail on `mx` listeners.
+    pub inbound_auth: InboundAuthConfig,
     pub smtp: SmtpConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
@@ -115,6 +120,7 @@ impl Default for Config {
             route: Vec::new(),
             dns: DnsConfig::default(),
             relay: RelayConfig::default(),
+            inbound_auth: InboundAuthConfig::default(),
             smtp: SmtpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
@@ -864,6 +870,7 @@ impl Config {
                 ));
             }
         }
+        self.inbound_auth.validate(&self.relay.domains)?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(
@@ -1172,6 +1179,14 @@ mod tests {
         assert!(!c.webhooks.allow_plain_http && !c.webhooks.allow_private_destinations);
         // Durable: every commit synced.
         assert_eq!(c.store.synchronous, StoreSynchronous::Full);
+        // Inbound mail authenticated; the sender's DMARC policy honoured,
+        // SPF failures tagged; 5 s per lookup, 20 s per check.
+        let i = &c.inbound_auth;
+        assert!(i.enabled && i.honor_dmarc_policy);
+        assert_eq!(i.dmarc_fail, InboundAction::Accept);
+        assert_eq!(i.spf_fail, InboundAction::Tag);
+        assert_eq!(i.dns_timeout, Duration::from_secs(5));
+        assert_eq!(i.check_timeout, Duration::from_secs(20));
     }
 
     #[test]
