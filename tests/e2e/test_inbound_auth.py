@@ -392,7 +392,7 @@ def test_an_accepted_message_arrives_with_the_right_authentication_results(sink,
         events = json.loads(p.cli("events", "--kind", "processed", "--json").stdout)
         assert len(events) == 1
         assert "auth: spf=pass helo=pass dkim=pass,pass arc=none dmarc=pass(p=reject) action=accept" in events[0]["detail"], events
-    # RFC 8601 §5: at the top, above the trace fields.
+    # RFC 8601 §4.1: prepended, above the trace fields.
     assert got.startswith(b"Authentication-Results: postern.test;"), got[:200]
     r = ours(got)
     assert set(r) == {"spf", "dkim", "arc", "dmarc"}, r

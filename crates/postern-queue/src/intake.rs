@@ -406,8 +406,8 @@ impl Intake {
         // The headers go in front of the body in the store, not by copying
         // the body here: a second copy of every large message would double
         // what the memory budget lets the doors hold.
-        // RFC 8601 §5: Authentication-Results goes at the top, above the
-        // trace fields already there.
+        // RFC 8601 §4.1: Authentication-Results is prepended, as trace
+        // fields are: at the top, above those already there.
         let mut head = Vec::with_capacity(verdict.headers.len() + received.len() + signature.len());
         head.extend_from_slice(&verdict.headers);
         head.extend_from_slice(received.as_bytes());
@@ -603,7 +603,7 @@ mod tests {
         let jobs = store.claim_due(i64::MAX / 2, 10, 1000).await.unwrap();
         assert_eq!(jobs.len(), 1);
         let queued = String::from_utf8(jobs[0].body.to_vec()).unwrap();
-        // RFC 8601 §5: the results above every trace field, ours included.
+        // RFC 8601 §4.1: the results above every trace field, ours included.
         assert!(
             queued.starts_with("Authentication-Results: relay.example; spf=fail\r\nX-Postern-Verdict: tag\r\nReceived: from mta.example.org"),
             "{queued}"
