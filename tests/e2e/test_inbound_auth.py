@@ -349,6 +349,16 @@ def test_arc_across_a_forwarding_hop_with_a_trusted_forwarder(sink, zone):
         assert code == 550 and "p=reject" in text, (code, text)
         events = json.loads(p.cli("events", "--kind", "processed", "--json").stdout)
         assert sum("override=trusted_forwarder" in e["detail"] for e in events) == 1, events
+    # Trusted by its network instead (the client's address; the sealer's
+    # domain is not listed): the same.
+    with server(sink, zone.port, 'trusted_forwarders = ["127.0.0.0/8"]') as p:
+        assert send(p, "list-bounces@forwarder.test", passed)[0] == 250
+        dmarc_ = ours(delivered(sink, 2))["dmarc"][0]
+        assert dmarc_["reason"].startswith("policy override: trusted_forwarder"), dmarc_
+        assert send(p, "list-bounces@forwarder.test", failed_there)[0] == 550
+    # A network the client is not in trusts nothing.
+    with server(sink, zone.port, 'trusted_forwarders = ["192.0.2.0/24"]') as p:
+        assert send(p, "list-bounces@forwarder.test", passed)[0] == 550
 
 
 def test_a_forged_authentication_results_header_is_removed(sink, zone):
