@@ -260,13 +260,15 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1", relay_config="", route_every_domain=True, relay_domains=("relay.test",)):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1", relay_config="", route_every_domain=True, relay_domains=("relay.test",), inbound_auth=None):
         # host: the listeners' address; "[::]" makes them dual-stack, so
         # IPv4 clients arrive as IPv4-mapped IPv6 addresses.
         # relay_config: more keys of the [relay] table; relay_domains: its
         # domains (mail for them is accepted on the mx listener).
         # route_every_domain: the "*" route to the sink; without it only
         # relay.test is routed (to the sink) and other domains go to MX.
+        # inbound_auth: the [inbound_auth] keys (the checks on); None
+        # turns them off.
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.ports = {
@@ -276,6 +278,11 @@ class Postern:
             "http": free_port(),
             "submission_cram": free_port(),
         }
+        if inbound_auth is None:
+            # SPF/DKIM/DMARC/ARC have their own tests (test_inbound_auth.py),
+            # with a DNS server of their own; elsewhere mail on mx is not
+            # checked (as senders are not verified, below).
+            inbound_auth = "enabled = false"
         self.config_path = self.workdir / "postern.toml"
         self.config_path.write_text(
             f"""
@@ -313,6 +320,9 @@ tls = "none"
 [relay]
 domains = {json.dumps(list(relay_domains))}
 {relay_config}
+
+[inbound_auth]
+{inbound_auth}
 
 [smtp]
 # Sender verification has its own tests (test_senders.py); elsewhere any
@@ -750,19 +760,21 @@ def server_context(made):
 
 
 class DnsZone:
-    """A DNS server on loopback (dnslib, UDP) answering A queries for the
-    names the test sets, and changing its answers when the test says so.
-    TTL 0: a resolver must ask again each time rather than keep an answer.
-    Names it does not know are NXDOMAIN. While `mute` is true it answers
-    nothing at all (a dead server; each question is still recorded). Every
-    question asked is kept, in order, in `queries` as (name, type), the
-    root as "."."""
+    """A DNS server on loopback (dnslib, UDP) answering A and TXT queries
+    for the names the test sets, and changing its answers when the test
+    says so. TTL 0: a resolver must ask again each time rather than keep an
+    answer. Names it does not know are NXDOMAIN; a known name without
+    records of the type asked gets an empty answer. While `mute` is true it
+    answers nothing at all (a dead server; each question is still
+    recorded). Every question asked is kept, in order, in `queries` as
+    (name, type), the root as "."."""
 
     def __init__(self):
         from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
         self.a = {}
         self.mute = False
+        self.txts = {}
         self.queries = []
         self.lock = threading.Lock()
         # Released on stop: the questions a mute server sat on end then.
@@ -771,21 +783,29 @@ class DnsZone:
 
         class Resolver(BaseResolver):
             def resolve(self, request, handler):
-                from dnslib import QTYPE, RCODE, RR, A
+                from dnslib import QTYPE, RCODE, RR, TXT, A
 
                 reply = request.reply()
                 qname = str(request.q.qname).lower().rstrip(".")
                 with zone.lock:
                     zone.queries.append((qname or ".", QTYPE[request.q.qtype]))
                     ips = zone.a.get(qname)
+                    txts = zone.txts.get(qname)
                     mute = zone.mute
                 if mute:
                     zone._stopped.wait()
-                if ips is None:
+                if ips is None and txts is None:
                     reply.header.rcode = RCODE.NXDOMAIN
                 elif request.q.qtype == QTYPE.A:
-                    for ip in ips:
+                    for ip in ips or ():
                         reply.add_answer(RR(qname + ".", QTYPE.A, rdata=A(ip), ttl=0))
+                elif request.q.qtype == QTYPE.TXT:
+                    for text in txts or ():
+                        # RFC 1035 §3.3.14: a TXT record is strings of at
+                        # most 255 octets each (long DKIM keys are split).
+                        data = text.encode()
+                        chunks = [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+                        reply.add_answer(RR(qname + ".", QTYPE.TXT, rdata=TXT(chunks), ttl=0))
                 return reply
 
         quiet = DNSLogger(logf=lambda _line: None)
@@ -801,6 +821,12 @@ class DnsZone:
         """How many times `name` was asked for `qtype`."""
         with self.lock:
             return self.queries.count((name.lower().rstrip("."), qtype))
+
+    def txt(self, name, *records):
+        """Sets the TXT records of `name` (each one string, split as DNS
+        needs); none makes the name exist without TXT records."""
+        with self.lock:
+            self.txts[name.lower().rstrip(".")] = list(records)
 
     def stop(self):
         self._stopped.set()

@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::address::normalize_domain;
 
+mod inbound;
+pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -45,6 +48,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// What `mx` listeners check about a client before they greet it.
     pub screen: ScreenConfig,
+    /// SPF, DKIM, DMARC and ARC on unauthenticated mail on `mx` listeners.
+    pub inbound_auth: InboundAuthConfig,
     pub smtp: SmtpConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
@@ -137,6 +142,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             relay: RelayConfig::default(),
             screen: ScreenConfig::default(),
+            inbound_auth: InboundAuthConfig::default(),
             smtp: SmtpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
@@ -982,6 +988,7 @@ impl Config {
             }
         }
         self.validate_screen()?;
+        self.inbound_auth.validate(&self.relay.domains)?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(
@@ -1410,6 +1417,14 @@ mod tests {
             [std::net::Ipv4Addr::new(127, 0, 0, 2)]
         );
         assert_eq!(c.screen.dnsbl[1].weight, -5);
+        // Inbound mail authenticated; the sender's DMARC policy honoured,
+        // SPF failures tagged; 5 s per lookup, 20 s per check.
+        let i = &c.inbound_auth;
+        assert!(i.enabled && i.honor_dmarc_policy);
+        assert_eq!(i.dmarc_fail, InboundAction::Accept);
+        assert_eq!(i.spf_fail, InboundAction::Tag);
+        assert_eq!(i.dns_timeout, Duration::from_secs(5));
+        assert_eq!(i.check_timeout, Duration::from_secs(20));
     }
 
     #[test]

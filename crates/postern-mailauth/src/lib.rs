@@ -2,11 +2,14 @@
 //! records its owner publishes, and DKIM signing of outbound mail
 //! (RFC 6376, with Ed25519 beside RSA as RFC 8463 allows). Built on
 //! `mail-auth`; what is written here is only the choice of defaults.
+//! Inbound, the same library verifies SPF, DKIM, DMARC and ARC on mail
+//! that arrives without AUTH (`inbound`).
 
 pub mod authority;
 pub mod check;
 pub mod domain_check;
 pub mod header_from;
+pub mod inbound;
 pub mod keys;
 pub mod records;
 pub mod return_path;
@@ -26,4 +29,6 @@ pub enum MailAuthError {
     BadKey { what: &'static str, reason: String },
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("DNS resolver for inbound checks: {0}")]
+    Resolver(String),
 }

@@ -23,6 +23,10 @@ pub enum IntakeError {
     SenderRefused(String),
     #[error("bounce not accepted: {0}")]
     BounceRefused(String),
+    /// Unauthenticated mail that failed SPF/DKIM/DMARC where the policy
+    /// says reject; the reason is given to the client.
+    #[error("message refused: {0}")]
+    InboundRefused(String),
     #[error("the account's limit of {limit} messages per hour is used up")]
     QuotaExceeded {
         limit: u32,
@@ -74,6 +78,33 @@ pub trait SenderAuthority: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Authorized, String>> + Send + 'a>>;
 }
 
+/// What the inbound authenticator found for a message that came in without
+/// AUTH (on an `mx` listener).
+#[derive(Debug, Clone, Default)]
+pub struct InboundVerdict {
+    /// Header fields to put in front of the message: Authentication-Results
+    /// (RFC 8601), and X-Postern-Verdict when the message is tagged.
+    pub headers: Vec<u8>,
+    /// Some(reason): refused (`550 5.7.1` with the reason), nothing queued.
+    pub refused: Option<String>,
+    /// The results and the action, for the message's `processed` event.
+    pub summary: String,
+}
+
+/// Verifies unauthenticated mail (SPF, DKIM, DMARC, ARC) and decides what
+/// is done with it. Implemented by postern-mailauth. `message` is the body
+/// as received; the authenticator verifies it first, then removes in place
+/// any header fields only this server may write (an Authentication-Results
+/// claiming our authserv-id, RFC 8601 §5), so no second copy is made.
+pub trait InboundAuthenticator: Send + Sync {
+    fn authenticate<'a>(
+        &'a self,
+        client: &'a ClientInfo,
+        envelope: &'a Envelope,
+        message: &'a mut Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = InboundVerdict> + Send + 'a>>;
+}
+
 /// Takes bounces that come back to VERP return paths (postern-mailauth
 /// implements it): unauthenticated mail to those addresses is consumed
 /// here, recorded as events, never queued.
@@ -100,6 +131,7 @@ pub struct Intake {
     quotas: Option<Quotas>,
     senders: Option<Arc<dyn SenderAuthority>>,
     bounces: Option<Arc<dyn BounceReceiver>>,
+    inbound: Option<Arc<dyn InboundAuthenticator>>,
     budget: BodyBudget,
 }
 
@@ -112,6 +144,7 @@ impl Intake {
             quotas: None,
             senders: None,
             bounces: None,
+            inbound: None,
             // Unbounded until the node sets `limits.body_memory_budget`.
             budget: BodyBudget::new(usize::MAX / 2, usize::MAX / 2),
         }
@@ -132,6 +165,13 @@ impl Intake {
     /// for its verified domains.
     pub fn with_sender_authority(mut self, authority: Arc<dyn SenderAuthority>) -> Self {
         self.senders = Some(authority);
+        self
+    }
+
+    /// Verifies mail that arrives without AUTH (`mx` listeners) and
+    /// enforces what the results call for.
+    pub fn with_inbound_authenticator(mut self, inbound: Arc<dyn InboundAuthenticator>) -> Self {
+        self.inbound = Some(inbound);
         self
     }
 
@@ -291,6 +331,39 @@ impl Intake {
         };
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
+        // Only `mx` listeners take mail without AUTH (submission listeners
+        // and the HTTP API always have a principal): that is inbound mail.
+        let mut verdict = InboundVerdict::default();
+        if let (Some(inbound), None) = (&self.inbound, &sub.principal) {
+            verdict = inbound
+                .authenticate(&sub.client, &sub.envelope, &mut sub.body)
+                .await;
+            if let Some(reason) = verdict.refused.take() {
+                // Recorded like refused senders' mail (processed, then
+                // dropped for every recipient with the reason); nothing
+                // is queued.
+                let dropped = (0..sub.envelope.recipients.len())
+                    .map(|i| (i, format!("dropped: {reason}")))
+                    .collect();
+                self.store
+                    .enqueue(NewMessage {
+                        account_id: None,
+                        head: Vec::new(),
+                        id,
+                        received_at: now,
+                        detail: format!(
+                            "from=<{}> client={} refused: {reason} {}",
+                            sub.envelope.mail_from, sub.client.ip, verdict.summary
+                        ),
+                        envelope: sub.envelope,
+                        account: None,
+                        body: Vec::new(),
+                        dropped,
+                    })
+                    .await?;
+                return Err(IntakeError::InboundRefused(reason));
+            }
+        }
         let mut signature = Vec::new();
         if let (Some(authority), Some(p)) = (&self.senders, &sub.principal) {
             match authority
@@ -333,12 +406,15 @@ impl Intake {
         // The headers go in front of the body in the store, not by copying
         // the body here: a second copy of every large message would double
         // what the memory budget lets the doors hold.
-        let mut head = Vec::with_capacity(received.len() + signature.len());
+        // RFC 8601 §4.1: Authentication-Results is prepended, as trace
+        // fields are: at the top, above those already there.
+        let mut head = Vec::with_capacity(verdict.headers.len() + received.len() + signature.len());
+        head.extend_from_slice(&verdict.headers);
         head.extend_from_slice(received.as_bytes());
         head.extend_from_slice(&signature);
         let size = head.len() + sub.body.len();
         let detail = format!(
-            "from=<{}> size={} nrcpt={} client={} proto={}{}",
+            "from=<{}> size={} nrcpt={} client={} proto={}{}{}{}",
             sub.envelope.mail_from,
             size,
             sub.envelope.recipients.len(),
@@ -348,6 +424,8 @@ impl Intake {
                 .as_ref()
                 .map(|p| format!(" account={} key={}", p.account, p.key_id))
                 .unwrap_or_default(),
+            if verdict.summary.is_empty() { "" } else { " " },
+            verdict.summary,
         );
         let account_id = sub
             .principal
@@ -469,7 +547,7 @@ impl Intake {
 mod tests {
     use super::*;
     use postern_core::Recipient;
-    use postern_store::EmbeddedStore;
+    use postern_store::{EmbeddedStore, EventStore};
 
     #[tokio::test]
     async fn submit_prepends_trace_header_and_queues_durably() {
@@ -612,6 +690,140 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    /// Stands in for postern-mailauth's checks: removes a header in place,
+    /// as the real one removes forged results, and refuses or tags.
+    struct FakeInbound {
+        refuse: bool,
+    }
+
+    impl InboundAuthenticator for FakeInbound {
+        fn authenticate<'a>(
+            &'a self,
+            _client: &'a ClientInfo,
+            _envelope: &'a Envelope,
+            message: &'a mut Vec<u8>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = InboundVerdict> + Send + 'a>>
+        {
+            Box::pin(async move {
+                message.drain(..b"X-Forged: 1\r\n".len());
+                InboundVerdict {
+                    headers: b"Authentication-Results: relay.example; spf=fail\r\nX-Postern-Verdict: tag\r\n".to_vec(),
+                    refused: self.refuse.then(|| "DMARC says no".to_owned()),
+                    summary: "auth: spf=fail action=tag".into(),
+                }
+            })
+        }
+    }
+
+    fn inbound_with_body(body: &[u8]) -> Submission {
+        Submission {
+            envelope: Envelope {
+                mail_from: "a@example.org".into(),
+                recipients: vec![Recipient {
+                    address: "b@relay.example".into(),
+                    domain: "relay.example".into(),
+                    notify: vec![],
+                    orcpt: None,
+                }],
+                ..Default::default()
+            },
+            principal: None,
+            client: ClientInfo {
+                ip: "127.0.0.1".parse().unwrap(),
+                helo: "mta.example.org".into(),
+                protocol: "ESMTP",
+                tls: None,
+            },
+            body: body.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn inbound_mail_gets_the_verdict_headers_on_top_or_is_refused_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let tagging = Intake::new(store.clone(), "relay.example".into())
+            .with_inbound_authenticator(Arc::new(FakeInbound { refuse: false }));
+        let body = b"X-Forged: 1\r\nSubject: hi\r\n\r\nbody\r\n";
+        let id = tagging.submit(inbound_with_body(body)).await.unwrap();
+        let jobs = store.claim_due(i64::MAX / 2, 10, 1000).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        let queued = String::from_utf8(jobs[0].body.to_vec()).unwrap();
+        // RFC 8601 §4.1: the results above every trace field, ours included.
+        assert!(
+            queued.starts_with("Authentication-Results: relay.example; spf=fail\r\nX-Postern-Verdict: tag\r\nReceived: from mta.example.org"),
+            "{queued}"
+        );
+        assert!(
+            queued.ends_with("\r\nSubject: hi\r\n\r\nbody\r\n"),
+            "{queued}"
+        );
+        assert!(
+            !queued.contains("X-Forged"),
+            "removed in place before queueing"
+        );
+        let events = store
+            .events(postern_store::EventFilter {
+                message_id: Some(id.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            events[0].detail.ends_with(" auth: spf=fail action=tag"),
+            "{}",
+            events[0].detail
+        );
+
+        // Refused: an error with the reason, nothing queued, and the send
+        // log has it as processed then dropped with the reason.
+        let refusing = Intake::new(store.clone(), "relay.example".into())
+            .with_inbound_authenticator(Arc::new(FakeInbound { refuse: true }));
+        match refusing.submit(inbound_with_body(body)).await {
+            Err(IntakeError::InboundRefused(reason)) => assert_eq!(reason, "DMARC says no"),
+            other => panic!("{other:?}"),
+        }
+        assert!(store
+            .claim_due(i64::MAX / 2, 10, 1000)
+            .await
+            .unwrap()
+            .is_empty());
+        let dropped = store
+            .events(postern_store::EventFilter {
+                kinds: vec![postern_core::EventKind::Dropped],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].detail, "dropped: DMARC says no");
+        let refused = store
+            .events(postern_store::EventFilter {
+                message_id: Some(dropped[0].message_id.clone()),
+                kinds: vec![postern_core::EventKind::Processed],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            refused[0]
+                .detail
+                .contains("refused: DMARC says no auth: spf=fail"),
+            "{}",
+            refused[0].detail
+        );
+
+        // Authenticated mail is never given to the inbound checks.
+        let mut authenticated = inbound_with_body(body);
+        authenticated.principal = Some(Principal {
+            account: "acct".into(),
+            account_id: 0,
+            key_id: "k".into(),
+            scopes: vec![],
+        });
+        refusing.submit(authenticated).await.unwrap();
     }
 
     #[tokio::test]

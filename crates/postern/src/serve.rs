@@ -146,6 +146,21 @@ pub async fn serve(config: Config) -> Result<()> {
             store.clone(),
             verp.clone(),
         )));
+    // Mail without AUTH on mx listeners: SPF, DKIM, DMARC and ARC, with
+    // their own resolver on [dns] nameservers.
+    let intake = if config.inbound_auth.enabled {
+        intake.with_inbound_authenticator(Arc::new(
+            postern_mailauth::inbound::InboundChecks::new(
+                &config.inbound_auth,
+                &config.dns.nameservers,
+                &config.server.hostname,
+            )
+            .map_err(anyhow::Error::msg)?,
+        ))
+    } else {
+        tracing::info!("inbound authentication off (inbound_auth.enabled = false)");
+        intake
+    };
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
     let senders = crate::sender_command::verification(&config, store.clone(), intake.clone());

@@ -628,7 +628,13 @@ async fn send(
                 return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
             }
             Err(e @ IntakeError::NoRecipients) => return Err(bad("personalizations", e.to_string())),
-            Err(e @ (IntakeError::Store(_) | IntakeError::BounceRefused(_))) => {
+            // InboundRefused is for mail without AUTH, which this door
+            // never submits (every request has a principal).
+            Err(
+                e @ (IntakeError::Store(_)
+                | IntakeError::BounceRefused(_)
+                | IntakeError::InboundRefused(_)),
+            ) => {
                 tracing::error!(error = %e, "mail/send: intake failed");
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

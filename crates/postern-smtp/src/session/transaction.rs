@@ -103,6 +103,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // RFC 3463 5.7.1: delivery not authorized, message refused.
                 self.reply(Reply::new(550, (5, 7, 1), reason));
             }
+            Err(postern_queue::IntakeError::InboundRefused(reason)) => {
+                metrics::counter!("postern_smtp_rejected_total", "reason" => "authentication")
+                    .increment(1);
+                tracing::info!(peer = %self.peer, %reason, "inbound message refused");
+                // RFC 7489 §6.7 (DMARC p=reject) and RFC 3463 5.7.1:
+                // delivery not authorized, message refused.
+                self.reply(Reply::new(550, (5, 7, 1), reason));
+            }
             Err(postern_queue::IntakeError::QuotaExceeded { limit, .. }) => {
                 metrics::counter!("postern_smtp_rejected_total", "reason" => "quota").increment(1);
                 self.reply(Reply::new(
