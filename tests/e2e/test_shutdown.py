@@ -5,7 +5,7 @@ import signal
 import smtplib
 import socket
 
-from conftest import wait_until
+from conftest import Postern, wait_until
 
 import pytest
 
@@ -51,3 +51,16 @@ def test_sigterm_is_graceful(postern, sink):
     if not any(b"second half" in m["data"] for m in sink.messages):
         postern.start()
     assert any(b"second half" in m["data"] for m in sink.wait_for(1))
+
+
+def test_sigterm_as_soon_as_the_ports_answer_is_graceful(sink, tmp_path):
+    """The signal handlers are in place before any listener is bound: a
+    SIGTERM sent the moment the ports accept (the server may still be
+    starting its other parts) shuts it down cleanly, exit code 0, rather
+    than killing it mid-start. Five starts, each signalled at once."""
+    for i in range(5):
+        workdir = tmp_path / f"n{i}"
+        workdir.mkdir()
+        p = Postern(workdir, sink.port).start()
+        code = p.stop()
+        assert code == 0 and not p.stop_failures, (code, p.stop_failures, p.log.read_text()[-2000:])

@@ -22,6 +22,11 @@ use tokio_rustls::TlsAcceptor;
 
 pub async fn serve(config: Config) -> Result<()> {
     init_logging();
+    // Before any listener is bound: a SIGTERM that arrives while the
+    // server is still starting (its ports may already accept) is kept for
+    // the shutdown below, instead of meeting the default action, which
+    // kills the process mid-start.
+    let mut signals = ShutdownSignals::register();
     // Durations as Prometheus histograms (buckets from 5 ms to a day), so
     // they aggregate across nodes.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -362,7 +367,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let scheduler_task = tokio::spawn(scheduler.run(shutdown_rx.clone(), grace));
     tracing::info!(data_dir = %config.server.data_dir.display(), "Postern ready");
 
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down: no new connections; finishing sessions and deliveries");
     let _ = shutdown_tx.send(true);
     for t in listener_tasks {
@@ -382,17 +387,40 @@ pub async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, registered when made: a signal is kept from then
+/// on until `recv` takes it.
+struct ShutdownSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn register() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot handle SIGTERM"))
+            .ok();
+        let interrupt = signal(SignalKind::interrupt())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot handle SIGINT"))
+            .ok();
+        ShutdownSignals {
+            terminate,
+            interrupt,
+        }
+    }
+
+    async fn recv(&mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = next(&mut self.terminate) => {}
+            _ = next(&mut self.interrupt) => {}
         }
     }
 }
