@@ -245,21 +245,30 @@ def test_dmarc_reject_and_quarantine_with_and_without_alignment(sink, zone):
         code, text = send(p, "bounce@esp.test", message("ceo@bank.test", subject="wire the money"))
         assert code == 550 and text.startswith("5.7.1"), (code, text)
         assert "bank.test" in text and "p=reject" in text, text
-        # Not aligned, p=quarantine: delivered and tagged (the quarantine
-        # is not built yet), with the results.
-        assert send(p, "bounce@esp.test", message("news@shop.test", subject="tagged"))[0] == 250
+        # Not aligned, p=quarantine: accepted (250) and held in the
+        # quarantine with its results and why, not delivered.
+        assert send(p, "bounce@esp.test", message("news@shop.test", subject="held for review"))[0] == 250
+        [held] = json.loads(p.cli("quarantine", "list", "--json").stdout)
+        assert held["from"] == "bounce@esp.test" and [r["email"] for r in held["recipients"]] == [RCPT], held
+        assert held["reason"].startswith("DMARC failed for shop.test") and "p=quarantine" in held["reason"], held
+        shown = json.loads(p.cli("quarantine", "show", held["id"], "--json").stdout)
+        names = [h["name"] for h in shown["preview"]["headers"]]
+        assert names[:3] == ["Authentication-Results", "X-Postern-Verdict", "Received"], names
+        # Released by the operator, it reaches the internal server with
+        # the results and the verdict in front.
+        p.cli("quarantine", "release", held["id"])
         data = delivered(sink, 4)
-        assert b"Subject: tagged" in data
+        assert b"Subject: held for review" in data
         r = ours(data)
         assert (r["dmarc"][0]["result"], r["dmarc"][0]["policy.dmarc"], r["dmarc"][0]["header.from"]) == (
             "fail", "quarantine", "shop.test"), r
         verdict = [unfold(v) for v in headers_of(data).get_all("X-Postern-Verdict", [])]
-        assert len(verdict) == 1 and verdict[0].startswith("tag; DMARC failed for shop.test"), verdict
+        assert len(verdict) == 1 and verdict[0].startswith("quarantine; DMARC failed for shop.test"), verdict
         assert "p=quarantine" in verdict[0]
 
-        # The refused message never reached the sink (the tagged one came
-        # after it), and is in the send log: processed with the results,
-        # then dropped for its recipient with the reason.
+        # The refused message never reached the sink (the held one, sent
+        # after it, did once released), and is in the send log: processed
+        # with the results, then dropped for its recipient with the reason.
         assert not any(b"wire the money" in m["data"] for m in sink.messages)
         events = json.loads(p.cli("events", "--json").stdout)
         dropped = [e for e in events if e["event"] == "dropped"]
@@ -267,9 +276,10 @@ def test_dmarc_reject_and_quarantine_with_and_without_alignment(sink, zone):
         assert "p=reject" in dropped[0]["detail"], dropped
         refused = [e for e in events if e["event"] == "processed" and e["message_id"] == dropped[0]["message_id"]]
         assert len(refused) == 1 and "dmarc=fail(p=reject)" in refused[0]["detail"] and "action=reject" in refused[0]["detail"], refused
-        # Accepted ones carry their verdict in the processed event too.
-        tagged = [e for e in events if e["event"] == "processed" and "action=tag" in e["detail"]]
-        assert len(tagged) == 1 and "dmarc=fail(p=quarantine)" in tagged[0]["detail"], events
+        # The held one's quarantined event carries its results too.
+        quarantined = [e for e in events if e["event"] == "quarantined"]
+        assert len(quarantined) == 1 and "dmarc=fail(p=quarantine)" in quarantined[0]["detail"], events
+        assert "action=quarantine" in quarantined[0]["detail"], quarantined
         assert metric(p, "postern_inbound_rejected_total", reason="dmarc_policy") == 1
         assert metric(p, "postern_inbound_auth_total", check="dmarc", result="fail") == 2
         assert metric(p, "postern_inbound_auth_total", check="dmarc", result="pass") == 3

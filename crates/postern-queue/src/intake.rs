@@ -87,6 +87,9 @@ pub struct InboundVerdict {
     pub headers: Vec<u8>,
     /// Some(reason): refused (`550 5.7.1` with the reason), nothing queued.
     pub refused: Option<String>,
+    /// Some(reason): held in the quarantine with `headers` in front, not
+    /// queued; the client is told 250 (the message is accepted, and kept).
+    pub quarantined: Option<String>,
     /// The results and the action, for the message's `processed` event.
     pub summary: String,
 }
@@ -363,6 +366,13 @@ impl Intake {
                     .await?;
                 return Err(IntakeError::InboundRefused(reason));
             }
+            if let Some(reason) = verdict.quarantined.take() {
+                let summary = std::mem::take(&mut verdict.summary);
+                let headers = std::mem::take(&mut verdict.headers);
+                return self
+                    .hold_with(sub, format!("{reason} ({summary})"), headers)
+                    .await;
+            }
         }
         let mut signature = Vec::new();
         if let (Some(authority), Some(p)) = (&self.senders, &sub.principal) {
@@ -476,6 +486,17 @@ impl Intake {
     /// the reason. Inbound only: mail from an authenticated account is
     /// refused here (the quarantine's release queues mail as relay mail).
     pub async fn hold(&self, sub: Submission, reason: String) -> Result<MessageId, IntakeError> {
+        self.hold_with(sub, reason, Vec::new()).await
+    }
+
+    /// `hold`, with header fields (the inbound checks' results) in front of
+    /// the trace field, as `submit` puts them on queued mail.
+    async fn hold_with(
+        &self,
+        sub: Submission,
+        reason: String,
+        headers: Vec<u8>,
+    ) -> Result<MessageId, IntakeError> {
         if sub.principal.is_some() {
             return Err(IntakeError::SenderRefused(
                 "the quarantine holds inbound mail only (received without authentication)".into(),
@@ -494,7 +515,8 @@ impl Intake {
         }
         let id = MessageId::generate();
         let now = postern_core::time::now_millis();
-        let head = self.received_header(&sub, &id, now).into_bytes();
+        let mut head = headers;
+        head.extend_from_slice(self.received_header(&sub, &id, now).as_bytes());
         self.store
             .hold(HeldMessage {
                 id: id.clone(),
@@ -709,6 +731,7 @@ mod tests {
             Box::pin(async move {
                 message.drain(..b"X-Forged: 1\r\n".len());
                 InboundVerdict {
+                    quarantined: None,
                     headers: b"Authentication-Results: relay.example; spf=fail\r\nX-Postern-Verdict: tag\r\n".to_vec(),
                     refused: self.refuse.then(|| "DMARC says no".to_owned()),
                     summary: "auth: spf=fail action=tag".into(),

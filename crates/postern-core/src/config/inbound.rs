@@ -17,8 +17,8 @@ pub enum InboundAction {
     /// Delivered with an `X-Postern-Verdict:` header beside the
     /// Authentication-Results, for the internal server to file or flag.
     Tag,
-    /// Held in the quarantine. Not available yet: the quarantine store is
-    /// being built, and validation refuses this value until it lands.
+    /// Held in the quarantine (`postern quarantine`, `/v3/quarantine`)
+    /// until released or deleted; the client gets its 250.
     Quarantine,
     /// Refused at the end of DATA with `550 5.7.1` and the reason.
     Reject,
@@ -39,8 +39,7 @@ pub struct InboundAuthConfig {
     #[serde(with = "crate::duration")]
     pub check_timeout: Duration,
     /// Apply the sender's DMARC policy (RFC 7489 §6.3 `p=`): `reject`
-    /// refuses, `quarantine` tags (until the quarantine exists), `none`
-    /// accepts. `dmarc_fail` may be stricter, never weaker.
+    /// refuses, `quarantine` holds in the quarantine, `none` accepts. `dmarc_fail` may be stricter, never weaker.
     pub honor_dmarc_policy: bool,
     /// The least that is done with mail failing DMARC, whatever the
     /// sender's policy says (local policy stricter than the sender's).
@@ -84,18 +83,6 @@ impl Default for InboundAuthConfig {
     }
 }
 
-/// The quarantine is built in parallel; until it lands, no check may send
-/// mail there.
-fn no_quarantine(key: String, action: Option<InboundAction>) -> Result<(), ConfigError> {
-    if action == Some(InboundAction::Quarantine) {
-        return Err(invalid(
-            key,
-            "\"quarantine\" is not available yet (the quarantine store has not landed); use \"tag\" (delivered with an X-Postern-Verdict header) or \"reject\"",
-        ));
-    }
-    Ok(())
-}
-
 impl InboundAuthConfig {
     pub(super) fn validate(&self, relay_domains: &[String]) -> Result<(), ConfigError> {
         if self.dns_timeout.is_zero() {
@@ -107,8 +94,6 @@ impl InboundAuthConfig {
                 "must be at least inbound_auth.dns_timeout",
             ));
         }
-        no_quarantine("inbound_auth.dmarc_fail".into(), Some(self.dmarc_fail))?;
-        no_quarantine("inbound_auth.spf_fail".into(), Some(self.spf_fail))?;
         for (i, n) in self.trusted_forwarders.iter().enumerate() {
             if crate::network::parse_network(n).is_none() {
                 return Err(invalid(
@@ -140,8 +125,6 @@ impl InboundAuthConfig {
                     format!("{} has more than one [[inbound_auth.domain]]", p.domain),
                 ));
             }
-            no_quarantine(format!("inbound_auth.domain[{i}].dmarc_fail"), p.dmarc_fail)?;
-            no_quarantine(format!("inbound_auth.domain[{i}].spf_fail"), p.spf_fail)?;
         }
         Ok(())
     }
@@ -152,33 +135,20 @@ mod tests {
     use crate::Config;
 
     #[test]
-    fn quarantine_is_refused_until_it_lands_and_names_its_key() {
-        for (text, key) in [
-            (
-                "[inbound_auth]\ndmarc_fail = \"quarantine\"\n",
-                "inbound_auth.dmarc_fail",
-            ),
-            (
-                "[inbound_auth]\nspf_fail = \"quarantine\"\n",
-                "inbound_auth.spf_fail",
-            ),
-            (
-                "[relay]\ndomains = [\"a.test\"]\nrecipient_check = \"any\"\n[[inbound_auth.domain]]\ndomain = \"a.test\"\ndmarc_fail = \"quarantine\"\n",
-                "inbound_auth.domain[0].dmarc_fail",
-            ),
-        ] {
-            let e = Config::parse(text).unwrap_err().to_string();
-            assert!(e.starts_with(key), "{e}");
-            assert!(e.contains("not available yet"), "{e}");
+    fn every_action_is_accepted_globally_and_per_domain() {
+        for word in ["accept", "tag", "quarantine", "reject"] {
+            let c = Config::parse(&format!(
+                "[relay]\ndomains = [\"a.test\"]\nrecipient_check = \"any\"\n[inbound_auth]\ndmarc_fail = \"{word}\"\nspf_fail = \"{word}\"\n[[inbound_auth.domain]]\ndomain = \"A.test\"\ndmarc_fail = \"{word}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(c.inbound_auth.dmarc_fail, c.inbound_auth.spf_fail);
+            assert_eq!(
+                c.inbound_auth.domain[0].dmarc_fail,
+                Some(c.inbound_auth.dmarc_fail)
+            );
         }
-        let ok = Config::parse(
-            "[relay]\ndomains = [\"a.test\"]\nrecipient_check = \"any\"\n[[inbound_auth.domain]]\ndomain = \"A.test\"\ndmarc_fail = \"reject\"\n",
-        )
-        .unwrap();
-        assert_eq!(
-            ok.inbound_auth.domain[0].dmarc_fail,
-            Some(super::InboundAction::Reject)
-        );
+        let e = Config::parse("[inbound_auth]\ndmarc_fail = \"hold\"\n").unwrap_err();
+        assert!(e.to_string().contains("dmarc_fail"), "{e}");
     }
 
     #[test]

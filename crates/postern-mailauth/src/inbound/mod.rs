@@ -13,8 +13,8 @@
 //! first (RFC 8601 §5), in place (`headers::strip_own_fields`).
 //!
 //! What is done with a failure is `verdict::decide`'s: the sender's DMARC
-//! policy (`p=reject` refuses with `550 5.7.1`; `p=quarantine` is tagged
-//! for now, because the quarantine store is still being built), local
+//! policy (`p=reject` refuses with `550 5.7.1`; `p=quarantine` holds the
+//! message in the quarantine, `Intake` storing it there), local
 //! actions per relay domain that may be stricter, and trusted forwarders
 //! whose validated ARC chain says the original passed DMARC (RFC 7489 §6.7,
 //! RFC 8617 §7.2).
@@ -369,7 +369,12 @@ impl InboundChecks {
         ));
         field.push_str(&verdict::dmarc_resinfo(&facts, &decision));
         field.push_str("\r\n");
-        if decision.action == InboundAction::Tag {
+        // Held mail carries the verdict too: whoever reviews it in the
+        // quarantine (and the internal server, if it is released) sees why.
+        if matches!(
+            decision.action,
+            InboundAction::Tag | InboundAction::Quarantine
+        ) {
             field.push_str(&decision.verdict_field());
         }
 
@@ -442,6 +447,8 @@ impl InboundAuthenticator for InboundChecks {
                     .increment(1);
                 reason.clone()
             });
+            let quarantined = (refused.is_none() && decision.action == InboundAction::Quarantine)
+                .then(|| decision.reasons.join("; "));
             InboundVerdict {
                 headers: if refused.is_some() {
                     Vec::new()
@@ -449,6 +456,7 @@ impl InboundAuthenticator for InboundChecks {
                     field.into_bytes()
                 },
                 refused,
+                quarantined,
                 summary,
             }
         })

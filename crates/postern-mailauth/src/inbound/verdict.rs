@@ -74,7 +74,7 @@ pub struct Facts {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// Accept, Tag or Reject (never Quarantine while it is not built).
+    /// The strictest action any failure called for.
     pub action: InboundAction,
     /// Why the action is more than Accept, each failure that counted.
     pub reasons: Vec<String>,
@@ -84,19 +84,8 @@ pub struct Decision {
     pub overridden: Option<String>,
 }
 
-/// The quarantine store is being built in parallel: until it lands, what
-/// would go there is tagged (config validation refuses "quarantine" as a
-/// local action; a sender's `p=quarantine` arrives here).
-fn available(action: InboundAction) -> InboundAction {
-    match action {
-        InboundAction::Quarantine => InboundAction::Tag,
-        a => a,
-    }
-}
-
 impl Decision {
     fn raise(&mut self, action: InboundAction, reason: String, label: &'static str) {
-        let action = available(action);
         if action == InboundAction::Accept {
             return;
         }
@@ -150,15 +139,14 @@ pub fn decide(facts: &Facts, rules: &Rules) -> Decision {
             let sender = if rules.honor_sender_policy {
                 match facts.policy {
                     SenderPolicy::Reject => InboundAction::Reject,
-                    // Tagged until the quarantine lands (see `available`).
                     SenderPolicy::Quarantine => InboundAction::Quarantine,
                     SenderPolicy::None => InboundAction::Accept,
                 }
             } else {
                 InboundAction::Accept
             };
-            let local = available(rules.dmarc_fail);
-            if available(sender) >= local {
+            let local = rules.dmarc_fail;
+            if sender >= local {
                 d.raise(
                     sender,
                     format!(
@@ -267,12 +255,12 @@ mod tests {
             reason.contains("sender.test") && reason.contains("p=reject"),
             "{reason}"
         );
-        // p=quarantine is tagged while the quarantine is not built.
+        // p=quarantine: held in the quarantine, not refused.
         let q = decide(
             &facts(DmarcState::Fail, SenderPolicy::Quarantine, false),
             &DEFAULT,
         );
-        assert_eq!((q.action, q.refusal), (Tag, None));
+        assert_eq!((q.action, q.refusal), (Quarantine, None));
         assert!(q.reasons[0].contains("p=quarantine"), "{:?}", q.reasons);
         assert_eq!(
             decide(
@@ -320,14 +308,14 @@ mod tests {
             &ignoring,
         );
         assert_eq!((d.action, d.refusal), (Accept, None));
-        // A local "quarantine" (refused by the config for now) tags.
+        // A local "quarantine" holds what the sender's p=none would let in.
         let q = Rules {
             dmarc_fail: Quarantine,
             ..ignoring
         };
         assert_eq!(
             decide(&facts(DmarcState::Fail, SenderPolicy::None, false), &q).action,
-            Tag
+            Quarantine
         );
     }
 
@@ -388,7 +376,9 @@ mod tests {
             &DEFAULT,
         );
         let field = d.verdict_field();
-        assert!(field.starts_with("X-Postern-Verdict: tag;\r\n\tDMARC failed for sender.test"));
+        assert!(
+            field.starts_with("X-Postern-Verdict: quarantine;\r\n\tDMARC failed for sender.test")
+        );
         assert!(field.contains(";\r\n\tSPF failed for bounce.sender.test"));
         // RFC 5322 §2.2: header fields are ASCII (and so are SMTP replies,
         // where the reasons of a refusal go).
