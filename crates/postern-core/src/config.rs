@@ -473,8 +473,15 @@ pub struct ScreenConfig {
     /// How long an empty answer (not listed, no such name) is kept.
     #[serde(with = "crate::duration")]
     pub negative_cache_ttl: Duration,
-    /// Answers kept at most.
+    /// Answers kept at most (and as many clients that passed the pregreet
+    /// check).
     pub cache_entries: usize,
+    /// A client that waited for a held greeting is not held again for this
+    /// long (postscreen's `postscreen_greet_ttl`): a mail server coming back
+    /// every few seconds pays the delay once, not on each connection. Its
+    /// lookups still run (from the cache when fresh). 0 holds every time.
+    #[serde(with = "crate::duration")]
+    pub pregreet_pass_ttl: Duration,
     /// Forward-confirmed reverse DNS of the client (its PTR names resolve
     /// back to it).
     pub fcrdns: ScreenAction,
@@ -496,6 +503,7 @@ impl Default for ScreenConfig {
             cache_ttl: Duration::from_secs(600),
             negative_cache_ttl: Duration::from_secs(60),
             cache_entries: 50_000,
+            pregreet_pass_ttl: Duration::from_secs(86_400),
             fcrdns: ScreenAction::Log,
             helo: ScreenAction::Log,
             dnsbl: Vec::new(),
@@ -1365,6 +1373,7 @@ mod tests {
         assert_eq!((s.threshold, s.allowlist_threshold), (1, -1));
         assert_eq!(s.lookup_timeout, Duration::from_secs(2));
         assert_eq!(s.cache_ttl, Duration::from_secs(600));
+        assert_eq!(s.pregreet_pass_ttl, Duration::from_secs(86_400));
         assert_eq!(s.negative_cache_ttl, Duration::from_secs(60));
         assert_eq!((s.fcrdns, s.helo), (ScreenAction::Log, ScreenAction::Log));
         assert_eq!(s.exempt_networks, ["127.0.0.0/8", "::1"]);

@@ -60,7 +60,9 @@ pub async fn admit<S: AsyncRead + Unpin>(
     };
     tokio::pin!(lookups);
     let delay = screener.greet_delay();
-    let pregreet_check = !delay.is_zero();
+    // A client that waited for the greeting lately is not held again
+    // (postscreen's pass cache); its lookups still decide.
+    let pregreet_check = !delay.is_zero() && !screener.passed_pregreet(ip);
     let held_until = tokio::time::sleep(delay);
     tokio::pin!(held_until);
     let mut held = pregreet_check;
@@ -140,6 +142,9 @@ pub async fn admit<S: AsyncRead + Unpin>(
             });
         }
         None => {}
+    }
+    if pregreet_check {
+        screener.remember_pregreet_pass(ip);
     }
     Admission::Pass { check_helo: true }
 }
@@ -297,5 +302,49 @@ mod tests {
         let admission = admit(&s, &mut server, "127.0.0.9".parse().unwrap()).await;
         assert!(matches!(admission, Admission::Pass { check_helo: false }));
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// A client that waited for the greeting once is greeted without the
+    /// delay on its next connections, until `pregreet_pass_ttl` ends; its
+    /// lookups still run (a listing found later still refuses it). A
+    /// refused client is not remembered.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_waited_once_is_not_held_again_until_the_pass_expires() {
+        let config = ScreenConfig {
+            greet_delay: Duration::from_millis(1000),
+            pregreet_pass_ttl: Duration::from_secs(60),
+            dnsbl: vec![DnsblConfig {
+                zone: "bl.test".into(),
+                weight: 1,
+                codes: Vec::new(),
+            }],
+            ..ScreenConfig::default()
+        };
+        let s = Screener::new(&config, "mx.postern.test", Arc::new(dns(5, &[])));
+        let (admission, took) = admit_quiet_client(&s).await;
+        assert!(matches!(admission, Admission::Pass { check_helo: true }));
+        assert_eq!(took, Duration::from_millis(1000));
+        let (admission, took) = admit_quiet_client(&s).await;
+        assert!(matches!(admission, Admission::Pass { check_helo: true }));
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let (_, took) = admit_quiet_client(&s).await;
+        assert_eq!(
+            took,
+            Duration::from_millis(1000),
+            "held again once the pass expired"
+        );
+
+        // A listed client waits, is refused, and waits again next time.
+        let listed = Screener::new(
+            &config,
+            "mx.postern.test",
+            Arc::new(dns(5, &[listing("bl.test")])),
+        );
+        for _ in 0..2 {
+            let (admission, took) = admit_quiet_client(&listed).await;
+            assert!(matches!(admission, Admission::Refuse(_)));
+            assert_eq!(took, Duration::from_millis(1000));
+        }
     }
 }

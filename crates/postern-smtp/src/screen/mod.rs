@@ -82,6 +82,8 @@ pub struct Screener {
     exempt: Vec<IpNet>,
     dns: Arc<dyn ScreenDns>,
     cache: cache::TtlCache<Query, Vec<String>>,
+    /// Clients that waited for a held greeting, not held again while kept.
+    passed_pregreet: cache::TtlCache<IpAddr, ()>,
 }
 
 impl Screener {
@@ -99,10 +101,28 @@ impl Screener {
                 config.negative_cache_ttl,
                 config.cache_entries,
             ),
+            passed_pregreet: cache::TtlCache::new(
+                config.pregreet_pass_ttl,
+                config.pregreet_pass_ttl,
+                config.cache_entries,
+            ),
             config: config.clone(),
             hostname: hostname.to_owned(),
             dns,
         })
+    }
+
+    /// Whether `ip` waited for a held greeting within
+    /// `screen.pregreet_pass_ttl`.
+    pub fn passed_pregreet(&self, ip: IpAddr) -> bool {
+        self.passed_pregreet.get(&ip).is_some()
+    }
+
+    /// `ip` waited for a held greeting and was greeted.
+    pub fn remember_pregreet_pass(&self, ip: IpAddr) {
+        if !self.config.pregreet_pass_ttl.is_zero() {
+            self.passed_pregreet.put(ip, (), true);
+        }
     }
 
     /// A client in `screen.exempt_networks`: never screened.
