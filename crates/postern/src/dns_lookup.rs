@@ -51,17 +51,20 @@ impl ScreenDns for ResolverLookup {
     }
 }
 
-/// The screening of `mx` clients, asking `[dns] nameservers` (the same
-/// resolver construction as delivery's).
+/// The plain resolver on `[dns] nameservers` (the same construction as
+/// delivery's), made once and shared by the `mx` screening and the domain
+/// checks, so they share its cache.
+pub fn plain_lookup(config: &postern_core::Config) -> anyhow::Result<Arc<ResolverLookup>> {
+    let resolver = MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(ResolverLookup(resolver)))
+}
+
+/// The screening of `mx` clients, asking through `lookup`.
 pub fn screener(
     config: &postern_core::Config,
-) -> anyhow::Result<Arc<postern_smtp::screen::Screener>> {
-    let resolver = MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?;
-    Ok(postern_smtp::screen::Screener::new(
-        &config.screen,
-        &config.server.hostname,
-        Arc::new(ResolverLookup(resolver)),
-    ))
+    lookup: Arc<ResolverLookup>,
+) -> Arc<postern_smtp::screen::Screener> {
+    postern_smtp::screen::Screener::new(&config.screen, &config.server.hostname, lookup)
 }
 
 /// Webhook hosts resolve where the rest of Postern's names do: through

@@ -79,8 +79,9 @@ pub async fn serve(config: Config) -> Result<()> {
     let mut listeners = Vec::new();
     // One screening (and one cache) for every mx listener; submission
     // listeners are never screened.
+    let plain_lookup = crate::dns_lookup::plain_lookup(&config)?;
     let screener = if config.listener.iter().any(|l| l.role == ListenerRole::Mx) {
-        Some(crate::dns_lookup::screener(&config)?)
+        Some(crate::dns_lookup::screener(&config, plain_lookup.clone()))
     } else {
         None
     };
@@ -297,9 +298,7 @@ pub async fn serve(config: Config) -> Result<()> {
         webhooks: Some(webhooks),
         domains: Some(postern_api::DomainSupport {
             publishing: crate::dns_lookup::publishing(&config),
-            dns: Arc::new(crate::dns_lookup::ResolverLookup(
-                MxResolver::new(&config.dns.nameservers).map_err(anyhow::Error::msg)?,
-            )),
+            dns: plain_lookup,
             rotation_overlap: config.senders.dkim_rotation_overlap,
         }),
         senders: Some(senders),
