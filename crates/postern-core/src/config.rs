@@ -12,7 +12,9 @@ use thiserror::Error;
 
 use crate::address::normalize_domain;
 
+mod content;
 mod inbound;
+pub use content::{CheckFailure, ContentConfig, ContentDomainPolicy};
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
 
 #[derive(Debug, Error)]
@@ -50,6 +52,8 @@ pub struct Config {
     pub screen: ScreenConfig,
     /// SPF, DKIM, DMARC and ARC on unauthenticated mail on `mx` listeners.
     pub inbound_auth: InboundAuthConfig,
+    /// Virus, spam, URL and attachment checks of that mail.
+    pub content: ContentConfig,
     pub smtp: SmtpConfig,
     pub limits: LimitsConfig,
     pub queue: QueueConfig,
@@ -143,6 +147,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             screen: ScreenConfig::default(),
             inbound_auth: InboundAuthConfig::default(),
+            content: ContentConfig::default(),
             smtp: SmtpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
@@ -997,6 +1002,7 @@ impl Config {
         }
         self.validate_screen()?;
         self.inbound_auth.validate(&self.relay.domains)?;
+        self.content.validate(&self.relay.domains)?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(

@@ -9,6 +9,7 @@ pub mod config;
 pub mod duration;
 pub mod envelope;
 pub mod event;
+pub mod header_section;
 pub mod id;
 pub mod network;
 pub mod principal;

@@ -27,6 +27,11 @@ pub enum IntakeError {
     /// says reject; the reason is given to the client.
     #[error("message refused: {0}")]
     InboundRefused(String),
+    /// Unauthenticated mail that could not be checked now (a scanner did
+    /// not answer and `content.on_error = "defer"`): nothing is queued and
+    /// the client is told to try again later.
+    #[error("message not checked: {0}")]
+    InboundDeferred(String),
     #[error("the account's limit of {limit} messages per hour is used up")]
     QuotaExceeded {
         limit: u32,
@@ -90,8 +95,30 @@ pub struct InboundVerdict {
     /// Some(reason): held in the quarantine with `headers` in front, not
     /// queued; the client is told 250 (the message is accepted, and kept).
     pub quarantined: Option<String>,
+    /// Some(reason): could not be checked now; answered with a 4xx so the
+    /// client tries again, nothing queued (a check that fails open would
+    /// let through exactly the mail it is there to stop).
+    pub deferred: Option<String>,
     /// The results and the action, for the message's `processed` event.
     pub summary: String,
+}
+
+impl InboundVerdict {
+    /// Adds what a later check found: its header fields go below ours,
+    /// its reasons count only where ours left none (the first check to
+    /// refuse, defer or quarantine gives the reason), the summaries join.
+    pub fn merge(&mut self, later: InboundVerdict) {
+        self.headers.extend_from_slice(&later.headers);
+        self.refused = self.refused.take().or(later.refused);
+        self.deferred = self.deferred.take().or(later.deferred);
+        self.quarantined = self.quarantined.take().or(later.quarantined);
+        if !later.summary.is_empty() {
+            if !self.summary.is_empty() {
+                self.summary.push(' ');
+            }
+            self.summary.push_str(&later.summary);
+        }
+    }
 }
 
 /// Verifies unauthenticated mail (SPF, DKIM, DMARC, ARC) and decides what
@@ -101,6 +128,24 @@ pub struct InboundVerdict {
 /// claiming our authserv-id, RFC 8601 §5), so no second copy is made.
 pub trait InboundAuthenticator: Send + Sync {
     fn authenticate<'a>(
+        &'a self,
+        client: &'a ClientInfo,
+        envelope: &'a Envelope,
+        message: &'a mut Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = InboundVerdict> + Send + 'a>>;
+}
+
+/// Inspects the content of unauthenticated mail once it is authenticated:
+/// viruses, spam, listed URLs, refused attachments. Implemented by
+/// postern-content, which parses the message once for all its checks and
+/// runs them side by side. `message` is the body as received, with forged
+/// Authentication-Results already removed; the inspector removes in place
+/// any copy of the header fields it writes itself (a sender could
+/// otherwise arrive pre-marked clean). Its verdict is merged with the
+/// authenticator's (`InboundVerdict::merge`); a refusal wins over a
+/// deferral, which wins over the quarantine.
+pub trait ContentInspector: Send + Sync {
+    fn inspect<'a>(
         &'a self,
         client: &'a ClientInfo,
         envelope: &'a Envelope,
@@ -135,6 +180,7 @@ pub struct Intake {
     senders: Option<Arc<dyn SenderAuthority>>,
     bounces: Option<Arc<dyn BounceReceiver>>,
     inbound: Option<Arc<dyn InboundAuthenticator>>,
+    content: Option<Arc<dyn ContentInspector>>,
     budget: BodyBudget,
 }
 
@@ -148,6 +194,7 @@ impl Intake {
             senders: None,
             bounces: None,
             inbound: None,
+            content: None,
             // Unbounded until the node sets `limits.body_memory_budget`.
             budget: BodyBudget::new(usize::MAX / 2, usize::MAX / 2),
         }
@@ -175,6 +222,13 @@ impl Intake {
     /// enforces what the results call for.
     pub fn with_inbound_authenticator(mut self, inbound: Arc<dyn InboundAuthenticator>) -> Self {
         self.inbound = Some(inbound);
+        self
+    }
+
+    /// Inspects the content of unauthenticated mail (after the
+    /// authenticator, on what it let through).
+    pub fn with_content_inspector(mut self, content: Arc<dyn ContentInspector>) -> Self {
+        self.content = Some(content);
         self
     }
 
@@ -337,10 +391,25 @@ impl Intake {
         // Only `mx` listeners take mail without AUTH (submission listeners
         // and the HTTP API always have a principal): that is inbound mail.
         let mut verdict = InboundVerdict::default();
-        if let (Some(inbound), None) = (&self.inbound, &sub.principal) {
-            verdict = inbound
-                .authenticate(&sub.client, &sub.envelope, &mut sub.body)
-                .await;
+        if sub.principal.is_none() {
+            if let Some(inbound) = &self.inbound {
+                verdict = inbound
+                    .authenticate(&sub.client, &sub.envelope, &mut sub.body)
+                    .await;
+            }
+            // Mail refused for its sender is not worth a scan.
+            if let (Some(content), None) = (&self.content, &verdict.refused) {
+                let found = content
+                    .inspect(&sub.client, &sub.envelope, &mut sub.body)
+                    .await;
+                verdict.merge(found);
+            }
+            if let (None, Some(reason)) = (&verdict.refused, verdict.deferred.take()) {
+                // Neither queued nor recorded: the client keeps the message
+                // and brings it back.
+                metrics::counter!("postern_inbound_deferred_total").increment(1);
+                return Err(IntakeError::InboundDeferred(reason));
+            }
             if let Some(reason) = verdict.refused.take() {
                 // Recorded like refused senders' mail (processed, then
                 // dropped for every recipient with the reason); nothing
@@ -569,7 +638,7 @@ impl Intake {
 mod tests {
     use super::*;
     use postern_core::Recipient;
-    use postern_store::{EmbeddedStore, EventStore};
+    use postern_store::{EmbeddedStore, EventStore, QuarantineStore};
 
     #[tokio::test]
     async fn submit_prepends_trace_header_and_queues_durably() {
@@ -734,6 +803,7 @@ mod tests {
                     quarantined: None,
                     headers: b"Authentication-Results: relay.example; spf=fail\r\nX-Postern-Verdict: tag\r\n".to_vec(),
                     refused: self.refuse.then(|| "DMARC says no".to_owned()),
+                    deferred: None,
                     summary: "auth: spf=fail action=tag".into(),
                 }
             })
@@ -761,6 +831,149 @@ mod tests {
             },
             body: body.to_vec(),
         }
+    }
+
+    /// Stands in for postern-content: sees the message as the
+    /// authenticator left it, and answers with a fixed verdict.
+    struct FakeContent {
+        verdict: InboundVerdict,
+        seen: std::sync::Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl ContentInspector for FakeContent {
+        fn inspect<'a>(
+            &'a self,
+            _client: &'a ClientInfo,
+            _envelope: &'a Envelope,
+            message: &'a mut Vec<u8>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = InboundVerdict> + Send + 'a>>
+        {
+            self.seen.lock().unwrap().push(message.clone());
+            let verdict = self.verdict.clone();
+            Box::pin(async move { verdict })
+        }
+    }
+
+    fn content(verdict: InboundVerdict) -> Arc<FakeContent> {
+        Arc::new(FakeContent {
+            verdict,
+            seen: Default::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn content_findings_join_the_authentication_results_or_refuse_hold_or_defer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let body = b"X-Forged: 1\r\nSubject: hi\r\n\r\nbody\r\n";
+        let intake = |c: Arc<FakeContent>| {
+            Intake::new(store.clone(), "relay.example".into())
+                .with_inbound_authenticator(Arc::new(FakeInbound { refuse: false }))
+                .with_content_inspector(c)
+        };
+
+        // Tagged: the scanner's header goes below the Authentication-Results,
+        // the summaries join, and the scanner saw the forged field removed.
+        let tag = content(InboundVerdict {
+            headers: b"X-Spam-Score: 7.5\r\n".to_vec(),
+            summary: "content: spam=7.5 action=tag".into(),
+            ..Default::default()
+        });
+        let id = intake(tag.clone())
+            .submit(inbound_with_body(body))
+            .await
+            .unwrap();
+        assert_eq!(tag.seen.lock().unwrap()[0], b"Subject: hi\r\n\r\nbody\r\n");
+        let jobs = store.claim_due(i64::MAX / 2, 10, 1000).await.unwrap();
+        let queued = String::from_utf8(jobs[0].body.to_vec()).unwrap();
+        assert!(
+            queued.starts_with("Authentication-Results: relay.example; spf=fail\r\nX-Postern-Verdict: tag\r\nX-Spam-Score: 7.5\r\nReceived: "),
+            "{queued}"
+        );
+        let events = store
+            .events(postern_store::EventFilter {
+                message_id: Some(id.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            events[0]
+                .detail
+                .ends_with(" auth: spf=fail action=tag content: spam=7.5 action=tag"),
+            "{}",
+            events[0].detail
+        );
+
+        // Refused by the content check: the reason goes to the client.
+        let refuse = content(InboundVerdict {
+            refused: Some("virus found: Eicar-Signature".into()),
+            ..Default::default()
+        });
+        match intake(refuse).submit(inbound_with_body(body)).await {
+            Err(IntakeError::InboundRefused(r)) => assert_eq!(r, "virus found: Eicar-Signature"),
+            other => panic!("{other:?}"),
+        }
+
+        // Deferred: nothing queued, nothing held, the client retries.
+        let defer = content(InboundVerdict {
+            deferred: Some("virus scanner unavailable".into()),
+            quarantined: Some("spam".into()),
+            ..Default::default()
+        });
+        match intake(defer).submit(inbound_with_body(body)).await {
+            Err(IntakeError::InboundDeferred(r)) => assert_eq!(r, "virus scanner unavailable"),
+            other => panic!("{other:?}"),
+        }
+        assert!(store
+            .claim_due(i64::MAX / 2, 10, 1000)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .quarantined(postern_store::QuarantineFilter::default())
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Quarantined by the content check: held with the reason, not queued.
+        let hold = content(InboundVerdict {
+            quarantined: Some("spam score 12.0".into()),
+            summary: "content: spam=12.0 action=quarantine".into(),
+            ..Default::default()
+        });
+        intake(hold).submit(inbound_with_body(body)).await.unwrap();
+        let held = store
+            .quarantined(postern_store::QuarantineFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(held.len(), 1);
+        assert!(
+            held[0].reason.starts_with("spam score 12.0 ("),
+            "{}",
+            held[0].reason
+        );
+        assert!(store
+            .claim_due(i64::MAX / 2, 10, 1000)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    /// The authenticator refusing means the scanner is never asked.
+    #[tokio::test]
+    async fn mail_refused_for_its_sender_is_not_scanned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let scanner = content(InboundVerdict::default());
+        let intake = Intake::new(store.clone(), "relay.example".into())
+            .with_inbound_authenticator(Arc::new(FakeInbound { refuse: true }))
+            .with_content_inspector(scanner.clone());
+        let r = intake
+            .submit(inbound_with_body(b"X-Forged: 1\r\n\r\nx\r\n"))
+            .await;
+        assert!(matches!(r, Err(IntakeError::InboundRefused(_))), "{r:?}");
+        assert!(scanner.seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

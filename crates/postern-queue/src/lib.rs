@@ -11,8 +11,8 @@ pub mod retry;
 
 pub use body_budget::{BodyBudget, BodyLease, Holder};
 pub use intake::{
-    Authorized, BounceReceiver, ClientInfo, InboundAuthenticator, InboundVerdict, Intake,
-    IntakeError, SenderAuthority, Submission,
+    Authorized, BounceReceiver, ClientInfo, ContentInspector, InboundAuthenticator, InboundVerdict,
+    Intake, IntakeError, SenderAuthority, Submission,
 };
 pub use quota::{QuotaCheck, Quotas, Reservation, Reserve};
 pub use retry::RetrySchedule;

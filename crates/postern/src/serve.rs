@@ -167,6 +167,14 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!("inbound authentication off (inbound_auth.enabled = false)");
         intake
     };
+    // Then its content: each check [content] configures.
+    let intake = match postern_content::ContentChecks::from_config(&config.content) {
+        Some(checks) => {
+            tracing::info!(checks = ?checks.names(), "inbound content checks on");
+            intake.with_content_inspector(Arc::new(checks))
+        }
+        None => intake,
+    };
     let wakeup = intake.wakeup();
     let bounce_intake = intake.clone();
     let senders = crate::sender_command::verification(&config, store.clone(), intake.clone());

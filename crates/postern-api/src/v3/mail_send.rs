@@ -633,7 +633,8 @@ async fn send(
             Err(
                 e @ (IntakeError::Store(_)
                 | IntakeError::BounceRefused(_)
-                | IntakeError::InboundRefused(_)),
+                | IntakeError::InboundRefused(_)
+                | IntakeError::InboundDeferred(_)),
             ) => {
                 tracing::error!(error = %e, "mail/send: intake failed");
                 return Err(ApiError::new(

@@ -1,43 +1,11 @@
 //! Header fields Postern reads or removes on inbound mail, found by
 //! walking the header section in place (no parse into a second copy).
 
+use postern_core::header_section::{fields, remove_ranges};
+
 /// Header fields only this server may write: one it finds on arrival was
 /// written by someone else and is removed.
 const OURS_ALONE: &[&[u8]] = &[b"x-postern-verdict"];
-
-/// Each field of the header section: (name, start, end), `start..end`
-/// covering the whole field with its folded lines and final line break.
-/// The section ends at the first empty line (RFC 5322 §2.1).
-fn fields(message: &[u8]) -> Vec<(&[u8], usize, usize)> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < message.len() {
-        let rest = &message[pos..];
-        if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
-            break;
-        }
-        let start = pos;
-        // A field runs to the end of its line, and on over each line that
-        // begins with white space (RFC 5322 §2.2.3 folding).
-        loop {
-            pos = match message[pos..].iter().position(|&b| b == b'\n') {
-                Some(lf) => pos + lf + 1,
-                None => message.len(),
-            };
-            if pos >= message.len() || !matches!(message[pos], b' ' | b'\t') {
-                break;
-            }
-        }
-        let field = &message[start..pos];
-        // RFC 5322 §4.5 (obsolete syntax) allows white space before ':'.
-        let name = match field.iter().position(|&b| b == b':') {
-            Some(colon) => field[..colon].trim_ascii_end(),
-            None => &[][..],
-        };
-        out.push((name, start, pos));
-    }
-    out
-}
 
 /// Skips white space (folding included) and comments (RFC 5322 §3.2.2,
 /// nested, with quoted pairs) from `i`.
@@ -126,20 +94,6 @@ pub fn strip_own_fields(message: &mut Vec<u8>, authserv_id: &str) -> usize {
 
 fn authserv_id_matches(value: &[u8], ours: &str) -> bool {
     authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(ours))
-}
-
-/// Removes the sorted, disjoint `ranges` from `buf` in place.
-fn remove_ranges(buf: &mut Vec<u8>, ranges: &[(usize, usize)]) {
-    let Some(&(first, _)) = ranges.first() else {
-        return;
-    };
-    let mut write = first;
-    for (i, &(_, end)) in ranges.iter().enumerate() {
-        let next = ranges.get(i + 1).map_or(buf.len(), |r| r.0);
-        buf.copy_within(end..next, write);
-        write += next - end;
-    }
-    buf.truncate(write);
 }
 
 /// Whether an (ARC-)Authentication-Results value records `method=pass`

@@ -457,6 +457,7 @@ impl InboundAuthenticator for InboundChecks {
                 },
                 refused,
                 quarantined,
+                deferred: None,
                 summary,
             }
         })

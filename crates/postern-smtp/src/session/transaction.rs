@@ -111,6 +111,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // delivery not authorized, message refused.
                 self.reply(Reply::new(550, (5, 7, 1), reason));
             }
+            Err(postern_queue::IntakeError::InboundDeferred(reason)) => {
+                metrics::counter!("postern_smtp_rejected_total", "reason" => "check_unavailable")
+                    .increment(1);
+                tracing::warn!(peer = %self.peer, %reason, "inbound message deferred");
+                // RFC 5321 §4.2.5: after the final dot a 4yz reply means the
+                // client keeps the message; RFC 3463 4.3.0: a mail system
+                // problem here, not one of the message's.
+                self.reply(Reply::new(
+                    451,
+                    (4, 3, 0),
+                    format!("Message not checked ({reason}); try again later"),
+                ));
+            }
             Err(postern_queue::IntakeError::QuotaExceeded { limit, .. }) => {
                 metrics::counter!("postern_smtp_rejected_total", "reason" => "quota").increment(1);
                 self.reply(Reply::new(
