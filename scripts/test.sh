@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Postern's whole test suite on a fresh machine. It installs what the
-# tests need (swaks, curl and strace from Debian, Python clients from PyPI,
+# tests need (swaks, curl, strace and Dovecot from Debian, Python clients from PyPI,
 # nodemailer from npm) and
 # starts every server the tests use on loopback.
 set -euo pipefail
@@ -9,9 +9,12 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
+# Debian packages the tests use, as command:package (Dovecot is the LMTP
+# mail store of test_lmtp.py).
 missing=()
-for tool in swaks curl strace; do
-  command -v "$tool" >/dev/null || missing+=("$tool")
+for need in swaks:swaks curl:curl strace:strace dovecot:dovecot-lmtpd; do
+  tool=${need%%:*}
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("${need#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

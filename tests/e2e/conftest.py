@@ -260,7 +260,7 @@ class Sink:
 class Postern:
     """A `postern serve` process with its own data directory and ports."""
 
-    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1", relay_config="", route_every_domain=True, relay_domains=("relay.test",), inbound_auth=None):
+    def __init__(self, workdir, sink_port, extra_config="", queue_config='retry_initial = "1s"\nretry_max = "2s"', enforce_senders=False, http_config="", host="127.0.0.1", relay_config="", route_every_domain=True, relay_domains=("relay.test",), inbound_auth=None, route_config=""):
         # host: the listeners' address; "[::]" makes them dual-stack, so
         # IPv4 clients arrive as IPv4-mapped IPv6 addresses.
         # relay_config: more keys of the [relay] table; relay_domains: its
@@ -268,7 +268,7 @@ class Postern:
         # route_every_domain: the "*" route to the sink; without it only
         # relay.test is routed (to the sink) and other domains go to MX.
         # inbound_auth: the [inbound_auth] keys (the checks on); None
-        # turns them off.
+        # turns them off. route_config: more keys of the sink's [[route]].
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.ports = {
@@ -316,6 +316,7 @@ address = "{host}:{self.ports['http']}"
 domain = "{"*" if route_every_domain else "relay.test"}"
 next_hop = "127.0.0.1:{sink_port}"
 tls = "none"
+{route_config}
 
 [relay]
 domains = {json.dumps(list(relay_domains))}

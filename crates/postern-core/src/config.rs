@@ -336,6 +336,18 @@ impl HttpConfig {
     }
 }
 
+/// The protocol a route's next hop speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteProtocol {
+    #[default]
+    Smtp,
+    /// RFC 2033: LHLO instead of EHLO, and after the message one reply
+    /// per accepted recipient, so each recipient is delivered, deferred
+    /// or bounced on its own.
+    Lmtp,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteTls {
@@ -357,6 +369,10 @@ pub struct RouteConfig {
     pub next_hop: String,
     #[serde(default)]
     pub tls: RouteTls,
+    /// What the next hop speaks: SMTP, or LMTP (RFC 2033) for a mail
+    /// store that delivers to mailboxes itself (Dovecot, Cyrus).
+    #[serde(default)]
+    pub protocol: RouteProtocol,
     /// PEM CA bundle to verify the next hop with when `tls = "required"`
     /// (default: the Mozilla roots built into Postern).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
-use postern_core::config::RouteTls;
+use postern_core::config::{RouteProtocol, RouteTls};
 use postern_store::DeliveryJob;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -172,6 +172,8 @@ struct Candidate {
     /// certificate (an empty list: TLS required, unauthenticated, because
     /// every record was unusable — RFC 7672 §2.2).
     dane: Option<Vec<crate::mx::Tlsa>>,
+    /// The next hop speaks LMTP (RFC 2033): only static routes say so.
+    lmtp: bool,
 }
 
 pub struct SmtpClient {
@@ -273,6 +275,7 @@ impl SmtpClient {
             webpki,
             report_only,
             dane: None,
+            lmtp: false,
         };
         use crate::mta_sts::Mode;
         match policy {
@@ -391,6 +394,7 @@ impl SmtpClient {
                 webpki: false,
                 report_only: false,
                 dane,
+                lmtp: false,
             });
         }
         if candidates.is_empty() {
@@ -438,6 +442,7 @@ impl SmtpClient {
                 webpki: false,
                 report_only: false,
                 dane: None,
+                lmtp: r.protocol == RouteProtocol::Lmtp,
             }],
             Destination::Mx => {
                 let hosts = match self.resolver.mx_hosts(&job.domain).await {
@@ -630,7 +635,7 @@ impl SmtpClient {
             return Err(HostFailure(Outcome::from_reply(code, &text, "greeting")).into_transient());
         }
         let mut caps = self
-            .ehlo(conn, ehlo_name)
+            .ehlo(conn, ehlo_name, c.lmtp)
             .await
             .map_err(|e| io_fail(conn, e))?;
 
@@ -712,7 +717,7 @@ impl SmtpClient {
                 tls_desc = Some(desc);
                 conn.stream = Stream::Tls(Box::new(tls));
                 caps = self
-                    .ehlo(conn, ehlo_name)
+                    .ehlo(conn, ehlo_name, c.lmtp)
                     .await
                     .map_err(|e| io_fail(conn, e))?;
             }
@@ -823,6 +828,7 @@ impl SmtpClient {
             webpki: false,
             report_only: false,
             dane: None,
+            lmtp: route.protocol == RouteProtocol::Lmtp,
         };
         let ips = match self.resolver.addresses(&c.host).await {
             Ok(ips) => ips,
@@ -843,7 +849,20 @@ impl SmtpClient {
         last
     }
 
-    async fn ehlo(&self, conn: &mut Conn, name: &str) -> io::Result<Capabilities> {
+    async fn ehlo(&self, conn: &mut Conn, name: &str, lmtp: bool) -> io::Result<Capabilities> {
+        if lmtp {
+            // RFC 2033 §4.1: LHLO, and nothing to fall back to.
+            conn.step = "LHLO";
+            conn.send(format!("LHLO {name}\r\n").as_bytes()).await?;
+            let (code, text) = conn.reply().await?;
+            if code != 250 {
+                return Err(io::Error::other(format!("LHLO refused: {code} {text}")));
+            }
+            return Ok(Capabilities {
+                lmtp: true,
+                ..Capabilities::parse(&text)
+            });
+        }
         conn.step = "EHLO";
         conn.send(format!("EHLO {name}\r\n").as_bytes()).await?;
         let (code, text) = conn.reply().await?;
@@ -949,6 +968,19 @@ impl SmtpClient {
         }
         let accepted = rcpt_results.iter().filter(|r| r.is_none()).count();
         let data_outcome = match data_reply {
+            Some((354, _)) if accepted > 0 && caps.lmtp => {
+                conn.step = "DATA content";
+                conn.send_body(&job.body).await?;
+                // RFC 2033 §4.2: one reply per recipient RCPT accepted, in
+                // the order of the RCPT commands. Each is that recipient's
+                // outcome alone: one mailbox over quota does not make the
+                // others be delivered twice.
+                for r in rcpt_results.iter_mut().filter(|r| r.is_none()) {
+                    let (code, text) = conn.reply_within(DATA_END_TIMEOUT).await?;
+                    *r = Some(Outcome::from_reply(code, &text, "end of DATA"));
+                }
+                return Ok(rcpt_results.into_iter().flatten().collect());
+            }
             Some((354, _)) if accepted > 0 => {
                 conn.step = "DATA content";
                 conn.send_body(&job.body).await?;
@@ -1154,6 +1186,9 @@ struct Capabilities {
     eight_bit_mime: bool,
     smtputf8: bool,
     size: bool,
+    /// The session was opened with LHLO: one reply per accepted recipient
+    /// after the message.
+    lmtp: bool,
 }
 
 impl Capabilities {

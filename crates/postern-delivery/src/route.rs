@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use postern_core::config::{split_host_port, RouteConfig, RouteTls};
+use postern_core::config::{split_host_port, RouteConfig, RouteProtocol, RouteTls};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -16,6 +16,7 @@ pub struct StaticRoute {
     pub host: String,
     pub port: u16,
     pub tls: RouteTls,
+    pub protocol: RouteProtocol,
     pub ca_file: Option<PathBuf>,
     pub auth: Option<(String, String)>,
 }
@@ -40,6 +41,7 @@ impl Router {
                 host,
                 port,
                 tls: r.tls,
+                protocol: r.protocol,
                 ca_file: r.ca_file.clone(),
                 auth: r.auth_username.clone().zip(r.auth_password.clone()),
             };
@@ -75,6 +77,7 @@ mod tests {
             domain: domain.into(),
             next_hop: hop.into(),
             tls: RouteTls::None,
+            protocol: RouteProtocol::Smtp,
             ca_file: None,
             auth_username: None,
             auth_password: None,

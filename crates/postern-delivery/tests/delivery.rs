@@ -12,7 +12,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, MX};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use postern_core::config::{RouteConfig, RouteTls};
+use postern_core::config::{RouteConfig, RouteProtocol, RouteTls};
 use postern_core::{Envelope, EventKind, Recipient};
 use postern_delivery::dnssec_probe::ProbeResult;
 use postern_delivery::{
@@ -58,6 +58,9 @@ struct SinkOptions {
     data_delay: Option<Duration>,
     /// Offer SMTPUTF8 (RFC 6531).
     smtputf8: bool,
+    /// Speak LMTP (RFC 2033): LHLO only, and after the message one reply
+    /// per accepted recipient, from this policy (connection, recipient).
+    lmtp: Option<RcptPolicy>,
 }
 
 struct Sink {
@@ -86,6 +89,7 @@ impl Default for SinkOptions {
             auth: None,
             data_delay: None,
             smtputf8: false,
+            lmtp: None,
         }
     }
 }
@@ -153,7 +157,12 @@ async fn sink_session(
             return Ok(());
         }
         let upper = line.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
+        let lhlo = upper.starts_with("LHLO");
+        let reply: String = if (lhlo || upper.starts_with("EHLO")) && lhlo != opts.lmtp.is_some() {
+            // RFC 2033 §4.1: an LMTP server knows no EHLO (nor an SMTP
+            // server LHLO).
+            "500 5.5.1 wrong greeting for this protocol\r\n".into()
+        } else if lhlo || upper.starts_with("EHLO") {
             ehlo = line[4..].trim().to_string();
             let starttls = if opts.tls.is_some() && !tls {
                 "250-STARTTLS\r\n"
@@ -272,8 +281,17 @@ async fn sink_session(
             if let Some(d) = opts.data_delay {
                 tokio::time::sleep(d).await;
             }
+            let reply = match &opts.lmtp {
+                // RFC 2033 §4.2: one reply per accepted recipient, in order.
+                Some(policy) => msg
+                    .rcpts
+                    .iter()
+                    .map(|r| format!("{}\r\n", policy(conn_no, r)))
+                    .collect(),
+                None => "250 2.0.0 queued at sink\r\n".to_string(),
+            };
             received.lock().unwrap().push(msg);
-            "250 2.0.0 queued at sink\r\n".into()
+            reply
         } else if upper.starts_with("QUIT") {
             io.get_mut().write_all(b"221 bye\r\n").await?;
             return Ok(());
@@ -684,6 +702,7 @@ fn route(
         domain: domain.into(),
         next_hop: sink.addr.to_string(),
         tls,
+        protocol: RouteProtocol::Smtp,
         ca_file,
         auth_username: None,
         auth_password: None,
@@ -923,6 +942,76 @@ async fn temporary_failures_are_retried_and_permanent_ones_fail() {
     // The retry, 200–400 ms later, went over the connection kept open
     // from the first attempt.
     assert_eq!(sink.connections.load(Ordering::SeqCst), 1);
+}
+
+/// An LMTP next hop answers for each recipient after the message (RFC
+/// 2033 §4.2): each is delivered, deferred or bounced on its own, and the
+/// retry carries only the deferred one, so no mailbox gets a second copy.
+#[tokio::test]
+async fn lmtp_replies_after_the_message_decide_each_recipient_alone() {
+    let stored: Arc<Mutex<Vec<String>>> = Arc::default();
+    let full_once = Arc::new(AtomicBool::new(false));
+    let (s, f) = (stored.clone(), full_once.clone());
+    let at_end: RcptPolicy = Arc::new(move |_conn, rcpt| {
+        if rcpt.starts_with("full@") && !f.swap(true, Ordering::SeqCst) {
+            "452 4.2.2 <full@corp.test> mailbox full".into()
+        } else if rcpt.starts_with("broken@") {
+            "552 5.2.2 <broken@corp.test> quota exceeded for good".into()
+        } else {
+            s.lock().unwrap().push(rcpt.to_owned());
+            format!("250 2.0.0 <{rcpt}> saved")
+        }
+    });
+    let sink = start_sink(SinkOptions {
+        lmtp: Some(at_end),
+        ..Default::default()
+    })
+    .await;
+    let mut r = route("corp.test", &sink, RouteTls::None, None);
+    r.protocol = RouteProtocol::Lmtp;
+    let node = start_node(vec![r], None, 25).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["ok@corp.test", "full@corp.test", "broken@corp.test"],
+            b"Subject: l\r\n\r\nx\r\n",
+        )
+        .await;
+    let events = node.final_events(&id, 3).await;
+    let by_rcpt = |r: &str| -> Vec<EventKind> {
+        events
+            .iter()
+            .filter(|e| e.recipient.as_deref() == Some(r))
+            .map(|e| e.kind)
+            .collect()
+    };
+    assert_eq!(
+        by_rcpt("ok@corp.test"),
+        vec![EventKind::Processed, EventKind::Delivered]
+    );
+    assert_eq!(
+        by_rcpt("full@corp.test"),
+        vec![
+            EventKind::Processed,
+            EventKind::Deferred,
+            EventKind::Delivered
+        ]
+    );
+    assert_eq!(
+        by_rcpt("broken@corp.test"),
+        vec![EventKind::Processed, EventKind::Bounce]
+    );
+    let bounce = events.iter().find(|e| e.kind == EventKind::Bounce).unwrap();
+    assert!(bounce.detail.contains("552 5.2.2"), "{}", bounce.detail);
+    // Each mailbox has the message once; the retry's transaction named
+    // only the recipient that was deferred.
+    assert_eq!(
+        *stored.lock().unwrap(),
+        vec!["ok@corp.test".to_owned(), "full@corp.test".to_owned()]
+    );
+    let received = sink.received.lock().unwrap();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[1].rcpts, vec!["full@corp.test".to_owned()]);
 }
 
 #[tokio::test]
