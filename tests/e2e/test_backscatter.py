@@ -36,8 +36,16 @@ def test_unknown_relay_recipients_are_refused_at_rcpt(postern, sink):
         lambda: (ev := json.loads(postern.cli("events", "--json").stdout))
         and "delivered" in {e["event"] for e in ev} and ev,
         timeout=10, what="alice's delivered event")
+    # The refusal is a `refused` event of its own (no message exists), with
+    # the client, HELO, sender and the reply the client got.
     assert {(e["event"], e["recipient"]) for e in events} == {
+        ("refused", "reject-nobody@relay.test"),
         ("processed", "alice@relay.test"), ("delivered", "alice@relay.test")}, events
+    refused = next(e for e in events if e["event"] == "refused")
+    assert refused["detail"] == ("client=127.0.0.1 helo=mx.example.net from=<spammer-claims@victim.example> "
+                                 "550 5.1.1 No such recipient here"), refused
+    assert refused["account"] is None
+    assert refused["message_id"] not in {e["message_id"] for e in events if e["event"] != "refused"}
 
 
 @pytest.fixture

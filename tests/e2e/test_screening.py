@@ -6,6 +6,7 @@ zones on a dnslib server on loopback; clients bind their own 127.x.y.z
 source addresses (all of 127/8 is local), so each test's clients are
 distinct addresses in the zone."""
 
+import json
 import smtplib
 import socket
 import ssl
@@ -127,7 +128,17 @@ def test_a_listed_client_is_refused_with_the_zone_named(zone, sink):
         assert metric(p, "postern_screen_lookups_total", lookup="dnsbl", result="cached") >= 1
         log = p.log.read_text()
         assert "screen: client refused" in log and "listed by bl.test" in log
+        # Each refusal is a `refused` event in the send log, with the client
+        # and the reply it got; the relayed message is not refused.
+        refused = refused_events(p)
+        assert [e["detail"] for e in refused] == [
+            "client=127.0.0.2 554 5.7.1 127.0.0.2 listed by bl.test"] * 2, refused
+        assert len({e["message_id"] for e in refused}) == 2
         p.stop()
+
+
+def refused_events(p):
+    return [e for e in json.loads(p.cli("events", "--json").stdout) if e["event"] == "refused"]
 
 
 def test_an_allowlisted_client_is_accepted_though_also_listed(zone, sink):
@@ -179,6 +190,8 @@ def test_a_client_talking_before_the_greeting_is_refused(zone, sink):
         assert reply.startswith("554 5.5.1 "), reply
         assert "220" not in reply and reply.count("\r\n") == 1, reply
         assert metric(p, "postern_screen_rejected_total", reason="pregreet") == 1
+        assert [e["detail"] for e in refused_events(p)] == [
+            "client=127.0.0.7 554 5.5.1 Protocol error: talking before the greeting (RFC 5321 §3.1)"]
         # A client that waits is greeted once the delay is over, and goes on.
         s = raw(p, "127.0.0.8")
         try:

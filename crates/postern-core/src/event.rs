@@ -26,11 +26,19 @@ pub enum EventKind {
     /// has no quarantine), with the reason. Released recipients then get
     /// `processed`, deleted or expired ones `dropped`.
     Quarantined,
+    /// Refused at the door of an `mx` listener before any message was
+    /// accepted (Postern's own kind): a screened client (block list, talking
+    /// before the greeting, reverse DNS, HELO), a recipient at RCPT (relay
+    /// denied, unknown user), or a message deferred because a check had no
+    /// answer. No message exists: `message_id` names the SMTP session, so
+    /// one client's refusals read together.
+    Refused,
 }
 
 impl EventKind {
     /// The kinds SendGrid's event webhook knows (what a webhook can be set
-    /// to send and its test sends); `Quarantined` is not among them.
+    /// to send and its test sends); `Quarantined` and `Refused` are not
+    /// among them.
     pub const ALL: [EventKind; 5] = [
         EventKind::Processed,
         EventKind::Delivered,
@@ -47,6 +55,7 @@ impl EventKind {
             EventKind::Bounce => "bounce",
             EventKind::Dropped => "dropped",
             EventKind::Quarantined => "quarantined",
+            EventKind::Refused => "refused",
         }
     }
 }
@@ -67,9 +76,10 @@ impl FromStr for EventKind {
             "bounce" => EventKind::Bounce,
             "dropped" => EventKind::Dropped,
             "quarantined" => EventKind::Quarantined,
+            "refused" => EventKind::Refused,
             other => {
                 return Err(format!(
-                    "unknown event kind {other:?} (processed, delivered, deferred, bounce, dropped, quarantined)"
+                    "unknown event kind {other:?} (processed, delivered, deferred, bounce, dropped, quarantined, refused)"
                 ))
             }
         })
@@ -192,7 +202,7 @@ impl Event {
                     );
                 }
             }
-            EventKind::Dropped | EventKind::Quarantined => {
+            EventKind::Dropped | EventKind::Quarantined | EventKind::Refused => {
                 obj.insert("reason".into(), self.detail.clone().into());
             }
             EventKind::Processed => {}
@@ -277,7 +287,10 @@ mod tests {
             "sg_message_id",
             "postern_account",
         ];
-        for kind in EventKind::ALL.into_iter().chain([EventKind::Quarantined]) {
+        for kind in EventKind::ALL
+            .into_iter()
+            .chain([EventKind::Quarantined, EventKind::Refused])
+        {
             let mut e = event(kind);
             e.info.source_ip = Some("192.0.2.1".into());
             let v = e.to_webhook_json();
@@ -294,7 +307,7 @@ mod tests {
                     "tls",
                     "ip",
                 ],
-                EventKind::Dropped | EventKind::Quarantined => &["reason"],
+                EventKind::Dropped | EventKind::Quarantined | EventKind::Refused => &["reason"],
             };
             let want: BTreeSet<&str> = common.iter().chain(extra).copied().collect();
             assert_eq!(got, want, "{kind:?}");

@@ -522,6 +522,9 @@ impl QueueStore for WatchedStore {
     async fn enqueue(&self, msg: postern_store::NewMessage) -> postern_store::Result<()> {
         self.inner.enqueue(msg).await
     }
+    async fn record_refusal(&self, event: postern_core::Event) -> postern_store::Result<()> {
+        self.inner.record_refusal(event).await
+    }
     async fn hold(&self, msg: postern_store::HeldMessage) -> postern_store::Result<()> {
         self.inner.hold(msg).await
     }

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::body_budget::BodyBudget;
 use crate::quota::{QuotaCheck, Quotas, Reserve};
+use crate::refusals::RefusalLog;
 
 #[derive(Debug, Error)]
 pub enum IntakeError {
@@ -181,12 +182,14 @@ pub struct Intake {
     bounces: Option<Arc<dyn BounceReceiver>>,
     inbound: Option<Arc<dyn InboundAuthenticator>>,
     content: Option<Arc<dyn ContentInspector>>,
+    refusals: Arc<RefusalLog>,
     budget: BodyBudget,
 }
 
 impl Intake {
     pub fn new(store: Arc<dyn QueueStore>, hostname: String) -> Self {
         Intake {
+            refusals: Arc::new(RefusalLog::new(store.clone())),
             store,
             hostname,
             wakeup: Arc::new(Notify::new()),
@@ -223,6 +226,21 @@ impl Intake {
     pub fn with_inbound_authenticator(mut self, inbound: Arc<dyn InboundAuthenticator>) -> Self {
         self.inbound = Some(inbound);
         self
+    }
+
+    /// Records what an `mx` listener turned away before accepting a
+    /// message, as a `refused` event of `session` (rate-bounded: see
+    /// `refusals`). `detail` is the reply the client was given.
+    pub async fn record_refusal(
+        &self,
+        session: &MessageId,
+        client: IpAddr,
+        recipient: Option<String>,
+        detail: &str,
+    ) {
+        self.refusals
+            .record(session, client, recipient, detail)
+            .await;
     }
 
     /// Inspects the content of unauthenticated mail (after the

@@ -7,6 +7,7 @@ pub mod dsn;
 pub mod intake;
 pub mod quarantine;
 pub mod quota;
+mod refusals;
 pub mod retry;
 
 pub use body_budget::{BodyBudget, BodyLease, Holder};

@@ -146,9 +146,30 @@ async fn handle_connection(
         Some(screener) if lctx.role == ListenerRole::Mx => {
             match crate::screen::admit(screener, &mut stream, peer.ip()).await {
                 crate::screen::Admission::Pass { check_helo } => (None, check_helo),
-                crate::screen::Admission::Refuse(reply) => (Some(reply), false),
+                crate::screen::Admission::Refuse(reply) => {
+                    // The session this refusal starts records nothing
+                    // more (every command but QUIT gets 503): this is its
+                    // event.
+                    ctx.intake
+                        .record_refusal(
+                            &postern_core::MessageId::generate(),
+                            peer.ip(),
+                            None,
+                            &reply.summary(),
+                        )
+                        .await;
+                    (Some(reply), false)
+                }
                 crate::screen::Admission::Drop(reply) => {
                     if let Some(reply) = reply {
+                        ctx.intake
+                            .record_refusal(
+                                &postern_core::MessageId::generate(),
+                                peer.ip(),
+                                None,
+                                &reply.summary(),
+                            )
+                            .await;
                         let mut out = Vec::new();
                         reply.write_to(&mut out);
                         let _ = tokio::time::timeout(

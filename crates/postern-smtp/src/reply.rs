@@ -31,6 +31,17 @@ impl Reply {
         out.extend_from_slice(s.as_bytes());
     }
 
+    /// The reply on one line, as the send log records it
+    /// (`550 5.1.1 No such recipient here`).
+    pub fn summary(&self) -> String {
+        let (c, s1, s2) = self.esc;
+        format!(
+            "{} {c}.{s1}.{s2} {}",
+            self.code,
+            self.text.replace('\n', " / ")
+        )
+    }
+
     pub fn is_positive(&self) -> bool {
         self.code < 400
     }

@@ -711,6 +711,10 @@ fn insert_message_row(
 
 #[async_trait]
 impl QueueStore for EmbeddedStore {
+    async fn record_refusal(&self, event: Event) -> Result<()> {
+        EventStore::append_event(self, event).await
+    }
+
     async fn enqueue(&self, msg: NewMessage) -> Result<()> {
         self.write(move |conn| {
             let envelope = serde_json::to_string(&msg.envelope)

@@ -55,6 +55,11 @@ pub trait QueueStore: Send + Sync {
     /// (fsync'd WAL / committed transaction): the caller may then say `250`.
     async fn enqueue(&self, msg: NewMessage) -> Result<()>;
 
+    /// Records a `refused` event: something turned away at the door with
+    /// no message behind it (the intake's doors have no event store of
+    /// their own); `seq` is assigned.
+    async fn record_refusal(&self, event: postern_core::Event) -> Result<()>;
+
     /// Stores a message in quarantine instead of the queue, each recipient
     /// owned by the account that holds its domain verified (if any), with a
     /// `quarantined` event per recipient. Returns only once it is durable,

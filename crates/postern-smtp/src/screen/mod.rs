@@ -9,10 +9,9 @@
 //! listed" and is counted, so a slow or dead list delays a client by at
 //! most the limit and never refuses it.
 //!
-//! A refused client has no message, so there is nothing for the send log
-//! (whose events belong to messages) to record: like the connection
-//! limits and RCPT refusals, each refusal is a log line naming the client
-//! and the reason, and a metric (`postern_screen_rejected_total{reason}`).
+//! Each refusal is a log line naming the client and the reason, a metric
+//! (`postern_screen_rejected_total{reason}`), and a `refused` event in the
+//! send log (written by the listener, rate-bounded by the intake).
 
 pub mod cache;
 pub mod dnsbl;

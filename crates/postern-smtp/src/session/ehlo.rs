@@ -22,7 +22,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             && self.listener.role != ListenerRole::Submissions
     }
 
-    pub(crate) fn ehlo(&mut self, host: String, extended: bool) -> Result<(), Close> {
+    pub(crate) async fn ehlo(&mut self, host: String, extended: bool) -> Result<(), Close> {
         // RFC 5321 §4.1.4: EHLO/HELO resets any transaction in progress.
         self.txn = None;
         if self.check_helo {
@@ -34,6 +34,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         // Refused: no name is recorded, so MAIL stays out
                         // of sequence until an acceptable HELO/EHLO.
                         self.conn.helo = None;
+                        self.record_refusal(None, &reply).await;
                         return self.error(reply);
                     }
                 }

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use postern_core::config::ListenerRole;
 use postern_core::{Envelope, Principal};
 use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -99,6 +100,8 @@ pub struct Session<S> {
     refusal: Option<Reply>,
     /// Screening asks for the HELO name to be checked (crate::screen).
     check_helo: bool,
+    /// Names this session's `refused` events, made at the first one.
+    session_id: Option<postern_core::MessageId>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -125,7 +128,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             discarding_line: false,
             refusal: None,
             check_helo: false,
+            session_id: None,
         }
+    }
+
+    /// Records a refusal in the send log as a `refused` event (RFC-level
+    /// detail: the reply the client got), for clients without AUTH on
+    /// `mx` listeners: what an authenticated client is refused, it is told
+    /// and its own account's business. `recipient`: the RCPT refused.
+    pub(crate) async fn record_refusal(&mut self, recipient: Option<String>, reply: &Reply) {
+        if self.listener.role != ListenerRole::Mx || self.conn.principal.is_some() {
+            return;
+        }
+        let id = self
+            .session_id
+            .get_or_insert_with(postern_core::MessageId::generate)
+            .clone();
+        let mut detail = String::new();
+        if let Some(helo) = &self.conn.helo {
+            detail.push_str(&format!("helo={helo} "));
+        }
+        if let Some(txn) = &self.txn {
+            detail.push_str(&format!("from=<{}> ", txn.envelope.mail_from));
+        }
+        detail.push_str(&reply.summary());
+        self.ctx
+            .intake
+            .record_refusal(&id, self.peer.ip(), recipient, &detail)
+            .await;
     }
 
     /// What screening decided (crate::screen::admit): a refusal to greet
@@ -290,8 +320,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(Step::Continue);
         }
         match request {
-            Request::Ehlo { host } => self.ehlo(host, true)?,
-            Request::Helo { host } => self.ehlo(host, false)?,
+            Request::Ehlo { host } => self.ehlo(host, true).await?,
+            Request::Helo { host } => self.ehlo(host, false).await?,
             Request::Lhlo { .. } => self.error(Reply::new(500, (5, 5, 1), "LHLO is for LMTP"))?,
             Request::StartTls => return self.starttls(),
             Request::Auth {

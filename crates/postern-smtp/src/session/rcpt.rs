@@ -32,6 +32,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(AddressError::NeedsSmtpUtf8) => {
                 return self
                     .refuse_recipient(
+                        &to.address,
                         Reply::new(553, (5, 6, 7), "Non-ASCII recipient needs SMTPUTF8"),
                         "syntax",
                     )
@@ -40,6 +41,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Err(e) => {
                 return self
                     .refuse_recipient(
+                        &to.address,
                         Reply::new(553, (5, 1, 3), format!("Bad recipient address: {e}")),
                         "syntax",
                     )
@@ -55,6 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 tracing::info!(peer = %self.peer, rcpt = %to.address, "relay denied");
                 return self
                     .refuse_recipient(
+                        &to.address,
                         Reply::new(550, (5, 7, 1), "Relaying denied"),
                         "relay_denied",
                     )
@@ -69,6 +72,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         tracing::info!(peer = %self.peer, rcpt = %to.address, reason = %why, "unknown recipient");
                         return self
                             .refuse_recipient(
+                                &to.address,
                                 // RFC 3463 5.1.1: bad destination mailbox.
                                 Reply::new(550, (5, 1, 1), "No such recipient here"),
                                 "unknown_recipient",
@@ -79,11 +83,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         tracing::info!(peer = %self.peer, rcpt = %to.address, reason = %why, "recipient check unavailable");
                         metrics::counter!("postern_smtp_rejected_total", "reason" => "recipient_check_unavailable").increment(1);
                         // RFC 3463 4.4.3: directory server failure.
-                        self.reply(Reply::new(
+                        let reply = Reply::new(
                             451,
                             (4, 4, 3),
                             "Cannot check this recipient now; try again later",
-                        ));
+                        );
+                        self.record_refusal(Some(to.address.clone()), &reply).await;
+                        self.reply(reply);
                         return Ok(());
                     }
                 }
@@ -109,8 +115,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// more slowly, and past twice that the connection is closed: a client
     /// guessing addresses (directory harvest) or probing for a relay gets
     /// little for its time.
-    async fn refuse_recipient(&mut self, reply: Reply, reason: &'static str) -> Result<(), Close> {
+    async fn refuse_recipient(
+        &mut self,
+        recipient: &str,
+        reply: Reply,
+        reason: &'static str,
+    ) -> Result<(), Close> {
         metrics::counter!("postern_smtp_rejected_total", "reason" => reason).increment(1);
+        self.record_refusal(Some(recipient.to_owned()), &reply)
+            .await;
         self.conn.refused_recipients += 1;
         let max = self.ctx.config.limits.max_refused_recipients;
         let n = self.conn.refused_recipients;

@@ -118,11 +118,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 // RFC 5321 §4.2.5: after the final dot a 4yz reply means the
                 // client keeps the message; RFC 3463 4.3.0: a mail system
                 // problem here, not one of the message's.
-                self.reply(Reply::new(
+                let reply = Reply::new(
                     451,
                     (4, 3, 0),
                     format!("Message not checked ({reason}); try again later"),
-                ));
+                );
+                self.record_refusal(None, &reply).await;
+                self.reply(reply);
             }
             Err(postern_queue::IntakeError::QuotaExceeded { limit, .. }) => {
                 metrics::counter!("postern_smtp_rejected_total", "reason" => "quota").increment(1);
