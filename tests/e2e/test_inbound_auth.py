@@ -435,7 +435,9 @@ def test_a_dns_server_that_never_answers_cannot_stall_the_port(sink, zone):
     try:
         # check_timeout well above what three lookups take: the time
         # limit seen here is the one per lookup.
-        with server(sink, silent.getsockname()[1], 'dns_timeout = "1s"\ncheck_timeout = "10s"\n') as p:
+        # dmarc_temperror = "accept": delivered with the temperrors
+        # recorded (the default defers: the next test).
+        with server(sink, silent.getsockname()[1], 'dns_timeout = "1s"\ncheck_timeout = "10s"\ndmarc_temperror = "accept"\n') as p:
             with smtplib.SMTP("127.0.0.1", p.ports["mx"], local_hostname=HELO, timeout=60) as s:
                 s.ehlo()
                 s.mail("a@sender.test")
@@ -462,3 +464,46 @@ def test_a_dns_server_that_never_answers_cannot_stall_the_port(sink, zone):
             assert r["dmarc"][0]["result"] == "temperror", r
     finally:
         silent.close()
+
+
+def test_a_dmarc_temperror_is_deferred_unless_the_sender_is_excused(sink, zone):
+    """RFC 7489 §6.6.2: with the From domain's policy unreadable for now,
+    the message is deferred (451) rather than let through unjudged, and
+    nothing is queued; a [[inbound_auth.sender]] entry may accept it."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        timeouts = 'dns_timeout = "1s"\ncheck_timeout = "10s"\n'
+        with server(sink, silent.getsockname()[1], timeouts) as p:
+            code, text = send(p, "a@sender.test", message("a@sender.test"))
+            assert code == 451 and text.startswith("4.3.0"), (code, text)
+            assert "DMARC could not be evaluated for sender.test" in text, text
+            assert metric(p, "postern_inbound_deferred_total") == 1
+            events = json.loads(p.cli("events", "--json").stdout)
+            assert [e["event"] for e in events] == ["refused"], events
+            assert "451 4.3.0" in events[0]["detail"], events
+        # Excused by its From domain (a subdomain's mail, the entry names
+        # the parent): accepted with the temperror recorded.
+        excused = timeouts + '[[inbound_auth.sender]]\ndomain = "sender.test"\ndmarc_temperror = "accept"\n'
+        with server(sink, silent.getsockname()[1], excused) as p:
+            assert send(p, "a@mail.sender.test", message("a@mail.sender.test"))[0] == 250
+            r = ours(delivered(sink, 1))
+            assert r["dmarc"][0]["result"] == "temperror", r
+        assert len(sink.messages) == 1
+    finally:
+        silent.close()
+
+
+def test_a_sender_entry_holds_a_domain_to_more_than_it_publishes(sink, zone):
+    """A much-spoofed domain on p=none: its [[inbound_auth.sender]] entry
+    refuses its DMARC failures; another p=none domain's are accepted."""
+    zone.txt("_dmarc.lax.test", "v=DMARC1; p=none")
+    zone.txt("_dmarc.other.test", "v=DMARC1; p=none")
+    zone.txt("esp.test", "v=spf1 ip4:127.0.0.1 -all")
+    rules = '[[inbound_auth.sender]]\ndomain = "lax.test"\ndmarc_fail = "reject"\n'
+    with server(sink, zone.port, rules) as p:
+        code, text = send(p, "bounce@esp.test", message("boss@lax.test"))
+        assert code == 550 and "lax.test" in text, (code, text)
+        assert send(p, "bounce@esp.test", message("boss@other.test"))[0] == 250
+        r = ours(delivered(sink, 1))
+        assert (r["dmarc"][0]["result"], r["dmarc"][0]["header.from"]) == ("fail", "other.test"), r

@@ -15,7 +15,7 @@ use crate::address::normalize_domain;
 mod content;
 mod inbound;
 pub use content::{CheckFailure, ContentConfig, ContentDomainPolicy};
-pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
+pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy, InboundSenderPolicy};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError};
+use super::{invalid, CheckFailure, ConfigError};
 use crate::address::normalize_domain;
 
 /// What is done with a message that failed a check.
@@ -46,12 +46,49 @@ pub struct InboundAuthConfig {
     pub dmarc_fail: InboundAction,
     /// What is done with mail whose MAIL FROM identity fails SPF.
     pub spf_fail: InboundAction,
+    /// What is done when DMARC cannot be evaluated for now (RFC 7489
+    /// §6.6.2: a temporary DNS error or a check past its time limit):
+    /// `defer` answers 451 and the sender tries again, so a spoofed
+    /// `p=reject` domain is not let through while its record cannot be
+    /// read; `accept` delivers with `dmarc=temperror` recorded.
+    pub dmarc_temperror: CheckFailure,
     /// Networks (CIDR) of forwarders whose ARC seals are trusted.
     pub trusted_forwarders: Vec<String>,
     /// Domains (the ARC-Seal `d=`) of sealers whose ARC results are trusted.
     pub trusted_arc_sealers: Vec<String>,
-    /// Per relay domain: overrides of the three actions above.
+    /// Per relay domain: overrides of the actions above.
     pub domain: Vec<InboundDomainPolicy>,
+    /// Per sender (the RFC 5322 From domain): overrides applied over the
+    /// relay domain's, for a domain to be held to more than it publishes
+    /// (a much-spoofed bank on `p=none`) or to less (a partner whose
+    /// DMARC is broken).
+    pub sender: Vec<InboundSenderPolicy>,
+}
+
+/// `[[inbound_auth.sender]]`: the actions for mail whose From domain is
+/// `domain` or one of its subdomains.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundSenderPolicy {
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub honor_dmarc_policy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc_fail: Option<InboundAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf_fail: Option<InboundAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc_temperror: Option<CheckFailure>,
+}
+
+impl InboundSenderPolicy {
+    /// Whether a From domain is this sender's (itself or a subdomain,
+    /// compared without regard to case).
+    pub fn covers(&self, from_domain: &str) -> bool {
+        let d = from_domain.to_ascii_lowercase();
+        let own = self.domain.to_ascii_lowercase();
+        d == own || d.ends_with(&format!(".{own}"))
+    }
 }
 
 /// `[[inbound_auth.domain]]`: a relay domain's own actions.
@@ -65,6 +102,8 @@ pub struct InboundDomainPolicy {
     pub dmarc_fail: Option<InboundAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spf_fail: Option<InboundAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc_temperror: Option<CheckFailure>,
 }
 
 impl Default for InboundAuthConfig {
@@ -76,9 +115,11 @@ impl Default for InboundAuthConfig {
             honor_dmarc_policy: true,
             dmarc_fail: InboundAction::Accept,
             spf_fail: InboundAction::Tag,
+            dmarc_temperror: CheckFailure::Defer,
             trusted_forwarders: Vec::new(),
             trusted_arc_sealers: Vec::new(),
             domain: Vec::new(),
+            sender: Vec::new(),
         }
     }
 }
@@ -107,6 +148,21 @@ impl InboundAuthConfig {
                 return Err(invalid(
                     format!("inbound_auth.trusted_arc_sealers[{i}]"),
                     "must be a domain name",
+                ));
+            }
+        }
+        let mut senders = std::collections::HashSet::new();
+        for (i, p) in self.sender.iter().enumerate() {
+            if normalize_domain(&p.domain).is_err() {
+                return Err(invalid(
+                    format!("inbound_auth.sender[{i}].domain"),
+                    "must be a domain name",
+                ));
+            }
+            if !senders.insert(p.domain.to_ascii_lowercase()) {
+                return Err(invalid(
+                    format!("inbound_auth.sender[{i}].domain"),
+                    format!("{} has more than one [[inbound_auth.sender]]", p.domain),
                 ));
             }
         }

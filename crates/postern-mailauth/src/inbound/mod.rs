@@ -41,7 +41,7 @@ use mail_auth::{
     ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
     DmarcResult, DnsError, Error, MessageAuthenticator, SpfOutput, SpfResult,
 };
-use postern_core::config::{InboundAction, InboundAuthConfig};
+use postern_core::config::{CheckFailure, InboundAction, InboundAuthConfig, InboundSenderPolicy};
 use postern_core::network::IpNet;
 use postern_core::Envelope;
 use postern_queue::{ClientInfo, InboundAuthenticator, InboundVerdict};
@@ -58,6 +58,8 @@ pub struct InboundChecks {
     default_rules: Rules,
     /// Relay domain (lower-cased) → its own rules.
     domain_rules: HashMap<String, Rules>,
+    /// Per From domain: what overrides the relay domain's rules.
+    sender_rules: Vec<InboundSenderPolicy>,
     trusted_networks: Vec<IpNet>,
     /// ARC-Seal `d=` domains, lower-cased.
     trusted_sealers: Vec<String>,
@@ -104,6 +106,7 @@ impl InboundChecks {
             honor_sender_policy: config.honor_dmarc_policy,
             dmarc_fail: config.dmarc_fail,
             spf_fail: config.spf_fail,
+            defer_temperror: config.dmarc_temperror == CheckFailure::Defer,
         };
         let domain_rules = config
             .domain
@@ -117,6 +120,9 @@ impl InboundChecks {
                             .unwrap_or(default_rules.honor_sender_policy),
                         dmarc_fail: d.dmarc_fail.unwrap_or(default_rules.dmarc_fail),
                         spf_fail: d.spf_fail.unwrap_or(default_rules.spf_fail),
+                        defer_temperror: d
+                            .dmarc_temperror
+                            .map_or(default_rules.defer_temperror, |t| t == CheckFailure::Defer),
                     },
                 )
             })
@@ -127,6 +133,7 @@ impl InboundChecks {
             check_timeout: config.check_timeout,
             default_rules,
             domain_rules,
+            sender_rules: config.sender.clone(),
             // Validated with the config: every entry parses.
             trusted_networks: config
                 .trusted_forwarders
@@ -139,6 +146,27 @@ impl InboundChecks {
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
         })
+    }
+
+    /// `rules` with what the sender's own entry says over them (the most
+    /// specific entry covering the From domain).
+    fn for_sender(&self, rules: Rules, from_domain: &str) -> Rules {
+        let Some(p) = self
+            .sender_rules
+            .iter()
+            .filter(|p| p.covers(from_domain))
+            .max_by_key(|p| p.domain.len())
+        else {
+            return rules;
+        };
+        Rules {
+            honor_sender_policy: p.honor_dmarc_policy.unwrap_or(rules.honor_sender_policy),
+            dmarc_fail: p.dmarc_fail.unwrap_or(rules.dmarc_fail),
+            spf_fail: p.spf_fail.unwrap_or(rules.spf_fail),
+            defer_temperror: p
+                .dmarc_temperror
+                .map_or(rules.defer_temperror, |t| t == CheckFailure::Defer),
+        }
     }
 
     /// The rules of each distinct recipient domain.
@@ -310,10 +338,22 @@ impl InboundChecks {
         };
         let decision = self
             .rules_for(envelope)
-            .iter()
-            .map(|rules| decide(&facts, rules))
-            .reduce(|a, b| if b.action > a.action { b } else { a })
-            .unwrap_or_else(|| decide(&facts, &self.default_rules));
+            .into_iter()
+            .map(|rules| decide(&facts, &self.for_sender(rules, &facts.from_domain)))
+            // The strictest action; a deferral for any domain holds for all
+            // (the message is one).
+            .reduce(|a, b| {
+                let deferred = a.deferred.clone().or(b.deferred.clone());
+                let mut kept = if b.action > a.action { b } else { a };
+                kept.deferred = deferred;
+                kept
+            })
+            .unwrap_or_else(|| {
+                decide(
+                    &facts,
+                    &self.for_sender(self.default_rules, &facts.from_domain),
+                )
+            });
 
         // Metrics: one count per check and result.
         let spf_helo_word = spf_helo.as_ref().map(|o| spf_word(o.result()));
@@ -455,9 +495,9 @@ impl InboundAuthenticator for InboundChecks {
                 } else {
                     field.into_bytes()
                 },
+                deferred: decision.deferred.clone().filter(|_| refused.is_none()),
                 refused,
                 quarantined,
-                deferred: None,
                 summary,
             }
         })

@@ -13,6 +13,8 @@ pub struct Rules {
     pub dmarc_fail: InboundAction,
     /// Done with mail whose MAIL FROM identity fails SPF.
     pub spf_fail: InboundAction,
+    /// Answer 451 when DMARC could not be evaluated for now.
+    pub defer_temperror: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,8 @@ pub struct Decision {
     pub refusal: Option<(String, &'static str)>,
     /// DMARC failed but was not enforced: why (RFC 7489 §6.7 override).
     pub overridden: Option<String>,
+    /// Not decided now: DMARC could not be evaluated (the reason).
+    pub deferred: Option<String>,
 }
 
 impl Decision {
@@ -127,7 +131,16 @@ pub fn decide(facts: &Facts, rules: &Rules) -> Decision {
         reasons: Vec::new(),
         refusal: None,
         overridden: None,
+        deferred: None,
     };
+    if facts.dmarc == DmarcState::TempError && rules.defer_temperror {
+        // RFC 7489 §6.6.2: with the policy unknown, a temporary failure
+        // may be deferred; the sender's retry will find it.
+        d.deferred = Some(format!(
+            "DMARC could not be evaluated for {} now (temporary DNS error)",
+            facts.from_domain
+        ));
+    }
     if facts.dmarc == DmarcState::Fail {
         if let Some(sealer) = &facts.forwarded_pass {
             // RFC 7489 §6.7 (local policy override, "trusted_forwarder")
@@ -240,7 +253,39 @@ mod tests {
         honor_sender_policy: true,
         dmarc_fail: Accept,
         spf_fail: Tag,
+        defer_temperror: false,
     };
+
+    #[test]
+    fn a_dmarc_temperror_defers_only_when_told() {
+        let deferring = Rules {
+            defer_temperror: true,
+            ..DEFAULT
+        };
+        let d = decide(
+            &facts(DmarcState::TempError, SenderPolicy::None, false),
+            &deferring,
+        );
+        assert!(
+            d.deferred.as_deref().unwrap().contains("sender.test"),
+            "{d:?}"
+        );
+        assert_eq!((d.action, d.refusal), (Accept, None));
+        for state in [
+            DmarcState::Pass,
+            DmarcState::Fail,
+            DmarcState::PermError,
+            DmarcState::None,
+        ] {
+            let d = decide(&facts(state, SenderPolicy::None, false), &deferring);
+            assert_eq!(d.deferred, None, "{state:?}");
+        }
+        let d = decide(
+            &facts(DmarcState::TempError, SenderPolicy::None, false),
+            &DEFAULT,
+        );
+        assert_eq!(d.deferred, None);
+    }
 
     #[test]
     fn the_senders_policy_applies_to_dmarc_failures_only() {
