@@ -13,7 +13,9 @@ use thiserror::Error;
 use crate::address::normalize_domain;
 
 mod inbound;
+mod mta_sts;
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
+pub use mta_sts::{MtaStsMode, MtaStsPolicyConfig, MTA_STS_MAX_AGE_LIMIT};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -67,6 +69,9 @@ pub struct Config {
     pub oauth_issuer: Vec<OAuthIssuerConfig>,
     pub audit: AuditConfig,
     pub quarantine: QuarantineConfig,
+    /// MTA-STS policies (RFC 8461) served on the HTTP listener for the
+    /// company's own domains.
+    pub mta_sts: Vec<MtaStsPolicyConfig>,
 }
 
 /// `[quarantine]`: inbound mail held for a decision.
@@ -154,6 +159,7 @@ impl Default for Config {
             oauth_issuer: Vec::new(),
             audit: AuditConfig::default(),
             quarantine: QuarantineConfig::default(),
+            mta_sts: Vec::new(),
         }
     }
 }
@@ -997,6 +1003,7 @@ impl Config {
         }
         self.validate_screen()?;
         self.inbound_auth.validate(&self.relay.domains)?;
+        mta_sts::validate(&self.mta_sts)?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(

@@ -11,6 +11,7 @@ pub mod domain_check;
 pub mod header_from;
 pub mod inbound;
 pub mod keys;
+pub mod mta_sts_policy;
 pub mod records;
 pub mod return_path;
 pub mod sign;
