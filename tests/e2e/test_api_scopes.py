@@ -59,6 +59,8 @@ ROUTES = {
     ("GET", "/v3/quarantine/{id}"): (["quarantine.read"], None),
     ("DELETE", "/v3/quarantine/{id}"): (["quarantine.delete"], None),
     ("POST", "/v3/quarantine/{id}/release"): (["quarantine.update"], None),
+    ("GET", "/v3/reports"): (["reports.read"], None),
+    ("GET", "/v3/reports/{id}"): (["reports.read"], None),
     ("GET", "/v3/user/webhooks/event/settings"): (["user.webhooks.event.settings.read"], None),
     ("PATCH", "/v3/user/webhooks/event/settings"): (["user.webhooks.event.settings.update"], {"enabled": False}),
     ("GET", "/v3/user/webhooks/event/settings/signed"): (["user.webhooks.event.settings.read"], None),

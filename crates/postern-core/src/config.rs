@@ -14,8 +14,10 @@ use crate::address::normalize_domain;
 
 mod inbound;
 mod mta_sts;
+mod reports;
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
 pub use mta_sts::{MtaStsMode, MtaStsPolicyConfig, MTA_STS_MAX_AGE_LIMIT};
+pub use reports::ReportsConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -72,6 +74,8 @@ pub struct Config {
     /// MTA-STS policies (RFC 8461) served on the HTTP listener for the
     /// company's own domains.
     pub mta_sts: Vec<MtaStsPolicyConfig>,
+    /// Addresses at which DMARC aggregate and TLS-RPT reports are received.
+    pub reports: ReportsConfig,
 }
 
 /// `[quarantine]`: inbound mail held for a decision.
@@ -160,6 +164,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             quarantine: QuarantineConfig::default(),
             mta_sts: Vec::new(),
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -1004,6 +1009,7 @@ impl Config {
         self.validate_screen()?;
         self.inbound_auth.validate(&self.relay.domains)?;
         mta_sts::validate(&self.mta_sts)?;
+        self.reports.validate(&self.relay.domains)?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(

@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod keys;
 pub mod mta_sts_policy;
 pub mod records;
+pub mod reports;
 pub mod return_path;
 pub mod sign;
 pub mod single_sender;

@@ -12,7 +12,7 @@ pub mod retry;
 pub use body_budget::{BodyBudget, BodyLease, Holder};
 pub use intake::{
     Authorized, BounceReceiver, ClientInfo, InboundAuthenticator, InboundVerdict, Intake,
-    IntakeError, SenderAuthority, Submission,
+    IntakeError, ReportReceiver, SenderAuthority, Submission,
 };
 pub use quota::{QuotaCheck, Quotas, Reservation, Reserve};
 pub use retry::RetrySchedule;
