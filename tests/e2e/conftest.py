@@ -628,6 +628,15 @@ def postern(sink):
         p.stop()
 
 
+def tenant(p, name, domain):
+    """An account that holds `domain` verified (by the operator, no DNS
+    here) and an API key of its own."""
+    p.cli("account", "create", name)
+    p.cli("domain", "add", domain, "--account", name)
+    p.cli("domain", "verify", domain, "--operator")
+    return json.loads(p.cli("key", "create", "--account", name, "--json").stdout)["key"]
+
+
 def ehlo_extensions(s):
     """The extensions an smtplib client saw in its last EHLO reply
     (keyword: parameters). smtplib prefixes AUTH's parameters with a space

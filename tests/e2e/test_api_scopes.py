@@ -59,6 +59,8 @@ ROUTES = {
     ("GET", "/v3/quarantine/{id}"): (["quarantine.read"], None),
     ("DELETE", "/v3/quarantine/{id}"): (["quarantine.delete"], None),
     ("POST", "/v3/quarantine/{id}/release"): (["quarantine.update"], None),
+    ("GET", "/v3/reports"): (["reports.read"], None),
+    ("GET", "/v3/reports/{id}"): (["reports.read"], None),
     ("GET", "/v3/user/webhooks/event/settings"): (["user.webhooks.event.settings.read"], None),
     ("PATCH", "/v3/user/webhooks/event/settings"): (["user.webhooks.event.settings.update"], {"enabled": False}),
     ("GET", "/v3/user/webhooks/event/settings/signed"): (["user.webhooks.event.settings.read"], None),
@@ -84,9 +86,10 @@ ROUTES = {
     ("POST", "/v3/verified_senders/resend/{id}"): (["verified_senders.create"], None),
 }
 # Routes whose document says they need no key at all: the verification
-# link (a made-up token is a 4xx other than 401), and the operator's
-# endpoints (200).
+# link (a made-up token is a 4xx other than 401), the operator's
+# endpoints (200), and the MTA-STS policy (404: this server has none).
 OPEN = {("GET", "/v3/verified_senders/verify/{token}"): range(400, 500),
+        ("GET", "/.well-known/mta-sts.txt"): [404],
         ("GET", "/healthz"): [200], ("GET", "/metrics"): [200], ("GET", "/v3/openapi.json"): [200]}
 
 PARAMS = {"{id}": ID, "{name}": "no-such-subuser", "{email}": "nobody@example.net",

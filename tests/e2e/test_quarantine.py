@@ -18,7 +18,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import Postern, api, curl, metric, poll, wait_until
+from conftest import Postern, api, curl, metric, poll, tenant, wait_until
 
 DOMAINS = ("alpha.test", "bravo.test", "other.test")
 
@@ -43,15 +43,6 @@ def gateway(sink):
         p.read_admin_key()
         yield p
         p.stop()
-
-
-def tenant(p, name, domain):
-    """An account that holds `domain` verified (by the operator, no DNS
-    here) and an API key of its own."""
-    p.cli("account", "create", name)
-    p.cli("domain", "add", domain, "--account", name)
-    p.cli("domain", "verify", domain, "--operator")
-    return json.loads(p.cli("key", "create", "--account", name, "--json").stdout)["key"]
 
 
 MESSAGE = (

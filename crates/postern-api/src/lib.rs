@@ -25,8 +25,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::http::header::{CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -99,6 +100,7 @@ impl ApiState {
 pub fn router(state: ApiState, with_metrics: bool) -> Router {
     let mut r = Router::new()
         .route("/healthz", get(healthz))
+        .route("/.well-known/mta-sts.txt", get(mta_sts_policy))
         .route("/v3/openapi.json", get(openapi))
         .merge(v3::routes());
     if with_metrics {
@@ -134,6 +136,33 @@ async fn healthz(State(state): State<ApiState>) -> impl IntoResponse {
         body.push('\n');
     }
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], body)
+}
+
+/// `GET /.well-known/mta-sts.txt` (RFC 8461 §3.2): the policy of the
+/// domain the request's Host names as `mta-sts.<domain>`, as text/plain
+/// (§3.2: the media type is "text/plain"). Any other host, or a domain
+/// without a policy, is 404: a sender then has no policy (§3.3), rather
+/// than someone else's.
+async fn mta_sts_policy(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let policy = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(postern_mailauth::mta_sts_policy::policy_domain_of_host)
+        .and_then(|domain| {
+            state
+                .domains
+                .as_ref()
+                .and_then(|d| d.publishing.mta_sts.get(&domain).cloned())
+        });
+    match policy {
+        Some(p) => {
+            metrics::counter!("postern_mta_sts_policy_served_total").increment(1);
+            ([(CONTENT_TYPE, "text/plain")], p.text).into_response()
+        }
+        None => {
+            ApiError::new(StatusCode::NOT_FOUND, "no MTA-STS policy for this host").into_response()
+        }
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

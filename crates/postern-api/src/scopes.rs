@@ -26,6 +26,7 @@ pub const ALL: &[&str] = &[
     "quarantine.read",
     "quarantine.update",
     "quarantine.delete",
+    "reports.read",
     "user.webhooks.event.settings.read",
     "user.webhooks.event.settings.update",
     "user.webhooks.event.test.create",

@@ -14,8 +14,12 @@ use crate::address::normalize_domain;
 
 mod content;
 mod inbound;
+mod mta_sts;
+mod reports;
 pub use content::{CheckFailure, ContentConfig, ContentDomainPolicy};
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy, InboundSenderPolicy};
+pub use mta_sts::{MtaStsMode, MtaStsPolicyConfig, MTA_STS_MAX_AGE_LIMIT};
+pub use reports::ReportsConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -71,6 +75,11 @@ pub struct Config {
     pub oauth_issuer: Vec<OAuthIssuerConfig>,
     pub audit: AuditConfig,
     pub quarantine: QuarantineConfig,
+    /// MTA-STS policies (RFC 8461) served on the HTTP listener for the
+    /// company's own domains.
+    pub mta_sts: Vec<MtaStsPolicyConfig>,
+    /// Addresses at which DMARC aggregate and TLS-RPT reports are received.
+    pub reports: ReportsConfig,
 }
 
 /// `[quarantine]`: inbound mail held for a decision.
@@ -159,6 +168,8 @@ impl Default for Config {
             oauth_issuer: Vec::new(),
             audit: AuditConfig::default(),
             quarantine: QuarantineConfig::default(),
+            mta_sts: Vec::new(),
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -1019,6 +1030,8 @@ impl Config {
         self.validate_screen()?;
         self.inbound_auth.validate(&self.relay.domains)?;
         self.content.validate(&self.relay.domains)?;
+        mta_sts::validate(&self.mta_sts)?;
+        self.reports.validate(&self.relay.domains)?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(

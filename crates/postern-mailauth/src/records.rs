@@ -2,10 +2,12 @@
 //! the domain authenticates: both DKIM keys, SPF, a starting DMARC policy,
 //! the return-path (bounce) subdomain, and optionally MTA-STS and TLS-RPT.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use base64::Engine;
 
+use crate::mta_sts_policy::ServedPolicy;
 use crate::DkimKeys;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,9 @@ pub struct DomainSetup<'a> {
     pub return_path_label: &'a str,
     /// Where DMARC aggregate reports go.
     pub dmarc_rua: &'a str,
+    /// The id of the MTA-STS policy Postern serves for the domain
+    /// (`[[mta_sts]]`); None: no policy, so no `_mta-sts` record.
+    pub mta_sts_id: Option<&'a str>,
 }
 
 impl DomainSetup<'_> {
@@ -71,7 +76,7 @@ impl DomainSetup<'_> {
 
     pub fn records(&self) -> Vec<DnsRecord> {
         let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
-        vec![
+        let mut records = vec![
             DnsRecord {
                 name: format!("{}._domainkey.{}", self.rsa_selector(), self.domain),
                 rtype: "TXT",
@@ -130,16 +135,20 @@ impl DomainSetup<'_> {
                 required: false,
                 key: "tls_rpt",
             },
-            DnsRecord {
+        ];
+        if let Some(id) = self.mta_sts_id {
+            records.push(DnsRecord {
                 name: format!("_mta-sts.{}", self.domain),
                 rtype: "TXT",
-                // RFC 8461 §3.1: the id changes whenever the policy does.
-                value: "v=STSv1; id=1".to_owned(),
-                purpose: "MTA-STS (RFC 8461) for mail *to* the domain, optional: publish only with a policy at https://mta-sts.<domain>/.well-known/mta-sts.txt listing your inbound MX hosts",
+                // RFC 8461 §3.1: the id changes whenever the policy does
+                // (it is derived from the policy's content).
+                value: format!("v=STSv1; id={id}"),
+                purpose: "MTA-STS (RFC 8461) for mail *to* the domain, optional: Postern serves the policy ([[mta_sts]]) at https://mta-sts.<domain>/.well-known/mta-sts.txt (HTTPS in front of the HTTP listener)",
                 required: false,
                 key: "mta_sts",
-            },
-        ]
+            });
+        }
+        records
     }
 }
 
@@ -179,6 +188,8 @@ pub fn zone_snippet(records: &[DnsRecord]) -> String {
 pub struct Publishing {
     pub mail_host: String,
     pub source_ips: Vec<IpAddr>,
+    /// The MTA-STS policies served, by policy domain (lowercase).
+    pub mta_sts: BTreeMap<String, ServedPolicy>,
 }
 
 /// The records for a stored domain (`report_to` default: dmarc@<domain>):
@@ -207,6 +218,10 @@ pub fn records_for(
         source_ips: &publishing.source_ips,
         return_path_label: &d.return_path,
         dmarc_rua: &rua,
+        mta_sts_id: publishing
+            .mta_sts
+            .get(&d.domain.to_lowercase())
+            .map(|p| p.id.as_str()),
     };
     let mut records = setup.records();
     // The two DKIM records of another selector (a rotation's), from the
@@ -280,6 +295,7 @@ mod tests {
             source_ips: &ips,
             return_path_label: "pst-bounces",
             dmarc_rua: "dmarc@example.com",
+            mta_sts_id: Some("0a1b"),
         };
         let r = setup.records();
         let by = |name: &str, t: &str| {
@@ -333,6 +349,7 @@ mod tests {
             source_ips: &[],
             return_path_label: "pst-bounces",
             dmarc_rua: "dmarc@example.com",
+            mta_sts_id: Some("0a1b"),
         };
         let records = setup.records();
         let listed: Vec<(&str, &str, bool)> = records
@@ -363,7 +380,17 @@ mod tests {
             value("_smtp._tls.example.com"),
             "v=TLSRPTv1; rua=mailto:dmarc@example.com"
         );
-        assert!(value("_mta-sts.example.com").starts_with("v=STSv1; id="));
+        assert_eq!(value("_mta-sts.example.com"), "v=STSv1; id=0a1b");
+        // Without a policy served for the domain, no `_mta-sts` record:
+        // one would announce a policy that is not there.
+        let without = DomainSetup {
+            mta_sts_id: None,
+            ..setup
+        };
+        assert!(!without
+            .records()
+            .iter()
+            .any(|r| r.name.starts_with("_mta-sts.")));
         // In the zone snippet each record follows its comment line.
         let zone = zone_snippet(&records);
         let lines: Vec<&str> = zone.lines().collect();

@@ -155,6 +155,7 @@ mod tests {
             source_ips: &[],
             return_path_label: "pst-bounces",
             dmarc_rua: "dmarc@example.com",
+            mta_sts_id: None,
         }
     }
 

@@ -24,6 +24,8 @@ pub enum IntakeError {
     SenderRefused(String),
     #[error("bounce not accepted: {0}")]
     BounceRefused(String),
+    #[error("report not accepted: {0}")]
+    ReportRefused(String),
     /// Unauthenticated mail that failed SPF/DKIM/DMARC where the policy
     /// says reject; the reason is given to the client.
     #[error("message refused: {0}")]
@@ -172,6 +174,23 @@ pub trait BounceReceiver: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
+/// Takes DMARC aggregate and TLS-RPT reports sent to the `[reports]`
+/// addresses (postern-mailauth implements it): unauthenticated mail to
+/// those addresses is parsed and stored here, and by default not queued.
+pub trait ReportReceiver: Send + Sync {
+    /// Whether `address` receives reports.
+    fn is_report_address(&self, address: &str) -> bool;
+    /// Whether report mail also goes on to the next hop (queued as usual).
+    fn forwards(&self) -> bool;
+    /// Parses and stores the report sent to `recipients`; Err: why it is
+    /// refused.
+    fn receive<'a>(
+        &'a self,
+        recipients: &'a [String],
+        message: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
 #[derive(Clone)]
 pub struct Intake {
     store: Arc<dyn QueueStore>,
@@ -180,6 +199,7 @@ pub struct Intake {
     quotas: Option<Quotas>,
     senders: Option<Arc<dyn SenderAuthority>>,
     bounces: Option<Arc<dyn BounceReceiver>>,
+    reports: Option<Arc<dyn ReportReceiver>>,
     inbound: Option<Arc<dyn InboundAuthenticator>>,
     content: Option<Arc<dyn ContentInspector>>,
     refusals: Arc<RefusalLog>,
@@ -196,6 +216,7 @@ impl Intake {
             quotas: None,
             senders: None,
             bounces: None,
+            reports: None,
             inbound: None,
             content: None,
             // Unbounded until the node sets `limits.body_memory_budget`.
@@ -254,6 +275,55 @@ impl Intake {
     pub fn with_bounce_receiver(mut self, receiver: Arc<dyn BounceReceiver>) -> Self {
         self.bounces = Some(receiver);
         self
+    }
+
+    /// Takes DMARC and TLS-RPT reports sent to the `[reports]` addresses.
+    pub fn with_report_receiver(mut self, receiver: Arc<dyn ReportReceiver>) -> Self {
+        self.reports = Some(receiver);
+        self
+    }
+
+    /// Whether `address` receives reports (its mail is accepted on `mx`
+    /// listeners, and taken by the report receiver).
+    pub fn is_report_address(&self, address: &str) -> bool {
+        self.reports
+            .as_ref()
+            .is_some_and(|r| r.is_report_address(address))
+    }
+
+    /// Hands an unauthenticated message to the report receiver when any
+    /// recipient is a report address. Those recipients are taken out of
+    /// `envelope` unless the receiver forwards (then they are queued for
+    /// the next hop too). Returns how many were taken out; Err: the report
+    /// was refused (nothing is stored or queued).
+    pub async fn take_reports(
+        &self,
+        envelope: &mut Envelope,
+        body: &[u8],
+    ) -> Result<usize, IntakeError> {
+        let Some(receiver) = &self.reports else {
+            return Ok(0);
+        };
+        let addressed: Vec<String> = envelope
+            .recipients
+            .iter()
+            .filter(|r| receiver.is_report_address(&r.address))
+            .map(|r| r.address.clone())
+            .collect();
+        if addressed.is_empty() {
+            return Ok(0);
+        }
+        receiver
+            .receive(&addressed, body)
+            .await
+            .map_err(IntakeError::ReportRefused)?;
+        if receiver.forwards() {
+            return Ok(0);
+        }
+        envelope
+            .recipients
+            .retain(|r| !receiver.is_report_address(&r.address));
+        Ok(addressed.len())
     }
 
     /// Whether `address` is one of this server's return paths (its mail is

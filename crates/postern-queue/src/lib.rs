@@ -13,7 +13,7 @@ pub mod retry;
 pub use body_budget::{BodyBudget, BodyLease, Holder};
 pub use intake::{
     Authorized, BounceReceiver, ClientInfo, ContentInspector, InboundAuthenticator, InboundVerdict,
-    Intake, IntakeError, SenderAuthority, Submission,
+    Intake, IntakeError, ReportReceiver, SenderAuthority, Submission,
 };
 pub use quota::{QuotaCheck, Quotas, Reservation, Reserve};
 pub use retry::RetrySchedule;

@@ -127,6 +127,20 @@ pub trait QueueStore: Send + Sync {
     async fn delete_queued(&self, id: String, reason: String, now: i64) -> Result<u64>;
 }
 
+/// DMARC aggregate and TLS-RPT reports received for the company's own
+/// domains, summarised. Every read takes a filter saying whose reports the
+/// caller may see: those whose policy domain its account (or a subuser)
+/// holds verified, or all for the operator.
+#[async_trait]
+pub trait ReportStore: Send + Sync {
+    /// Stores a report; None when one of the same kind, org and report id
+    /// is stored already (nothing is changed then).
+    async fn store_report(&self, report: NewReport) -> Result<Option<i64>>;
+    /// Newest first.
+    async fn reports(&self, filter: ReportFilter) -> Result<Vec<ReportRecord>>;
+    async fn report(&self, id: i64, filter: ReportFilter) -> Result<Option<ReportRecord>>;
+}
+
 /// The quarantine: inbound mail held for a decision. Every call takes a
 /// filter saying whose recipients the caller may see and act on (an
 /// account's, with its subusers', or all for the operator); a message
@@ -432,6 +446,7 @@ pub trait Store:
     + DomainStore
     + SenderStore
     + QuarantineStore
+    + ReportStore
 {
 }
 impl<
@@ -445,7 +460,8 @@ impl<
             + TlsPolicyStore
             + DomainStore
             + SenderStore
-            + QuarantineStore,
+            + QuarantineStore
+            + ReportStore,
     > Store for T
 {
 }

@@ -441,6 +441,27 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO quarantine_counters (action, n)
         VALUES ('held', 0), ('released', 0), ('deleted', 0), ('expired', 0);
     "#,
+    // DMARC aggregate (RFC 7489 §7.2) and TLS-RPT (RFC 8460) reports sent
+    // to the company's own domains, summarised. No account column: a
+    // report belongs to whichever account holds its policy domain verified
+    // when it is read, so deleting a tenant never deletes the operator's
+    // reports. A reporter that sends the same report twice (same kind,
+    // org and report id) is stored once.
+    r#"
+    CREATE TABLE reports (
+        id            INTEGER PRIMARY KEY,
+        kind          TEXT NOT NULL,      -- 'dmarc' | 'tlsrpt'
+        org           TEXT NOT NULL,
+        report_id     TEXT NOT NULL,
+        policy_domain TEXT NOT NULL,      -- lowercase
+        begin_at      INTEGER NOT NULL,   -- unix seconds
+        end_at        INTEGER NOT NULL,
+        received_at   INTEGER NOT NULL,   -- unix ms
+        summary       TEXT NOT NULL,      -- JSON: the counts
+        UNIQUE (kind, org, report_id)
+    );
+    CREATE INDEX reports_by_domain ON reports(policy_domain, received_at);
+    "#,
 ];
 
 /// Tables that hold rows owned by an account: each has `account` (the

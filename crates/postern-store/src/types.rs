@@ -650,3 +650,59 @@ pub struct QuarantineStats {
     /// ever: counted in the commit of each action.
     pub actions: Vec<(String, u64)>,
 }
+
+/// A received report, summarised, to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReport {
+    /// "dmarc" or "tlsrpt".
+    pub kind: String,
+    /// The reporting organisation.
+    pub org: String,
+    pub report_id: String,
+    /// The domain the report is about (lowercase).
+    pub policy_domain: String,
+    /// The period covered, unix seconds.
+    pub begin: i64,
+    pub end: i64,
+    /// Unix ms.
+    pub received_at: i64,
+    /// The counts, as JSON text.
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRecord {
+    pub id: i64,
+    pub report: NewReport,
+}
+
+impl ReportRecord {
+    /// As the CLI's `--json` and `/v3/reports` give it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = &self.report;
+        serde_json::json!({
+            "id": self.id,
+            "kind": r.kind,
+            "org": r.org,
+            "report_id": r.report_id,
+            "policy_domain": r.policy_domain,
+            "begin": postern_core::time::rfc3339(r.begin.saturating_mul(1000)),
+            "end": postern_core::time::rfc3339(r.end.saturating_mul(1000)),
+            "received": postern_core::time::rfc3339(r.received_at),
+            "summary": serde_json::from_str::<serde_json::Value>(&r.summary)
+                .unwrap_or(serde_json::Value::Null),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReportFilter {
+    /// Reports whose policy domain this account holds verified (None:
+    /// every report, the operator's view).
+    pub account: Option<String>,
+    /// With `account`: its subusers' domains too.
+    pub with_subusers: bool,
+    pub kind: Option<String>,
+    pub domain: Option<String>,
+    pub limit: Option<usize>,
+}

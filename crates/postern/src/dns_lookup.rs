@@ -103,5 +103,9 @@ pub fn publishing(config: &postern_core::Config) -> postern_mailauth::records::P
             .iter()
             .flat_map(|p| p.address.iter().map(|a| a.ip))
             .collect(),
+        mta_sts: postern_mailauth::mta_sts_policy::served_policies(
+            &config.mta_sts,
+            &config.server.hostname,
+        ),
     }
 }

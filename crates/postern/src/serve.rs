@@ -151,7 +151,12 @@ pub async fn serve(config: Config) -> Result<()> {
         .with_bounce_receiver(Arc::new(postern_mailauth::return_path::ReturnPaths::new(
             store.clone(),
             verp.clone(),
+        )))
+        .with_report_receiver(Arc::new(postern_mailauth::reports::ReportInbox::new(
+            config.reports.clone(),
+            store.clone(),
         )));
+    check_report_domains(&config, store.as_ref()).await?;
     // Mail without AUTH on mx listeners: SPF, DKIM, DMARC and ARC, with
     // their own resolver on [dns] nameservers.
     let intake = if config.inbound_auth.enabled {
@@ -444,4 +449,35 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Each `[reports]` address is at a relay domain (checked with the rest
+/// of the configuration) or at a domain `postern domain add` knows: the
+/// `rua` it prints must reach Postern, and mail for any other domain is
+/// refused at RCPT (never an open relay), so a report sent there would
+/// never arrive.
+async fn check_report_domains(config: &Config, store: &dyn postern_store::Store) -> Result<()> {
+    let relay = config.relay_domains();
+    let mut known: Option<Vec<String>> = None;
+    for (key, address) in config.reports.addresses() {
+        let domain = postern_core::config::ReportsConfig::domain_of(&address);
+        if relay.contains(&domain) {
+            continue;
+        }
+        if known.is_none() {
+            known = Some(
+                postern_store::DomainStore::list_domains(store, None)
+                    .await?
+                    .into_iter()
+                    .map(|d| d.domain.to_lowercase())
+                    .collect(),
+            );
+        }
+        if !known.as_ref().is_some_and(|k| k.contains(&domain)) {
+            anyhow::bail!(
+                "{key}: {domain} is neither one of relay.domains nor a domain added with `postern domain add`"
+            );
+        }
+    }
+    Ok(())
 }

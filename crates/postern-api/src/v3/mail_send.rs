@@ -633,6 +633,7 @@ async fn send(
             Err(
                 e @ (IntakeError::Store(_)
                 | IntakeError::BounceRefused(_)
+                | IntakeError::ReportRefused(_)
                 | IntakeError::InboundRefused(_)
                 | IntakeError::InboundDeferred(_)),
             ) => {

@@ -12,6 +12,7 @@ pub(crate) use mail_send::fuzz_one as fuzz_mail_send;
 mod messages;
 mod quarantine;
 mod queue;
+mod reports;
 mod subusers;
 mod suppression;
 mod totp;
@@ -38,6 +39,7 @@ pub fn routes() -> Router<ApiState> {
         .merge(messages::routes())
         .merge(queue::routes())
         .merge(quarantine::routes())
+        .merge(reports::routes())
         .merge(webhooks::routes())
         .merge(whitelabel::routes())
         .merge(verified_senders::routes())

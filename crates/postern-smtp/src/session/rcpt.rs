@@ -52,7 +52,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Never an open relay (the security rules): unauthenticated mail only for
             // relay domains, and never with routing tricks in the local part.
             let local = self.ctx.relay_domains.contains(address.domain());
-            let relay = local || self.ctx.intake.is_return_path(&address.to_string()).await;
+            // Report addresses are Postern's own mailboxes: taken whether
+            // or not the next hop knows them.
+            let report = self.ctx.intake.is_report_address(&address.to_string());
+            let relay =
+                local || report || self.ctx.intake.is_return_path(&address.to_string()).await;
             if !relay || address.check_no_routing().is_err() {
                 tracing::info!(peer = %self.peer, rcpt = %to.address, "relay denied");
                 return self
@@ -63,7 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     )
                     .await;
             }
-            if local {
+            if local && !report {
                 // Only recipients that exist: a later refusal would bounce
                 // to a sender that may be forged (backscatter).
                 match self.ctx.recipients.verify(&address.to_string()).await {

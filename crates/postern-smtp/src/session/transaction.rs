@@ -77,6 +77,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+        if self.conn.principal.is_none() {
+            // Reports to the [reports] addresses are parsed and stored,
+            // and (unless forwarded) not queued.
+            match self.ctx.intake.take_reports(&mut envelope, &body).await {
+                Ok(n) if n > 0 && envelope.recipients.is_empty() => {
+                    tracing::info!(peer = %self.peer, "report taken");
+                    self.reply(Reply::new(250, (2, 0, 0), "OK, report received"));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::counter!("postern_smtp_rejected_total", "reason" => "report")
+                        .increment(1);
+                    tracing::info!(peer = %self.peer, reason = %e, "report refused");
+                    // RFC 3463 5.6.0: a media (content) error; permanent,
+                    // since the same report will not parse next time
+                    // either, and the reporter learns why.
+                    self.reply(Reply::new(554, (5, 6, 0), e.to_string()));
+                    return;
+                }
+            }
+        }
         let nrcpt = envelope.recipients.len();
         let submission = Submission {
             envelope,

@@ -1,0 +1,112 @@
+//! `[reports]`: the addresses at which Postern itself takes DMARC aggregate
+//! (RFC 7489 §7.2) and TLS-RPT (RFC 8460) reports for the company's own
+//! domains, on `mx` listeners.
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, ConfigError};
+use crate::address::Address;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// Addresses that receive DMARC aggregate reports (the `rua` of the
+    /// domains' `_dmarc` records).
+    pub receive_dmarc: Vec<String>,
+    /// Addresses that receive TLS-RPT reports (the `rua` of `_smtp._tls`).
+    pub receive_tlsrpt: Vec<String>,
+    /// Also pass report mail on to the address's relay next hop; default:
+    /// consumed here, as bounces to return paths are.
+    pub forward: bool,
+}
+
+impl ReportsConfig {
+    /// Every receiving address, lowercase, with the key it is under.
+    pub fn addresses(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        let dmarc = self
+            .receive_dmarc
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("reports.receive_dmarc[{i}]"), a.to_lowercase()));
+        let tlsrpt = self
+            .receive_tlsrpt
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("reports.receive_tlsrpt[{i}]"), a.to_lowercase()));
+        dmarc.chain(tlsrpt)
+    }
+
+    /// Whether `address` receives reports of any kind.
+    pub fn receives(&self, address: &str) -> bool {
+        self.addresses()
+            .any(|(_, a)| a.eq_ignore_ascii_case(address))
+    }
+
+    /// The address's domain, lowercase.
+    pub fn domain_of(address: &str) -> String {
+        address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_lowercase())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn validate(&self, relay_domains: &[String]) -> Result<(), ConfigError> {
+        for (key, a) in self.addresses() {
+            let parsed = Address::parse(&a, false).map_err(|e| invalid(&key, e.to_string()))?;
+            if parsed.check_no_routing().is_err() {
+                return Err(invalid(&key, "must be a plain address"));
+            }
+            let domain = Self::domain_of(&a);
+            let relayed = relay_domains
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&domain));
+            // Forwarding needs a next hop, which only relay domains have.
+            // (Other domains are checked against `postern domain add` at
+            // start, where the store is open.)
+            if self.forward && !relayed {
+                return Err(invalid(
+                    &key,
+                    format!("{domain} is not one of relay.domains, so there is no next hop to forward to (reports.forward = true)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn report_addresses_are_checked() {
+        let c = Config::parse(
+            "[relay]\ndomains = [\"corp.test\"]\nrecipient_check = \"any\"\n[reports]\nreceive_dmarc = [\"DMARC@corp.test\"]\nreceive_tlsrpt = [\"tls@other.test\"]\n",
+        )
+        .unwrap();
+        assert!(c.reports.receives("dmarc@CORP.test"));
+        assert!(c.reports.receives("tls@other.test"));
+        assert!(!c.reports.receives("postmaster@corp.test"));
+        for (text, key) in [
+            (
+                "receive_dmarc = [\"no-at-sign\"]",
+                "reports.receive_dmarc[0]",
+            ),
+            (
+                "receive_tlsrpt = [\"a@corp.test\", \"b%x.test@corp.test\"]",
+                "reports.receive_tlsrpt[1]",
+            ),
+            // Forwarding needs a relay domain's next hop.
+            (
+                "forward = true\nreceive_dmarc = [\"d@corp.test\", \"d@other.test\"]",
+                "reports.receive_dmarc[1]",
+            ),
+        ] {
+            let e = Config::parse(&format!(
+                "[relay]\ndomains = [\"corp.test\"]\nrecipient_check = \"any\"\n[reports]\n{text}\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().starts_with(key), "{text}: {e}");
+        }
+    }
+}
