@@ -769,6 +769,23 @@ def server_context(made):
     return ctx
 
 
+def txt_from_loopback(port):
+    """A dkimpy `dnsfunc` asking the DNS server on loopback `port` for TXT
+    records (the first string set of the first answer)."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    def dnsfunc(name, timeout=5):
+        q = dns.message.make_query(name.decode() if isinstance(name, bytes) else name, dns.rdatatype.TXT)
+        r = dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout)
+        for rrset in r.answer:
+            for rd in rrset:
+                return b"".join(rd.strings)
+        return None
+    return dnsfunc
+
+
 class DnsZone:
     """A DNS server on loopback (dnslib, UDP) answering A and TXT queries
     for the names the test sets, and changing its answers when the test

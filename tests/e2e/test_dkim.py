@@ -9,14 +9,11 @@ import smtplib
 import ssl
 
 import dkim
-import dns.message
-import dns.query
-import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RR, TXT
 from dnslib.server import BaseResolver, DNSServer
 
-from conftest import free_port, wait_for_clock
+from conftest import free_port, txt_from_loopback, wait_for_clock
 
 
 class Zone(BaseResolver):
@@ -47,16 +44,6 @@ def published(postern):
     yield out, port
     server.stop()
 
-
-def txt_from_loopback(port):
-    def dnsfunc(name, timeout=5):
-        q = dns.message.make_query(name.decode() if isinstance(name, bytes) else name, dns.rdatatype.TXT)
-        r = dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout)
-        for rrset in r.answer:
-            for rd in rrset:
-                return b"".join(rd.strings)
-        return None
-    return dnsfunc
 
 
 def passes(message, idx, dnsfunc):

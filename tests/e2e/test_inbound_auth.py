@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from conftest import DnsZone, Postern, metric, wait_until
+from conftest import DnsZone, Postern, metric, txt_from_loopback, wait_until
 
 HELO = "mta.sender.test"
 RCPT = "alice@relay.test"
@@ -507,3 +507,57 @@ def test_a_sender_entry_holds_a_domain_to_more_than_it_publishes(sink, zone):
         assert send(p, "bounce@esp.test", message("boss@other.test"))[0] == 250
         r = ours(delivered(sink, 1))
         assert (r["dmarc"][0]["result"], r["dmarc"][0]["header.from"]) == ("fail", "other.test"), r
+
+
+def test_what_is_passed_on_is_arc_sealed_and_the_chain_verifies(sink, zone):
+    """RFC 8617: with inbound_auth.arc_seal_domain, every message passed on
+    carries Postern's ARC set, made with that verified domain's RSA DKIM
+    key (its published record): i=1 on mail that came without a chain,
+    i=2 with cv=pass over a forwarder's valid one. dkimpy verifies both
+    chains against the published records."""
+    rsa_pem, rsa_txt = rsa_key()
+    fwd_pem, fwd_txt = rsa_key()
+    zone.txt("_dmarc.orig.test", "v=DMARC1; p=reject")
+    zone.txt("orig.test", "v=spf1 ip4:192.0.2.1 -all")
+    zone.txt("k._domainkey.orig.test", rsa_txt)
+    zone.txt("forwarder.test", "v=spf1 ip4:127.0.0.1 -all")
+    zone.txt("arc._domainkey.forwarder.test", fwd_txt)
+    zone.txt("_dmarc.sender.test", "v=DMARC1; p=reject")
+    zone.txt("sender.test", "v=spf1 ip4:127.0.0.1 -all")
+    passed = forwarded(rsa_pem, fwd_pem, "dkim=pass header.d=orig.test; spf=pass smtp.mailfrom=ceo@orig.test; "
+                       "dmarc=pass header.from=orig.test; arc=none")
+    rules = 'trusted_arc_sealers = ["forwarder.test"]\narc_seal_domain = "relay.test"\n'
+    # A seal domain that is not (yet) a verified domain: no seal (its key
+    # may not be published), and the mail flows all the same.
+    with server(sink, zone.port, rules) as p:
+        assert send(p, "a@sender.test", message("a@sender.test", subject="unsealed"))[0] == 250
+        assert b"ARC-Seal" not in delivered(sink, 1)
+    with server(sink, zone.port, rules) as p:
+        out = json.loads(p.cli("domain", "add", "relay.test", "--account", "admin", "--json").stdout)
+        for r in out["records"]:
+            if r["type"] == "TXT":
+                zone.txt(r["name"].rstrip("."), r["value"])
+        p.cli("domain", "verify", "relay.test", "--operator")
+        dnsfunc = txt_from_loopback(zone.port)
+        assert send(p, "a@sender.test", message("a@sender.test", subject="direct"))[0] == 250
+        direct = delivered(sink, 2)
+        cv, results, why = dkim.arc_verify(direct, dnsfunc=dnsfunc)
+        assert cv == dkim.CV_Pass, (cv, results, why)
+        seal = headers_of(direct)["ARC-Seal"]
+        assert "d=relay.test" in seal and "s=pst1-rsa" in seal.replace(" ", ""), seal
+        aar = headers_of(direct)["ARC-Authentication-Results"]
+        assert "postern.test" in aar and "dmarc=pass" in aar, aar
+
+        # Over a forwarder's chain: Postern's set is i=2, cv=pass, and the
+        # whole chain verifies.
+        assert send(p, "list-bounces@forwarder.test", passed)[0] == 250
+        chained = delivered(sink, 3)
+        def tags(value):
+            return {k.strip(): v.strip() for k, _, v in (t.partition("=") for t in unfold(value).split(";")) if k.strip()}
+        seals = [tags(v) for v in headers_of(chained).get_all("ARC-Seal", [])]
+        ours_seal = [t for t in seals if t.get("d") == "relay.test"]
+        assert len(seals) == 2 and len(ours_seal) == 1, seals
+        assert (ours_seal[0]["i"], ours_seal[0]["cv"], ours_seal[0]["a"]) == ("2", "pass", "rsa-sha256"), seals
+        cv, results, why = dkim.arc_verify(chained, dnsfunc=dnsfunc)
+        assert cv == dkim.CV_Pass, (cv, results, why)
+        assert metric(p, "postern_arc_sealed_total", result="sealed") >= 2

@@ -160,14 +160,19 @@ pub async fn serve(config: Config) -> Result<()> {
     // Mail without AUTH on mx listeners: SPF, DKIM, DMARC and ARC, with
     // their own resolver on [dns] nameservers.
     let intake = if config.inbound_auth.enabled {
-        intake.with_inbound_authenticator(Arc::new(
-            postern_mailauth::inbound::InboundChecks::new(
-                &config.inbound_auth,
-                &config.dns.nameservers,
-                &config.server.hostname,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ))
+        let mut checks = postern_mailauth::inbound::InboundChecks::new(
+            &config.inbound_auth,
+            &config.dns.nameservers,
+            &config.server.hostname,
+        )
+        .map_err(anyhow::Error::msg)?;
+        if let Some(domain) = &config.inbound_auth.arc_seal_domain {
+            checks = checks.with_arc_sealing(postern_mailauth::inbound::arc_seal::ArcSealing::new(
+                store.clone(),
+                domain,
+            ));
+        }
+        intake.with_inbound_authenticator(Arc::new(checks))
     } else {
         tracing::info!("inbound authentication off (inbound_auth.enabled = false)");
         intake

@@ -24,6 +24,7 @@
 //! (`inbound_auth.check_timeout`): a slow DNS makes a temporary error, never
 //! a stalled port.
 
+pub mod arc_seal;
 pub mod headers;
 pub mod verdict;
 
@@ -63,6 +64,8 @@ pub struct InboundChecks {
     trusted_networks: Vec<IpNet>,
     /// ARC-Seal `d=` domains, lower-cased.
     trusted_sealers: Vec<String>,
+    /// Seals what is passed on (`inbound_auth.arc_seal_domain`).
+    arc_seal: Option<arc_seal::ArcSealing>,
 }
 
 /// A resolver for the checks: `[dns] nameservers` (UDP, TCP when a reply
@@ -145,7 +148,15 @@ impl InboundChecks {
                 .iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
+            arc_seal: None,
         })
+    }
+
+    /// Seals every message passed on with an ARC set (RFC 8617) in the
+    /// name of a domain Postern holds verified.
+    pub fn with_arc_sealing(mut self, sealing: arc_seal::ArcSealing) -> Self {
+        self.arc_seal = Some(sealing);
+        self
     }
 
     /// `rules` with what the sender's own entry says over them (the most
@@ -409,6 +420,26 @@ impl InboundChecks {
         ));
         field.push_str(&verdict::dmarc_resinfo(&facts, &decision));
         field.push_str("\r\n");
+        // RFC 8617 §5.1: what is passed on gets this hop's ARC set (the
+        // quarantine's mail too, for its release), above everything.
+        if let (Some(sealing), Some(msg)) = (&self.arc_seal, &parsed) {
+            if decision.refusal.is_none() && decision.deferred.is_none() {
+                if let Some(sealer) = sealing.sealer().await {
+                    let mut results = AuthenticationResults::new(&self.hostname);
+                    if let Some(o) = &spf_helo {
+                        results = results.with_spf_ehlo_result(o, ip, &helo);
+                    }
+                    let results = results
+                        .with_spf_mailfrom_result(&spf_mail_from, ip, mail_from, &helo)
+                        .with_dkim_results(&dkim, &header_from)
+                        .with_arc_result(&arc, ip)
+                        .with_dmarc_result(&dmarc);
+                    if let Some(set) = arc_seal::ArcSealing::seal(&sealer, msg, &results, &arc) {
+                        field.insert_str(0, &set);
+                    }
+                }
+            }
+        }
         // Held mail carries the verdict too: whoever reviews it in the
         // quarantine (and the internal server, if it is released) sees why.
         if matches!(
