@@ -201,6 +201,8 @@ mod tests {
         config.domain.push(ContentDomainPolicy {
             domain: "strict.test".into(),
             on_error: Some(CheckFailure::Defer),
+            virus: None,
+            attachment: None,
         });
         let seen = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe {
