@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Postern's whole test suite on a fresh machine. It installs what the
-# tests need (swaks, curl and strace from Debian, Python clients from PyPI,
+# tests need (swaks, curl, strace and clamav-daemon from Debian, Python clients from PyPI,
 # nodemailer from npm) and
 # starts every server the tests use on loopback.
 set -euo pipefail
@@ -13,6 +13,10 @@ missing=()
 for tool in swaks curl strace; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# clamd (Debian's clamav-daemon) for the virus scanning tests, which start
+# it themselves on a signature database they write; it lives in /usr/sbin,
+# which a user's PATH may lack.
+command -v clamd >/dev/null || [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
