@@ -133,7 +133,7 @@ impl AttachmentCheck {
             match &part.body {
                 PartType::Multipart(_) => {}
                 PartType::Message(nested) => {
-                    if depth + 1 >= MAX_DEPTH {
+                    if depth >= MAX_DEPTH {
                         out.push(format!(
                             "messages nested more than {MAX_DEPTH} deep, not looked into"
                         ));
@@ -283,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn every_type_the_config_accepts_is_one_the_sniffer_names() {
+    fn every_type_the_config_accepts_is_one_the_sniffer_gives() {
         let config = postern_core::config::SNIFFED_TYPES;
         for t in config {
             assert!(
@@ -297,8 +297,44 @@ mod tests {
                 "{t} is sniffed but refused by the configuration"
             );
         }
+        // MZ is the header of EXEs and DLLs alike: infer's "dll" is never
+        // given, so a list naming it would refuse nothing.
+        assert!(!config.contains(&"dll"));
+
+        // Each type refused by default is what the sniffer says for a
+        // file of that kind: the files above, and the other formats' own
+        // headers (padded: some checks want a minimum length).
+        let header = |h: &[u8]| {
+            let mut v = h.to_vec();
+            v.resize(256, 0);
+            v
+        };
+        let mut dex = header(b"dex\n035\0");
+        dex[36] = 0x70; // header_size, dex-format "header_item"
+        let samples = [
+            ("exe", vector("pe.bin")),
+            ("elf", vector("elf.bin")),
+            ("mach", vector("macho.bin")),
+            ("lnk", vector("shortcut.bin")),
+            ("iso", vector("disk.iso.bin")),
+            ("vhdx", vector("disk.vhdx.bin")),
+            ("vhd", header(b"conectix")),
+            ("class", header(&[0xCA, 0xFE, 0xBA, 0xBE, 0, 0, 0, 52])),
+            ("dex", dex),
+            ("wasm", header(b"\0asm\x01\0\0\0")),
+            ("deb", header(b"!<arch>\ndebian-binary   ")),
+            ("rpm", header(&[0xED, 0xAB, 0xEE, 0xDB, 3, 0])),
+            ("cab", header(b"MSCF\0\0\0\0")),
+            ("crx", header(b"Cr24\x02\0\0\0")),
+            ("qcow2", header(&[b'Q', b'F', b'I', 0xFB, 0, 0, 0, 3])),
+        ];
         for t in &AttachmentsConfig::default().refused_types {
             assert!(config.contains(&t.as_str()), "default {t} is not sniffed");
+            let (_, sample) = samples
+                .iter()
+                .find(|(name, _)| name == t)
+                .unwrap_or_else(|| panic!("no sample of default {t}"));
+            assert_eq!(sniff(sample), Some(t.as_str()), "{t}");
         }
     }
 
@@ -417,6 +453,33 @@ mod tests {
         assert_eq!(
             got,
             ["attachment \"setup.bin\" refused: its content is elf"]
+        );
+    }
+
+    #[test]
+    fn bodies_are_not_attachments_and_deep_nesting_is_refused() {
+        // The message's own text body, above the attachment limit of 1000.
+        let long = format!(
+            "From: a@sender.test\r\nSubject: long\r\nContent-Type: text/plain\r\n\r\n{}\r\n",
+            "word ".repeat(400)
+        );
+        assert!(problems(long.as_bytes()).is_empty());
+
+        // A message forwarded inside another, and so on: MAX_DEPTH levels
+        // are looked into, one more is refused (what it holds was not).
+        let nest = |levels: usize| {
+            let mut m = b"From: a@sender.test\r\nSubject: innermost\r\n\r\nhello\r\n".to_vec();
+            for level in 0..levels {
+                m = message_with(&format!("b{level}"), &[], Some(&m));
+            }
+            m
+        };
+        assert!(problems(&nest(MAX_DEPTH)).is_empty());
+        assert_eq!(
+            problems(&nest(MAX_DEPTH + 1)),
+            [format!(
+                "messages nested more than {MAX_DEPTH} deep, not looked into"
+            )]
         );
     }
 
