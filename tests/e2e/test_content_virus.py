@@ -49,6 +49,8 @@ class Clamd:
         conf.write_text(
             f"Foreground yes\nTCPSocket {self.port}\nTCPAddr 127.0.0.1\n"
             f"DatabaseDirectory {db}\nLogFile {self.log}\nLogTime yes\n"
+            # Clean streams logged too: tests count what clamd scanned.
+            "LogClean yes\n"
         )
         binary = shutil.which("clamd") or "/usr/sbin/clamd"
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
@@ -244,3 +246,38 @@ def test_allowed_attachments_pass_both_checks_and_arrive_intact(sink, clamd):
         assert got["rcpt_tos"] == ["alice@relay.test"]
         [event] = [e for e in json.loads(p.cli("events", "--json").stdout) if e["event"] == "processed"]
         assert "content: virus=clean attachment=clean" in event["detail"], event
+
+
+def test_a_tagged_virus_is_delivered_with_the_verdict_header(sink, clamd):
+    content = f'[content]\nvirus = "tag"\n{clamd_table(clamd)}'
+    with gateway(sink, content) as p:
+        infected = mail("tagged", [("eicar.txt", "text/plain", EICAR)])
+        code, reply = send(p, infected)
+        assert code == 250, reply
+        [got] = wait_until(lambda: delivered(sink, "tagged"), what="the tagged message at the sink")
+        data = got["data"]
+        # Postern's field, above the message as sent (RFC 5322 §3.6: a
+        # field may be folded; the verdict folds before each reason).
+        assert f"X-Postern-Content: tag;\r\n\tvirus found: {REPORTED}\r\n".encode() in data, data[:600]
+        assert data.endswith(infected)
+
+
+def test_a_message_above_max_size_is_not_scanned(sink, clamd):
+    # 2000 octets sent to clamd at most; the message below is larger.
+    content = clamd_table(clamd).replace('timeout = "10s"\n', 'timeout = "10s"\nmax_size = 2000\n')
+    with gateway(sink, content, relay_domains=("relay.test", "open.test")) as p:
+        small = mail("small")
+        assert len(small) < 2000
+        assert send(p, small)[0] == 250
+        arrives_intact(sink, small, "small")
+        scans_before = clamd.log.read_text().count("instream(")
+        assert scans_before == 1, clamd.log.read_text()
+
+        big = mail("big", [("data.txt", "text/plain", b"x" * 3000)])
+        code, reply = send(p, big)
+        assert code == 451, reply
+        assert "above content.clamd.max_size (2000), not scanned" in reply, reply
+        # clamd logs each stream it scans ("instream(127.0.0.1@PORT): OK"),
+        # synchronously with its reply, and was never sent this one.
+        assert clamd.log.read_text().count("instream(") == scans_before
+        assert delivered(sink, "big") == []
