@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Postern's whole test suite on a fresh machine. It installs what the
-# tests need (swaks, curl, strace and Dovecot from Debian, Python clients from PyPI,
+# tests need (swaks, curl, strace, Dovecot and clamav-daemon from Debian, Python clients from PyPI,
 # nodemailer from npm) and
 # starts every server the tests use on loopback.
 set -euo pipefail
@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
-# Debian packages the tests use, as command:package (Dovecot is the LMTP
-# mail store of test_lmtp.py).
+# Debian packages the tests use, as command:package: Dovecot is the LMTP
+# mail store of test_lmtp.py; clamd (clamav-daemon) scans for the virus
+# tests, which start it on a signature database they write. Daemons live
+# in /usr/sbin, which a user's PATH may lack.
 missing=()
-for need in swaks:swaks curl:curl strace:strace dovecot:dovecot-lmtpd; do
+for need in swaks:swaks curl:curl strace:strace dovecot:dovecot-lmtpd clamd:clamav-daemon; do
   tool=${need%%:*}
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("${need#*:}")
 done

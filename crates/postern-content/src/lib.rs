@@ -8,6 +8,8 @@
 //! Each check lives in a module of its own and implements [`Check`]; a
 //! check whose table is missing from the configuration is not built.
 
+mod attachments;
+mod clamd;
 mod finding;
 mod verdict;
 
@@ -18,6 +20,8 @@ use postern_core::config::ContentConfig;
 use postern_core::Envelope;
 use postern_queue::{ClientInfo, ContentInspector, InboundVerdict};
 
+pub use attachments::{sniff, AttachmentCheck};
+pub use clamd::{Clamd, Scan, ScanError, VirusCheck};
 pub use finding::Finding;
 
 /// The message as the checks see it.
@@ -65,7 +69,14 @@ impl ContentChecks {
     /// The checks `config` turns on; None when it turns on none (no
     /// parsing, nothing added to inbound mail).
     pub fn from_config(config: &ContentConfig) -> Option<Self> {
-        Self::with_checks(config, Vec::new())
+        let mut checks: Vec<Box<dyn Check>> = Vec::new();
+        if let Some(clamd) = &config.clamd {
+            checks.push(Box::new(VirusCheck::new(clamd, config)));
+        }
+        if let Some(attachments) = &config.attachments {
+            checks.push(Box::new(AttachmentCheck::new(attachments, config)));
+        }
+        Self::with_checks(config, checks)
     }
 
     /// `config`'s actions with the given checks (tests build their own).
@@ -201,6 +212,8 @@ mod tests {
         config.domain.push(ContentDomainPolicy {
             domain: "strict.test".into(),
             on_error: Some(CheckFailure::Defer),
+            virus: None,
+            attachment: None,
         });
         let seen = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe {

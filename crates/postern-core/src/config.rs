@@ -16,7 +16,9 @@ mod content;
 mod inbound;
 mod mta_sts;
 mod reports;
-pub use content::{CheckFailure, ContentConfig, ContentDomainPolicy};
+pub use content::{
+    AttachmentsConfig, CheckFailure, ClamdConfig, ContentConfig, ContentDomainPolicy, SNIFFED_TYPES,
+};
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy, InboundSenderPolicy};
 pub use mta_sts::{MtaStsMode, MtaStsPolicyConfig, MTA_STS_MAX_AGE_LIMIT};
 pub use reports::ReportsConfig;
