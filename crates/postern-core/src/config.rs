@@ -14,7 +14,9 @@ use crate::address::normalize_domain;
 
 mod content;
 mod inbound;
-pub use content::{CheckFailure, ContentConfig, ContentDomainPolicy};
+pub use content::{
+    CheckFailure, ContentConfig, ContentDomainPolicy, RspamdConfig, SpamThresholds, UriblZone,
+};
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
 
 #[derive(Debug, Error)]
