@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Postern, free_port, metric, quarantined, send_mx, wait_until
+from conftest import DnsZone, Postern, free_port, metric, quarantined, send_mx, wait_until
 
 RULES = Path(__file__).resolve().parent / "rspamd" / "postern_test.lua"
 
@@ -94,16 +94,20 @@ def rspamd():
 
 
 @contextmanager
-def gateway(sink, rspamd):
+def gateway(sink, rspamd, extra="", content="", lenient=""):
     """A Postern scoring mx mail with `rspamd`: tagged at 5, quarantined
     at 10, refused at 15; lenient.test refuses only at 30; mail for
-    unchecked.test is accepted when rspamd does not answer."""
+    unchecked.test is accepted when rspamd does not answer. More
+    configuration: `extra` at the top level, `content` at the end (tables
+    under [content]), `lenient` in lenient.test's [[content.domain]]."""
     with tempfile.TemporaryDirectory() as d:
         p = Postern(
             d, sink.port,
             relay_domains=("relay.test", "lenient.test", "unchecked.test"),
             relay_config='recipient_check = "any"',
             extra_config=f"""
+{extra}
+
 [content]
 on_error = "defer"
 
@@ -117,10 +121,13 @@ reject_score = 15.0
 [[content.domain]]
 domain = "lenient.test"
 spam_reject_score = 30.0
+{lenient}
 
 [[content.domain]]
 domain = "unchecked.test"
 on_error = "accept"
+
+{content}
 """,
         ).start()
         p.read_admin_key()
@@ -188,11 +195,22 @@ def test_scores_are_marked_and_tag_quarantine_or_refuse_by_the_thresholds(rspamd
         assert json.loads(p.cli("queue", "list", "--json").stdout) == []
         assert len(sink.messages) == 2
 
-        # Every score in the histogram: 1, 7.5, 12, 20, 20.
+        # Every score in the histogram: 1, 7.5, 12, 20, 20; every scan
+        # timed; every outcome counted.
         assert metric(p, "postern_spam_score_count") == 5
         assert metric(p, "postern_spam_score_sum") == 60.5
         assert metric(p, "postern_spam_score_bucket", le="10") == 2
         assert metric(p, "postern_spam_score_bucket", le="15") == 3
+        assert metric(p, "postern_spam_scan_seconds_count") == 5
+        for outcome, count in (("clean", 1), ("tag", 1), ("quarantine", 2), ("reject", 1)):
+            assert metric(p, "postern_content_findings_total", check="spam", outcome=outcome) == count, outcome
+
+        # The refusal is recorded: processed with the finding, dropped.
+        events = json.loads(p.cli("events", "--json").stdout)
+        [dropped] = [e for e in events if e["event"] == "dropped"]
+        assert "spam score 20.00" in dropped["detail"], dropped
+        [processed] = [e for e in events if e["event"] == "processed" and e["message_id"] == dropped["message_id"]]
+        assert "content: spam=reject(spam score 20.00)" in processed["detail"], processed
 
 
 def test_rspamd_is_told_the_session(rspamd, sink):
@@ -252,3 +270,34 @@ def test_rspamd_down_defers_unless_the_domain_accepts_unchecked(rspamd, sink):
         rspamd.start()
         code, text = send_mx(p, message("postern-test-score=20"))
         assert (code, text) == (550, "5.7.1 spam score 20.00")
+
+
+
+def test_with_uri_lists_too_the_strictest_finding_wins(rspamd, sink):
+    """Both checks on one message, side by side: a listed URL (only
+    tagged for lenient.test, refused elsewhere) and a spam score."""
+    zone = DnsZone()
+    zone.set("listed.test.uribl.test", "127.0.0.2")
+    dns = f'[dns]\nnameservers = ["127.0.0.1:{zone.port}"]\n'
+    uri = '[[content.uribl]]\nzone = "uribl.test"\n'
+    try:
+        with gateway(sink, rspamd, extra=dns, content=uri, lenient='uri_listed = "tag"') as p:
+            # Quarantine by score, reject by URL: refused for the URL.
+            code, text = send_mx(p, message("http://listed.test/ postern-test-score=12"))
+            assert (code, text) == (550, "5.7.1 URL domain listed.test listed by uribl.test")
+            # For lenient.test the URL only tags: the score's quarantine wins.
+            code, text = send_mx(p, message("http://listed.test/ postern-test-score=12"),
+                                 rcpts=("user@lenient.test",))
+            assert code == 250, text
+            [held] = quarantined(p)
+            assert held["reason"].startswith("spam score 12.00"), held
+            # Both tag: both reasons, in the order of the checks.
+            code, text = send_mx(p, message("http://listed.test/ postern-test-score=7"),
+                                 rcpts=("user@lenient.test",))
+            assert code == 250, text
+            [m] = sink.wait_for(1)
+            assert fields(m["data"], "X-Postern-Content") == [
+                "tag; URL domain listed.test listed by uribl.test; spam score 7.00"]
+            assert fields(m["data"], "X-Spam-Score") == ["7.00"]
+    finally:
+        zone.stop()

@@ -106,10 +106,19 @@ def test_a_listed_url_domain_is_refused_with_the_zone_named(zone, sink):
         code, text = send_mx(p, plain("http://phish.test/login"))
         assert (code, text) == (550, "5.7.1 URL domain phish.test listed by multi.surbl.test")
 
-        # Nothing was queued; each refusal is counted with its zone.
+        # Nothing was queued; each refusal is counted with its zone, and
+        # recorded: processed with the check's finding, then dropped.
         assert json.loads(p.cli("queue", "list", "--json").stdout) == []
         assert metric(p, "postern_uribl_listed_total", zone=ZONE) == 2
         assert metric(p, "postern_uribl_listed_total", zone=MULTI) == 1
+        assert metric(p, "postern_content_findings_total", check="uri", outcome="reject") == 3
+        events = json.loads(p.cli("events", "--json").stdout)
+        dropped = [e for e in events if e["event"] == "dropped"]
+        assert len(dropped) == 3, events
+        assert "URL domain phish.test listed by multi.surbl.test" in dropped[-1]["detail"], dropped
+        processed = [e for e in events if e["event"] == "processed" and e["message_id"] == dropped[-1]["message_id"]]
+        assert len(processed) == 1, events
+        assert "content: uri=reject(URL domain phish.test listed by multi.surbl.test)" in processed[0]["detail"], processed
 
         # Not listed (the other bit): delivered.
         code, _ = send_mx(p, plain("http://other-bit.test/"))
@@ -141,6 +150,20 @@ def test_unlisted_urls_pass_and_the_answers_are_cached(zone, sink):
         sink.wait_for(2)
         assert zone.asked(f"unlisted.test.{ZONE}") == 1
         assert metric(p, "postern_uribl_lookups_total", result="cached") == 4
+
+
+def test_at_most_max_domains_are_looked_up_per_message(zone, sink):
+    """uribl_max_domains (20 by default): a message linking to 25
+    domains has its first 20 looked up, the last ones not, even one that
+    is listed."""
+    zone.set(f"d24.test.{ZONE}", "127.0.0.2")
+    with gateway(sink, zone) as p:
+        links = " ".join(f"http://www.d{i}.test/" for i in range(25))
+        code, text = send_mx(p, plain(links))
+        assert code == 250, text
+        sink.wait_for(1)
+        assert [zone.asked(f"d{i}.test.{ZONE}") for i in range(25)] == [1] * 20 + [0] * 5
+        assert metric(p, "postern_uribl_domains_capped_total") == 1
 
 
 def test_a_relay_domain_can_quarantine_instead(zone, sink):
