@@ -212,6 +212,12 @@ impl ContentConfig {
                 ));
             }
         }
+        if self.uribl_lookup_timeout.is_zero() {
+            return Err(invalid(
+                "content.uribl_lookup_timeout",
+                "0 would fail every lookup",
+            ));
+        }
         if !self.uribl.is_empty() && self.uribl_max_domains == 0 {
             return Err(invalid(
                 "content.uribl_max_domains",
@@ -224,6 +230,9 @@ impl ContentConfig {
                     "content.rspamd.url",
                     format!("{:?}: rspamd speaks plain HTTP (http://host:port)", r.url),
                 ));
+            }
+            if r.timeout.is_zero() {
+                return Err(invalid("content.rspamd.timeout", "0 would fail every scan"));
             }
             check_thresholds(
                 "content.rspamd",
@@ -462,6 +471,8 @@ mod tests {
             ("[[content.uribl]]\nzone = \"z.test\"\nmask = 0\n", "content.uribl[0].mask"),
             ("[[content.uribl]]\nzone = \"z.test\"\nmask = 2\ncodes = [\"127.0.0.2\"]\n", "content.uribl[0].mask"),
             ("[content]\nuribl_max_domains = 0\n[[content.uribl]]\nzone = \"z.test\"\n", "content.uribl_max_domains"),
+            ("[content]\nuribl_lookup_timeout = \"0s\"\n", "content.uribl_lookup_timeout"),
+            ("[content.rspamd]\ntimeout = \"0s\"\n", "content.rspamd.timeout"),
             ("[content.rspamd]\nurl = \"https://127.0.0.1:11333\"\n", "content.rspamd.url"),
             ("[content.rspamd]\ntag_score = 20.0\n", "content.rspamd.tag_score"),
             ("[content.rspamd]\nquarantine_score = 2.0\n", "content.rspamd.quarantine_score"),
