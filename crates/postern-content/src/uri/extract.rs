@@ -10,6 +10,7 @@
 //! the tags (after the same decoding, so `http&#58;//` is no hiding
 //! place).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use mail_parser::{Message, PartType};
@@ -46,15 +47,18 @@ fn walk(message: &Message<'_>, depth: usize, hosts: &mut Hosts) {
     }
 }
 
-/// Hosts found so far, in order, without repeats.
+/// Hosts found so far, in order, without repeats (a set beside the list:
+/// a message may name a great many, and a scan of the list for each
+/// would make that quadratic).
 #[derive(Default)]
 pub struct Hosts {
     pub found: Vec<UrlHost>,
+    seen: HashSet<UrlHost>,
 }
 
 impl Hosts {
     fn add(&mut self, host: UrlHost) {
-        if !self.found.contains(&host) {
+        if self.seen.insert(host.clone()) {
             self.found.push(host);
         }
     }
