@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Postern's whole test suite on a fresh machine. It installs what the
-# tests need (swaks, curl, strace, Dovecot and clamav-daemon from Debian, Python clients from PyPI,
-# nodemailer from npm) and
+# tests need (swaks, curl, strace, Dovecot, clamav-daemon and rspamd from
+# Debian, Python clients from PyPI, nodemailer from npm) and
 # starts every server the tests use on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# rspamd for the spam-scoring tests, which start it themselves with a
+# configuration of their own (its recommends bring Redis, not needed).
+if ! command -v rspamd >/dev/null; then
+  echo "installing: rspamd"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends rspamd >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -r tests/e2e/requirements.txt
 command -v npm >/dev/null || { $SUDO apt-get update -qq; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null; }

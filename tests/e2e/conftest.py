@@ -587,6 +587,26 @@ def send_as(p, key, mail_from, header_from, rcpt="rcpt@example.net"):
             return e.smtp_code, e.smtp_error.decode()
 
 
+def send_mx(p, data, rcpts=("user@relay.test",), mail_from="sender@sender.test", helo="mta.sender.test"):
+    """Sends `data` unauthenticated to the mx listener, as the internet
+    does: (code, text) of the reply to DATA (the 250's text names the
+    message id)."""
+    with smtplib.SMTP("127.0.0.1", p.ports["mx"], local_hostname=helo, timeout=60) as s:
+        s.ehlo()
+        code, text = s.mail(mail_from)
+        assert code == 250, text
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            assert code == 250, (r, text)
+        code, text = s.data(data)
+        return code, text.decode()
+
+
+def quarantined(p):
+    """The held messages, as `postern quarantine list --json` gives them."""
+    return json.loads(p.cli("quarantine", "list", "--json").stdout)
+
+
 def link_in(sink, address, count):
     """The verification link in the count-th mail to `address`."""
     deadline = time.time() + 30

@@ -11,18 +11,39 @@
 mod attachments;
 mod clamd;
 mod finding;
+pub mod spam;
+pub mod uri;
 mod verdict;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use postern_core::config::ContentConfig;
 use postern_core::Envelope;
 use postern_queue::{ClientInfo, ContentInspector, InboundVerdict};
+use postern_smtp::screen::ScreenDns;
 
 pub use attachments::{sniff, AttachmentCheck};
 pub use clamd::{Clamd, Scan, ScanError, VirusCheck};
 pub use finding::Finding;
+
+/// What the checks need from the server around them.
+pub struct Services {
+    /// DNS for the URI lists: the server's resolver on `[dns]
+    /// nameservers`, the one the `mx` screening asks.
+    pub dns: Arc<dyn ScreenDns>,
+    /// This server's name (`server.hostname`), given to rspamd as the
+    /// MTA's.
+    pub hostname: String,
+}
+
+/// A check that cannot be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("content.rspamd.url: {0}")]
+    RspamdUrl(String),
+}
 
 /// The message as the checks see it.
 pub struct Inspected<'a> {
@@ -68,7 +89,10 @@ pub struct ContentChecks {
 impl ContentChecks {
     /// The checks `config` turns on; None when it turns on none (no
     /// parsing, nothing added to inbound mail).
-    pub fn from_config(config: &ContentConfig) -> Option<Self> {
+    pub fn from_config(
+        config: &ContentConfig,
+        services: &Services,
+    ) -> Result<Option<Self>, SetupError> {
         let mut checks: Vec<Box<dyn Check>> = Vec::new();
         if let Some(clamd) = &config.clamd {
             checks.push(Box::new(VirusCheck::new(clamd, config)));
@@ -76,7 +100,13 @@ impl ContentChecks {
         if let Some(attachments) = &config.attachments {
             checks.push(Box::new(AttachmentCheck::new(attachments, config)));
         }
-        Self::with_checks(config, checks)
+        if let Some(uri) = uri::UriBlocklists::new(config, services.dns.clone()) {
+            checks.push(Box::new(uri));
+        }
+        if let Some(spam) = spam::Rspamd::new(config, &services.hostname)? {
+            checks.push(Box::new(spam));
+        }
+        Ok(Self::with_checks(config, checks))
     }
 
     /// `config`'s actions with the given checks (tests build their own).
@@ -147,7 +177,20 @@ mod tests {
     use super::*;
     use postern_core::config::{CheckFailure, ContentDomainPolicy, InboundAction};
     use postern_core::Recipient;
-    use std::sync::{Arc, Mutex};
+    use postern_smtp::screen::Query;
+    use std::sync::Mutex;
+
+    /// DNS for checks that never ask.
+    struct NoDns;
+
+    impl ScreenDns for NoDns {
+        fn resolve<'a>(
+            &'a self,
+            _: &'a Query,
+        ) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + 'a>> {
+            Box::pin(async { Err("no DNS here".into()) })
+        }
+    }
 
     /// The message, its subject as parsed, its domains.
     type Seen = Arc<Mutex<Vec<(Vec<u8>, Option<String>, Vec<String>)>>>;
@@ -210,18 +253,22 @@ mod tests {
     async fn forged_fields_go_before_the_checks_see_the_parsed_message() {
         let mut config = ContentConfig::default();
         config.domain.push(ContentDomainPolicy {
-            domain: "strict.test".into(),
             on_error: Some(CheckFailure::Defer),
-            virus: None,
-            attachment: None,
+            ..ContentDomainPolicy::new("strict.test")
         });
         let seen = Arc::new(Mutex::new(Vec::new()));
         let probe = Probe {
             seen: seen.clone(),
             config: config.clone(),
         };
+        let services = Services {
+            dns: Arc::new(NoDns),
+            hostname: "postern.test".into(),
+        };
         assert!(
-            ContentChecks::from_config(&config).is_none(),
+            ContentChecks::from_config(&config, &services)
+                .unwrap()
+                .is_none(),
             "no check, no inspector"
         );
         let checks = ContentChecks::with_checks(&config, vec![Box::new(probe)]).unwrap();

@@ -17,7 +17,8 @@ mod inbound;
 mod mta_sts;
 mod reports;
 pub use content::{
-    AttachmentsConfig, CheckFailure, ClamdConfig, ContentConfig, ContentDomainPolicy, SNIFFED_TYPES,
+    AttachmentsConfig, CheckFailure, ClamdConfig, ContentConfig, ContentDomainPolicy, RspamdConfig,
+    SpamThresholds, UriblZone, SNIFFED_TYPES,
 };
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy, InboundSenderPolicy};
 pub use mta_sts::{MtaStsMode, MtaStsPolicyConfig, MTA_STS_MAX_AGE_LIMIT};
@@ -1415,6 +1416,27 @@ mod tests {
         assert_eq!((s.fcrdns, s.helo), (ScreenAction::Log, ScreenAction::Log));
         assert_eq!(s.exempt_networks, ["127.0.0.0/8", "::1"]);
         assert!(s.dnsbl.is_empty());
+        // Content checks: none on; checks that cannot answer defer; a
+        // listed URL refused; URI lookups of at most 2 s, 20 domains a
+        // message, cached 10 min (not listed 1 min); rspamd on its
+        // default port within 15 s, tagging at 6, refusing at 15, no
+        // quarantine score.
+        let ct = &c.content;
+        assert!(ct.uribl.is_empty() && ct.rspamd.is_none());
+        assert_eq!(ct.on_error, CheckFailure::Defer);
+        assert_eq!(ct.uri_listed, InboundAction::Reject);
+        assert_eq!(ct.uribl_lookup_timeout, Duration::from_secs(2));
+        assert_eq!(ct.uribl_max_domains, 20);
+        assert_eq!(ct.uribl_cache_ttl, Duration::from_secs(600));
+        assert_eq!(ct.uribl_negative_cache_ttl, Duration::from_secs(60));
+        let r = RspamdConfig::default();
+        assert_eq!(r.url, "http://127.0.0.1:11333");
+        assert_eq!(r.timeout, Duration::from_secs(15));
+        assert_eq!(
+            (r.tag_score, r.quarantine_score, r.reject_score),
+            (6.0, None, 15.0)
+        );
+        assert!(r.password.is_none());
     }
 
     /// `[screen]` values that cannot work are refused, naming the key.

@@ -38,6 +38,13 @@ pub async fn serve(config: Config) -> Result<()> {
             ],
         )
         .context("metrics buckets")?
+        // rspamd's scores: its default thresholds are 6 (add header) and
+        // 15 (reject); ham scores below zero.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("postern_spam_score".into()),
+            &[-5.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0],
+        )
+        .context("metrics buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
 
@@ -177,8 +184,13 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!("inbound authentication off (inbound_auth.enabled = false)");
         intake
     };
-    // Then its content: each check [content] configures.
-    let intake = match postern_content::ContentChecks::from_config(&config.content) {
+    // Then its content: each check [content] configures, the URI lists
+    // asking through the screening's resolver (one cache for both).
+    let services = postern_content::Services {
+        dns: plain_lookup.clone(),
+        hostname: config.server.hostname.clone(),
+    };
+    let intake = match postern_content::ContentChecks::from_config(&config.content, &services)? {
         Some(checks) => {
             tracing::info!(checks = ?checks.names(), "inbound content checks on");
             intake.with_content_inspector(Arc::new(checks))

@@ -3,6 +3,7 @@
 //! URLs, attachments), and what is done with what a check finds. Each
 //! check has its own table; a check without one is off.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,27 @@ pub struct ContentConfig {
     /// the table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attachments: Option<AttachmentsConfig>,
+    /// What is done with a message that has a URL whose domain a
+    /// `[[content.uribl]]` zone lists.
+    pub uri_listed: InboundAction,
+    /// Time limit of one URI list lookup; the lookups of a message run
+    /// side by side, so this is also about the most the check adds.
+    #[serde(with = "crate::duration")]
+    pub uribl_lookup_timeout: Duration,
+    /// Distinct URL domains looked up per message, the first found.
+    pub uribl_max_domains: usize,
+    /// How long a listing is kept (answers are cached across messages).
+    #[serde(with = "crate::duration")]
+    pub uribl_cache_ttl: Duration,
+    /// How long "not listed" is kept.
+    #[serde(with = "crate::duration")]
+    pub uribl_negative_cache_ttl: Duration,
+    /// URI block lists (SURBL/URIBL style): the URL domains of text and
+    /// HTML parts are looked up in each; none: the check is off.
+    pub uribl: Vec<UriblZone>,
+    /// Spam scoring through rspamd; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rspamd: Option<RspamdConfig>,
     /// Per relay domain: stricter or looser actions than the defaults.
     pub domain: Vec<ContentDomainPolicy>,
 }
@@ -68,6 +90,62 @@ impl Default for ClamdConfig {
             // clamd's own default StreamMaxLength, and Postern's default
             // limits.max_message_size: nothing Postern takes is too big.
             max_size: 25 * 1024 * 1024,
+        }
+    }
+}
+
+/// One `[[content.uribl]]` zone. A URL's registrable domain is looked up
+/// as `<domain>.<zone>` (an IP address host as its reversed octets, as
+/// DNSBLs are asked, RFC 5782 §2.1); an A record in 127.0.0.0/8 is a
+/// listing, filtered by `codes` or `mask` when given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UriblZone {
+    pub zone: String,
+    /// Only these answers count as a listing (URIBL: 127.0.0.2 black).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<Ipv4Addr>,
+    /// SURBL's multi lists: the answer's last octet is a set of bits, one
+    /// per list; a listing is an answer sharing a bit with `mask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<u8>,
+}
+
+/// `[content.rspamd]`: spam scoring by rspamd over its HTTP protocol
+/// (`POST /checkv2`). Postern's thresholds decide the action, not the
+/// action rspamd suggests: each relay domain may set its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RspamdConfig {
+    /// The normal worker (or the proxy, or the controller with
+    /// `password`): `http://host:port`.
+    pub url: String,
+    /// The whole scan, connecting included; past it the check failed
+    /// (`on_error`).
+    #[serde(with = "crate::duration")]
+    pub timeout: Duration,
+    /// Sent as the `Password` header (a controller or proxy that asks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// At or above: tagged (`X-Postern-Content: tag`, `X-Spam-Status: Yes`).
+    pub tag_score: f64,
+    /// At or above: held in the quarantine; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_score: Option<f64>,
+    /// At or above: refused with `550 5.7.1`.
+    pub reject_score: f64,
+}
+
+impl Default for RspamdConfig {
+    fn default() -> Self {
+        // rspamd's own defaults for "add header" and "reject".
+        RspamdConfig {
+            url: "http://127.0.0.1:11333".into(),
+            timeout: Duration::from_secs(15),
+            password: None,
+            tag_score: 6.0,
+            quarantine_score: None,
+            reject_score: 15.0,
         }
     }
 }
@@ -125,6 +203,29 @@ impl Default for AttachmentsConfig {
     }
 }
 
+/// The spam thresholds in force for one message's domain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpamThresholds {
+    pub tag: f64,
+    pub quarantine: Option<f64>,
+    pub reject: f64,
+}
+
+impl SpamThresholds {
+    /// The action for `score`: the highest threshold it reaches.
+    pub fn action(&self, score: f64) -> InboundAction {
+        if score >= self.reject {
+            InboundAction::Reject
+        } else if self.quarantine.is_some_and(|q| score >= q) {
+            InboundAction::Quarantine
+        } else if score >= self.tag {
+            InboundAction::Tag
+        } else {
+            InboundAction::Accept
+        }
+    }
+}
+
 /// `[[content.domain]]`: a relay domain's own actions for what the
 /// content checks find. A message for several relay domains gets the
 /// strictest action among its recipients' domains.
@@ -138,6 +239,38 @@ pub struct ContentDomainPolicy {
     pub virus: Option<InboundAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment: Option<InboundAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_listed: Option<InboundAction>,
+    /// This domain's spam thresholds (each in place of
+    /// `[content.rspamd]`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam_tag_score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam_quarantine_score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam_reject_score: Option<f64>,
+}
+
+impl ContentDomainPolicy {
+    /// A policy for `domain` that overrides nothing.
+    pub fn new(domain: &str) -> Self {
+        ContentDomainPolicy {
+            domain: domain.to_owned(),
+            on_error: None,
+            virus: None,
+            attachment: None,
+            uri_listed: None,
+            spam_tag_score: None,
+            spam_quarantine_score: None,
+            spam_reject_score: None,
+        }
+    }
+
+    fn overrides_spam(&self) -> bool {
+        self.spam_tag_score.is_some()
+            || self.spam_quarantine_score.is_some()
+            || self.spam_reject_score.is_some()
+    }
 }
 
 impl Default for ContentConfig {
@@ -148,6 +281,14 @@ impl Default for ContentConfig {
             attachment: InboundAction::Reject,
             clamd: None,
             attachments: None,
+            uri_listed: InboundAction::Reject,
+            uribl_lookup_timeout: Duration::from_secs(2),
+            // SpamAssassin's uridnsbl_max_domains.
+            uribl_max_domains: 20,
+            uribl_cache_ttl: Duration::from_secs(600),
+            uribl_negative_cache_ttl: Duration::from_secs(60),
+            uribl: Vec::new(),
+            rspamd: None,
             domain: Vec::new(),
         }
     }
@@ -198,6 +339,57 @@ impl ContentConfig {
                 }
             }
         }
+        for (i, z) in self.uribl.iter().enumerate() {
+            let zone = z.zone.trim_end_matches('.');
+            if zone.is_empty() || zone.split('.').any(|l| l.is_empty() || l.len() > 63) {
+                return Err(invalid(
+                    format!("content.uribl[{i}].zone"),
+                    format!("{:?} is not a DNS zone name", z.zone),
+                ));
+            }
+            if !z.codes.is_empty() && z.mask.is_some() {
+                return Err(invalid(
+                    format!("content.uribl[{i}].mask"),
+                    "give codes or mask, not both",
+                ));
+            }
+            if z.mask == Some(0) {
+                return Err(invalid(
+                    format!("content.uribl[{i}].mask"),
+                    "0 would match no answer",
+                ));
+            }
+        }
+        if self.uribl_lookup_timeout.is_zero() {
+            return Err(invalid(
+                "content.uribl_lookup_timeout",
+                "0 would fail every lookup",
+            ));
+        }
+        if !self.uribl.is_empty() && self.uribl_max_domains == 0 {
+            return Err(invalid(
+                "content.uribl_max_domains",
+                "0 would look nothing up",
+            ));
+        }
+        if let Some(r) = &self.rspamd {
+            if !r.url.starts_with("http://") {
+                return Err(invalid(
+                    "content.rspamd.url",
+                    format!("{:?}: rspamd speaks plain HTTP (http://host:port)", r.url),
+                ));
+            }
+            if r.timeout.is_zero() {
+                return Err(invalid("content.rspamd.timeout", "0 would fail every scan"));
+            }
+            check_thresholds(
+                "content.rspamd",
+                "",
+                r.tag_score,
+                r.quarantine_score,
+                r.reject_score,
+            )?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.domain.iter().enumerate() {
             let d = p.domain.to_lowercase();
@@ -213,8 +405,67 @@ impl ContentConfig {
                     format!("{} has more than one [[content.domain]]", p.domain),
                 ));
             }
+            if self.rspamd.is_some() {
+                let t = self.spam_thresholds(p);
+                check_thresholds(
+                    &format!("content.domain[{i}]"),
+                    "spam_",
+                    t.tag,
+                    t.quarantine,
+                    t.reject,
+                )?;
+            } else if p.overrides_spam() {
+                return Err(invalid(
+                    format!("content.domain[{i}]"),
+                    "spam thresholds without [content.rspamd]",
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The spam thresholds of a domain with `policy` (`[content.rspamd]`'s
+    /// where it sets none).
+    pub fn spam_thresholds(&self, policy: &ContentDomainPolicy) -> SpamThresholds {
+        let mut t = self.default_spam_thresholds();
+        if let Some(s) = policy.spam_tag_score {
+            t.tag = s;
+        }
+        if let Some(s) = policy.spam_quarantine_score {
+            t.quarantine = Some(s);
+        }
+        if let Some(s) = policy.spam_reject_score {
+            t.reject = s;
+        }
+        t
+    }
+
+    /// `[content.rspamd]`'s thresholds (its defaults when the table is
+    /// absent).
+    pub fn default_spam_thresholds(&self) -> SpamThresholds {
+        let r = self.rspamd.clone().unwrap_or_default();
+        SpamThresholds {
+            tag: r.tag_score,
+            quarantine: r.quarantine_score,
+            reject: r.reject_score,
+        }
+    }
+
+    /// The action for a spam `score` of a message to `domains`: each
+    /// domain's thresholds give one, the strictest wins.
+    pub fn spam_action<'a>(
+        &self,
+        domains: impl IntoIterator<Item = &'a str>,
+        score: f64,
+    ) -> InboundAction {
+        self.action(
+            domains,
+            |p| {
+                p.overrides_spam()
+                    .then(|| self.spam_thresholds(p).action(score))
+            },
+            self.default_spam_thresholds().action(score),
+        )
     }
 
     /// The action for a message to `domains` (its recipients' domains):
@@ -256,6 +507,38 @@ impl ContentConfig {
             CheckFailure::Accept
         }
     }
+}
+
+/// Thresholds must be finite and rise: tag <= quarantine <= reject.
+fn check_thresholds(
+    table: &str,
+    prefix: &str,
+    tag: f64,
+    quarantine: Option<f64>,
+    reject: f64,
+) -> Result<(), ConfigError> {
+    let key = |name: &str| format!("{table}.{prefix}{name}");
+    for (name, v) in [
+        ("tag_score", Some(tag)),
+        ("quarantine_score", quarantine),
+        ("reject_score", Some(reject)),
+    ] {
+        if v.is_some_and(|v| !v.is_finite()) {
+            return Err(invalid(key(name), "must be a finite number"));
+        }
+    }
+    if tag > reject {
+        return Err(invalid(key("tag_score"), "is above the reject score"));
+    }
+    if let Some(q) = quarantine {
+        if q < tag || q > reject {
+            return Err(invalid(
+                key("quarantine_score"),
+                "must lie between the tag and the reject score",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -364,5 +647,68 @@ mod tests {
             let e = Config::parse(table).unwrap_err();
             assert!(e.to_string().contains(key), "{table}: {e}");
         }
+    }
+
+    #[test]
+    fn uri_lists_and_rspamd_parse_with_their_defaults() {
+        let c = Config::parse("").unwrap().content;
+        assert_eq!(c.uri_listed, InboundAction::Reject);
+        assert!(c.uribl.is_empty() && c.rspamd.is_none());
+        let c = Config::parse(
+            "[content]\nuri_listed = \"quarantine\"\n[[content.uribl]]\nzone = \"multi.surbl.test\"\nmask = 72\n[[content.uribl]]\nzone = \"black.uribl.test\"\ncodes = [\"127.0.0.2\"]\n[content.rspamd]\nquarantine_score = 9.5\n",
+        )
+        .unwrap()
+        .content;
+        assert_eq!(c.uri_listed, InboundAction::Quarantine);
+        assert_eq!(c.uribl[0].mask, Some(72));
+        assert_eq!(c.uribl[1].codes, vec![Ipv4Addr::new(127, 0, 0, 2)]);
+        let r = c.rspamd.unwrap();
+        assert_eq!(r.url, "http://127.0.0.1:11333");
+        assert_eq!(
+            (r.tag_score, r.quarantine_score, r.reject_score),
+            (6.0, Some(9.5), 15.0)
+        );
+    }
+
+    #[test]
+    fn bad_uri_lists_and_thresholds_are_refused_by_key() {
+        let relay = "[relay]\ndomains = [\"a.test\"]\nrecipient_check = \"any\"\n";
+        for (text, key) in [
+            ("[[content.uribl]]\nzone = \"\"\n", "content.uribl[0].zone"),
+            ("[[content.uribl]]\nzone = \"a..test\"\n", "content.uribl[0].zone"),
+            ("[[content.uribl]]\nzone = \"z.test\"\nmask = 0\n", "content.uribl[0].mask"),
+            ("[[content.uribl]]\nzone = \"z.test\"\nmask = 2\ncodes = [\"127.0.0.2\"]\n", "content.uribl[0].mask"),
+            ("[content]\nuribl_max_domains = 0\n[[content.uribl]]\nzone = \"z.test\"\n", "content.uribl_max_domains"),
+            ("[content]\nuribl_lookup_timeout = \"0s\"\n", "content.uribl_lookup_timeout"),
+            ("[content.rspamd]\ntimeout = \"0s\"\n", "content.rspamd.timeout"),
+            ("[content.rspamd]\nurl = \"https://127.0.0.1:11333\"\n", "content.rspamd.url"),
+            ("[content.rspamd]\ntag_score = 20.0\n", "content.rspamd.tag_score"),
+            ("[content.rspamd]\nquarantine_score = 2.0\n", "content.rspamd.quarantine_score"),
+            ("[content.rspamd]\nreject_score = nan\n", "content.rspamd.reject_score"),
+            ("[content.rspamd]\n[[content.domain]]\ndomain = \"a.test\"\nspam_reject_score = 1.0\n", "content.domain[0].spam_tag_score"),
+            ("[[content.domain]]\ndomain = \"a.test\"\nspam_tag_score = 1.0\n", "content.domain[0]"),
+        ] {
+            let e = Config::parse(&format!("{relay}{text}")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn spam_thresholds_per_domain_strictest_wins() {
+        let c = Config::parse(
+            "[relay]\ndomains = [\"a.test\", \"b.test\"]\nrecipient_check = \"any\"\n[content.rspamd]\n[[content.domain]]\ndomain = \"a.test\"\nspam_quarantine_score = 8.0\nspam_reject_score = 40.0\n",
+        )
+        .unwrap()
+        .content;
+        assert_eq!(c.spam_action(["c.test"], 5.9), InboundAction::Accept);
+        assert_eq!(c.spam_action(["c.test"], 6.0), InboundAction::Tag);
+        assert_eq!(c.spam_action(["c.test"], 15.0), InboundAction::Reject);
+        assert_eq!(c.spam_action(["a.test"], 7.0), InboundAction::Tag);
+        assert_eq!(c.spam_action(["a.test"], 20.0), InboundAction::Quarantine);
+        assert_eq!(
+            c.spam_action(["A.test", "b.test"], 20.0),
+            InboundAction::Reject
+        );
+        assert_eq!(c.spam_action(["a.test"], 40.0), InboundAction::Reject);
     }
 }
