@@ -13,7 +13,9 @@ use thiserror::Error;
 use crate::address::normalize_domain;
 
 mod inbound;
+mod reports;
 pub use inbound::{InboundAction, InboundAuthConfig, InboundDomainPolicy};
+pub use reports::ReportsConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -67,6 +69,8 @@ pub struct Config {
     pub oauth_issuer: Vec<OAuthIssuerConfig>,
     pub audit: AuditConfig,
     pub quarantine: QuarantineConfig,
+    /// The reports Postern sends: DMARC aggregate reports.
+    pub reports: ReportsConfig,
 }
 
 /// `[quarantine]`: inbound mail held for a decision.
@@ -154,6 +158,7 @@ impl Default for Config {
             oauth_issuer: Vec::new(),
             audit: AuditConfig::default(),
             quarantine: QuarantineConfig::default(),
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -997,6 +1002,7 @@ impl Config {
         }
         self.validate_screen()?;
         self.inbound_auth.validate(&self.relay.domains)?;
+        self.reports.validate()?;
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(

@@ -12,6 +12,7 @@ pub mod header_from;
 pub mod inbound;
 pub mod keys;
 pub mod records;
+pub mod reports;
 pub mod return_path;
 pub mod sign;
 pub mod single_sender;

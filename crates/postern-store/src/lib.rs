@@ -414,6 +414,24 @@ pub trait TlsPolicyStore: Send + Sync {
     ) -> Result<()>;
 }
 
+/// What the reports Postern sends are made of (DMARC aggregate reports,
+/// RFC 7489 §7.2).
+#[async_trait]
+pub trait ReportDataStore: Send + Sync {
+    /// Keeps one observation. Written with the next group commit: a caller
+    /// on the inbound path need not wait for it (the message does not
+    /// depend on it).
+    async fn record_dmarc(&self, observation: DmarcObservation) -> Result<()>;
+    /// Everything recorded so far, per From domain, equal rows counted.
+    async fn dmarc_pending(&self) -> Result<Vec<DmarcPending>>;
+    /// Forgets a domain's observations up to `up_to` (they were reported);
+    /// returns how many.
+    async fn forget_dmarc(&self, from_domain: String, up_to: i64) -> Result<u64>;
+    /// Drops observations made before `before` (never reported: no
+    /// destination took them); returns how many.
+    async fn expire_dmarc(&self, before: i64) -> Result<u64>;
+}
+
 /// Everything a node needs from its store.
 pub trait Store:
     QueueStore
@@ -427,6 +445,7 @@ pub trait Store:
     + DomainStore
     + SenderStore
     + QuarantineStore
+    + ReportDataStore
 {
 }
 impl<
@@ -440,7 +459,8 @@ impl<
             + TlsPolicyStore
             + DomainStore
             + SenderStore
-            + QuarantineStore,
+            + QuarantineStore
+            + ReportDataStore,
     > Store for T
 {
 }

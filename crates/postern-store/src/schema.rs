@@ -441,6 +441,23 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO quarantine_counters (action, n)
         VALUES ('held', 0), ('released', 0), ('deleted', 0), ('expired', 0);
     "#,
+    // 24: what the reports Postern sends are made of. One row per inbound
+    // message evaluated under DMARC, for the aggregate report to the
+    // sender's policy domain (RFC 7489 §7.2): `policy` is the record as
+    // published, `row` the source, results and disposition, both JSON
+    // written by postern-mailauth, so equal rows are counted with GROUP BY.
+    // Rows leave once reported, or after the retention.
+    r#"
+    CREATE TABLE dmarc_observations (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        from_domain TEXT NOT NULL,    -- the RFC5322.From domain, lower-cased
+        policy      TEXT NOT NULL,
+        row         TEXT NOT NULL
+    );
+    CREATE INDEX dmarc_observations_by_domain ON dmarc_observations(from_domain, id);
+    CREATE INDEX dmarc_observations_by_time ON dmarc_observations(at);
+    "#,
 ];
 
 /// Tables that hold rows owned by an account: each has `account` (the

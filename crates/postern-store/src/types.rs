@@ -650,3 +650,34 @@ pub struct QuarantineStats {
     /// ever: counted in the commit of each action.
     pub actions: Vec<(String, u64)>,
 }
+
+/// One inbound message evaluated under DMARC, kept for the aggregate
+/// report to the sender's policy domain (RFC 7489 §7.2). `policy` and
+/// `row` are opaque to the store (JSON written by the reporter): equal
+/// rows are counted together, as the report counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmarcObservation {
+    pub at: i64,
+    /// The RFC5322.From domain, lower-cased.
+    pub from_domain: String,
+    /// The DMARC record that applied.
+    pub policy: String,
+    /// The source, the results and the disposition applied.
+    pub row: String,
+}
+
+/// What waits to be reported for one From domain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DmarcPending {
+    pub from_domain: String,
+    /// The policy of the newest observation.
+    pub policy: String,
+    /// Each distinct row, with how many messages it stands for.
+    pub rows: Vec<(String, u64)>,
+    /// When the first and the last of them were made (unix ms).
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The observations up to this id are in it: `forget_dmarc` takes it,
+    /// so rows recorded while the report was being sent stay for the next.
+    pub up_to: i64,
+}

@@ -114,6 +114,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::quarantine_command::QuarantineCommand,
     },
+    /// The reports Postern sends (DMARC aggregate): send-now.
+    Reports {
+        #[command(subcommand)]
+        command: crate::reports_send_command::ReportsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -406,6 +411,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Quarantine { command } => {
             let config = load_config(&cli.global)?;
             crate::quarantine_command::run(&config, command).await
+        }
+        Command::Reports { command } => {
+            let config = load_config(&cli.global)?;
+            crate::reports_send_command::run(&config, command).await
         }
         Command::Events(query) => {
             let config = load_config(&cli.global)?;

@@ -13,6 +13,7 @@ mod events_command;
 mod key_command;
 mod quarantine_command;
 mod queue_command;
+mod reports_send_command;
 mod sender_command;
 mod serve;
 mod terminal;

@@ -155,14 +155,20 @@ pub async fn serve(config: Config) -> Result<()> {
     // Mail without AUTH on mx listeners: SPF, DKIM, DMARC and ARC, with
     // their own resolver on [dns] nameservers.
     let intake = if config.inbound_auth.enabled {
-        intake.with_inbound_authenticator(Arc::new(
-            postern_mailauth::inbound::InboundChecks::new(
-                &config.inbound_auth,
-                &config.dns.nameservers,
-                &config.server.hostname,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ))
+        let checks = postern_mailauth::inbound::InboundChecks::new(
+            &config.inbound_auth,
+            &config.dns.nameservers,
+            &config.server.hostname,
+        )
+        .map_err(anyhow::Error::msg)?;
+        // Each message evaluated under DMARC is recorded for the
+        // aggregate reports (RFC 7489 §7.2).
+        let checks = if config.reports.dmarc_aggregate {
+            checks.with_dmarc_reports(store.clone())
+        } else {
+            checks
+        };
+        intake.with_inbound_authenticator(Arc::new(checks))
     } else {
         tracing::info!("inbound authentication off (inbound_auth.enabled = false)");
         intake
@@ -255,6 +261,18 @@ pub async fn serve(config: Config) -> Result<()> {
         config.quarantine.retention,
         shutdown_rx.clone(),
     ));
+    // The reports Postern sends, every reports.interval.
+    if config.reports.dmarc_aggregate {
+        let reporter = postern_mailauth::reports::Reporter::new(
+            &config.reports,
+            &config.server.hostname,
+            &config.dns.nameservers,
+            config.inbound_auth.dns_timeout,
+            store.clone(),
+            bounce_intake.clone(),
+        )?;
+        tokio::spawn(Arc::new(reporter).run(config.reports.interval, shutdown_rx.clone()));
+    }
     let resolver = Arc::new(
         if config.dns.dane {
             MxResolver::with_dnssec(&config.dns.nameservers, None)

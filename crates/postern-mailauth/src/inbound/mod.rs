@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::arc::ChainValidation;
@@ -45,6 +46,7 @@ use postern_core::config::{InboundAction, InboundAuthConfig};
 use postern_core::network::IpNet;
 use postern_core::Envelope;
 use postern_queue::{ClientInfo, InboundAuthenticator, InboundVerdict};
+use postern_store::{DmarcObservation, ReportDataStore};
 
 use crate::MailAuthError;
 use verdict::{decide, Decision, DmarcState, Facts, Rules, SenderPolicy};
@@ -61,12 +63,18 @@ pub struct InboundChecks {
     trusted_networks: Vec<IpNet>,
     /// ARC-Seal `d=` domains, lower-cased.
     trusted_sealers: Vec<String>,
+    /// Where each message evaluated under DMARC is recorded for the
+    /// aggregate reports (`reports.dmarc_aggregate`).
+    reports: Option<Arc<dyn ReportDataStore>>,
 }
 
 /// A resolver for the checks: `[dns] nameservers` (UDP, TCP when a reply
 /// is truncated), or the system's when that is empty; one try of at most
 /// `timeout` per lookup.
-fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> Result<MessageAuthenticator, String> {
+pub(crate) fn resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<MessageAuthenticator, String> {
     use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
     let (config, mut opts) = if nameservers.is_empty() {
         mail_auth::hickory_resolver::system_conf::read_system_conf()
@@ -138,7 +146,31 @@ impl InboundChecks {
                 .iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
+            reports: None,
         })
+    }
+
+    /// Records every message evaluated under DMARC in `store`, for the
+    /// aggregate reports (`crate::reports`).
+    pub fn with_dmarc_reports(mut self, store: Arc<dyn ReportDataStore>) -> Self {
+        self.reports = Some(store);
+        self
+    }
+
+    /// Keeps the observation without holding up the message: the write
+    /// joins the store's next group commit while the session goes on, and
+    /// a failure costs the report a row, never the message its answer.
+    fn record(&self, observation: Option<DmarcObservation>) {
+        let (Some(store), Some(observation)) = (&self.reports, observation) else {
+            return;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_dmarc(observation).await {
+                metrics::counter!("postern_dmarc_records_failed_total").increment(1);
+                tracing::warn!(error = %e, "cannot record a message for the DMARC aggregate report");
+            }
+        });
     }
 
     /// The rules of each distinct recipient domain.
@@ -188,7 +220,7 @@ impl InboundChecks {
         client: &ClientInfo,
         envelope: &Envelope,
         message: &[u8],
-    ) -> (String, Decision, String) {
+    ) -> (String, Decision, String, Option<DmarcObservation>) {
         let ip = client.ip.to_canonical();
         let helo = client
             .helo
@@ -399,7 +431,30 @@ impl InboundChecks {
             },
             decision.action_word(),
         );
-        (field, decision, summary)
+        let observation = if self.reports.is_some() {
+            crate::reports::dmarc::observation(
+                postern_core::time::now_millis(),
+                crate::reports::dmarc::Checked {
+                    source_ip: ip,
+                    spf: &spf_mail_from,
+                    spf_scope_helo: mail_from.is_empty(),
+                    dkim: &dkim,
+                    dmarc: &dmarc,
+                    envelope_from_domain: &spf_domain,
+                },
+                crate::reports::dmarc::Applied {
+                    action: decision.action,
+                    forwarded_by: if decision.overridden.is_some() {
+                        facts.forwarded_pass.as_deref()
+                    } else {
+                        None
+                    },
+                },
+            )
+        } else {
+            None
+        };
+        (field, decision, summary, observation)
     }
 
     /// The sealer of a validated ARC chain whose last set comes from a
@@ -433,7 +488,9 @@ impl InboundAuthenticator for InboundChecks {
         Box::pin(async move {
             // Verified as received: a signature may cover any field,
             // including one removed below.
-            let (field, decision, summary) = self.verify(client, envelope, message).await;
+            let (field, decision, summary, observation) =
+                self.verify(client, envelope, message).await;
+            self.record(observation);
             let removed = headers::strip_own_fields(message, &self.hostname);
             if removed > 0 {
                 metrics::counter!("postern_inbound_forged_results_removed_total")
