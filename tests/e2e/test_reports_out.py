@@ -1,5 +1,6 @@
 """The reports Postern sends: DMARC aggregate reports (RFC 7489 §7.2) to
-the rua= of the senders of inbound mail. smtplib is the sending MTA,
+the rua= of the senders of inbound mail, and TLS-RPT reports (RFC 8460)
+to the recipient domains of its deliveries. smtplib is the sending MTA,
 dkimpy the sender's signer, a dnslib server on loopback the senders' DNS,
 and the sink both the internal server and the report destinations (the
 "*" route sends everything there)."""
@@ -9,10 +10,12 @@ import email.policy
 import email.utils
 import gzip
 import json
+import re
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-from conftest import wait_until
+from conftest import Postern, Sink, certificate, send_as, server_context, wait_until
 from test_inbound_auth import message, rsa_key, send, server, signed, zone  # noqa: F401 (zone: a fixture)
 
 # RFC 7489 appendix C as mail-auth writes it (the namespace of the
@@ -163,3 +166,133 @@ def test_nothing_is_recorded_while_dmarc_aggregate_is_off(sink, zone):
         out = wait_until(lambda: (o := p.cli("reports", "send-now").stdout) != "nothing to report\n" and o,
                          what="a report")
         assert "sent dmarc sender.test to agg@sender.test: 1 messages" in out, out
+
+
+class ReportReceiver:
+    """An HTTPS server on loopback taking TLS-RPT reports by POST (RFC 8460
+    §5.4), presenting a certificate for `name` issued by `ca` (which
+    Postern trusts through webhooks.ca_file)."""
+
+    def __init__(self, directory, name, ca):
+        import http.server
+        import ssl
+        import threading
+
+        self.posts = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.posts.append((self.path, self.headers["Content-Type"], body))
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        leaf = certificate(directory, "reports", names=[name], issuer=ca)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(leaf["cert"], leaf["key"])
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def tls_report_of(mail):
+    """(headers, JSON report) of a TLS-RPT mail (RFC 8460 §5.3)."""
+    msg = email.message_from_bytes(mail["data"], policy=email.policy.default)
+    parts = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert len(parts) == 1, [p.get_content_type() for p in msg.walk()]
+    return msg, json.loads(gzip.decompress(parts[0].get_payload(decode=True)))
+
+
+def test_tls_rpt_reports_each_domains_sessions_by_mail_and_https(zone, tmp_path):
+    # Two MX hosts on one port (queue.mx_port), on two loopback addresses:
+    # good.test's offers STARTTLS, plain.test's does not. Neither domain
+    # publishes MTA-STS or DANE: the sessions are "no-policy-found".
+    mx_tls = Sink(tls_context=server_context(certificate(tmp_path, "mx", names=["good.test"])))
+    mx_plain = Sink(host="127.0.0.2", port=mx_tls.port)
+    ca = certificate(tmp_path, "ca", ca=True)
+    https = ReportReceiver(tmp_path, "reports.test", ca)
+    zone.set("good.test", "127.0.0.1")
+    zone.set("plain.test", "127.0.0.2")
+    # Report mail goes to reports.test's MX: the TLS host, as good.test.
+    zone.set("reports.test", "127.0.0.1")
+    rua = f"v=TLSRPTv1; rua=mailto:tls@reports.test,https://reports.test:{https.port}/tlsrpt"
+    zone.txt("_smtp._tls.good.test", rua)
+    zone.txt("_smtp._tls.plain.test", rua)
+    config = (f'[dns]\nnameservers = ["127.0.0.1:{zone.port}"]\ndane = false\n'
+              f'[webhooks]\nallow_private_destinations = true\nca_file = "{ca["cert"]}"\n')
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            p = Postern(d, mx_tls.port, extra_config=config, route_every_domain=False,
+                        queue_config=f'retry_initial = "1s"\nretry_max = "2s"\nmx_port = {mx_tls.port}').start()
+            key = p.read_admin_key()
+            try:
+                assert send_as(p, key, "app@sender.test", "app@sender.test", rcpt="a@good.test")[0] == 250
+                assert send_as(p, key, "app@sender.test", "app@sender.test", rcpt="b@plain.test")[0] == 250
+                mx_tls.wait_for(1)
+                mx_plain.wait_for(1)
+                assert mx_tls.messages[0]["tls"] and mx_plain.messages[0]["tls"] is None
+
+                # One pass (more if a session's record was not yet written
+                # when one ran): a report per domain, by both routes.
+                out = []
+                wait_until(lambda: out.append(p.cli("reports", "send-now").stdout) or (
+                    "".join(out).count("sent tls good.test") == 2 and "".join(out).count("sent tls plain.test") == 2),
+                    what="both domains reported to both destinations")
+                mails = wait_until(lambda: len(reports := [m for m in mx_tls.messages if "tls@reports.test" in m["rcpt_tos"]]) == 2 and reports,
+                                   what="both report mails delivered")
+            finally:
+                p.stop()
+    finally:
+        mx_tls.stop()
+        mx_plain.stop()
+        https.stop()
+
+    by_domain = {}
+    for mail in mails:
+        msg, report = tls_report_of(mail)
+        domain = msg["TLS-Report-Domain"]
+        # RFC 8460 §5.3: the fields, the content type and the subject.
+        assert msg["TLS-Report-Submitter"] == "postern.test", msg["TLS-Report-Submitter"]
+        assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "tlsrpt", msg["Content-Type"]
+        assert msg["Subject"] == f"Report Domain: {domain} Submitter: postern.test Report-ID: <{report['report-id']}>", msg["Subject"]
+        assert mail["mail_from"] in ("", "<>"), mail["mail_from"]
+        by_domain[domain] = report
+    assert sorted(by_domain) == ["good.test", "plain.test"], by_domain
+
+    # The same reports were posted, gzipped, as application/tlsrpt+gzip.
+    assert len(https.posts) == 2, https.posts
+    posted = {}
+    for path, content_type, body in https.posts:
+        assert (path, content_type) == ("/tlsrpt", "application/tlsrpt+gzip"), (path, content_type)
+        r = json.loads(gzip.decompress(body))
+        posted[r["policies"][0]["policy"]["policy-domain"]] = r
+    assert posted == by_domain
+
+    # RFC 8460 §4.4, validated field by field.
+    for domain, report in by_domain.items():
+        assert report["organization-name"] == "postern.test"
+        assert report["contact-info"] == "postmaster@postern.test"
+        start = report["date-range"]["start-datetime"]
+        end = report["date-range"]["end-datetime"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", start) and start <= end, (start, end)
+        [policy] = report["policies"]
+        assert policy["policy"]["policy-type"] == "no-policy-found", policy
+        assert policy["policy"]["policy-domain"] == domain
+    good = by_domain["good.test"]["policies"][0]
+    assert good["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 0}, good
+    assert good.get("failure-details", []) == [], good
+    plain = by_domain["plain.test"]["policies"][0]
+    assert plain["summary"] == {"total-successful-session-count": 0, "total-failure-session-count": 1}, plain
+    [failure] = plain["failure-details"]
+    assert failure["result-type"] == "starttls-not-supported", failure
+    assert failure["receiving-mx-hostname"] == "plain.test" and failure["receiving-ip"] == "127.0.0.2", failure
+    assert failure["failed-session-count"] == 1, failure

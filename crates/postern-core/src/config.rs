@@ -676,6 +676,10 @@ pub struct QueueConfig {
     /// receiver's policy demands a valid certificate (MTA-STS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
+    /// The port MX hosts are connected on: 25 (RFC 5321 §4.5.4.2); another
+    /// only to point delivery at a test receiver. TLSA names use 25
+    /// whatever it is.
+    pub mx_port: u16,
 }
 
 /// Limits for destinations whose host matches `match`.
@@ -733,6 +737,7 @@ impl Default for QueueConfig {
             default_ip_pool: None,
             mta_sts: true,
             tls_ca_file: None,
+            mx_port: 25,
         }
     }
 }
@@ -1003,6 +1008,9 @@ impl Config {
         self.validate_screen()?;
         self.inbound_auth.validate(&self.relay.domains)?;
         self.reports.validate()?;
+        if self.queue.mx_port == 0 {
+            return Err(invalid("queue.mx_port", "must be a port (1-65535)"));
+        }
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(

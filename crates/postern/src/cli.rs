@@ -114,7 +114,7 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::quarantine_command::QuarantineCommand,
     },
-    /// The reports Postern sends (DMARC aggregate): send-now.
+    /// The reports Postern sends (DMARC aggregate, TLS-RPT): send-now.
     Reports {
         #[command(subcommand)]
         command: crate::reports_send_command::ReportsCommand,

@@ -1,6 +1,6 @@
 //! `postern reports send-now`: one pass of the reports the server sends
-//! every `reports.interval` (DMARC aggregate reports), at once, from this
-//! process. Reports are queued in the store; a running server's scheduler
+//! every `reports.interval` (DMARC aggregate reports, TLS-RPT), at once,
+//! from this process. Reports are queued in the store; a running server's scheduler
 //! finds them within its idle poll and delivers them.
 
 use std::sync::Arc;
@@ -29,7 +29,16 @@ pub async fn run(config: &Config, command: ReportsCommand) -> Result<()> {
                 config.inbound_auth.dns_timeout,
                 store.clone() as Arc<dyn postern_store::ReportDataStore>,
                 intake,
-            )?;
+            )?
+            // TLS-RPT's https: destinations: the webhooks' client and rules.
+            .with_poster(Arc::new(
+                postern_api::webhook::WebhookDispatcher::new(
+                    store.clone(),
+                    config.webhooks.clone(),
+                    crate::dns_lookup::webhook_lookup(config)?,
+                )
+                .map_err(anyhow::Error::msg)?,
+            ));
             let summary = reporter.run_once(postern_core::time::now_millis()).await?;
             // The pass queued mail and forgot records: an operator's act.
             crate::account_command::audit(

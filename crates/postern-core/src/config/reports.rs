@@ -1,5 +1,6 @@
 //! `[reports]`: the reports Postern sends about the mail it saw: DMARC
-//! aggregate reports (RFC 7489 §7.2) to the senders of inbound mail.
+//! aggregate reports (RFC 7489 §7.2) to the senders of inbound mail, and
+//! TLS-RPT reports (RFC 8460) to the recipient domains of outbound mail.
 
 use std::time::Duration;
 
@@ -13,6 +14,10 @@ pub struct ReportsConfig {
     /// Send DMARC aggregate reports to the `rua` of each sending domain
     /// whose policy applied to inbound mail. Off: nothing is recorded.
     pub dmarc_aggregate: bool,
+    /// Send TLS-RPT reports (RFC 8460) about Postern's own deliveries to
+    /// each recipient domain's MX hosts, to the domain's `_smtp._tls` rua.
+    /// Off: nothing is recorded.
+    pub tls_rpt: bool,
     /// How often reports are sent; each covers what was recorded since the
     /// last (RFC 7489 §7.2: 24 hours by default).
     #[serde(with = "crate::duration")]
@@ -33,6 +38,7 @@ impl Default for ReportsConfig {
     fn default() -> Self {
         ReportsConfig {
             dmarc_aggregate: true,
+            tls_rpt: true,
             interval: Duration::from_secs(86_400),
             retention: Duration::from_secs(7 * 86_400),
             org_name: String::new(),

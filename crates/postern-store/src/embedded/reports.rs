@@ -1,6 +1,7 @@
 //! What the reports Postern sends are made of, in the embedded store (see
 //! `ReportDataStore`): `dmarc_observations`, one row per inbound message
-//! evaluated under DMARC.
+//! evaluated under DMARC; `tls_observations`, one per TLS session attempt
+//! of an outbound delivery to an MX host.
 
 use async_trait::async_trait;
 use rusqlite::params;
@@ -17,6 +18,13 @@ const PENDING: &str = "SELECT o.from_domain, o.row, COUNT(*), MIN(o.at), MAX(o.a
      FROM dmarc_observations o
      GROUP BY o.from_domain, o.row
      ORDER BY o.from_domain, MIN(o.id)";
+
+/// As `PENDING`, for TLS-RPT.
+const TLS_PENDING: &str =
+    "SELECT policy_domain, policy, failure, COUNT(*), MIN(at), MAX(at), MAX(id)
+     FROM tls_observations
+     GROUP BY policy_domain, policy, failure
+     ORDER BY policy_domain, MIN(id)";
 
 #[async_trait]
 impl ReportDataStore for EmbeddedStore {
@@ -79,6 +87,69 @@ impl ReportDataStore for EmbeddedStore {
         self.write(move |conn| {
             Ok(conn
                 .prepare_cached("DELETE FROM dmarc_observations WHERE at < ?1")?
+                .execute(params![before])? as u64)
+        })
+        .await
+    }
+
+    async fn record_tls(&self, o: TlsObservation) -> Result<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO tls_observations (at, policy_domain, policy, failure) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![o.at, o.policy_domain, o.policy, o.failure])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tls_pending(&self) -> Result<Vec<TlsPending>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(TLS_PENDING)?;
+            let mut rows = stmt.query([])?;
+            let mut out: Vec<TlsPending> = Vec::new();
+            while let Some(r) = rows.next()? {
+                let domain: String = r.get(0)?;
+                let policy: String = r.get(1)?;
+                let failure: Option<String> = r.get(2)?;
+                let count: i64 = r.get(3)?;
+                let (first, last, up_to): (i64, i64, i64) = (r.get(4)?, r.get(5)?, r.get(6)?);
+                if out.last().is_none_or(|p| p.policy_domain != domain) {
+                    out.push(TlsPending {
+                        policy_domain: domain,
+                        rows: Vec::new(),
+                        first_at: first,
+                        last_at: last,
+                        up_to,
+                    });
+                }
+                if let Some(entry) = out.last_mut() {
+                    entry.first_at = entry.first_at.min(first);
+                    entry.last_at = entry.last_at.max(last);
+                    entry.up_to = entry.up_to.max(up_to);
+                    entry.rows.push((policy, failure, count.max(0) as u64));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn forget_tls(&self, policy_domain: String, up_to: i64) -> Result<u64> {
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "DELETE FROM tls_observations WHERE policy_domain = ?1 AND id <= ?2",
+                )?
+                .execute(params![policy_domain, up_to])? as u64)
+        })
+        .await
+    }
+
+    async fn expire_tls(&self, before: i64) -> Result<u64> {
+        self.write(move |conn| {
+            Ok(conn
+                .prepare_cached("DELETE FROM tls_observations WHERE at < ?1")?
                 .execute(params![before])? as u64)
         })
         .await
@@ -149,5 +220,66 @@ mod tests {
         let pending = store.dmarc_pending().await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].from_domain, "a.test");
+    }
+
+    fn tls(at: i64, domain: &str, policy: &str, failure: Option<&str>) -> TlsObservation {
+        TlsObservation {
+            at,
+            policy_domain: domain.into(),
+            policy: policy.into(),
+            failure: failure.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_sessions_are_counted_per_policy_and_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .record_tls(tls(10, "a.test", "sts", None))
+            .await
+            .unwrap();
+        store
+            .record_tls(tls(20, "a.test", "sts", Some("no-starttls")))
+            .await
+            .unwrap();
+        store
+            .record_tls(tls(30, "a.test", "sts", None))
+            .await
+            .unwrap();
+        store
+            .record_tls(tls(40, "a.test", "none", None))
+            .await
+            .unwrap();
+        store
+            .record_tls(tls(50, "b.test", "none", None))
+            .await
+            .unwrap();
+        let pending = store.tls_pending().await.unwrap();
+        assert_eq!(pending.len(), 2, "{pending:?}");
+        assert_eq!(
+            pending[0].rows,
+            vec![
+                ("sts".into(), None, 2),
+                ("sts".into(), Some("no-starttls".into()), 1),
+                ("none".into(), None, 1),
+            ]
+        );
+        assert_eq!((pending[0].first_at, pending[0].last_at), (10, 40));
+        store
+            .record_tls(tls(60, "a.test", "sts", None))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .forget_tls("a.test".into(), pending[0].up_to)
+                .await
+                .unwrap(),
+            4
+        );
+        let pending = store.tls_pending().await.unwrap();
+        assert_eq!(pending[0].rows, vec![("sts".into(), None, 1)]);
+        assert_eq!(store.expire_tls(55).await.unwrap(), 1);
+        assert_eq!(store.tls_pending().await.unwrap().len(), 1);
     }
 }
