@@ -72,11 +72,12 @@ def test_dmarc_aggregate_report_to_the_senders_rua(sink, zone):
     rsa_pem, rsa_txt = rsa_key()
     zone.txt("sender.test", "v=spf1 ip4:127.0.0.1 -all")
     zone.txt("s1._domainkey.sender.test", rsa_txt)
-    # Three destinations: one in the policy domain, one in another domain
-    # that agreed to take its reports, one in another domain that did not.
+    # Four destinations: one in the policy domain, one in another domain
+    # that agreed to take its reports, one in another domain that did not,
+    # and one that takes reports of at most 100 bytes (RFC 7489 §6.2 "!").
     zone.txt("_dmarc.sender.test",
              "v=DMARC1; p=quarantine; rua=mailto:agg@sender.test,"
-             "mailto:dmarc@authorized.test,mailto:dmarc@thirdparty.test")
+             "mailto:dmarc@authorized.test,mailto:dmarc@thirdparty.test,mailto:small@sender.test!100")
     zone.txt("sender.test._report._dmarc.authorized.test", "v=DMARC1")
     zone.txt("esp.test", "v=spf1 ip4:192.0.2.1 -all")
     with server(sink, zone.port) as p:
@@ -96,6 +97,7 @@ def test_dmarc_aggregate_report_to_the_senders_rua(sink, zone):
         assert "sent dmarc sender.test to agg@sender.test: 4 messages" in out, out
         assert "sent dmarc sender.test to dmarc@authorized.test" in out, out
         assert "not sent dmarc sender.test to dmarc@thirdparty.test" in out and "_report._dmarc" in out, out
+        assert "not sent dmarc sender.test to small@sender.test" in out and "over its limit of 100" in out, out
         wait_until(lambda: reports_to(sink, "agg@sender.test") and reports_to(sink, "dmarc@authorized.test"),
                    what="both reports delivered")
         [mail] = reports_to(sink, "agg@sender.test")
@@ -130,7 +132,7 @@ def test_dmarc_aggregate_report_to_the_senders_rua(sink, zone):
         # pass was queued before send-now returned, and none of the queued
         # mail names it.
         events = json.loads(p.cli("events", "--json").stdout)
-        assert not [e for e in events if e.get("recipient") == "dmarc@thirdparty.test"], events
+        assert not [e for e in events if e.get("recipient") in ("dmarc@thirdparty.test", "small@sender.test")], events
         processed = [e for e in events if e["event"] == "processed" and "dmarc aggregate report for sender.test" in e["detail"]]
         assert sorted(e["recipient"] for e in processed) == ["agg@sender.test", "dmarc@authorized.test"], processed
 
