@@ -68,7 +68,9 @@ pub fn observation(
         envelope_from_domain,
     } = checked;
     let record: &Dmarc = dmarc.dmarc_record()?;
-    let from_domain = dmarc.domain().to_ascii_lowercase();
+    // Peer-controlled: it names the report's file and subject and goes in
+    // the send log, so only a domain's characters are kept.
+    let from_domain = crate::inbound::verdict::sanitize(dmarc.domain()).to_ascii_lowercase();
     if from_domain.is_empty() {
         return None;
     }
