@@ -203,11 +203,15 @@ class Sink:
     tls_context: instead, an ssl.SSLContext for the server side; STARTTLS
     (RFC 3207) is offered, not required, in whatever TLS that context
     allows. auth: (user, password) that must be given with AUTH (over TLS
-    only) before MAIL; the session's `auth_data` is then the user name."""
+    only) before MAIL; the session's `auth_data` is then the user name.
+    host, port: where it listens (default 127.0.0.1 and a free port), so
+    that MX hosts of several domains can share one port on different
+    loopback addresses."""
 
-    def __init__(self, tls=None, auth=None, tls_context=None):
+    def __init__(self, tls=None, auth=None, tls_context=None, host="127.0.0.1", port=None):
         self.handler = SinkHandler()
-        self.port = free_port()
+        self.host = host
+        self.port = port or free_port()
         options = {}
         if tls_context is not None:
             options.update(tls_context=tls_context)
@@ -226,7 +230,7 @@ class Sink:
 
             options.update(auth_required=True, authenticator=authenticate)
         self.controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, decode_data=False, **options
+            self.handler, hostname=host, port=self.port, decode_data=False, **options
         )
         self.controller.start()
 

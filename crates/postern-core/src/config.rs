@@ -81,7 +81,8 @@ pub struct Config {
     /// MTA-STS policies (RFC 8461) served on the HTTP listener for the
     /// company's own domains.
     pub mta_sts: Vec<MtaStsPolicyConfig>,
-    /// Addresses at which DMARC aggregate and TLS-RPT reports are received.
+    /// The reports Postern sends (DMARC aggregate, TLS-RPT) and the
+    /// addresses at which it receives them.
     pub reports: ReportsConfig,
 }
 
@@ -706,6 +707,10 @@ pub struct QueueConfig {
     /// receiver's policy demands a valid certificate (MTA-STS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
+    /// The port MX hosts are connected on: 25 (RFC 5321 §4.5.4.2); another
+    /// only to point delivery at a test receiver. TLSA names use 25
+    /// whatever it is.
+    pub mx_port: u16,
 }
 
 /// Limits for destinations whose host matches `match`.
@@ -763,6 +768,7 @@ impl Default for QueueConfig {
             default_ip_pool: None,
             mta_sts: true,
             tls_ca_file: None,
+            mx_port: 25,
         }
     }
 }
@@ -1035,6 +1041,9 @@ impl Config {
         self.content.validate(&self.relay.domains)?;
         mta_sts::validate(&self.mta_sts)?;
         self.reports.validate(&self.relay.domains)?;
+        if self.queue.mx_port == 0 {
+            return Err(invalid("queue.mx_port", "must be a port (1-65535)"));
+        }
         let l = &self.limits;
         if l.max_command_line < 512 {
             return Err(invalid(

@@ -24,6 +24,7 @@ use tokio_rustls::TlsConnector;
 use crate::mx::MxResolver;
 use crate::outcome::Outcome;
 use crate::route::Destination;
+use crate::tls_report::{Failure, PolicyType, ReportPolicy, ResultType, TlsRecorder};
 
 /// RFC 5321 §4.5.3.2.6 allows 10 minutes for the reply to the final dot;
 /// other replies use the configured command timeout.
@@ -51,14 +52,14 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    /// The settings a node's delivery uses, from its configuration (port 25
-    /// for MX hosts, 443 for MTA-STS policies).
+    /// The settings a node's delivery uses, from its configuration
+    /// (`queue.mx_port`, 25, for MX hosts; 443 for MTA-STS policies).
     pub fn from_config(config: &postern_core::Config) -> Self {
         ClientSettings {
             ehlo_name: config.server.hostname.clone(),
             connect_timeout: config.queue.connect_timeout,
             command_timeout: config.queue.command_timeout,
-            mx_port: SMTP_PORT,
+            mx_port: config.queue.mx_port,
             ca_file: config.queue.tls_ca_file.clone(),
             mta_sts_port: 443,
             mta_sts: config.queue.mta_sts,
@@ -174,6 +175,9 @@ struct Candidate {
     dane: Option<Vec<crate::mx::Tlsa>>,
     /// The next hop speaks LMTP (RFC 2033): only static routes say so.
     lmtp: bool,
+    /// An MX host of the recipient domain: the policy its TLS-RPT report
+    /// (RFC 8460) names. None for a static route's next hop.
+    report: Option<Arc<ReportPolicy>>,
 }
 
 pub struct SmtpClient {
@@ -186,6 +190,8 @@ pub struct SmtpClient {
     mta_sts: Option<crate::mta_sts::MtaSts>,
     /// Rewrites envelope senders into verified return paths (VERP).
     verp: Option<Arc<postern_core::verp::Verp>>,
+    /// Records each TLS session to an MX host for TLS-RPT.
+    tls_reports: Option<TlsRecorder>,
 }
 
 /// Why a host was given up on (the next one is tried).
@@ -220,7 +226,39 @@ impl SmtpClient {
             webpki_verifier,
             mta_sts,
             verp: None,
+            tls_reports: None,
         })
+    }
+
+    /// Records the outcome of every TLS session attempt to a recipient
+    /// domain's MX host in `store`, for its TLS-RPT report (RFC 8460).
+    pub fn with_tls_reports(mut self, store: Arc<dyn postern_store::ReportDataStore>) -> Self {
+        self.tls_reports = Some(TlsRecorder::new(store));
+        self
+    }
+
+    /// One session's outcome for the TLS-RPT report, when the candidate
+    /// is an MX host of the recipient domain.
+    fn report_tls(
+        &self,
+        c: &Candidate,
+        conn: &Conn,
+        addr: SocketAddr,
+        failure: Option<(ResultType, String)>,
+    ) {
+        let (Some(recorder), Some(policy)) = (&self.tls_reports, &c.report) else {
+            return;
+        };
+        recorder.record(
+            policy,
+            failure.map(|(result, reason)| Failure {
+                result,
+                sending_ip: conn.local_ip(),
+                mx_host: Some(c.host.clone()),
+                receiving_ip: Some(addr.ip()),
+                reason: Some(reason),
+            }),
+        );
     }
 
     /// Envelope senders of jobs with a return path become VERP addresses
@@ -265,6 +303,27 @@ impl SmtpClient {
             Some(m) => m.policy(domain).await,
             None => None,
         };
+        use crate::mta_sts::Mode;
+        // RFC 8460 §4.4: the policy each session is reported under.
+        let report = Arc::new(match &policy {
+            Some(p) if matches!(p.mode, Mode::Enforce | Mode::Testing) => {
+                let mut r = ReportPolicy::new(domain, PolicyType::Sts);
+                r.strings.push("version: STSv1".into());
+                r.strings.push(format!(
+                    "mode: {}",
+                    if p.mode == Mode::Enforce {
+                        "enforce"
+                    } else {
+                        "testing"
+                    }
+                ));
+                r.strings.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+                r.strings.push(format!("max_age: {}", p.max_age.as_secs()));
+                r.mx_host = p.mx.clone();
+                r
+            }
+            _ => ReportPolicy::new(domain, PolicyType::NoPolicyFound),
+        });
         let candidate = |host: String, tls, policy, webpki, report_only| Candidate {
             host,
             port: self.settings.mx_port,
@@ -276,8 +335,8 @@ impl SmtpClient {
             report_only,
             dane: None,
             lmtp: false,
+            report: Some(report.clone()),
         };
-        use crate::mta_sts::Mode;
         match policy {
             Some(p) if p.mode == Mode::Enforce => {
                 // RFC 8461 §4.1: only MX hosts the policy names are used,
@@ -336,6 +395,23 @@ impl SmtpClient {
         // falling back to the usual TLS policy.
         if self.resolver.dane_required() && probe.current().await != DaneState::Active {
             metrics::counter!("postern_dane_total", "result" => "required_inactive").increment(1);
+            // RFC 8460 §4.3.2.2 dane-required: DANE was required and could
+            // not be used.
+            if let Some(recorder) = &self.tls_reports {
+                recorder.record(
+                    &ReportPolicy::new(domain, PolicyType::Tlsa),
+                    Some(Failure {
+                        result: ResultType::DaneRequired,
+                        sending_ip: None,
+                        mx_host: None,
+                        receiving_ip: None,
+                        reason: Some(
+                            "dns.dane_required, and the resolver path does not validate DNSSEC"
+                                .into(),
+                        ),
+                    }),
+                );
+            }
             tracing::warn!(%domain, "DANE required (dns.dane_required) but inactive: the resolver path does not supply DNSSEC data that validates; deferring");
             return Err(Outcome::Transient(format!(
                 "DANE required (dns.dane_required) but inactive: the resolver path does not \
@@ -379,11 +455,46 @@ impl SmtpClient {
                 Dnssec::Insecure => (RouteTls::Opportunistic, "opportunistic", None),
                 Dnssec::Bogus(e) => {
                     metrics::counter!("postern_dane_total", "result" => "tlsa_bogus").increment(1);
+                    // RFC 8460 §4.3.2.2: the TLSA answer failed DNSSEC
+                    // validation; no session was attempted.
+                    if let Some(recorder) = &self.tls_reports {
+                        recorder.record(
+                            &ReportPolicy::new(domain, PolicyType::Tlsa),
+                            Some(Failure {
+                                result: ResultType::DnssecInvalid,
+                                sending_ip: None,
+                                mx_host: Some(host.clone()),
+                                receiving_ip: None,
+                                reason: Some(e.to_string()),
+                            }),
+                        );
+                    }
                     tracing::warn!(%domain, %host, error = %e, "DANE: TLSA lookup failed; host not used");
                     unusable.push(format!("{host}: {e}"));
                     continue;
                 }
             };
+            let mut report = ReportPolicy::new(
+                domain,
+                if dane.is_some() {
+                    PolicyType::Tlsa
+                } else {
+                    PolicyType::NoPolicyFound
+                },
+            );
+            report.strings = dane
+                .iter()
+                .flatten()
+                .map(|t| {
+                    format!(
+                        "{} {} {} {}",
+                        t.usage,
+                        t.selector,
+                        t.matching,
+                        data_encoding_hex(&t.data)
+                    )
+                })
+                .collect();
             candidates.push(Candidate {
                 host,
                 port: self.settings.mx_port,
@@ -395,6 +506,7 @@ impl SmtpClient {
                 report_only: false,
                 dane,
                 lmtp: false,
+                report: Some(Arc::new(report)),
             });
         }
         if candidates.is_empty() {
@@ -443,6 +555,7 @@ impl SmtpClient {
                 report_only: false,
                 dane: None,
                 lmtp: r.protocol == RouteProtocol::Lmtp,
+                report: None,
             }],
             Destination::Mx => {
                 let hosts = match self.resolver.mx_hosts(&job.domain).await {
@@ -648,6 +761,15 @@ impl SmtpClient {
                 .map_err(|e| io_fail(conn, e))?;
             let (code, text) = conn.reply().await.map_err(|e| io_fail(conn, e))?;
             if code != 220 {
+                self.report_tls(
+                    c,
+                    conn,
+                    addr,
+                    Some((
+                        ResultType::StartTlsNotSupported,
+                        format!("STARTTLS refused: {code}"),
+                    )),
+                );
                 if c.tls == RouteTls::Required {
                     return Err(HostFailure(Outcome::Transient(format!(
                         "{} refused STARTTLS: {code} {text} (TLS required by {})",
@@ -688,22 +810,40 @@ impl SmtpClient {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
                         metrics::counter!("postern_delivery_tls_total", "result" => "handshake_failed", "policy" => c.policy).increment(1);
+                        let dane = c.dane.as_ref().is_some_and(|d| !d.is_empty());
+                        self.report_tls(
+                            c,
+                            conn,
+                            addr,
+                            Some((ResultType::of_handshake(&e, dane), e.to_string())),
+                        );
                         return Err(HostFailure(Outcome::Transient(format!(
                             "TLS handshake with {} [{addr}]: {e} (TLS policy: {})",
                             c.host, c.policy
                         ))));
                     }
                     Err(_) => {
+                        self.report_tls(
+                            c,
+                            conn,
+                            addr,
+                            Some((
+                                ResultType::ValidationFailure,
+                                "TLS handshake timed out".into(),
+                            )),
+                        );
                         return Err(HostFailure(Outcome::Transient(format!(
                             "TLS handshake with {} [{addr}]: timed out",
                             c.host
-                        ))))
+                        ))));
                     }
                 };
                 let desc = describe(tls.get_ref().1);
-                if c.report_only {
-                    self.report_certificate(&c.host, tls.get_ref().1);
-                }
+                let testing_failure = if c.report_only {
+                    self.report_certificate(&c.host, tls.get_ref().1)
+                } else {
+                    None
+                };
                 // The agreed key exchange group (X25519MLKEM768 where the
                 // peer offers the hybrid post-quantum group).
                 let group = tls
@@ -716,17 +856,40 @@ impl SmtpClient {
                 metrics::counter!("postern_delivery_tls_total", "result" => if c.tls == RouteTls::Required { "verified" } else { "opportunistic" }, "policy" => c.policy, "group" => group).increment(1);
                 tls_desc = Some(desc);
                 conn.stream = Stream::Tls(Box::new(tls));
+                self.report_tls(c, conn, addr, testing_failure);
                 caps = self
                     .ehlo(conn, ehlo_name, c.lmtp)
                     .await
                     .map_err(|e| io_fail(conn, e))?;
             }
         } else if c.tls == RouteTls::Required {
+            self.report_tls(
+                c,
+                conn,
+                addr,
+                Some((
+                    ResultType::StartTlsNotSupported,
+                    "STARTTLS not offered".into(),
+                )),
+            );
             return Err(HostFailure(Outcome::Transient(format!(
                 "{} does not offer STARTTLS, and TLS is required ({})",
                 c.host, c.policy
             ))));
         } else {
+            if want_tls {
+                // RFC 8460 §4.3.1: the MX host offered no STARTTLS (under
+                // no policy too: the domain learns its mail went in clear).
+                self.report_tls(
+                    c,
+                    conn,
+                    addr,
+                    Some((
+                        ResultType::StartTlsNotSupported,
+                        "STARTTLS not offered".into(),
+                    )),
+                );
+            }
             if c.report_only {
                 metrics::counter!("postern_mta_sts_total", "result" => "testing_no_tls")
                     .increment(1);
@@ -829,6 +992,7 @@ impl SmtpClient {
             report_only: false,
             dane: None,
             lmtp: route.protocol == RouteProtocol::Lmtp,
+            report: None,
         };
         let ips = match self.resolver.addresses(&c.host).await {
             Ok(ips) => ips,
@@ -1037,7 +1201,14 @@ impl HostFailure {
 impl SmtpClient {
     /// MTA-STS `testing`: checks the chain and name the server presented,
     /// and reports (log, metric) what `enforce` would have refused.
-    fn report_certificate(&self, host: &str, conn: &rustls::ClientConnection) {
+    /// Checks the certificate as `enforce` would; returns the failure for
+    /// the TLS-RPT report (RFC 8460 §4.3.2.1), if any: reporting is what
+    /// MTA-STS `testing` is for (RFC 8461 §5).
+    fn report_certificate(
+        &self,
+        host: &str,
+        conn: &rustls::ClientConnection,
+    ) -> Option<(ResultType, String)> {
         let result = match (conn.peer_certificates(), server_name(host)) {
             (Some([end, intermediates @ ..]), Some(name)) => self
                 .webpki_verifier
@@ -1049,17 +1220,22 @@ impl SmtpClient {
                     rustls_pki_types::UnixTime::now(),
                 )
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
-            _ => Err("no certificate".to_owned()),
+                .map_err(|e| (ResultType::of_tls(&e, false), e.to_string())),
+            _ => Err((
+                ResultType::CertificateNotTrusted,
+                "no certificate".to_owned(),
+            )),
         };
         match result {
             Ok(()) => {
-                metrics::counter!("postern_mta_sts_total", "result" => "testing_ok").increment(1)
+                metrics::counter!("postern_mta_sts_total", "result" => "testing_ok").increment(1);
+                None
             }
-            Err(e) => {
+            Err((kind, e)) => {
                 metrics::counter!("postern_mta_sts_total", "result" => "testing_failure")
                     .increment(1);
                 tracing::warn!(%host, error = %e, "MTA-STS testing: the certificate would be refused under enforce (delivering anyway)");
+                Some((kind, e))
             }
         }
     }
@@ -1385,6 +1561,11 @@ impl AsyncWrite for Stream {
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
+}
+
+/// Lower-case hex, as TLSA data is written (RFC 6698 §2.2).
+fn data_encoding_hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

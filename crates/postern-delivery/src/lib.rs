@@ -15,6 +15,7 @@ pub mod route;
 pub mod scheduler;
 pub mod shaping;
 pub mod tls;
+pub mod tls_report;
 
 pub use client::{ClientSettings, KeptConnection, SmtpClient, Source};
 pub use dnssec_probe::{DaneState, DnssecProbe};

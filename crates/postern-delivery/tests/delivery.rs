@@ -455,7 +455,8 @@ async fn start_node_watched(
         },
         resolver,
     )
-    .unwrap();
+    .unwrap()
+    .with_tls_reports(store.clone());
     let watched = Arc::new(WatchedStore {
         inner: store.clone(),
         handed_out: Mutex::new(Vec::new()),
@@ -2199,6 +2200,90 @@ async fn mta_sts_policies_are_honoured() {
         Some(&1),
         "{fetched:?}"
     );
+
+    // TLS-RPT (RFC 8460): every session attempt to an MX host is recorded
+    // under the policy it went by, each failure with its §4.3 type.
+    let sessions = |domain: &'static str| {
+        let store = node.store.clone();
+        async move {
+            let pending = postern_store::ReportDataStore::tls_pending(store.as_ref())
+                .await
+                .unwrap();
+            let mut out: Vec<(String, String, u64)> = Vec::new();
+            for p in pending.into_iter().filter(|p| p.policy_domain == domain) {
+                for (policy, failure, n) in p.rows {
+                    let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+                    let result = match failure {
+                        None => "success".to_owned(),
+                        Some(f) => {
+                            let f: serde_json::Value = serde_json::from_str(&f).unwrap();
+                            f["result-type"].as_str().unwrap().to_owned()
+                        }
+                    };
+                    out.push((
+                        policy["policy-type"].as_str().unwrap().to_owned(),
+                        result,
+                        n,
+                    ));
+                }
+            }
+            out
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let badcert = sessions("badcert.example").await;
+        let notls = sessions("notls.example").await;
+        let testing = sessions("testing.example").await;
+        let nopolicy = sessions("nopolicy.example").await;
+        let enforce = sessions("enforce.example").await;
+        let settled = badcert.first().is_some_and(|r| r.2 >= 3)
+            && notls.first().is_some_and(|r| r.2 >= 3)
+            && !testing.is_empty()
+            && !nopolicy.is_empty()
+            && !enforce.is_empty();
+        if settled || tokio::time::Instant::now() > deadline {
+            let one = |rows: &[(String, String, u64)]| -> Vec<(String, String)> {
+                rows.iter()
+                    .map(|(p, r, _)| (p.clone(), r.clone()))
+                    .collect()
+            };
+            let pair = |p: &str, r: &str| vec![(p.to_owned(), r.to_owned())];
+            // A valid certificate for a listed MX: success (two messages,
+            // one or two sessions: a kept connection may carry both).
+            assert_eq!(one(&enforce), pair("sts", "success"), "{enforce:?}");
+            // A certificate for another name, under enforce: refused each
+            // time, never a success.
+            assert_eq!(
+                one(&badcert),
+                pair("sts", "certificate-host-mismatch"),
+                "{badcert:?}"
+            );
+            assert!(badcert[0].2 >= 3, "{badcert:?}");
+            assert_eq!(
+                one(&notls),
+                pair("sts", "starttls-not-supported"),
+                "{notls:?}"
+            );
+            // testing: delivered, and the certificate reported as enforce
+            // would have refused it.
+            assert_eq!(
+                one(&testing),
+                pair("sts", "certificate-host-mismatch"),
+                "{testing:?}"
+            );
+            // No policy, no STARTTLS: delivered in plaintext, reported.
+            assert_eq!(
+                one(&nopolicy),
+                pair("no-policy-found", "starttls-not-supported"),
+                "{nopolicy:?}"
+            );
+            // The MX the policy does not list was never connected to.
+            assert!(sessions("unlisted.example").await.is_empty());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// RFC 8461 §3.3: the policy is fetched over HTTPS, and the server's

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use crate::audit_anchor::{AnchorCheck, AnchorSource, AnchoredVerdict, AuditAnchor, AuditHead};
 
 mod quarantine;
+mod report_data;
 mod reports;
 use crate::schema;
 use crate::*;

@@ -433,6 +433,31 @@ pub trait TlsPolicyStore: Send + Sync {
     ) -> Result<()>;
 }
 
+/// What the reports Postern sends are made of (DMARC aggregate reports,
+/// RFC 7489 §7.2; TLS-RPT, RFC 8460).
+#[async_trait]
+pub trait ReportDataStore: Send + Sync {
+    /// Keeps one observation. Written with the next group commit: a caller
+    /// on the inbound path need not wait for it (the message does not
+    /// depend on it).
+    async fn record_dmarc(&self, observation: DmarcObservation) -> Result<()>;
+    /// Everything recorded so far, per From domain, equal rows counted.
+    async fn dmarc_pending(&self) -> Result<Vec<DmarcPending>>;
+    /// Forgets a domain's observations up to `up_to` (they were reported);
+    /// returns how many.
+    async fn forget_dmarc(&self, from_domain: String, up_to: i64) -> Result<u64>;
+    /// Drops observations made before `before` (never reported: no
+    /// destination took them); returns how many.
+    async fn expire_dmarc(&self, before: i64) -> Result<u64>;
+    /// Keeps one TLS session outcome (TLS-RPT, RFC 8460), as
+    /// `record_dmarc`: the delivery need not wait for it.
+    async fn record_tls(&self, observation: TlsObservation) -> Result<()>;
+    /// Everything recorded so far, per policy domain, equal rows counted.
+    async fn tls_pending(&self) -> Result<Vec<TlsPending>>;
+    async fn forget_tls(&self, policy_domain: String, up_to: i64) -> Result<u64>;
+    async fn expire_tls(&self, before: i64) -> Result<u64>;
+}
+
 /// Everything a node needs from its store.
 pub trait Store:
     QueueStore
@@ -447,6 +472,7 @@ pub trait Store:
     + SenderStore
     + QuarantineStore
     + ReportStore
+    + ReportDataStore
 {
 }
 impl<
@@ -461,7 +487,8 @@ impl<
             + DomainStore
             + SenderStore
             + QuarantineStore
-            + ReportStore,
+            + ReportStore
+            + ReportDataStore,
     > Store for T
 {
 }

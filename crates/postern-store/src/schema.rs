@@ -462,6 +462,37 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX reports_by_domain ON reports(policy_domain, received_at);
     "#,
+    // 25: what the reports Postern sends are made of. One row per inbound
+    // message evaluated under DMARC, for the aggregate report to the
+    // sender's policy domain (RFC 7489 §7.2): `policy` is the record as
+    // published, `row` the source, results and disposition, both JSON
+    // written by postern-mailauth, so equal rows are counted with GROUP BY.
+    // The same for TLS-RPT (RFC 8460) below. Rows leave once reported, or
+    // after the retention.
+    r#"
+    CREATE TABLE dmarc_observations (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        from_domain TEXT NOT NULL,    -- the RFC5322.From domain, lower-cased
+        policy      TEXT NOT NULL,
+        row         TEXT NOT NULL
+    );
+    CREATE INDEX dmarc_observations_by_domain ON dmarc_observations(from_domain, id);
+    CREATE INDEX dmarc_observations_by_time ON dmarc_observations(at);
+    -- One row per TLS session attempt of an outbound delivery to a
+    -- recipient domain's MX, for its TLS-RPT report (RFC 8460): the policy
+    -- applied, and the failure (NULL: success), both JSON written by
+    -- postern-delivery.
+    CREATE TABLE tls_observations (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        at            INTEGER NOT NULL,
+        policy_domain TEXT NOT NULL,  -- the recipient domain, lower-cased
+        policy        TEXT NOT NULL,
+        failure       TEXT
+    );
+    CREATE INDEX tls_observations_by_domain ON tls_observations(policy_domain, id);
+    CREATE INDEX tls_observations_by_time ON tls_observations(at);
+    "#,
 ];
 
 /// Tables that hold rows owned by an account: each has `account` (the

@@ -706,3 +706,62 @@ pub struct ReportFilter {
     pub domain: Option<String>,
     pub limit: Option<usize>,
 }
+
+/// One inbound message evaluated under DMARC, kept for the aggregate
+/// report to the sender's policy domain (RFC 7489 §7.2). `policy` and
+/// `row` are opaque to the store (JSON written by the reporter): equal
+/// rows are counted together, as the report counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmarcObservation {
+    pub at: i64,
+    /// The RFC5322.From domain, lower-cased.
+    pub from_domain: String,
+    /// The DMARC record that applied.
+    pub policy: String,
+    /// The source, the results and the disposition applied.
+    pub row: String,
+}
+
+/// What waits to be reported for one From domain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DmarcPending {
+    pub from_domain: String,
+    /// The policy of the newest observation.
+    pub policy: String,
+    /// Each distinct row, with how many messages it stands for.
+    pub rows: Vec<(String, u64)>,
+    /// When the first and the last of them were made (unix ms).
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The observations up to this id are in it: `forget_dmarc` takes it,
+    /// so rows recorded while the report was being sent stay for the next.
+    pub up_to: i64,
+}
+
+/// One TLS session attempt of an outbound delivery to a recipient
+/// domain's MX host, kept for the domain's TLS-RPT report (RFC 8460).
+/// `policy` and `failure` are opaque to the store (JSON written by the
+/// delivery client); equal ones are counted together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsObservation {
+    pub at: i64,
+    /// The recipient domain (RFC 8460 §3 policy domain), lower-cased.
+    pub policy_domain: String,
+    /// The policy applied (its type, text and MX hosts).
+    pub policy: String,
+    /// None: the session succeeded.
+    pub failure: Option<String>,
+}
+
+/// What waits to be reported for one policy domain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsPending {
+    pub policy_domain: String,
+    /// Each distinct (policy, failure or None for success), with how many
+    /// sessions it stands for.
+    pub rows: Vec<(String, Option<String>, u64)>,
+    pub first_at: i64,
+    pub last_at: i64,
+    /// The observations up to this id are in it (see `DmarcPending`).
+    pub up_to: i64,
+}

@@ -114,7 +114,8 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::quarantine_command::QuarantineCommand,
     },
-    /// DMARC aggregate and TLS-RPT reports received: list, show.
+    /// DMARC aggregate and TLS-RPT reports: those received (list, show)
+    /// and those Postern sends (send-now).
     Reports {
         #[command(subcommand)]
         command: crate::reports_command::ReportsCommand,

@@ -14,6 +14,7 @@ mod key_command;
 mod quarantine_command;
 mod queue_command;
 mod reports_command;
+mod reports_send_command;
 mod sender_command;
 mod serve;
 mod terminal;

@@ -28,6 +28,10 @@ pub enum ReportsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Send the reports Postern sends (DMARC aggregate, TLS-RPT) that are
+    /// due now, everything recorded since the last pass, and say what was
+    /// sent and what was not, and why.
+    SendNow,
 }
 
 fn print_report(r: &ReportRecord) {
@@ -47,15 +51,46 @@ fn print_report(r: &ReportRecord) {
 }
 
 pub async fn run(config: &Config, command: ReportsCommand) -> Result<()> {
+    // send-now builds the whole reporter (store, intake, resolver, HTTP
+    // client) itself; list and show only read.
+    let read = match command {
+        ReportsCommand::SendNow => return crate::reports_send_command::send_now(config).await,
+        ReportsCommand::List {
+            kind,
+            domain,
+            limit,
+            json,
+        } => Read::List {
+            kind,
+            domain,
+            limit,
+            json,
+        },
+        ReportsCommand::Show { id, json } => Read::Show { id, json },
+    };
     let store = crate::bootstrap::open_store(config)?;
-    let result = run_on(store.as_ref(), command).await;
+    let result = run_on(store.as_ref(), read).await;
     store.close();
     result
 }
 
-async fn run_on(store: &dyn ReportStore, command: ReportsCommand) -> Result<()> {
+/// The commands that only read received reports.
+enum Read {
+    List {
+        kind: Option<String>,
+        domain: Option<String>,
+        limit: Option<usize>,
+        json: bool,
+    },
+    Show {
+        id: i64,
+        json: bool,
+    },
+}
+
+async fn run_on(store: &dyn ReportStore, command: Read) -> Result<()> {
     match command {
-        ReportsCommand::List {
+        Read::List {
             kind,
             domain,
             limit,
@@ -83,7 +118,7 @@ async fn run_on(store: &dyn ReportStore, command: ReportsCommand) -> Result<()> 
                 }
             }
         }
-        ReportsCommand::Show { id, json } => {
+        Read::Show { id, json } => {
             let Some(r) = store.report(id, ReportFilter::default()).await? else {
                 bail!("no report {id}");
             };

@@ -179,6 +179,13 @@ pub async fn serve(config: Config) -> Result<()> {
                 domain,
             ));
         }
+        // Each message evaluated under DMARC is recorded for the
+        // aggregate reports (RFC 7489 §7.2).
+        let checks = if config.reports.dmarc_aggregate {
+            checks.with_dmarc_reports(store.clone())
+        } else {
+            checks
+        };
         intake.with_inbound_authenticator(Arc::new(checks))
     } else {
         tracing::info!("inbound authentication off (inbound_auth.enabled = false)");
@@ -285,6 +292,20 @@ pub async fn serve(config: Config) -> Result<()> {
         config.quarantine.retention,
         shutdown_rx.clone(),
     ));
+    // The reports Postern sends, every reports.interval; TLS-RPT's https:
+    // destinations through the webhooks' client and its rules.
+    if config.reports.dmarc_aggregate || config.reports.tls_rpt {
+        let reporter = postern_mailauth::reports::Reporter::new(
+            &config.reports,
+            &config.server.hostname,
+            &config.dns.nameservers,
+            config.inbound_auth.dns_timeout,
+            store.clone(),
+            bounce_intake.clone(),
+        )?
+        .with_poster(webhooks.clone());
+        tokio::spawn(Arc::new(reporter).run(config.reports.interval, shutdown_rx.clone()));
+    }
     let resolver = Arc::new(
         if config.dns.dane {
             MxResolver::with_dnssec(&config.dns.nameservers, None)
@@ -369,6 +390,13 @@ pub async fn serve(config: Config) -> Result<()> {
     )
     .map_err(anyhow::Error::msg)?
     .with_verp(verp.clone());
+    // Each TLS session to a recipient domain's MX is recorded for its
+    // TLS-RPT report (RFC 8460).
+    let client = if config.reports.tls_rpt {
+        client.with_tls_reports(store.clone())
+    } else {
+        client
+    };
     let scheduler = Scheduler {
         store: store.clone() as Arc<dyn QueueStore>,
         client: Arc::new(client),

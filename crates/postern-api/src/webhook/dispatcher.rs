@@ -267,12 +267,25 @@ impl WebhookDispatcher {
         signing_key: Option<&[u8]>,
         body: Vec<u8>,
     ) -> Result<(), String> {
+        self.post_typed(url, "application/json", signing_key, body)
+            .await
+    }
+
+    /// As `post_body`, with another content type (a TLS-RPT report,
+    /// RFC 8460 §5.4: `application/tlsrpt+gzip`).
+    pub async fn post_typed(
+        &self,
+        url: &str,
+        content_type: &str,
+        signing_key: Option<&[u8]>,
+        body: Vec<u8>,
+    ) -> Result<(), String> {
         // The policy is checked at every send: the operator may have
         // tightened it since the URL was set.
         let uri = self.guard.policy().check_url(url)?;
         let timestamp = (postern_core::time::now_millis() / 1000).to_string();
         let mut request = http::Request::post(uri)
-            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_TYPE, content_type)
             .header(USER_AGENT, concat!("Postern/", env!("CARGO_PKG_VERSION")));
         if let Some(key) = signing_key {
             let signature = signing::sign(key, &timestamp, &body).map_err(|e| e.to_string())?;
@@ -312,6 +325,21 @@ impl WebhookDispatcher {
         } else {
             Err(format!("{url}: HTTP {status}"))
         }
+    }
+}
+
+/// TLS-RPT reports go out through the webhooks' client: the same
+/// destination rules (`[webhooks]`: HTTPS only unless `allow_plain_http`,
+/// no internal address unless `allow_private_destinations`, checked at
+/// every connection), the same roots and time limit.
+impl postern_mailauth::reports::ReportPoster for WebhookDispatcher {
+    fn post<'a>(
+        &'a self,
+        url: &'a str,
+        content_type: &'static str,
+        body: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(self.post_typed(url, content_type, None, body))
     }
 }
 

@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::arc::ChainValidation;
@@ -46,6 +47,7 @@ use postern_core::config::{CheckFailure, InboundAction, InboundAuthConfig, Inbou
 use postern_core::network::IpNet;
 use postern_core::Envelope;
 use postern_queue::{ClientInfo, InboundAuthenticator, InboundVerdict};
+use postern_store::{DmarcObservation, ReportDataStore};
 
 use crate::MailAuthError;
 use verdict::{decide, Decision, DmarcState, Facts, Rules, SenderPolicy};
@@ -66,12 +68,18 @@ pub struct InboundChecks {
     trusted_sealers: Vec<String>,
     /// Seals what is passed on (`inbound_auth.arc_seal_domain`).
     arc_seal: Option<arc_seal::ArcSealing>,
+    /// Where each message evaluated under DMARC is recorded for the
+    /// aggregate reports (`reports.dmarc_aggregate`).
+    reports: Option<Arc<dyn ReportDataStore>>,
 }
 
 /// A resolver for the checks: `[dns] nameservers` (UDP, TCP when a reply
 /// is truncated), or the system's when that is empty; one try of at most
 /// `timeout` per lookup.
-fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> Result<MessageAuthenticator, String> {
+pub(crate) fn resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<MessageAuthenticator, String> {
     use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
     let (config, mut opts) = if nameservers.is_empty() {
         mail_auth::hickory_resolver::system_conf::read_system_conf()
@@ -149,6 +157,7 @@ impl InboundChecks {
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
             arc_seal: None,
+            reports: None,
         })
     }
 
@@ -178,6 +187,29 @@ impl InboundChecks {
                 .dmarc_temperror
                 .map_or(rules.defer_temperror, |t| t == CheckFailure::Defer),
         }
+    }
+
+    /// Records every message evaluated under DMARC in `store`, for the
+    /// aggregate reports (`crate::reports`).
+    pub fn with_dmarc_reports(mut self, store: Arc<dyn ReportDataStore>) -> Self {
+        self.reports = Some(store);
+        self
+    }
+
+    /// Keeps the observation without holding up the message: the write
+    /// joins the store's next group commit while the session goes on, and
+    /// a failure costs the report a row, never the message its answer.
+    fn record(&self, observation: Option<DmarcObservation>) {
+        let (Some(store), Some(observation)) = (&self.reports, observation) else {
+            return;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_dmarc(observation).await {
+                metrics::counter!("postern_dmarc_records_failed_total").increment(1);
+                tracing::warn!(error = %e, "cannot record a message for the DMARC aggregate report");
+            }
+        });
     }
 
     /// The rules of each distinct recipient domain.
@@ -227,7 +259,7 @@ impl InboundChecks {
         client: &ClientInfo,
         envelope: &Envelope,
         message: &[u8],
-    ) -> (String, Decision, String) {
+    ) -> (String, Decision, String, Option<DmarcObservation>) {
         let ip = client.ip.to_canonical();
         let helo = client
             .helo
@@ -470,7 +502,30 @@ impl InboundChecks {
             },
             decision.action_word(),
         );
-        (field, decision, summary)
+        let observation = if self.reports.is_some() {
+            crate::reports::dmarc::observation(
+                postern_core::time::now_millis(),
+                crate::reports::dmarc::Checked {
+                    source_ip: ip,
+                    spf: &spf_mail_from,
+                    spf_scope_helo: mail_from.is_empty(),
+                    dkim: &dkim,
+                    dmarc: &dmarc,
+                    envelope_from_domain: &spf_domain,
+                },
+                crate::reports::dmarc::Applied {
+                    action: decision.action,
+                    forwarded_by: if decision.overridden.is_some() {
+                        facts.forwarded_pass.as_deref()
+                    } else {
+                        None
+                    },
+                },
+            )
+        } else {
+            None
+        };
+        (field, decision, summary, observation)
     }
 
     /// The sealer of a validated ARC chain whose last set comes from a
@@ -504,7 +559,9 @@ impl InboundAuthenticator for InboundChecks {
         Box::pin(async move {
             // Verified as received: a signature may cover any field,
             // including one removed below.
-            let (field, decision, summary) = self.verify(client, envelope, message).await;
+            let (field, decision, summary, observation) =
+                self.verify(client, envelope, message).await;
+            self.record(observation);
             let removed = headers::strip_own_fields(message, &self.hostname);
             if removed > 0 {
                 metrics::counter!("postern_inbound_forged_results_removed_total")
