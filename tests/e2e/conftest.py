@@ -403,6 +403,9 @@ require_verified_senders = {"true" if enforce_senders else "false"}
         # The first start prints the admin key on stdout; later starts print nothing.
         wait_port(self.ports["submission"])
         wait_port(self.ports["mx"])
+        # The HTTP listener is bound after the SMTP ones: a test that goes
+        # straight to the API would otherwise race it (seen under strace).
+        wait_port(self.ports["http"])
         return self
 
     def _server_pid(self, timeout=10.0):

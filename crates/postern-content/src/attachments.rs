@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io::Cursor;
 use std::pin::Pin;
 
-use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
+use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 use postern_core::config::{AttachmentsConfig, ContentConfig};
 
 use crate::{Check, Finding, Inspected};
@@ -99,6 +99,30 @@ fn printable(name: &str) -> String {
     out
 }
 
+/// Whether a part is a message (`message/rfc822`, `message/global`).
+fn is_message(part: &MessagePart<'_>) -> bool {
+    part.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("message")
+            && ct.subtype().is_some_and(|s| {
+                s.eq_ignore_ascii_case("rfc822") || s.eq_ignore_ascii_case("global")
+            })
+    })
+}
+
+/// A part's body with its Content-Transfer-Encoding undone and nothing
+/// else: the bytes a recipient's mail program saves. None when the
+/// offsets do not lie in `raw` or the encoding does not decode.
+fn transfer_decoded(raw: &[u8], part: &MessagePart<'_>) -> Option<Vec<u8>> {
+    let body = raw.get(part.offset_body as usize..part.offset_end as usize)?;
+    match part.encoding {
+        Encoding::Base64 => mail_parser::decoders::base64::base64_decode(body),
+        Encoding::QuotedPrintable => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+        }
+        Encoding::None => Some(body.to_vec()),
+    }
+}
+
 /// The attachment check.
 pub struct AttachmentCheck {
     refused_types: HashSet<String>,
@@ -141,19 +165,41 @@ impl AttachmentCheck {
                         self.walk(nested, depth + 1, out);
                     }
                 }
+                PartType::Binary(_) | PartType::InlineBinary(_) if is_message(part) => {
+                    // mail-parser stops parsing messages nested in encoded
+                    // parts a few levels down and hands them over as
+                    // bytes: what they hold was not looked into.
+                    out.push(format!(
+                        "a message nested in encoded parts too deep to look into ({})",
+                        part.attachment_name()
+                            .map_or("no file name".to_owned(), printable)
+                    ));
+                }
                 _ => {
                     // The message's own text and HTML bodies are held to
                     // the message size, not the attachment size.
                     let body = message.text_body.contains(&(i as u32))
                         || message.html_body.contains(&(i as u32));
-                    self.leaf(part, body, out);
+                    self.leaf(message.raw_message(), part, body, out);
                 }
             }
         }
     }
 
-    fn leaf(&self, part: &MessagePart<'_>, body: bool, out: &mut Vec<String>) {
-        let data = part.contents();
+    fn leaf(&self, raw: &[u8], part: &MessagePart<'_>, body: bool, out: &mut Vec<String>) {
+        // mail-parser decodes text/* parts through their charset: an
+        // attachment labelled `text/plain; charset=utf-16le` would be
+        // sniffed as re-encoded text, not as the bytes a mail program
+        // saves under its file name. Those bytes are the part with only
+        // its transfer encoding undone.
+        let saved;
+        let data = match &part.body {
+            PartType::Text(_) | PartType::Html(_) if !body => {
+                saved = transfer_decoded(raw, part);
+                saved.as_deref().unwrap_or_else(|| part.contents())
+            }
+            _ => part.contents(),
+        };
         let name = part.attachment_name();
         let shown = match name {
             Some(n) => format!("\"{}\"", printable(n)),
@@ -453,6 +499,69 @@ mod tests {
         assert_eq!(
             got,
             ["attachment \"setup.bin\" refused: its content is elf"]
+        );
+    }
+
+    #[test]
+    fn an_attachment_labelled_text_is_judged_by_its_saved_bytes() {
+        // A Windows executable and a zip holding a script, each declared
+        // text in a charset that would re-encode them: sniffed from the
+        // bytes the recipient saves, not from mail-parser's text.
+        for ctype in [
+            "text/plain; charset=utf-16le",
+            "text/x-log; charset=iso-8859-1",
+        ] {
+            let got = problems(&message(&[("notes.txt", ctype, &vector("pe.bin"))], None));
+            assert_eq!(
+                got,
+                ["attachment \"notes.txt\" refused: its content is exe"],
+                "{ctype}"
+            );
+            let got = problems(&message(
+                &[("notes.dat", ctype, &vector("script.zip.bin"))],
+                None,
+            ));
+            assert_eq!(
+                got,
+                ["attachment \"notes.dat\" refused: it holds \"invoice/open-me.JS\" (.js)"],
+                "{ctype}"
+            );
+        }
+        // Real text in a text part is still text.
+        let got = problems(&message(
+            &[("notes.txt", "text/plain; charset=utf-8", b"just words\r\n")],
+            None,
+        ));
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn messages_nested_in_encoded_parts_past_the_parser_are_refused() {
+        // Each level base64-encoded: mail-parser stops parsing such nesting
+        // after a few levels and hands the rest over as bytes.
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut m = message(
+            &[("setup.bin", "application/octet-stream", &vector("elf.bin"))],
+            None,
+        );
+        for level in 0..6 {
+            m = format!(
+                "From: a@sender.test\r\nSubject: fwd {level}\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: multipart/mixed; boundary=n{level}\r\n\r\n--n{level}\r\n\
+                 Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--n{level}--\r\n",
+                b64.encode(&m)
+            )
+            .into_bytes();
+        }
+        let got = problems(&m);
+        assert!(
+            !got.is_empty(),
+            "the executable inside was neither found nor refused"
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.contains("its content is elf") || p.contains("too deep to look into")),
+            "{got:?}"
         );
     }
 

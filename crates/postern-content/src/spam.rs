@@ -175,6 +175,12 @@ impl Rspamd {
         if !reply.score.is_finite() {
             return Err("reply not understood: the score is not a number".into());
         }
+        if reply.is_skipped {
+            // rspamd passes over a message above its own size limit or one
+            // a settings rule exempts, with a score of 0: not a verdict,
+            // so not "clean" either.
+            return Err("rspamd skipped the message (its size limit or a settings rule)".into());
+        }
         Ok(reply)
     }
 
@@ -235,9 +241,8 @@ fn spam_headers(reply: &Reply, action: InboundAction) -> Vec<u8> {
         "No"
     };
     let mut out = format!(
-        "X-Spam-Score: {score:.2}\r\nX-Spam-Status: {flag}, score={score:.2} action={}{}\r\n",
+        "X-Spam-Score: {score:.2}\r\nX-Spam-Status: {flag}, score={score:.2} action={}\r\n",
         action_word(action),
-        if reply.is_skipped { " skipped" } else { "" }
     );
     let mut symbols: Vec<(&String, f64)> =
         reply.symbols.iter().map(|(n, s)| (n, s.score)).collect();

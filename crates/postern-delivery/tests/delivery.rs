@@ -282,12 +282,21 @@ async fn sink_session(
                 tokio::time::sleep(d).await;
             }
             let reply = match &opts.lmtp {
-                // RFC 2033 §4.2: one reply per accepted recipient, in order.
-                Some(policy) => msg
-                    .rcpts
-                    .iter()
-                    .map(|r| format!("{}\r\n", policy(conn_no, r)))
-                    .collect(),
+                // RFC 2033 §4.2: one reply per accepted recipient, in order;
+                // "CLOSE" from the policy drops the connection there.
+                Some(policy) => {
+                    let mut out = String::new();
+                    for r in &msg.rcpts {
+                        let answer = policy(conn_no, r);
+                        if answer == "CLOSE" {
+                            io.get_mut().write_all(out.as_bytes()).await?;
+                            received.lock().unwrap().push(msg);
+                            return Ok(());
+                        }
+                        out.push_str(&format!("{answer}\r\n"));
+                    }
+                    out
+                }
                 None => "250 2.0.0 queued at sink\r\n".to_string(),
             };
             received.lock().unwrap().push(msg);
@@ -1016,6 +1025,73 @@ async fn lmtp_replies_after_the_message_decide_each_recipient_alone() {
     let received = sink.received.lock().unwrap();
     assert_eq!(received.len(), 2);
     assert_eq!(received[1].rcpts, vec!["full@corp.test".to_owned()]);
+}
+
+/// An LMTP session that breaks after some of the replies after DATA: the
+/// recipients answered keep their answer (no second copy), the others are
+/// tried again.
+#[tokio::test]
+async fn an_lmtp_session_lost_between_replies_retries_only_the_unanswered() {
+    let stored: Arc<Mutex<Vec<String>>> = Arc::default();
+    let cut_once = Arc::new(AtomicBool::new(false));
+    let (s, c) = (stored.clone(), cut_once.clone());
+    let at_end: RcptPolicy = Arc::new(move |_conn, rcpt| {
+        if rcpt.starts_with("second@") && !c.swap(true, Ordering::SeqCst) {
+            "CLOSE".into()
+        } else {
+            s.lock().unwrap().push(rcpt.to_owned());
+            format!("250 2.0.0 <{rcpt}> saved")
+        }
+    });
+    let sink = start_sink(SinkOptions {
+        lmtp: Some(at_end),
+        ..Default::default()
+    })
+    .await;
+    let mut r = route("corp.test", &sink, RouteTls::None, None);
+    r.protocol = RouteProtocol::Lmtp;
+    let node = start_node(vec![r], None, 25).await;
+    let id = node
+        .send(
+            "a@example.org",
+            &["first@corp.test", "second@corp.test", "third@corp.test"],
+            b"Subject: l\r\n\r\nx\r\n",
+        )
+        .await;
+    let events = node.final_events(&id, 3).await;
+    let by_rcpt = |r: &str| -> Vec<EventKind> {
+        events
+            .iter()
+            .filter(|e| e.recipient.as_deref() == Some(r))
+            .map(|e| e.kind)
+            .collect()
+    };
+    assert_eq!(
+        by_rcpt("first@corp.test"),
+        vec![EventKind::Processed, EventKind::Delivered]
+    );
+    for late in ["second@corp.test", "third@corp.test"] {
+        assert_eq!(
+            by_rcpt(late),
+            vec![
+                EventKind::Processed,
+                EventKind::Deferred,
+                EventKind::Delivered
+            ],
+            "{late}"
+        );
+    }
+    let mut got = stored.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "first@corp.test".to_owned(),
+            "second@corp.test".to_owned(),
+            "third@corp.test".to_owned()
+        ],
+        "each mailbox has the message once"
+    );
 }
 
 #[tokio::test]

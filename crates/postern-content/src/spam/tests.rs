@@ -339,6 +339,10 @@ async fn an_unreachable_silent_or_confused_rspamd_is_a_failure() {
         Answer::Reply(500, "{\"error\":\"internal\"}".into()),
         Answer::Reply(200, "<html>not rspamd</html>".into()),
         Answer::Reply(200, "{\"action\":\"no action\"}".into()),
+        Answer::Reply(
+            200,
+            "{\"is_skipped\":true,\"score\":0.0,\"required_score\":15.0,\"action\":\"no action\",\"symbols\":{}}".into(),
+        ),
     ])
     .await;
     let check = build(&config(&stand.url));
@@ -354,7 +358,12 @@ async fn an_unreachable_silent_or_confused_rspamd_is_a_failure() {
         "{:?}",
         started.elapsed()
     );
-    for want in ["HTTP 500", "reply not understood", "reply not understood"] {
+    for want in [
+        "HTTP 500",
+        "reply not understood",
+        "reply not understood",
+        "skipped the message",
+    ] {
         match scan(&check, &["relay.test"], None).await {
             Finding::Failed { reason } => assert!(reason.contains(want), "{reason}"),
             other => panic!("{other:?}"),

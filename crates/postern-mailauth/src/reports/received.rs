@@ -32,11 +32,27 @@ pub enum ReportError {
     },
 }
 
+/// The longest parser message repeated to the reporter.
+const MAX_REASON: usize = 200;
+
+/// A parser's message as it may be repeated: control characters escaped,
+/// at most `MAX_REASON` characters.
+fn shown(reason: &str) -> String {
+    let escaped = postern_core::printable::printable(reason);
+    let mut out: String = escaped.chars().take(MAX_REASON).collect();
+    if escaped.chars().count() > MAX_REASON {
+        out.push('…');
+    }
+    out
+}
+
 fn unparsable(kind: &'static str, e: mail_auth::report::Error) -> ReportError {
     use mail_auth::report::Error as E;
     let reason = match e {
         E::MailParseError => "the message does not parse".to_owned(),
-        E::ReportParseError(r) => r,
+        // The parser's words quote the report (tag names, JSON text): they
+        // go into the SMTP reply and the log, so shown escaped and short.
+        E::ReportParseError(r) => shown(&r),
         E::UncompressError(r) => format!("the attachment does not decompress: {r}"),
         E::ReportTooLarge => format!("larger than {MAX_REPORT_SIZE} bytes decompressed"),
         E::NoReportsFound => "no report attachment found".to_owned(),
@@ -169,11 +185,24 @@ pub fn summarise_tlsrpt(message: &[u8], received_at: i64) -> Result<NewReport, R
 pub struct ReportInbox {
     config: ReportsConfig,
     store: Arc<dyn postern_store::ReportStore>,
+    /// One report decompressed and parsed at a time, off the runtime's
+    /// workers: anyone may send report mail, and a zip of highly
+    /// compressible entries costs seconds of CPU (mail-auth caps each
+    /// entry at `MAX_REPORT_SIZE`, not their sum).
+    parsing: tokio::sync::Semaphore,
 }
+
+/// The largest report mail taken (aggregate reports from the largest
+/// receivers are well under a megabyte compressed).
+pub const MAX_REPORT_MAIL: usize = 10 << 20;
 
 impl ReportInbox {
     pub fn new(config: ReportsConfig, store: Arc<dyn postern_store::ReportStore>) -> Self {
-        ReportInbox { config, store }
+        ReportInbox {
+            config,
+            store,
+            parsing: tokio::sync::Semaphore::new(1),
+        }
     }
 
     fn kinds_for(&self, recipients: &[String]) -> Vec<&'static str> {
@@ -195,12 +224,28 @@ impl ReportInbox {
     /// Parses `message` as the first of `kinds` it is, and stores it.
     /// Ok(true): stored; Ok(false): a duplicate.
     pub async fn take(&self, kinds: &[&'static str], message: &[u8]) -> Result<bool, String> {
+        if message.len() > MAX_REPORT_MAIL {
+            return Err(format!(
+                "report mail larger than {} MiB",
+                MAX_REPORT_MAIL >> 20
+            ));
+        }
         let now = postern_core::time::now_millis();
         let mut errors = Vec::new();
         for kind in kinds {
-            let parsed = match *kind {
-                "dmarc" => summarise_dmarc(message, now),
-                _ => summarise_tlsrpt(message, now),
+            let parsed = {
+                let _turn = self
+                    .parsing
+                    .acquire()
+                    .await
+                    .map_err(|e| format!("report parsing stopped: {e}"))?;
+                let (kind, owned) = (*kind, message.to_vec());
+                tokio::task::spawn_blocking(move || match kind {
+                    "dmarc" => summarise_dmarc(&owned, now),
+                    _ => summarise_tlsrpt(&owned, now),
+                })
+                .await
+                .map_err(|e| format!("report parsing failed: {e}"))?
             };
             let report = match parsed {
                 Ok(r) => r,
@@ -364,5 +409,30 @@ mod tests {
             e.to_string(),
             "not a readable dmarc report: no report attachment found"
         );
+    }
+
+    #[test]
+    fn parser_messages_are_escaped_and_cut_before_they_are_repeated() {
+        assert_eq!(shown("bad tag <x\r\n250 ok>"), "bad tag <x\\r\\n250 ok>");
+        let long = format!("unexpected <{}>", "a".repeat(10_000));
+        let s = shown(&long);
+        assert_eq!(s.chars().count(), MAX_REASON + 1);
+        assert!(s.ends_with('…'));
+    }
+
+    #[tokio::test]
+    async fn report_mail_above_the_limit_is_refused_unparsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(postern_store::EmbeddedStore::open(dir.path()).unwrap());
+        let inbox = ReportInbox::new(ReportsConfig::default(), store);
+        let mut big = vector("dmarc-google-zip.eml");
+        big.resize(MAX_REPORT_MAIL + 1, b'a');
+        let e = inbox.take(&["dmarc"], &big).await.unwrap_err();
+        assert_eq!(e, "report mail larger than 10 MiB");
+        // The same report within the limit is taken.
+        assert!(inbox
+            .take(&["dmarc"], &vector("dmarc-google-zip.eml"))
+            .await
+            .unwrap());
     }
 }
