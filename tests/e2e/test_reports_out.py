@@ -170,6 +170,32 @@ def test_nothing_is_recorded_while_dmarc_aggregate_is_off(sink, zone):
         assert "sent dmarc sender.test to agg@sender.test: 1 messages" in out, out
 
 
+def test_reports_go_where_the_policy_domain_says_when_they_are_sent(sink, zone):
+    """The rua is read from the policy domain's record when the report is
+    sent, not from the record a message saw: a domain that moved its rua
+    gets the report at the new address, and one that removed its record
+    gets none (its rows are dropped, said so)."""
+    zone.txt("sender.test", "v=spf1 ip4:127.0.0.1 -all")
+    zone.txt("_dmarc.sender.test", "v=DMARC1; p=none; rua=mailto:old@sender.test")
+    zone.txt("gone.test", "v=spf1 ip4:127.0.0.1 -all")
+    zone.txt("_dmarc.gone.test", "v=DMARC1; p=none; rua=mailto:agg@gone.test")
+    with server(sink, zone.port) as p:
+        assert send(p, "bounce@sender.test", message("a@sender.test"))[0] == 250
+        assert send(p, "bounce@gone.test", message("a@gone.test"))[0] == 250
+        sink.wait_for(2)
+        zone.txt("_dmarc.sender.test", "v=DMARC1; p=none; rua=mailto:new@sender.test")
+        del zone.txts["_dmarc.gone.test"]
+        out = wait_until(lambda: (o := p.cli("reports", "send-now").stdout) != "nothing to report\n" and o,
+                         what="a pass")
+        assert "sent dmarc sender.test to new@sender.test: 1 messages" in out, out
+        assert "old@sender.test" not in out, out
+        assert "dmarc gone.test: no DMARC record any more; its records are dropped" in out, out
+        wait_until(lambda: reports_to(sink, "new@sender.test"), what="the report at the new rua")
+        assert reports_to(sink, "old@sender.test") == []
+        assert reports_to(sink, "agg@gone.test") == []
+        assert p.cli("reports", "send-now").stdout.strip() == "nothing to report"
+
+
 class ReportReceiver:
     """An HTTPS server on loopback taking TLS-RPT reports by POST (RFC 8460
     §5.4), presenting a certificate for `name` issued by `ca` (which

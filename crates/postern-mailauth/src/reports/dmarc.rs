@@ -133,11 +133,14 @@ pub fn observation(
 /// The domain whose DMARC record applies to mail from `from_domain`, found
 /// as RFC 7489 §6.6.3 finds the record: the From domain itself, else a
 /// parent (the first with a record, walking up; RFC 9989 §4.10 caps the
-/// walk at eight names). None: no record any more.
+/// walk at eight names), with the `rua` its record names now: reports go
+/// where the policy domain says today, never where a message's record (or
+/// a look-alike domain's, grouped under it) said then. None: no record
+/// any more.
 pub async fn policy_domain(
     dns: &MessageAuthenticator,
     from_domain: &str,
-) -> Result<Option<String>, ReportError> {
+) -> Result<Option<(String, Vec<(String, usize)>)>, ReportError> {
     let labels: Vec<&str> = from_domain.split('.').filter(|l| !l.is_empty()).collect();
     for skip in 0..labels.len().saturating_sub(1).min(8) {
         let name = labels[skip..].join(".");
@@ -145,7 +148,14 @@ pub async fn policy_domain(
             .txt_lookup::<Dmarc>(format!("_dmarc.{name}."), None::<&NoCache<Box<str>, Txt>>)
             .await
         {
-            Ok(_) => return Ok(Some(name)),
+            Ok(record) => {
+                let rua = record
+                    .rua
+                    .iter()
+                    .map(|u| (u.uri().to_owned(), u.max_size()))
+                    .collect();
+                return Ok(Some((name, rua)));
+            }
             Err(Error::Dns(DnsError::RecordNotFound(_)))
             | Err(Error::Dns(DnsError::InvalidRecordType)) => {}
             Err(e) => return Err(ReportError::Dns(format!("_dmarc.{name}: {e}"))),

@@ -154,23 +154,31 @@ impl Reporter {
         let pending = self.store.dmarc_pending().await?;
         // RFC 7489 §7.2: one report per policy domain, however many From
         // domains under it were seen.
-        let mut by_policy: BTreeMap<String, Vec<&DmarcPending>> = BTreeMap::new();
+        type Group<'a> = (Vec<(String, usize)>, Vec<&'a DmarcPending>);
+        let mut by_policy: BTreeMap<String, Group<'_>> = BTreeMap::new();
         for p in &pending {
             match dmarc::policy_domain(&self.dns, &p.from_domain).await {
-                // The record is gone: its policy domain as it was is the
-                // From domain's best guess; the stored rua still apply.
-                Ok(found) => by_policy
-                    .entry(found.unwrap_or_else(|| p.from_domain.clone()))
-                    .or_default()
-                    .push(p),
+                Ok(Some((domain, rua))) => {
+                    let entry = by_policy.entry(domain).or_default();
+                    entry.0 = rua;
+                    entry.1.push(p);
+                }
+                // The record is gone: nobody asks for these reports now.
+                Ok(None) => {
+                    summary.not_sent.push(format!(
+                        "dmarc {}: no DMARC record any more; its records are dropped",
+                        p.from_domain
+                    ));
+                    self.forget(&[p]).await?;
+                }
                 Err(e) => summary.not_sent.push(format!(
                     "dmarc {}: {e}; kept for the next pass",
                     p.from_domain
                 )),
             }
         }
-        for (domain, group) in by_policy {
-            self.send_dmarc(&domain, &group, now, summary).await?;
+        for (domain, (rua, group)) in by_policy {
+            self.send_dmarc(&domain, &rua, &group, now, summary).await?;
         }
         Ok(())
     }
@@ -285,6 +293,7 @@ impl Reporter {
     async fn send_dmarc(
         &self,
         domain: &str,
+        rua: &[(String, usize)],
         group: &[&DmarcPending],
         now: i64,
         summary: &mut PassSummary,
@@ -292,7 +301,7 @@ impl Reporter {
         let report_id = format!("{}.{}", domain, postern_core::MessageId::generate());
         let messages: u64 = group.iter().flat_map(|p| &p.rows).map(|(_, n)| n).sum();
         let built = dmarc::build(domain, group, &self.org_name, &self.from, &report_id, now);
-        let (report, policy) = match built {
+        let (report, _) = match built {
             Ok(b) => b,
             Err(e) => {
                 // Unreadable rows never become readable: dropped, said so.
@@ -303,17 +312,16 @@ impl Reporter {
                 return Ok(());
             }
         };
-        let destinations =
-            match dmarc::authorized_destinations(&self.dns, domain, &policy.rua).await {
-                Ok(d) => d,
-                Err(e) => {
-                    summary
-                        .not_sent
-                        .push(format!("dmarc {domain}: {e}; kept for the next pass"));
-                    return Ok(());
-                }
-            };
-        for (address, _) in &policy.rua {
+        let destinations = match dmarc::authorized_destinations(&self.dns, domain, rua).await {
+            Ok(d) => d,
+            Err(e) => {
+                summary
+                    .not_sent
+                    .push(format!("dmarc {domain}: {e}; kept for the next pass"));
+                return Ok(());
+            }
+        };
+        for (address, _) in rua {
             if !destinations.iter().any(|(a, _)| a == address) {
                 metrics::counter!("postern_reports_not_sent_total", "kind" => "dmarc", "reason" => "unauthorized")
                     .increment(1);
