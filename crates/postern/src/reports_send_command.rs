@@ -9,6 +9,30 @@ use anyhow::Result;
 use postern_core::Config;
 use postern_queue::Intake;
 
+/// The client TLS-RPT reports are posted with (`https:` destinations):
+/// the webhooks' client, under rules of its own. A destination is named by
+/// a recipient domain's DNS, which whoever Postern mails controls, so the
+/// webhooks' exceptions for the operator's own receivers never apply:
+/// HTTPS only, public addresses only unless
+/// `reports.allow_private_destinations`.
+pub fn report_poster(
+    config: &Config,
+    store: Arc<dyn postern_store::Store>,
+) -> Result<Arc<postern_api::webhook::WebhookDispatcher>> {
+    let mut rules = config.webhooks.clone();
+    rules.allow_plain_http = false;
+    rules.allow_private_destinations = config.reports.allow_private_destinations;
+    rules.allowed_internal_networks = Vec::new();
+    Ok(Arc::new(
+        postern_api::webhook::WebhookDispatcher::new(
+            store,
+            rules,
+            crate::dns_lookup::webhook_lookup(config)?,
+        )
+        .map_err(anyhow::Error::msg)?,
+    ))
+}
+
 pub async fn send_now(config: &Config) -> Result<()> {
     {
         {
@@ -22,15 +46,7 @@ pub async fn send_now(config: &Config) -> Result<()> {
                 store.clone() as Arc<dyn postern_store::ReportDataStore>,
                 intake,
             )?
-            // TLS-RPT's https: destinations: the webhooks' client and rules.
-            .with_poster(Arc::new(
-                postern_api::webhook::WebhookDispatcher::new(
-                    store.clone(),
-                    config.webhooks.clone(),
-                    crate::dns_lookup::webhook_lookup(config)?,
-                )
-                .map_err(anyhow::Error::msg)?,
-            ));
+            .with_poster(report_poster(config, store.clone())?);
             let summary = reporter.run_once(postern_core::time::now_millis()).await?;
             // The pass queued mail and forgot records: an operator's act.
             crate::account_command::audit(

@@ -293,7 +293,7 @@ pub async fn serve(config: Config) -> Result<()> {
         shutdown_rx.clone(),
     ));
     // The reports Postern sends, every reports.interval; TLS-RPT's https:
-    // destinations through the webhooks' client and its rules.
+    // destinations through the webhooks' client under rules of their own.
     if config.reports.dmarc_aggregate || config.reports.tls_rpt {
         let reporter = postern_mailauth::reports::Reporter::new(
             &config.reports,
@@ -303,7 +303,10 @@ pub async fn serve(config: Config) -> Result<()> {
             store.clone(),
             bounce_intake.clone(),
         )?
-        .with_poster(webhooks.clone());
+        .with_poster(crate::reports_send_command::report_poster(
+            &config,
+            store.clone(),
+        )?);
         tokio::spawn(Arc::new(reporter).run(config.reports.interval, shutdown_rx.clone()));
     }
     let resolver = Arc::new(

@@ -35,6 +35,12 @@ pub struct ReportsConfig {
     /// The From address of report mail and the report's contact (RFC 7489
     /// §7.2.1.1 `email`); empty: `postmaster@<server.hostname>`.
     pub from: String,
+    /// Let TLS-RPT reports be posted to `https:` destinations at internal
+    /// addresses. The destinations are named by recipient domains' DNS,
+    /// which anyone Postern mails controls, so the webhooks' own
+    /// exceptions (`webhooks.allow_private_destinations`,
+    /// `allowed_internal_networks`) never apply to them.
+    pub allow_private_destinations: bool,
     /// Addresses that receive DMARC aggregate reports (the `rua` of the
     /// domains' `_dmarc` records).
     pub receive_dmarc: Vec<String>,
@@ -54,6 +60,7 @@ impl Default for ReportsConfig {
             retention: Duration::from_secs(7 * 86_400),
             org_name: String::new(),
             from: String::new(),
+            allow_private_destinations: false,
             receive_dmarc: Vec::new(),
             receive_tlsrpt: Vec::new(),
             forward: false,
