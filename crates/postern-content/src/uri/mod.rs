@@ -85,6 +85,15 @@ impl UriBlocklists {
 
     /// One lookup: from the cache, else from DNS within the time limit.
     async fn lookup(&self, name: String, zone: &UriblZone) -> Outcome {
+        if !representable(&name) {
+            // No list can hold a name DNS cannot carry; asking would only
+            // fail, and a failed lookup defers the message (on_error) on
+            // every retry: a link with a 64-octet label would hold up any
+            // mail that quotes it.
+            metrics::counter!("postern_uribl_lookups_total", "result" => "unrepresentable")
+                .increment(1);
+            return Outcome::NotListed;
+        }
         let answers = match self.cache.get(&name) {
             Some(records) => {
                 metrics::counter!("postern_uribl_lookups_total", "result" => "cached").increment(1);
@@ -128,6 +137,13 @@ impl UriBlocklists {
             Outcome::NotListed
         }
     }
+}
+
+/// Whether `name` fits in DNS (RFC 1035 §2.3.4: labels of 1 to 63
+/// octets, 253 in all without the root's dot), as ASCII.
+fn representable(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    name.is_ascii() && name.len() <= 253 && name.split('.').all(|l| !l.is_empty() && l.len() <= 63)
 }
 
 fn human(d: Duration) -> String {

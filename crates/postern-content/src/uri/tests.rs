@@ -337,6 +337,27 @@ async fn answers_are_cached_across_messages() {
     assert_eq!(asked, vec!["evil.test.black.test", "good.test.black.test"]);
 }
 
+/// A URL domain DNS cannot carry (a label over 63 octets) is not listed
+/// and not asked: asking would fail and defer the message on every retry.
+#[tokio::test]
+async fn a_domain_dns_cannot_carry_is_not_listed_and_not_asked() {
+    let dns = Arc::new(FakeDns::default());
+    let uri = UriBlocklists::new(&config(&["black.test"]), dns.clone()).unwrap();
+    let long = "a".repeat(64);
+    let f = check(
+        &uri,
+        &format!("http://{long}.test/ http://good.test/"),
+        &["relay.test"],
+    )
+    .await;
+    assert!(matches!(f, Finding::Clean { .. }), "{f:?}");
+    assert_eq!(dns.asked(), vec!["good.test.black.test"]);
+    assert!(representable(&format!("{}.test", "a".repeat(63))));
+    assert!(!representable(&format!("{long}.test")));
+    assert!(!representable(&format!("{}.test", "a.".repeat(130))));
+    assert!(!representable("a..test"));
+}
+
 /// A lookup past its time limit fails the check only when no other
 /// lookup found a listing; the check never takes much longer than one
 /// time limit (the lookups run side by side).
