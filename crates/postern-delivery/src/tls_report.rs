@@ -160,11 +160,20 @@ impl Failure {
 #[derive(Clone)]
 pub struct TlsRecorder {
     store: Arc<dyn ReportDataStore>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Recordings waiting for the store at most: past it (a store slower than
+/// the sessions for long) a session is left out of the report and counted,
+/// rather than tasks piling up without bound.
+const MAX_IN_FLIGHT: usize = 1024;
 
 impl TlsRecorder {
     pub fn new(store: Arc<dyn ReportDataStore>) -> Self {
-        TlsRecorder { store }
+        TlsRecorder {
+            store,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        }
     }
 
     pub fn record(&self, policy: &ReportPolicy, failure: Option<Failure>) {
@@ -174,8 +183,13 @@ impl TlsRecorder {
             policy: policy.json(),
             failure: failure.as_ref().map(Failure::json),
         };
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            metrics::counter!("postern_tls_report_records_dropped_total").increment(1);
+            return;
+        };
         let store = self.store.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = store.record_tls(observation).await {
                 metrics::counter!("postern_tls_report_records_failed_total").increment(1);
                 tracing::warn!(error = %e, "cannot record a TLS session for the TLS-RPT report");

@@ -52,6 +52,9 @@ use postern_store::{DmarcObservation, ReportDataStore};
 use crate::MailAuthError;
 use verdict::{decide, Decision, DmarcState, Facts, Rules, SenderPolicy};
 
+/// DMARC recordings waiting for the store at most.
+const MAX_RECORDING: usize = 1024;
+
 /// The inbound checks of one server, shared by every session.
 pub struct InboundChecks {
     dns: MessageAuthenticator,
@@ -71,6 +74,8 @@ pub struct InboundChecks {
     /// Where each message evaluated under DMARC is recorded for the
     /// aggregate reports (`reports.dmarc_aggregate`).
     reports: Option<Arc<dyn ReportDataStore>>,
+    /// Recordings waiting for the store (at most `MAX_RECORDING`).
+    recording: Arc<tokio::sync::Semaphore>,
 }
 
 /// A resolver for the checks: `[dns] nameservers` (UDP, TCP when a reply
@@ -158,6 +163,7 @@ impl InboundChecks {
                 .collect(),
             arc_seal: None,
             reports: None,
+            recording: Arc::new(tokio::sync::Semaphore::new(MAX_RECORDING)),
         })
     }
 
@@ -203,8 +209,15 @@ impl InboundChecks {
         let (Some(store), Some(observation)) = (&self.reports, observation) else {
             return;
         };
+        // Bounded: a store slower than the sessions for long leaves
+        // messages out of the report (counted), never piles up tasks.
+        let Ok(permit) = self.recording.clone().try_acquire_owned() else {
+            metrics::counter!("postern_dmarc_records_dropped_total").increment(1);
+            return;
+        };
         let store = store.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = store.record_dmarc(observation).await {
                 metrics::counter!("postern_dmarc_records_failed_total").increment(1);
                 tracing::warn!(error = %e, "cannot record a message for the DMARC aggregate report");
