@@ -38,6 +38,9 @@ pub fn message_hosts(message: &Message<'_>) -> Vec<UrlHost> {
 
 fn walk(message: &Message<'_>, depth: usize, hosts: &mut Hosts) {
     for part in &message.parts {
+        if hosts.full() {
+            return;
+        }
         match &part.body {
             PartType::Text(text) => text_hosts(text, hosts),
             PartType::Html(html) => html_hosts(html, hosts),
@@ -56,11 +59,21 @@ pub struct Hosts {
     seen: HashSet<UrlHost>,
 }
 
+/// Distinct hosts kept per message: far more than the lookups will use
+/// (`uribl_max_domains`), and a bound on what a message naming millions
+/// costs in memory.
+pub const MAX_HOSTS: usize = 1000;
+
 impl Hosts {
     fn add(&mut self, host: UrlHost) {
-        if self.seen.insert(host.clone()) {
+        if self.found.len() < MAX_HOSTS && self.seen.insert(host.clone()) {
             self.found.push(host);
         }
+    }
+
+    /// No more hosts are taken: the parts' scans can stop.
+    pub fn full(&self) -> bool {
+        self.found.len() >= MAX_HOSTS
     }
 }
 
@@ -70,6 +83,9 @@ pub fn text_hosts(text: &str, hosts: &mut Hosts) {
     finder.kinds(&[linkify::LinkKind::Url]);
     finder.url_must_have_scheme(false);
     for link in finder.links(text) {
+        if hosts.full() {
+            return;
+        }
         if let Some(host) = url_host(link.as_str()) {
             hosts.add(host);
         }

@@ -436,3 +436,21 @@ async fn at_most_max_domains_are_looked_up_the_first_found() {
 fn no_zone_no_check() {
     assert!(UriBlocklists::new(&ContentConfig::default(), Arc::new(FakeDns::default())).is_none());
 }
+
+/// A message naming a great many hosts costs at most MAX_HOSTS of them,
+/// the first found.
+#[test]
+fn at_most_max_hosts_are_kept_per_message() {
+    let body: String = (0..5000).map(|i| format!("http://h{i}.test/ ")).collect();
+    let raw = format!("Subject: many\r\nContent-Type: text/plain\r\n\r\n{body}\r\n");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(raw.as_bytes())
+        .unwrap();
+    let hosts = extract::message_hosts(&parsed);
+    assert_eq!(hosts.len(), extract::MAX_HOSTS);
+    assert_eq!(hosts[0], extract::UrlHost::Domain("h0.test".into()));
+    assert_eq!(
+        hosts[extract::MAX_HOSTS - 1],
+        extract::UrlHost::Domain(format!("h{}.test", extract::MAX_HOSTS - 1))
+    );
+}
