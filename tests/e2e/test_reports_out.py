@@ -196,6 +196,22 @@ def test_reports_go_where_the_policy_domain_says_when_they_are_sent(sink, zone):
         assert p.cli("reports", "send-now").stdout.strip() == "nothing to report"
 
 
+def test_a_report_goes_to_the_first_five_destinations_only(sink, zone):
+    """A record may list any number of rua destinations; a pass serves the
+    first five, so one domain cannot have Postern queue hundreds of
+    copies."""
+    zone.txt("sender.test", "v=spf1 ip4:127.0.0.1 -all")
+    rua = ",".join(f"mailto:r{i}@sender.test" for i in range(7))
+    zone.txt("_dmarc.sender.test", f"v=DMARC1; p=none; rua={rua}")
+    with server(sink, zone.port) as p:
+        assert send(p, "bounce@sender.test", message("a@sender.test"))[0] == 250
+        sink.wait_for(1)
+        out = wait_until(lambda: (o := p.cli("reports", "send-now").stdout) != "nothing to report\n" and o,
+                         what="a pass")
+        sent = sorted(line.split(" to ")[1].split(":")[0] for line in out.splitlines() if line.startswith("sent dmarc"))
+        assert sent == [f"r{i}@sender.test" for i in range(5)], out
+
+
 class ReportReceiver:
     """An HTTPS server on loopback taking TLS-RPT reports by POST (RFC 8460
     §5.4), presenting a certificate for `name` issued by `ca` (which

@@ -149,9 +149,12 @@ pub async fn policy_domain(
             .await
         {
             Ok(record) => {
+                // The first few destinations only: a record listing
+                // hundreds would make one pass queue hundreds of copies.
                 let rua = record
                     .rua
                     .iter()
+                    .take(super::MAX_DESTINATIONS)
                     .map(|u| (u.uri().to_owned(), u.max_size()))
                     .collect();
                 return Ok(Some((name, rua)));

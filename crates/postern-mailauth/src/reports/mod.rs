@@ -9,6 +9,9 @@
 
 pub mod dmarc;
 mod received;
+
+/// Destinations served per report (a record's first `rua` entries).
+pub const MAX_DESTINATIONS: usize = 5;
 pub mod tls;
 
 // Reports received for the company's own domains (`postern reports list`).

@@ -26,7 +26,16 @@ pub async fn destinations(
         )
         .await
     {
-        Ok(record) => Ok(Some(record.rua.clone())),
+        // A record may list any number of destinations: the first few
+        // are served, so one domain cannot make a pass send hundreds.
+        Ok(record) => Ok(Some(
+            record
+                .rua
+                .iter()
+                .take(super::MAX_DESTINATIONS)
+                .cloned()
+                .collect(),
+        )),
         Err(Error::Dns(DnsError::RecordNotFound(_)))
         | Err(Error::Dns(DnsError::InvalidRecordType)) => Ok(None),
         Err(e) => Err(ReportError::Dns(format!("_smtp._tls.{domain}: {e}"))),
