@@ -32,6 +32,10 @@ pub enum ReportError {
     },
 }
 
+/// Failing source addresses kept in a DMARC report's summary (the most
+/// failing first; how many more there were is kept too).
+pub const MAX_FAILING_SOURCES: usize = 100;
+
 /// The longest parser message repeated to the reporter.
 const MAX_REASON: usize = 200;
 
@@ -105,14 +109,18 @@ pub fn summarise_dmarc(message: &[u8], received_at: i64) -> Result<NewReport, Re
     }
     let mut sources: Vec<(String, u64)> = failing.into_iter().collect();
     sources.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    // The sources that failed most; a report listing a million (anyone
+    // may send one) keeps its summary small.
+    let listed = sources.len().min(MAX_FAILING_SOURCES);
     let summary = json!({
         "messages": messages,
         "dmarc": { "pass": pass, "fail": fail },
         "disposition": disposition,
-        "failing_sources": sources
+        "failing_sources": sources[..listed]
             .iter()
             .map(|(ip, n)| json!({ "ip": ip, "messages": n }))
             .collect::<Vec<_>>(),
+        "failing_sources_not_listed": sources.len() - listed,
         "policy": {
             "p": format!("{:?}", r.p()).to_lowercase(),
         },
@@ -434,5 +442,47 @@ mod tests {
             .take(&["dmarc"], &vector("dmarc-google-zip.eml"))
             .await
             .unwrap());
+    }
+
+    /// A report listing more failing sources than the summary keeps: the
+    /// most failing are listed, and how many more there were.
+    #[test]
+    fn only_the_most_failing_sources_are_listed() {
+        use mail_auth::common::parse::TxtRecordParser;
+        use mail_auth::report::{ActionDisposition, PolicyPublished, Record};
+        let record = mail_auth::dmarc::Dmarc::parse(b"v=DMARC1; p=none").unwrap();
+        let mut report = Report::new()
+            .with_version(1.0)
+            .with_org_name("Flood Inc")
+            .with_email("noreply@flood.test")
+            .with_report_id("many")
+            .with_date_range_begin(1_700_000_000)
+            .with_date_range_end(1_700_086_400)
+            .with_policy_published(PolicyPublished::from_record("sender.test", &record));
+        let total = MAX_FAILING_SOURCES + 50;
+        for i in 0..total {
+            report.add_record(
+                Record::new()
+                    .with_source_ip(format!("10.0.{}.{}", i / 250, i % 250 + 1).parse().unwrap())
+                    .with_count(if i == total - 1 { 9 } else { 1 })
+                    .with_action_disposition(ActionDisposition::None)
+                    .with_header_from("sender.test"),
+            );
+        }
+        let mail = super::super::dmarc::message(
+            &report,
+            "flood.test",
+            "noreply@flood.test",
+            "dmarc@corp.test",
+        )
+        .unwrap();
+        let r = summarise_dmarc(&mail, 0).unwrap();
+        let s: serde_json::Value = serde_json::from_str(&r.summary).unwrap();
+        let listed = s["failing_sources"].as_array().unwrap();
+        assert_eq!(listed.len(), MAX_FAILING_SOURCES);
+        assert_eq!(s["failing_sources_not_listed"], 50);
+        // The most failing first.
+        assert_eq!(listed[0]["messages"], 9);
+        assert_eq!(s["messages"], (total - 1 + 9) as u64);
     }
 }
