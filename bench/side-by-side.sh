@@ -1126,10 +1126,10 @@ scenario() { # name conns msgs rounds-per-client [description extra-loadgen-args
       out=$(run_load "$peer" "$conns" "$msgs" "$reps" "$@"); echo "$out"; echo "$out" >> "$runs.$peer"
     done
   done
-  local how="STARTTLS+AUTH PLAIN"
-  [ -n "${INBOUND:-}" ] && how="plain SMTP to the MX port, no AUTH"
+  local how="STARTTLS+AUTH PLAIN" size="$SIZE B"
+  if [ -n "${INBOUND:-}" ]; then how="plain SMTP to the MX port, no AUTH"; size="$SIZE B + DKIM-Signature"; fi
   python3 "$SUMMARY" scenario "$name" \
-    "$conns connections x $msgs msgs each, $how, $SIZE B, end to end$what" \
+    "$conns connections x $msgs msgs each, $how, $size, end to end$what" \
     "${files[@]}" | tee -a "$WORK/summary.jsonl" || BAD_RUNS=1
 }
 
