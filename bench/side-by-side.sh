@@ -8,7 +8,12 @@
 #     the issue asked for a durable one, but it does not fsync before 250);
 #   - for the signing scenario, Postfix with OpenDKIM as a milter signing
 #     every message of the loadgen's From domain with an RSA-2048 key, the
-#     configuration a Postfix operator runs to sign (setup_opendkim).
+#     configuration a Postfix operator runs to sign (setup_opendkim);
+#   - for the inbound scenario (issue 12), Postfix with postscreen in front
+#     and OpenDKIM (verifying) and OpenDMARC as milters, the inbound
+#     gateway a Postfix operator runs, against Postern's mx listener with
+#     screening, SPF/DKIM/DMARC/ARC verification and recipient checks on;
+#     both resolve through one DNS server on loopback (setup_inbound).
 # All relay every message to the same kind of sink (run inside
 # postern-loadgen), so each figure is end to end: from the first connection
 # until the sink holds every message. Postern and Postfix fsync each message
@@ -27,6 +32,7 @@
 #   ONLY=sizes bash bench/side-by-side.sh # 1 MiB and 10 MiB messages against Postfix
 #   ONLY=throughput bash bench/side-by-side.sh # the 50x10 and 50x1 scenarios only
 #   ONLY=profile bash bench/side-by-side.sh # cost per message by stage, beside the floors
+#   ONLY=inbound bash bench/side-by-side.sh # the inbound gateway with every check on, against Postfix+postscreen+OpenDKIM+OpenDMARC
 #   ONLY=smoke bash bench/side-by-side.sh # sets every peer up, sends a few messages through each, stops
 #
 # Needs root (Postfix's master and OpenSMTPD's parent run as root; packages
@@ -43,6 +49,16 @@ PN_SUB=4587 PN_MX=4025 PN_SINK=4626 PN_HTTP=4080
 PF_SUB=5587 PF_MX=5025 PF_SINK=5626
 PD_SUB=5588 PD_MX=5026 PD_SINK=5627 PD_MILTER=5891
 OS_SUB=6587 OS_MX=6025 OS_SINK=6626
+# The inbound scenario: Postern's second instance (mx only), the Postfix
+# with postscreen and its two milters, and the DNS server both resolve
+# through. That server listens on port 53 because the C resolver under
+# postscreen's dnsblog and OpenDMARC (resolv.conf) has no other port.
+PI_MX=4125 PI_SINK=4726 PI_HTTP=4180
+PS_SUB=5687 PS_MX=5125 PS_SINK=5726 PS_DKIM=5892 PS_DMARC=5893
+IN_DNS=127.0.5.3
+# Keys, the DNS server's configuration, the milters' configurations and
+# the signed message: not under /tmp, for the same reason as DK_DIR.
+IN_DIR=${IN_DIR:-/var/lib/postern-bench/inbound}
 # OpenSMTPD built once and kept across runs (see install_opensmtpd).
 OS_DIR=${OS_DIR:-/var/tmp/postern-bench-opensmtpd}
 # OpenDKIM's key and configuration: OpenDKIM refuses them under a directory
@@ -68,6 +84,9 @@ install_packages() {
   ls /usr/lib/*/sasl2/libsasldb.so >/dev/null 2>&1 || need+=(libsasl2-modules libsasl2-modules-db)
   command -v opendkim >/dev/null || need+=(opendkim)
   command -v opendkim-genkey >/dev/null || need+=(opendkim-tools)
+  command -v opendmarc >/dev/null || need+=(opendmarc)
+  command -v unbound >/dev/null || need+=(unbound)
+  command -v gcc >/dev/null || need+=(gcc)
   command -v swaks >/dev/null || need+=(swaks)
   command -v perf >/dev/null || need+=(linux-perf)
   command -v curl >/dev/null || need+=(curl)
@@ -237,7 +256,7 @@ inet_protocols = ipv4
 mynetworks =
 # Unauthenticated clients may relay to this domain only (an MX for it), on
 # the second listener below.
-relay_domains = relay.bench.test
+relay_domains = ${PF_RELAY_DOMAINS:-relay.bench.test}
 message_size_limit = $MAX_SIZE
 # The reference tuning (see the comment above setup_postfix).
 smtpd_peername_lookup = no
@@ -274,6 +293,16 @@ maillog_file = $pf/maillog
 biff = no
 CONF
   printf '%s\n' "$@" >> "$pf/etc/main.cf"
+  # The MX listener: smtpd itself, or (PF_POSTSCREEN set) postscreen in
+  # front, handing the clients that pass to an smtpd (postscreen(8)).
+  local mx_service="127.0.0.1:$mx inet n - n - - smtpd"
+  if [ -n "${PF_POSTSCREEN:-}" ]; then
+    # The -o lines below then belong to that smtpd (the last line here).
+    mx_service="127.0.0.1:$mx inet n - n - 1 postscreen
+dnsblog   unix  - - n - 0 dnsblog
+tlsproxy  unix  - - n - 0 tlsproxy
+smtpd     pass  - - n - - smtpd"
+  fi
   # 100 destination domains, each its own next hop (127.0.1.N), for the
   # spread scenario.
   for k in $(seq 0 99); do echo "d$k.bench.test smtp:[127.0.1.$((k + 1))]:$sink"; done > "$pf/etc/transport"
@@ -281,7 +310,7 @@ CONF
   echo "capture.bench.test capture:" >> "$pf/etc/transport"
   cat > "$pf/etc/master.cf" <<CONF
 127.0.0.1:$sub inet n - n - - smtpd
-127.0.0.1:$mx inet n - n - - smtpd
+$mx_service
   -o smtpd_tls_security_level=none
   -o smtpd_sasl_auth_enable=no
   -o smtpd_relay_restrictions=reject_unauth_destination
@@ -308,9 +337,24 @@ postlog   unix-dgram n - n - 1 postlogd
 capture   unix  - n n - - pipe flags= user=nobody argv=/usr/bin/tee $pf/capture/message.eml
 CONF
   chown postfix:postfix "$pf/data"
-  postfix -c "$pf/etc" start >&2
+  # PF_RESOLV: a resolv.conf for this instance alone (its own mount
+  # namespace, as OpenSMTPD's), so that its DNS lookups go to the bench's
+  # DNS server and nowhere else.
+  if [ -n "${PF_RESOLV:-}" ]; then
+    (with_resolv "$PF_RESOLV" postfix -c "$pf/etc" start >&2)
+  else
+    postfix -c "$pf/etc" start >&2
+  fi
   wait_port "$sub"
   wait_port "$mx"
+}
+
+# Runs a command (exec: a background job's PID is the command's; called
+# in the foreground, it needs a subshell of its own) with
+# RESOLV bound over /etc/resolv.conf in a mount namespace of its own: the
+# system's resolver configuration is left alone.
+with_resolv() { # RESOLV COMMAND…
+  exec unshare --mount sh -c 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"' sh "$@"
 }
 
 stop_postfix() { # NAME
@@ -374,6 +418,468 @@ if not dkim.verify(msg, dnsfunc=dns):
     sys.exit("postfix-opendkim: the DKIM signature does not verify against the generated key")
 print("postfix-opendkim: DKIM signature (rsa-sha256, 2048-bit key) verified with dkimpy", file=sys.stderr)
 PY
+}
+
+# ---- The inbound scenario (issue 12): the same DKIM-signed messages over
+# plain SMTP, without AUTH, to an MX listener with every check on, relayed
+# to a relay domain's next hop (the loadgen's sink).
+#
+# The sender's domain sender.bench.test signs with an RSA-2048 key
+# (rsa-sha256, relaxed/relaxed, dkimpy) and publishes SPF (-all) and DMARC
+# p=reject; the loadgen's HELO name has SPF too; dnsbl.bench.test is a DNS
+# block list that lists 127.0.0.2 (the RFC 5782 §5 test point) and not
+# 127.0.0.1, the clients' address. Every record is served by one unbound
+# (Debian's) on $IN_DNS:53, authoritative for the whole namespace
+# ("." static: any other name is NXDOMAIN at once, nothing leaves the
+# machine), TTL 300 s, so that each side's own caching behaves as it would
+# in front of a real resolver. Both sides resolve only through it: Postern
+# by [dns] nameservers, Postfix (postscreen's dnsblog), OpenDKIM and
+# OpenDMARC by a resolv.conf naming it, bound over /etc/resolv.conf in
+# their own mount namespace (with_resolv).
+IN_DOMAIN=sender.bench.test
+IN_FROM=loadgen@$IN_DOMAIN
+IN_TO=rcpt@relay.bench.test
+IN_ZONE=dnsbl.bench.test
+
+setup_inbound_dns() {
+  local d=$IN_DIR
+  rm -rf "$d"; mkdir -p "$d"; chmod 755 "$(dirname "$d")" "$d"
+  openssl genrsa -out "$d/dkim.key" 2048 2>/dev/null
+  printf 'nameserver %s\n' "$IN_DNS" > "$d/resolv.conf"
+  python3 - "$d" "$IN_DNS" "$IN_DOMAIN" "$IN_ZONE" <<'PY'
+import base64, subprocess, sys
+d, ip, domain, zone = sys.argv[1:]
+der = subprocess.run(["openssl", "rsa", "-in", f"{d}/dkim.key", "-pubout", "-outform", "DER"],
+                     capture_output=True, check=True).stdout
+key = f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+spf = "v=spf1 ip4:127.0.0.0/8 -all"
+# RFC 1035 §3.3.14: a TXT record is strings of at most 255 octets each.
+def txt(name, text):
+    parts = " ".join(f'"{text[i:i + 255]}"' for i in range(0, len(text), 255))
+    return f"  local-data: '{name}. 300 IN TXT {parts}'"
+lines = [
+    "server:",
+    f"  interface: {ip}", "  port: 53", "  do-ip6: no", "  do-daemonize: no",
+    '  username: ""', '  chroot: ""', f'  directory: "{d}"', '  pidfile: ""', "  use-syslog: no",
+    "  verbosity: 0", "  access-control: 127.0.0.0/8 allow", '  module-config: "iterator"',
+    # Two threads, as the machine has two cores.
+    "  num-threads: 2",
+    '  local-zone: "." static',
+    txt(domain, spf),
+    txt("loadgen.test", spf),
+    txt(f"forged.{'.'.join(domain.split('.')[1:])}", spf),
+    txt(f"bench._domainkey.{domain}", key),
+    txt(f"_dmarc.{domain}", "v=DMARC1; p=reject"),
+    f"  local-data: '2.0.0.127.{zone}. 300 IN A 127.0.0.2'",
+    txt(f"2.0.0.127.{zone}", "listed for the bench (RFC 5782 test point)"),
+    "remote-control:", "  control-enable: no",
+]
+open(f"{d}/unbound.conf", "w").write("\n".join(lines) + "\n")
+open(f"{d}/dkim.txt", "w").write(key + "\n")
+PY
+  unbound-checkconf "$d/unbound.conf" >&2
+  unbound -d -c "$d/unbound.conf" > "$d/unbound.out" 2>&1 &
+  IN_DNS_PID=$!
+  # Polled until it answers the DMARC record (10 s at most).
+  local ok=""
+  for _ in $(seq 1 100); do
+    if python3 -c 'import sys, dns.resolver as r
+x = r.Resolver(configure=False); x.nameservers = [sys.argv[1]]; x.lifetime = 0.5
+sys.exit(0 if "p=reject" in str(x.resolve("_dmarc." + sys.argv[2], "TXT")[0]) else 1)' "$IN_DNS" "$IN_DOMAIN" 2>/dev/null
+    then ok=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$ok" ] || { log "unbound on $IN_DNS did not answer: $(cat "$d/unbound.out")"; return 1; }
+}
+
+stop_inbound_dns() { [ -n "${IN_DNS_PID:-}" ] || return 0; kill -TERM "$IN_DNS_PID" 2>/dev/null || true; wait "$IN_DNS_PID" 2>/dev/null || true; }
+
+# The message every client sends, SIZE bytes before its signature, signed
+# once with dkimpy: the same bytes go to both sides. FILE TO BODY-SUFFIX
+# (the suffix changes the body after signing: a broken signature).
+make_inbound_message() {
+  python3 - "$IN_DIR/dkim.key" "$1" "$IN_FROM" "$2" "$SIZE" "${3:-}" <<'PY'
+import sys, dkim
+key, out, sender, to, size, suffix = sys.argv[1:]
+head = (f"From: Load Generator <{sender}>\r\nTo: <{to}>\r\nSubject: inbound bench\r\n"
+        "Date: Wed, 02 Dec 2026 10:00:00 +0000\r\n"
+        f"Message-ID: <inbound-bench@{sender.split('@')[1]}>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n").encode()
+line = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 inbound gateway\r\n"
+body = b""
+while len(head) + len(body) + len(line) <= int(size):
+    body += line
+msg = head + (body or line)
+domain = sender.split("@")[1].encode()
+sig = dkim.sign(msg, b"bench", domain, open(key, "rb").read(),
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=[b"from", b"to", b"subject", b"date", b"message-id", b"mime-version",
+                                 b"content-type"])
+signed = sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + msg + suffix.encode()
+open(out, "wb").write(signed)
+PY
+}
+
+# OpenDKIM verifying (Mode v) and OpenDMARC enforcing, as milters in front
+# of Postfix's queue, the configuration an operator runs on an inbound
+# Postfix: OpenDKIM writes its results into Authentication-Results under
+# the authserv-id postfix.bench.test, OpenDMARC trusts that id, checks SPF
+# itself (SPFSelfValidate, with SPFIgnoreResults: it trusts no header for
+# SPF) and refuses p=reject failures with 550 (RejectFailures). Both skip
+# mail from 127.0.0.1 unless told otherwise (InternalHosts, IgnoreHosts):
+# here they are given an empty list, so the loadgen's mail is checked
+# (verify_inbound shows it is). Tuned: OpenDKIM's QueryCache (answers
+# kept for their TTL); OpenDMARC keeps its HistoryFile, the record of each
+# message that its aggregate reports are made from, as Postern records
+# them (reports.dmarc_aggregate, on by default). The milters listen on
+# loopback TCP as the signing peer's OpenDKIM does.
+setup_inbound_milters() {
+  local d=$IN_DIR
+  : > "$d/none"
+  chmod 644 "$d/none"
+  mkdir -p "$d/opendmarc"; chown opendmarc:opendmarc "$d/opendmarc"
+  cat > "$d/opendkim.conf" <<CONF
+Syslog no
+Mode v
+Socket inet:$PS_DKIM@127.0.0.1
+UserID opendkim
+AuthservID postfix.bench.test
+InternalHosts $d/none
+PeerList $d/none
+QueryCache yes
+ResolverConfiguration $d/opendkim-unbound.conf
+CONF
+  # OpenDKIM resolves with libunbound, which by default never asks a
+  # loopback address (do-not-query-localhost), answers NXDOMAIN itself for
+  # the special-use "test." (RFC 6761 §6.2: its default local zones) and
+  # would recurse from the root: it is pointed at the bench's DNS server
+  # instead, for every name.
+  cat > "$d/opendkim-unbound.conf" <<CONF
+server:
+  do-not-query-localhost: no
+  local-zone: "test." nodefault
+forward-zone:
+  name: "."
+  forward-addr: $IN_DNS
+CONF
+  cat > "$d/opendmarc.conf" <<CONF
+Syslog false
+Socket inet:$PS_DMARC@127.0.0.1
+UserID opendmarc
+AuthservID postfix.bench.test
+TrustedAuthservIDs postfix.bench.test
+IgnoreHosts $d/none
+RejectFailures true
+SPFSelfValidate true
+SPFIgnoreResults true
+FailureReports false
+HistoryFile $d/opendmarc/history
+CONF
+  # Debian's OpenDKIM 2.11.0 reads that file into a new libunbound context
+  # for each key lookup, without the lock upstream added later: concurrent
+  # messages crash it. bench/opendkim-ub-config-lock.c adds the lock.
+  gcc -shared -fPIC -O2 -o "$d/ub-config-lock.so" "$ROOT/bench/opendkim-ub-config-lock.c" -ldl -lpthread
+  with_resolv "$d/resolv.conf" env LD_PRELOAD="$d/ub-config-lock.so" opendkim -f -x "$d/opendkim.conf" \
+    > "$d/opendkim.out" 2>&1 &
+  IN_DKIM_PID=$!
+  with_resolv "$d/resolv.conf" opendmarc -f -c "$d/opendmarc.conf" > "$d/opendmarc.out" 2>&1 &
+  IN_DMARC_PID=$!
+  wait_port "$PS_DKIM" || { log "opendkim: $(cat "$d/opendkim.out")"; return 1; }
+  wait_port "$PS_DMARC" || { log "opendmarc: $(cat "$d/opendmarc.out")"; return 1; }
+}
+
+stop_inbound_milters() {
+  local p
+  for p in "${IN_DKIM_PID:-}" "${IN_DMARC_PID:-}"; do
+    [ -n "$p" ] || continue
+    kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
+  done
+}
+
+# Postfix as an inbound gateway: the tuned instance of setup_postfix, with
+# postscreen on the MX port (pregreet test with a 1 s greet wait, as
+# Postern's greet_delay; the DNS block list, weight 1, threshold 1; both
+# enforced; its cache of passed clients in a btree map, as Postern keeps
+# its pass cache; no after-220 deep protocol tests, which Postern has not
+# either and which would make every new client reconnect), the two
+# milters (a milter that cannot answer tempfails the message), and the
+# relay domain's recipients checked against a list (relay_recipient_maps:
+# an unknown one gets 550 5.1.1 at RCPT), as Postern's
+# recipient_check = "list". The submission port of the instance is not
+# used.
+setup_postfix_inbound() {
+  local d=$IN_DIR
+  printf 'rcpt@relay.bench.test x\ncheck@capture.bench.test x\n' > "$d/relay_recipients"
+  chmod 644 "$d/relay_recipients"
+  PF_POSTSCREEN=1 PF_RESOLV=$d/resolv.conf PF_RELAY_DOMAINS="relay.bench.test, capture.bench.test" \
+    setup_postfix postfix-inbound $PS_SUB $PS_MX $PS_SINK \
+    "relay_recipient_maps = texthash:$d/relay_recipients" \
+    "postscreen_access_list =" \
+    "postscreen_greet_wait = 1s" \
+    "postscreen_greet_action = enforce" \
+    "postscreen_dnsbl_sites = $IN_ZONE*1" \
+    "postscreen_dnsbl_threshold = 1" \
+    "postscreen_dnsbl_action = enforce" \
+    "postscreen_cache_map = btree:\$data_directory/postscreen_cache" \
+    "smtpd_milters = inet:127.0.0.1:$PS_DKIM, inet:127.0.0.1:$PS_DMARC" \
+    "milter_default_action = tempfail" "milter_protocol = 6"
+}
+
+# Postern as an inbound gateway: an mx listener only, screening on
+# (127.0.0.0/8 is exempt by default; not here, so the checks run for the
+# loadgen's 127.0.0.1: a 1 s greet delay and its pass cache, the DNS block
+# list, weight 1, threshold 1; FCrDNS and HELO checks at their default,
+# "log": looked at, not enforced), inbound_auth on with its defaults (SPF
+# on HELO and MAIL FROM, DKIM, ARC, DMARC with the sender's policy
+# enforced), recipients checked against a list, and the native content
+# checks that need no daemon: attachment types, and a URI block list
+# zone (the messages carry no URL, so it costs only the search). Postfix
+# has no equivalent of those two: Postern does more per message.
+setup_postern_inbound() {
+  local pn=$WORK/postern-inbound
+  rm -rf "$pn"; mkdir -p "$pn"
+  cat > "$pn/postern.toml" <<EOF
+[server]
+hostname = "postern.bench.test"
+data_dir = "$pn/data"
+[[listener]]
+role = "mx"
+address = "127.0.0.1:$PI_MX"
+[http]
+address = "127.0.0.1:$PI_HTTP"
+[dns]
+nameservers = ["$IN_DNS:53"]
+[relay]
+domains = ["relay.bench.test"]
+recipient_check = "list"
+recipients = ["$IN_TO"]
+[screen]
+greet_delay = "1s"
+exempt_networks = []
+threshold = 1
+[[screen.dnsbl]]
+zone = "$IN_ZONE"
+weight = 1
+[inbound_auth]
+enabled = true
+[content]
+[content.attachments]
+[[content.uribl]]
+zone = "uribl.bench.test"
+[[route]]
+domain = "*"
+next_hop = "127.0.0.1:$PI_SINK"
+tls = "none"
+[limits]
+max_connections_per_ip = 20000
+max_message_size = $MAX_SIZE
+[queue]
+retry_initial = "1s"
+retry_max = "2s"
+${PI_EXTRA:-}
+EOF
+  ulimit -n 20000
+  POSTERN_LOG=warn "$ROOT/target/release/postern" serve --config "$pn/postern.toml" > "$pn/stdout" 2> "$pn/stderr" &
+  PI_PID=$!
+  wait_port $PI_MX
+}
+
+# DKIM passes so far: Postern's counter, and the records in OpenDMARC's
+# history whose DKIM result (0) is a pass of the bench's signature.
+pi_dkim_passes() {
+  curl -fsS "http://127.0.0.1:$PI_HTTP/metrics" \
+    | awk '/^postern_inbound_auth_total\{/ && /check="dkim"/ && /result="pass"/ {n += $2} END {printf "%d\n", n}'
+}
+pf_dkim_passes() { grep -c "^dkim $IN_DOMAIN bench 0\$" "$IN_DIR/opendmarc/history" || true; }
+
+stop_postern_inbound() { [ -n "${PI_PID:-}" ] || return 0; kill -TERM "$PI_PID" 2>/dev/null || true; wait "$PI_PID" 2>/dev/null || true; }
+
+setup_inbound() {
+  setup_inbound_dns
+  make_inbound_message "$IN_DIR/message.eml" "$IN_TO"
+  setup_inbound_milters
+  setup_postfix_inbound
+  setup_postern_inbound
+  verify_inbound
+  # Afresh: the message verify_inbound left in its queue (no sink was
+  # listening) would otherwise reach the first run's sink.
+  stop_postern_inbound
+  setup_postern_inbound
+}
+
+stop_inbound() { stop_inbound_scanners; stop_postern_inbound; stop_postfix postfix-inbound; stop_inbound_milters; stop_inbound_dns; }
+
+# The second inbound line: Postern's inbound instance again, with clamd and
+# rspamd in the path ([content.clamd], [content.rspamd]) as the e2e tests
+# start them (tests/e2e/test_content_virus.py, test_content_spam.py): clamd
+# on a database of one signature the script writes (the EICAR test file; no
+# signature download is possible here), rspamd with a tiny configuration
+# (one normal worker, no Redis, no modules but the e2e tests' rule file,
+# resolving through the bench's DNS server). So rspamd's share is its
+# protocol, parsing and rule-engine floor, not a production rule set's.
+PI_CLAMD=4310 PI_RSPAMD=4333
+EICAR='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
+
+start_inbound_scanners() {
+  local d=$WORK/scanners
+  rm -rf "$d"; mkdir -p "$d/db"
+  # NAME:TARGET:OFFSET:HEXSIG (ClamAV's .ndb): any file type, any offset.
+  printf 'Eicar-Signature:0:*:%s\n' "$(printf '%s' "$EICAR" | od -An -tx1 | tr -d ' \n')" > "$d/db/bench.ndb"
+  printf 'Foreground yes\nTCPSocket %s\nTCPAddr 127.0.0.1\nDatabaseDirectory %s\nLogFile %s\n' \
+    "$PI_CLAMD" "$d/db" "$d/clamd.log" > "$d/clamd.conf"
+  clamd -c "$d/clamd.conf" > /dev/null 2>&1 &
+  CLAMD_PID=$!
+  printf 'test\n' > "$d/tld.dat"
+  cat > "$d/rspamd.conf" <<CONF
+options {
+  pidfile = "$d/rspamd.pid";
+  filters = "";
+  url_tld = "$d/tld.dat";
+  cache_file = "$d/symbols.cache";
+  hs_cache_dir = "$d/";
+  control_socket = "$d/rspamd.sock mode=0600";
+  dns { nameserver = ["$IN_DNS:53"]; timeout = 1s; retransmits = 1; }
+}
+logging { type = "file"; filename = "$d/rspamd.log"; level = "warning"; }
+lua = "$ROOT/tests/e2e/rspamd/postern_test.lua";
+worker "normal" { bind_socket = "127.0.0.1:$PI_RSPAMD"; count = 1; }
+CONF
+  # Its workers refuse to run as root unless told to (-i).
+  rspamd -f -c "$d/rspamd.conf" -u root -g root -i > "$d/rspamd.out" 2>&1 &
+  RSPAMD_PID=$!
+  local ok=""
+  # Polled until both answer (60 s at most: clamd loads its database).
+  for _ in $(seq 1 600); do
+    if python3 -c 'import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1); s.sendall(b"zPING\0")
+sys.exit(0 if s.recv(16) == b"PONG\0" else 1)' "$PI_CLAMD" 2>/dev/null \
+      && curl -fsS "http://127.0.0.1:$PI_RSPAMD/ping" 2>/dev/null | grep -q pong; then ok=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$ok" ] || { log "clamd or rspamd did not start: $(tail -5 "$d/clamd.log" "$d/rspamd.out" 2>&1)"; return 1; }
+}
+
+stop_inbound_scanners() {
+  local p
+  for p in "${CLAMD_PID:-}" "${RSPAMD_PID:-}"; do
+    [ -n "$p" ] || continue
+    kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
+  done
+  CLAMD_PID="" RSPAMD_PID=""
+}
+
+# CPU ticks of a process and all its descendants (rspamd's workers).
+tree_ticks() { # PID
+  python3 - "$1" <<'PY'
+import os, sys
+root = int(sys.argv[1])
+kids, ticks = {}, {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        kids.setdefault(int(f[1]), []).append(int(d))
+        ticks[int(d)] = int(f[11]) + int(f[12])
+total, todo = 0, [root]
+while todo:
+    p = todo.pop()
+    total += ticks.get(p, 0)
+    todo.extend(kids.get(p, []))
+print(total)
+PY
+}
+
+# The same load through Postern with clamd and rspamd, ROUNDS runs: its
+# msgs/s, and where the time goes: the CPU each process spent per message
+# (Postern, clamd, rspamd's processes) over the runs, and the mean time of
+# an rspamd scan as Postern saw it (postern_spam_scan_seconds). Beside the
+# native-only median (the inbound line), the cost of the two scanners.
+inbound_scanners_line() {
+  local reps=${REPS_INBOUND:-10} out r runs=$WORK/runs-inbound-scanners p0 c0 s0 p1 c1 s1 m0 m1
+  stop_postern_inbound
+  start_inbound_scanners
+  PI_EXTRA="[content.clamd]
+address = \"127.0.0.1:$PI_CLAMD\"
+[content.rspamd]
+url = \"http://127.0.0.1:$PI_RSPAMD\"" setup_postern_inbound
+  # Warm-up: the greet delay once, the scanners' first scans.
+  INBOUND=1 run_load postern 10 10 >/dev/null
+  : > "$runs"
+  p0=$(cpu_ticks "$PI_PID"); c0=$(tree_ticks "$CLAMD_PID"); s0=$(tree_ticks "$RSPAMD_PID")
+  m0=$(curl -fsS "http://127.0.0.1:$PI_HTTP/metrics" | awk '$1 ~ /^postern_spam_scan_seconds_(sum|count)$/ {printf "%s=%s ", $1, $2}')
+  for r in $(seq 1 "$ROUNDS"); do
+    out=$(INBOUND=1 run_load postern 50 10 "$reps"); echo "$out"; echo "$out" >> "$runs"
+  done
+  p1=$(cpu_ticks "$PI_PID"); c1=$(tree_ticks "$CLAMD_PID"); s1=$(tree_ticks "$RSPAMD_PID")
+  m1=$(curl -fsS "http://127.0.0.1:$PI_HTTP/metrics" | awk '$1 ~ /^postern_spam_scan_seconds_(sum|count)$/ {printf "%s=%s ", $1, $2}')
+  python3 "$SUMMARY" scanners "$runs" "$WORK/runs-inbound.postern" "$(getconf CLK_TCK)" \
+    "$p0 $p1" "$c0 $c1" "$s0 $s1" "$m0" "$m1" | tee -a "$WORK/summary.jsonl" || BAD_RUNS=1
+  stop_postern_inbound
+  stop_inbound_scanners
+  setup_postern_inbound
+}
+
+# Before any figure counts, each side is shown to run its checks on the
+# bench's mail (each step fails the script otherwise):
+#   - the signed message is accepted and verified: Postfix's copy (through
+#     the capture transport) carries OpenDKIM's dkim=pass and OpenDMARC's
+#     spf=pass and dmarc=pass; Postern's processed event says spf=pass
+#     dkim=pass dmarc=pass(p=reject);
+#   - the same message with its body changed after signing, from an
+#     envelope sender whose SPF passes but is not aligned with From, so
+#     that only DKIM could pass DMARC, is refused with 550 by both: DKIM
+#     and DMARC really run and p=reject is enforced;
+#   - a client at 127.0.0.2, which the block list lists, is refused by
+#     both naming the zone: screening runs for loopback clients.
+verify_inbound() {
+  local d=$IN_DIR out pf=$WORK/postfix-inbound
+  make_inbound_message "$d/check.eml" check@capture.bench.test
+  make_inbound_message "$d/forged.eml" "$IN_TO" "tampered after signing"$'\r\n'
+  rm -f "$pf/capture/message.eml"
+  swaks --server 127.0.0.1:$PS_MX --helo loadgen.test --from "$IN_FROM" --to check@capture.bench.test \
+    --data "@$d/check.eml" >/dev/null || { log "postfix-inbound refused the signed message"; return 1; }
+  # Delivery is asynchronous: poll for the captured message, 30 s at most.
+  for _ in $(seq 1 300); do [ -s "$pf/capture/message.eml" ] && break; sleep 0.1; done
+  python3 - "$pf/capture/message.eml" <<'PY'
+import email, sys
+msg = email.message_from_binary_file(open(sys.argv[1], "rb"))
+ar = [" ".join(v.split()) for v in msg.get_all("Authentication-Results", [])]
+mine = [v for v in ar if v.startswith("postfix.bench.test")]
+want = ("dkim=pass", "dmarc=pass", "spf=pass")
+missing = [w for w in want if not any(w in v for v in mine)]
+if missing:
+    sys.exit(f"postfix-inbound: no {missing} in its Authentication-Results: {ar}")
+print("postfix-inbound: OpenDKIM and OpenDMARC verified the bench message (dkim, spf, dmarc pass)",
+      file=sys.stderr)
+PY
+  swaks --server 127.0.0.1:$PI_MX --helo loadgen.test --from "$IN_FROM" --to "$IN_TO" \
+    --data "@$d/check.eml" >/dev/null || { log "postern-inbound refused the signed message"; return 1; }
+  # The event is written asynchronously: polled, 30 s at most.
+  local seen=""
+  for _ in $(seq 1 300); do
+    out=$("$ROOT/target/release/postern" --config "$WORK/postern-inbound/postern.toml" events --json 2>/dev/null || true)
+    if grep -q 'spf=pass helo=pass dkim=pass arc=none dmarc=pass(p=reject) action=accept' <<< "$out"; then seen=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$seen" ] || { log "postern-inbound: no processed event with every check passed: $out"; return 1; }
+  log "postern-inbound: SPF, DKIM and DMARC verified the bench message (processed event)"
+  local peer port
+  for peer in postfix-inbound:$PS_MX postern-inbound:$PI_MX; do
+    port=${peer#*:}; peer=${peer%%:*}
+    if out=$(swaks --server 127.0.0.1:$port --helo loadgen.test --from check@forged.bench.test --to "$IN_TO" \
+        --data "@$d/forged.eml" 2>&1); then
+      log "$peer accepted a message whose DKIM signature is broken under p=reject"; return 1
+    fi
+    grep -q '^<\** *550' <<< "$out" || { log "$peer: the forged message was not refused with 550: $out"; return 1; }
+    if out=$(swaks --server 127.0.0.1:$port --local-interface 127.0.0.2 --helo loadgen.test --from "$IN_FROM" \
+        --to "$IN_TO" --data "@$d/check.eml" 2>&1); then
+      log "$peer accepted a client the block list lists"; return 1
+    fi
+    grep -q "$IN_ZONE" <<< "$out" || { log "$peer: the listed client was not refused naming $IN_ZONE: $out"; return 1; }
+    log "$peer: refuses a broken DKIM signature under p=reject (550) and a listed client (by $IN_ZONE)"
+  done
 }
 
 # OpenSMTPD as a relay: a submission listener with STARTTLS (the same
@@ -567,9 +1073,20 @@ run_load() { # target conns msgs rounds [extra loadgen args…]
   shift 4 || shift $#
   local common=(--connections "$conns" --messages "$msgs" --size "$SIZE" --rounds "$rounds" --timeout 600
     --label "$target ${conns}x${msgs}")
+  # The inbound scenario (INBOUND set): unauthenticated, in plaintext, to
+  # the MX port, the signed message from the signing domain's sender to
+  # the relay domain's listed recipient. "postern" is then Postern's
+  # inbound instance (the summary keys Postern's runs by that name).
+  local inbound=(--from "$IN_FROM" --to "$IN_TO" --body-file "$IN_DIR/message.eml")
   case $target in
     postern)
-      pn_load_target; "${PN_LOAD[@]}" "${common[@]}" "$@" ;;
+      if [ -n "${INBOUND:-}" ]; then
+        "$LOADGEN" --server 127.0.0.1:$PI_MX --sink 127.0.0.1:$PI_SINK "${inbound[@]}" "${common[@]}" "$@"
+      else
+        pn_load_target; "${PN_LOAD[@]}" "${common[@]}" "$@"
+      fi ;;
+    postfix-inbound)
+      "$LOADGEN" --server 127.0.0.1:$PS_MX --sink 127.0.0.1:$PS_SINK "${inbound[@]}" "${common[@]}" "$@" ;;
     postfix)
       "$LOADGEN" --server 127.0.0.1:$PF_SUB --sink 127.0.0.1:$PF_SINK --starttls \
         --user bench@postfix.bench.test --password benchpass "${common[@]}" "$@" ;;
@@ -609,8 +1126,10 @@ scenario() { # name conns msgs rounds-per-client [description extra-loadgen-args
       out=$(run_load "$peer" "$conns" "$msgs" "$reps" "$@"); echo "$out"; echo "$out" >> "$runs.$peer"
     done
   done
+  local how="STARTTLS+AUTH PLAIN" size="$SIZE B"
+  if [ -n "${INBOUND:-}" ]; then how="plain SMTP to the MX port, no AUTH"; size="$SIZE B + DKIM-Signature"; fi
   python3 "$SUMMARY" scenario "$name" \
-    "$conns connections x $msgs msgs each, STARTTLS+AUTH PLAIN, $SIZE B, end to end$what" \
+    "$conns connections x $msgs msgs each, $how, $size, end to end$what" \
     "${files[@]}" | tee -a "$WORK/summary.jsonl" || BAD_RUNS=1
 }
 
@@ -910,7 +1429,36 @@ large_scenario() {
   python3 "$SUMMARY" large "$a" "$b" "$c" "$pn_mem" "$pf_mem" "$api_mem" "$base" "$BUDGET" "$MAX_SIZE" | tee -a "$WORK/summary.jsonl"
 }
 
-stop_all() { stop_postern; stop_postfix postfix; stop_postfix postfix-opendkim; stop_opendkim; stop_opensmtpd; }
+stop_all() { stop_postern; stop_postfix postfix; stop_postfix postfix-opendkim; stop_opendkim; stop_opensmtpd; stop_inbound; }
+
+# Issue 12: the inbound gateway with every check on, Postern against
+# Postfix + postscreen + OpenDKIM + OpenDMARC (setup_inbound says how each
+# is set up and verify_inbound that each really checks), the same signed
+# messages, 50 clients x 10 messages, each client REPS_INBOUND connections
+# in turn. Target: 5x (TARGETS in bench/summary.py).
+inbound_scenario() {
+  local pn0 pf0 pn1 pf1
+  pn0=$(pi_dkim_passes); pf0=$(pf_dkim_passes)
+  PEERS="postern postfix-inbound" INBOUND=1 scenario inbound 50 10 "${REPS_INBOUND:-10}" \
+    ", DKIM-signed (RSA-2048) from a p=reject domain; screening (greet delay, DNSBL), SPF, DKIM, DMARC (and ARC on Postern), listed recipients"
+  pn1=$(pi_dkim_passes); pf1=$(pf_dkim_passes)
+  # Every message of the runs was verified, not only verify_inbound's: as
+  # many DKIM passes on each side as it accepted messages (Postern's
+  # counter; OpenDMARC's history, one record per message with the DKIM
+  # result OpenDKIM gave it).
+  python3 - "$WORK/runs-inbound.postern" "$((pn1 - pn0))" "$WORK/runs-inbound.postfix-inbound" "$((pf1 - pf0))" <<'PY' || BAD_RUNS=1
+import json, sys
+bad = False
+for path, passes in zip(sys.argv[1::2], sys.argv[2::2]):
+    accepted = sum(json.loads(l).get("accepted") or 0 for l in open(path) if l.strip())
+    side = path.rsplit(".", 1)[1]
+    print(f"{side}: {passes} DKIM passes for {accepted} messages accepted in the runs", file=sys.stderr)
+    bad |= int(passes) < accepted
+sys.exit(1 if bad else 0)
+PY
+  # INBOUND_SCANNERS=0 leaves out the second line.
+  [ "${INBOUND_SCANNERS:-1}" = 0 ] || inbound_scanners_line
+}
 
 # The TLS 1.3 suite and group each submission port agrees on with OpenSSL's
 # client and its default order (AES-256-GCM-SHA384 first), into the
@@ -936,6 +1484,9 @@ smoke() {
   done
   out=$(run_load opensmtpd 2 5 1 --to rcpt@bench.test --domains 100 --sink-hosts 100 --sink-defer-every 3)
   echo "$out"; check_runs "smoke opensmtpd deferred" "$out"
+  for peer in postern postfix-inbound; do
+    out=$(INBOUND=1 run_load "$peer" 2 2 1); echo "$out"; check_runs "smoke inbound $peer" "$out"
+  done
 }
 
 main() {
@@ -954,9 +1505,17 @@ main() {
   verify_opendkim
   setup_opensmtpd
   setup_postern
+  case "${ONLY:-}" in
+    ""|smoke|inbound) setup_inbound ;;
+  esac
   tls_suites
   log "warm-up"
   for peer in postern postfix postfix-opendkim opensmtpd; do run_load $peer 10 10 >/dev/null; done
+  # The inbound peers too: each side's screening passes the loadgen's
+  # address here (the greet delay, then the pass cache).
+  if [ -n "${IN_DNS_PID:-}" ]; then
+    for peer in postern postfix-inbound; do INBOUND=1 run_load $peer 10 10 >/dev/null; done
+  fi
   case "${ONLY:-}" in
     smoke) smoke ;;
     attack) attack_scenario ;;
@@ -969,6 +1528,7 @@ main() {
       scenario 50x1 50 1 "${REPS_1:-40}" "; unsigned, sender checks off"
       ;;
     profile) profile_scenario ;;
+    inbound) inbound_scenario ;;
     idle)
       stop_postern; setup_postern; idle_memory 10000 plain
       stop_postern; setup_postern; idle_memory 1000 starttls
@@ -989,6 +1549,7 @@ all_scenarios() {
   scenario 50x1 50 1 "${REPS_1:-40}" "; unsigned, sender checks off"
   domains_scenario
   signing_scenario
+  inbound_scenario
   # A fresh process, so the attack's blocks do not outlive the scenario.
   stop_postern; setup_postern
   attack_scenario

@@ -13,9 +13,12 @@ against each, and PASS or MISS against each of its targets.
     python3 bench/summary.py check LABEL RUN_JSON...
     python3 bench/summary.py large SMTP POSTFIX API PN_MEM PF_MEM API_MEM BASE_KIB BUDGET MAX_SIZE
     python3 bench/summary.py sizes (POSTERN POSTFIX PN_MEM PF_MEM)...   smallest size first
+    python3 bench/summary.py scanners RUNS NATIVE_RUNS HZ "T0 T1" "T0 T1" "T0 T1" METRICS0 METRICS1
+        (CPU ticks of Postern, clamd and rspamd before and after the runs;
+        METRICS: "postern_spam_scan_seconds_sum=S postern_spam_scan_seconds_count=N")
 
 RUNS are files of runs, one JSON object a line; PEER is a server's name as
-in TARGETS (postfix, opensmtpd, postfix-opendkim). RSA_RATE_JSON is the line
+in TARGETS (postfix, opensmtpd, postfix-opendkim, postfix-inbound). RSA_RATE_JSON is the line
 of `postern-mailauth`'s example rsa_rate.
 Exit status: 0, or 2 when a run was left out (or, for `check`, is not
 clean; for `sizes`, when Postern's MiB/s fell by more than half from the
@@ -27,8 +30,10 @@ import statistics
 import sys
 
 # Postern's end-to-end rate over each peer's, with the same load, that each
-# scenario must reach (issue 11). "postfix" is the tuned Postfix, unsigned;
-# "postfix-opendkim" the same Postfix signing with OpenDKIM.
+# scenario must reach (issues 11 and 12). "postfix" is the tuned Postfix,
+# unsigned; "postfix-opendkim" the same Postfix signing with OpenDKIM;
+# "postfix-inbound" the same Postfix as an inbound gateway (postscreen,
+# OpenDKIM verifying, OpenDMARC).
 TARGETS = {
     # 50 connections x 10 messages, STARTTLS + AUTH, unsigned; ahead of
     # OpenSMTPD by at least as much as of Postfix.
@@ -39,6 +44,10 @@ TARGETS = {
     "signed-verp": {"postfix": 3.5, "postfix-opendkim": 6.0},
     # 100 destination domains, every 10th recipient deferred once.
     "domains": {"postfix": 8.0},
+    # Issue 12: the inbound gateway with every native check on (screening,
+    # SPF, DKIM, DMARC, recipients), DKIM-signed mail over plain SMTP,
+    # against Postfix with postscreen, OpenDKIM and OpenDMARC.
+    "inbound": {"postfix-inbound": 5.0},
 }
 
 # Postern's signed rate as a share of the machine's RSA-2048 signatures per
@@ -207,6 +216,33 @@ def sizes(pairs):
     }
 
 
+def scanners(runs, native_runs, hz, postern, clamd, rspamd, metrics_before, metrics_after):
+    """The inbound line with clamd and rspamd in the path: Postern's median
+    over its clean runs, against the native-only median (same load), and
+    where the time goes: each process's CPU per message over all the runs
+    (postern, clamd, rspamd as (ticks before, ticks after) at `hz` ticks a
+    second), and the mean rspamd scan as Postern timed it (the histogram's
+    sum and count, before and after, as {name: value})."""
+    median, left_out = clean_median(runs)
+    native, _ = clean_median(native_runs)
+    messages = sum(int(r.get("accepted") or 0) for r in runs)
+    per_msg = lambda t: round((t[1] - t[0]) / hz * 1000 / messages, 3) if messages else None
+    key = "postern_spam_scan_seconds_"
+    scans = metrics_after.get(key + "count", 0) - metrics_before.get(key + "count", 0)
+    scan_s = metrics_after.get(key + "sum", 0) - metrics_before.get(key + "sum", 0)
+    return {
+        "scenario": "inbound, Postern with clamd and rspamd in the path (same load as the inbound line)",
+        "msgs_per_s": median,
+        "native_only_msgs_per_s": native,
+        "kept_of_native": round(median / native, 2) if median and native else None,
+        "messages": messages,
+        "cpu_ms_per_message": {"postern": per_msg(postern), "clamd": per_msg(clamd), "rspamd": per_msg(rspamd)},
+        "rspamd_scans": scans,
+        "rspamd_scan_mean_ms": round(scan_s / scans * 1000, 3) if scans else None,
+        "left_out": [f"{label}: {', '.join(why)}" for label, why in left_out],
+    }
+
+
 def read_runs(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -249,6 +285,19 @@ def main(argv):
               f"for a body memory budget of {line['budget_mib']:.0f} MiB ({line['postern_peak_over_budget']}x the budget)",
               file=sys.stderr)
         return 0
+    if command == "scanners":
+        ticks = [tuple(int(x) for x in a.split()) for a in args[3:6]]
+        metrics = [dict((k, float(v)) for k, _, v in (p.partition("=") for p in a.split())) for a in args[6:8]]
+        line = scanners(read_runs(args[0]), read_runs(args[1]), int(args[2]), *ticks, *metrics)
+        print(json.dumps(line))
+        cpu = line["cpu_ms_per_message"]
+        print(f"inbound with clamd and rspamd: Postern {line['msgs_per_s']} msgs/s ({line['kept_of_native']} of "
+              f"{line['native_only_msgs_per_s']} without them); CPU per message: Postern {cpu['postern']} ms, "
+              f"clamd {cpu['clamd']} ms, rspamd {cpu['rspamd']} ms; an rspamd scan {line['rspamd_scan_mean_ms']} ms "
+              "as Postern waits for it", file=sys.stderr)
+        for why in line["left_out"]:
+            print(f"left out of the median: {why}", file=sys.stderr)
+        return 2 if line["left_out"] else 0
     if command == "sizes":
         if len(args) % 4 or not args:
             print("sizes: postern-run postfix-run postern-mem postfix-mem, per size", file=sys.stderr)

@@ -63,6 +63,7 @@ def test_targets_are_the_agreed_ones():
         "50x1": {"postfix": 6.0},
         "signed-verp": {"postfix": 3.5, "postfix-opendkim": 6.0},
         "domains": {"postfix": 8.0},
+        "inbound": {"postfix-inbound": 5.0},
     }
     assert summary.RSA_BOUND_TARGET_PERCENT == 70.0
 
@@ -222,3 +223,28 @@ def test_sizes_gives_no_verdict_on_a_run_with_errors():
     assert line["linear"] is False
     assert line["postern_mib_per_s_largest_over_smallest"] is None
     assert line["left_out"] == ["s: 5 errors"]
+
+
+def test_scanners_says_where_the_time_goes(tmp_path):
+    runs = [dict(run(300), accepted=5000), dict(run(320), accepted=5000), dict(run(9000, errors=1, label="bad"), accepted=0)]
+    native = [run(1000), run(900), run(1100)]
+    hz = 100
+    # 10,000 messages: Postern 30 s of CPU, clamd 50 s, rspamd 20 s.
+    line = summary.scanners(runs, native, hz, (1000, 4000), (0, 5000), (500, 2500),
+                            {"postern_spam_scan_seconds_sum": 1.0, "postern_spam_scan_seconds_count": 10},
+                            {"postern_spam_scan_seconds_sum": 41.0, "postern_spam_scan_seconds_count": 10010})
+    assert (line["msgs_per_s"], line["native_only_msgs_per_s"], line["kept_of_native"]) == (310, 1000, 0.31)
+    assert line["cpu_ms_per_message"] == {"postern": 3.0, "clamd": 5.0, "rspamd": 2.0}
+    assert (line["rspamd_scans"], line["rspamd_scan_mean_ms"]) == (10000, 4.0)
+    assert line["left_out"] == ["bad: 1 errors, nothing accepted"]
+    pn, nat = tmp_path / "pn", tmp_path / "native"
+    pn.write_text("\n".join(json.dumps(r) for r in runs[:2]) + "\n")
+    nat.write_text("\n".join(json.dumps(r) for r in native) + "\n")
+    out = subprocess.run([sys.executable, str(HERE / "summary.py"), "scanners", str(pn), str(nat), "100",
+                          "1000 4000", "0 5000", "500 2500",
+                          "postern_spam_scan_seconds_sum=1.0 postern_spam_scan_seconds_count=10",
+                          "postern_spam_scan_seconds_count=10010 postern_spam_scan_seconds_sum=41.0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["rspamd_scan_mean_ms"] == 4.0
+    assert "CPU per message: Postern 3.0 ms, clamd 5.0 ms, rspamd 2.0 ms" in out.stderr

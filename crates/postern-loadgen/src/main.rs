@@ -36,6 +36,12 @@ pub struct Args {
     /// Message size in bytes (headers included).
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
+    /// Send this file's bytes as every message instead of a generated one
+    /// of --size bytes (e.g. a message DKIM-signed beforehand, so that
+    /// every server under test gets the same signed bytes). CRLF lines, no
+    /// line starting with a dot, ending with CRLF.
+    #[arg(long)]
+    pub body_file: Option<std::path::PathBuf>,
     /// Upgrade with STARTTLS after EHLO.
     #[arg(long)]
     pub starttls: bool,
@@ -169,7 +175,10 @@ async fn run(args: Args) -> Result<()> {
     // in the generator itself).
     let body = Arc::new(match args.api {
         Some(_) => api::request_body(&args, args.attachment_size),
-        None => smtp::message_body(args.size),
+        None => match &args.body_file {
+            Some(path) => smtp::body_from_file(path)?,
+            None => smtp::message_body(args.size),
+        },
     });
     let next_rcpt = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -241,6 +250,7 @@ async fn run(args: Args) -> Result<()> {
         "messages_per_connection": args.messages,
         "rounds": args.rounds,
         "size": args.size,
+        "body_file": args.body_file.as_ref().map(|p| p.display().to_string()),
         "tls": if args.tls { "implicit" } else if args.starttls { "starttls" } else { "none" },
         "auth": args.user.is_some(),
         "pipelining": args.pipelining,

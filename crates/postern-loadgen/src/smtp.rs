@@ -38,6 +38,38 @@ pub fn message_body(size: usize) -> Vec<u8> {
     m
 }
 
+/// A message read from `path`, to be sent as it is (no dot-stuffing, no
+/// line-end conversion: a DKIM signature over it must still verify at the
+/// server). So it must already be what DATA carries (RFC 5321 §4.1.1.4):
+/// CRLF line ends only, no line starting with a dot (the DATA path sends
+/// bodies without stuffing, §4.5.2), and a final CRLF before the
+/// terminating dot.
+pub fn body_from_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let body = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    check_body(&body).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(body)
+}
+
+fn check_body(body: &[u8]) -> Result<()> {
+    if body.is_empty() || !body.ends_with(b"\r\n") {
+        bail!("the message must end with CRLF");
+    }
+    for (i, b) in body.iter().enumerate() {
+        let after_cr = i > 0 && body[i - 1] == b'\r';
+        if *b == b'\n' && !after_cr {
+            bail!("bare LF at octet {i}: lines must end with CRLF");
+        }
+        if *b == b'\r' && body.get(i + 1) != Some(&b'\n') {
+            bail!("bare CR at octet {i}: lines must end with CRLF");
+        }
+        let line_start = i == 0 || body[i - 1] == b'\n';
+        if line_start && *b == b'.' {
+            bail!("a line starts with a dot at octet {i} (it would need dot-stuffing)");
+        }
+    }
+    Ok(())
+}
+
 pub struct Conn {
     io: BufReader<Box<dyn Io>>,
 }
@@ -381,6 +413,44 @@ mod tests {
         assert!(counts.values().all(|&n| n == 50), "{counts:?}");
         let plain = Args::parse_from(["loadgen", "--server", "127.0.0.1:25", "--bdat"]);
         assert!(Mode::of(1, &plain).bdat && !Mode::of(1, &plain).relay);
+    }
+
+    #[test]
+    fn a_body_file_is_taken_only_as_data_carries_it() {
+        let ok = b"From: a@b.test\r\n\r\nbody. with a dot\r\n";
+        assert!(check_body(ok).is_ok());
+        for (bad, why) in [
+            (&b"From: a@b.test\r\n\r\n.starts with a dot\r\n"[..], "dot"),
+            (&b".\r\n"[..], "dot"),
+            (&b"From: a@b.test\n\r\nbody\r\n"[..], "bare LF"),
+            (&b"From: a@b.test\r\n\r\nbo\rdy\r\n"[..], "bare CR"),
+            (
+                &b"From: a@b.test\r\n\r\nno final line end"[..],
+                "end with CRLF",
+            ),
+            (&b""[..], "end with CRLF"),
+        ] {
+            let e = check_body(bad).expect_err(why).to_string();
+            assert!(e.contains(why), "{e} (wanted {why})");
+        }
+    }
+
+    #[test]
+    fn body_from_file_reads_the_bytes_unchanged() {
+        let dir = std::env::temp_dir().join(format!("loadgen-body-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.eml");
+        let msg = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n b=abc\r\nFrom: a@b.test\r\n\r\nhi\r\n";
+        std::fs::write(&path, msg).unwrap();
+        assert_eq!(body_from_file(&path).unwrap(), msg);
+        // Ends with CRLF, so the bare LFs inside are what is refused.
+        std::fs::write(&path, b"From: a@b.test\n\nhi\r\n").unwrap();
+        assert!(body_from_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("bare LF"));
+        assert!(body_from_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
