@@ -222,15 +222,6 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
-fn action_word(a: InboundAction) -> &'static str {
-    match a {
-        InboundAction::Accept => "accept",
-        InboundAction::Tag => "tag",
-        InboundAction::Quarantine => "quarantine",
-        InboundAction::Reject => "reject",
-    }
-}
-
 /// `X-Spam-Score`, `X-Spam-Status` and `X-Spam-Symbols`, CRLF-terminated,
 /// folded (RFC 5322 §2.2.3) to stay under 78 characters a line.
 fn spam_headers(reply: &Reply, action: InboundAction) -> Vec<u8> {
@@ -242,7 +233,7 @@ fn spam_headers(reply: &Reply, action: InboundAction) -> Vec<u8> {
     };
     let mut out = format!(
         "X-Spam-Score: {score:.2}\r\nX-Spam-Status: {flag}, score={score:.2} action={}\r\n",
-        action_word(action),
+        action.as_str(),
     );
     let mut symbols: Vec<(&String, f64)> =
         reply.symbols.iter().map(|(n, s)| (n, s.score)).collect();

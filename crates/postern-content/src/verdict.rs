@@ -18,15 +18,6 @@ pub(crate) fn remove_fields(message: &mut Vec<u8>, names: &[&str]) -> usize {
     postern_core::header_section::remove_named(message, &all)
 }
 
-fn action_word(a: InboundAction) -> &'static str {
-    match a {
-        InboundAction::Accept => "accept",
-        InboundAction::Tag => "tag",
-        InboundAction::Quarantine => "quarantine",
-        InboundAction::Reject => "reject",
-    }
-}
-
 /// The strictest action found decides: reject refuses with the reasons of
 /// the findings that asked for it, quarantine holds, tag adds the verdict
 /// field. A check without an answer defers the message when `on_error`
@@ -62,7 +53,7 @@ pub(crate) fn combine(
                 headers,
             } => {
                 verdict.headers.extend_from_slice(headers);
-                format!("{}({reason})", action_word(*action))
+                format!("{}({reason})", action.as_str())
             }
             Finding::Failed { reason } => {
                 failures.push(format!("{name}: {reason}"));
@@ -74,7 +65,7 @@ pub(crate) fn combine(
             "check" => *name,
             "outcome" => match f {
                 Finding::Clean { .. } => "clean",
-                Finding::Found { action, .. } => action_word(*action),
+                Finding::Found { action, .. } => action.as_str(),
                 Finding::Failed { .. } => "failed",
             }
         )

@@ -1139,26 +1139,25 @@ impl SmtpClient {
                 // the order of the RCPT commands. Each is that recipient's
                 // outcome alone: one mailbox over quota does not make the
                 // others be delivered twice.
-                let mut lost: Option<io::Error> = None;
+                // The session may break after some replies: those
+                // recipients keep the answer they got (a 250 is a
+                // delivery), the rest are tried again.
+                let mut lost: Option<Outcome> = None;
                 for r in rcpt_results.iter_mut().filter(|r| r.is_none()) {
-                    *r = Some(match &lost {
-                        // The session broke after some replies: those
-                        // recipients keep the answer they got (a 250 is a
-                        // delivery), the rest are tried again.
-                        Some(e) => Outcome::Transient(format!(
-                            "connection lost before this recipient's reply after DATA: {e}"
-                        )),
-                        None => match conn.reply_within(DATA_END_TIMEOUT).await {
-                            Ok((code, text)) => Outcome::from_reply(code, &text, "end of DATA"),
-                            Err(e) => {
-                                let o = Outcome::Transient(format!(
-                                    "connection lost before this recipient's reply after DATA: {e}"
-                                ));
-                                lost = Some(e);
-                                o
+                    if lost.is_none() {
+                        match conn.reply_within(DATA_END_TIMEOUT).await {
+                            Ok((code, text)) => {
+                                *r = Some(Outcome::from_reply(code, &text, "end of DATA"));
+                                continue;
                             }
-                        },
-                    });
+                            Err(e) => {
+                                lost = Some(Outcome::Transient(format!(
+                                    "connection lost before this recipient's reply after DATA: {e}"
+                                )));
+                            }
+                        }
+                    }
+                    *r = lost.clone();
                 }
                 if lost.is_some() {
                     // Never reused: the session is in an unknown state.

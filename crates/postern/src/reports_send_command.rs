@@ -34,50 +34,46 @@ pub fn report_poster(
 }
 
 pub async fn send_now(config: &Config) -> Result<()> {
-    {
-        {
-            let store = crate::bootstrap::open_store(config)?;
-            let intake = Intake::new(store.clone(), config.server.hostname.clone());
-            let reporter = postern_mailauth::reports::Reporter::new(
-                &config.reports,
-                &config.server.hostname,
-                &config.dns.nameservers,
-                config.inbound_auth.dns_timeout,
-                store.clone() as Arc<dyn postern_store::ReportDataStore>,
-                intake,
-            )?
-            .with_poster(report_poster(config, store.clone())?);
-            let summary = reporter.run_once(postern_core::time::now_millis()).await?;
-            // The pass queued mail and forgot records: an operator's act.
-            crate::account_command::audit(
-                &store,
-                "reports.send",
-                None,
-                format!(
-                    "sent={} not_sent={} expired={}",
-                    summary.sent.len(),
-                    summary.not_sent.len(),
-                    summary.expired
-                ),
-            )
-            .await?;
-            store.close();
-            for line in &summary.sent {
-                println!("sent {line}");
-            }
-            for line in &summary.not_sent {
-                println!("not sent {line}");
-            }
-            if summary.expired > 0 {
-                println!(
-                    "dropped {} records older than reports.retention",
-                    summary.expired
-                );
-            }
-            if summary.sent.is_empty() && summary.not_sent.is_empty() {
-                println!("nothing to report");
-            }
-            Ok(())
-        }
+    let store = crate::bootstrap::open_store(config)?;
+    let intake = Intake::new(store.clone(), config.server.hostname.clone());
+    let reporter = postern_mailauth::reports::Reporter::new(
+        &config.reports,
+        &config.server.hostname,
+        &config.dns.nameservers,
+        config.inbound_auth.dns_timeout,
+        store.clone() as Arc<dyn postern_store::ReportDataStore>,
+        intake,
+    )?
+    .with_poster(report_poster(config, store.clone())?);
+    let summary = reporter.run_once(postern_core::time::now_millis()).await?;
+    // The pass queued mail and forgot records: an operator's act.
+    crate::account_command::audit(
+        &store,
+        "reports.send",
+        None,
+        format!(
+            "sent={} not_sent={} expired={}",
+            summary.sent.len(),
+            summary.not_sent.len(),
+            summary.expired
+        ),
+    )
+    .await?;
+    store.close();
+    for line in &summary.sent {
+        println!("sent {line}");
     }
+    for line in &summary.not_sent {
+        println!("not sent {line}");
+    }
+    if summary.expired > 0 {
+        println!(
+            "dropped {} records older than reports.retention",
+            summary.expired
+        );
+    }
+    if summary.sent.is_empty() && summary.not_sent.is_empty() {
+        println!("nothing to report");
+    }
+    Ok(())
 }

@@ -24,6 +24,18 @@ pub enum InboundAction {
     Reject,
 }
 
+impl InboundAction {
+    /// The word the configuration, headers, summaries and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundAction::Accept => "accept",
+            InboundAction::Tag => "tag",
+            InboundAction::Quarantine => "quarantine",
+            InboundAction::Reject => "reject",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InboundAuthConfig {

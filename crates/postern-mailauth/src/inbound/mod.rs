@@ -130,16 +130,12 @@ impl InboundChecks {
             .map(|d| {
                 (
                     d.domain.to_lowercase(),
-                    Rules {
-                        honor_sender_policy: d
-                            .honor_dmarc_policy
-                            .unwrap_or(default_rules.honor_sender_policy),
-                        dmarc_fail: d.dmarc_fail.unwrap_or(default_rules.dmarc_fail),
-                        spf_fail: d.spf_fail.unwrap_or(default_rules.spf_fail),
-                        defer_temperror: d
-                            .dmarc_temperror
-                            .map_or(default_rules.defer_temperror, |t| t == CheckFailure::Defer),
-                    },
+                    default_rules.overridden(
+                        d.honor_dmarc_policy,
+                        d.dmarc_fail,
+                        d.spf_fail,
+                        d.dmarc_temperror,
+                    ),
                 )
             })
             .collect();
@@ -185,14 +181,12 @@ impl InboundChecks {
         else {
             return rules;
         };
-        Rules {
-            honor_sender_policy: p.honor_dmarc_policy.unwrap_or(rules.honor_sender_policy),
-            dmarc_fail: p.dmarc_fail.unwrap_or(rules.dmarc_fail),
-            spf_fail: p.spf_fail.unwrap_or(rules.spf_fail),
-            defer_temperror: p
-                .dmarc_temperror
-                .map_or(rules.defer_temperror, |t| t == CheckFailure::Defer),
-        }
+        rules.overridden(
+            p.honor_dmarc_policy,
+            p.dmarc_fail,
+            p.spf_fail,
+            p.dmarc_temperror,
+        )
     }
 
     /// Records every message evaluated under DMARC in `store`, for the

@@ -1,7 +1,7 @@
 //! What is done with an inbound message, from what its checks found and
 //! the relay domain's rules. Pure: the checks are `super`'s.
 
-use postern_core::config::InboundAction;
+use postern_core::config::{CheckFailure, InboundAction};
 
 /// A relay domain's rules (`[inbound_auth]`, overridden per domain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,26 @@ pub struct Rules {
     pub spf_fail: InboundAction,
     /// Answer 451 when DMARC could not be evaluated for now.
     pub defer_temperror: bool,
+}
+
+impl Rules {
+    /// These rules with what a relay domain's or a sender's entry sets
+    /// over them (None keeps ours).
+    pub fn overridden(
+        self,
+        honor_sender_policy: Option<bool>,
+        dmarc_fail: Option<InboundAction>,
+        spf_fail: Option<InboundAction>,
+        dmarc_temperror: Option<CheckFailure>,
+    ) -> Rules {
+        Rules {
+            honor_sender_policy: honor_sender_policy.unwrap_or(self.honor_sender_policy),
+            dmarc_fail: dmarc_fail.unwrap_or(self.dmarc_fail),
+            spf_fail: spf_fail.unwrap_or(self.spf_fail),
+            defer_temperror: dmarc_temperror
+                .map_or(self.defer_temperror, |t| t == CheckFailure::Defer),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +123,7 @@ impl Decision {
     }
 
     pub fn action_word(&self) -> &'static str {
-        match self.action {
-            InboundAction::Accept => "accept",
-            InboundAction::Tag => "tag",
-            InboundAction::Quarantine => "quarantine",
-            InboundAction::Reject => "reject",
-        }
+        self.action.as_str()
     }
 
     /// The `X-Postern-Verdict:` field of a tagged message: the action and
@@ -175,7 +190,7 @@ pub fn decide(facts: &Facts, rules: &Rules) -> Decision {
                     format!(
                         "DMARC failed for {} (no aligned SPF or DKIM pass); local policy for DMARC failures: {}",
                         facts.from_domain,
-                        action_name(local)
+                        local.as_str()
                     ),
                     "dmarc_local",
                 );
@@ -193,15 +208,6 @@ pub fn decide(facts: &Facts, rules: &Rules) -> Decision {
         );
     }
     d
-}
-
-fn action_name(a: InboundAction) -> &'static str {
-    match a {
-        InboundAction::Accept => "accept",
-        InboundAction::Tag => "tag",
-        InboundAction::Quarantine => "quarantine",
-        InboundAction::Reject => "reject",
-    }
 }
 
 /// The DMARC resinfo of the Authentication-Results field (RFC 7489
